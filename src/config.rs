@@ -1,0 +1,877 @@
+//! Configuration: TOML parsed into raw structs that reject unknown keys, then validated into
+//! types the pipeline can trust (no `Option` checks deep in the flow).
+//!
+//! Every problem is reported with the file, the line and the field, and validation collects all
+//! of them at once so a technician fixes a config in one pass.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Everything wrong with one config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: where it is and what is wrong.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} has {n} error{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}", self.file.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": field `{}`: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenant: String,
+    pub store: String,
+    pub gateway: String,
+    pub stations: Vec<Station>,
+    pub devices: Vec<DeviceConfig>,
+    pub outbox: OutboxConfig,
+    pub mqtt: MqttConfig,
+    pub uplink: UplinkConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Station {
+    pub id: String,
+    pub role: StationRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StationRole {
+    Gate,
+    Kiosk,
+    Counter,
+    Shelf,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub station: String,
+    pub kind: DeviceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeviceKind {
+    Scanner(ScannerConfig),
+}
+
+impl DeviceKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeviceKind::Scanner(_) => "scanner",
+        }
+    }
+}
+
+/// A serial barcode / QR scanner in line mode (PROTOCOLS.md §1).
+#[derive(Debug, Clone)]
+pub struct ScannerConfig {
+    pub port: PathBuf,
+    pub baud: u32,
+    pub framing: crate::sources::scanner::Framing,
+    pub dedupe_window: Duration,
+    /// Report the device `silent` after this long without a code (None: scanners may idle).
+    pub silent_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    /// Batches published and not yet acknowledged at once.
+    pub inflight: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Config {
+    pub fn topic_prefix(&self) -> String {
+        format!("phygate/v1/{}/{}", self.tenant, self.store)
+    }
+
+    pub fn events_topic(&self) -> String {
+        format!("{}/events", self.topic_prefix())
+    }
+
+    pub fn status_topic(&self) -> String {
+        format!("{}/status", self.topic_prefix())
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                line: None,
+                field: "-".into(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |problems| ConfigErrors {
+            file: path.to_owned(),
+            problems,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| fail(vec![parse_problem(text, &e)]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut v = Validator {
+            text,
+            base,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(v.problems))
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    /// The summary `check-config` prints: what `run` would start.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "tenant {} / store {} / gateway {}",
+            self.tenant, self.store, self.gateway
+        )?;
+        for s in &self.stations {
+            writeln!(f, "station {} ({:?})", s.id, s.role)?;
+        }
+        for d in &self.devices {
+            match &d.kind {
+                DeviceKind::Scanner(s) => writeln!(
+                    f,
+                    "device {} at station {}: scanner on {} @ {} baud, terminator {:?}, aim {}",
+                    d.id,
+                    d.station,
+                    s.port.display(),
+                    s.baud,
+                    s.framing.terminator,
+                    s.framing.aim
+                )?,
+            }
+        }
+        writeln!(
+            f,
+            "outbox {} (synchronous {:?}, quota {} bytes, max age {})",
+            self.outbox.path.display(),
+            self.outbox.synchronous,
+            self.outbox.max_bytes,
+            humantime::format_duration(self.outbox.max_age)
+        )?;
+        writeln!(
+            f,
+            "mqtt {}:{} as {}{}, events to {}",
+            self.mqtt.host,
+            self.mqtt.port,
+            self.mqtt.client_id,
+            if self.mqtt.tls.is_some() {
+                " over TLS"
+            } else {
+                ""
+            },
+            self.events_topic()
+        )?;
+        write!(
+            f,
+            "batches of up to {} events / {} bytes, {} in flight",
+            self.uplink.batch_max_events, self.uplink.batch_max_bytes, self.uplink.inflight
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written in the file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    tenant: Spanned<String>,
+    store: Spanned<String>,
+    gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    station: Vec<Spanned<RawStation>>,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    outbox: RawOutbox,
+    mqtt: Spanned<RawMqtt>,
+    #[serde(default)]
+    uplink: RawUplink,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStation {
+    id: String,
+    role: StationRole,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RawDevice {
+    Scanner(RawScanner),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScanner {
+    id: String,
+    station: String,
+    port: PathBuf,
+    #[serde(default = "default_scanner_baud")]
+    baud: u32,
+    #[serde(default)]
+    terminator: crate::sources::scanner::Terminator,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    suffix: String,
+    #[serde(default)]
+    aim: bool,
+    #[serde(default = "default_max_line")]
+    max_line: usize,
+    #[serde(default = "default_dedupe", with = "humantime_serde")]
+    dedupe_window: Duration,
+    #[serde(default, with = "humantime_serde")]
+    silent_after: Option<Duration>,
+}
+
+fn default_scanner_baud() -> u32 {
+    115_200
+}
+fn default_max_line() -> usize {
+    4096
+}
+fn default_dedupe() -> Duration {
+    Duration::from_millis(1500)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    #[serde(default = "default_db_path")]
+    path: PathBuf,
+    #[serde(default = "default_synchronous")]
+    synchronous: Synchronous,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    max_age: Duration,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            path: default_db_path(),
+            synchronous: default_synchronous(),
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+fn default_db_path() -> PathBuf {
+    PathBuf::from("/var/lib/phygate/phygate.db")
+}
+/// FULL: a commit is on the platter before a reading counts as accepted (power-cut safe in WAL).
+fn default_synchronous() -> Synchronous {
+    Synchronous::Full
+}
+/// 256 MiB holds days of a busy store's events on a small SD card.
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+/// A week: after that HQ's journeys no longer care.
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    host: String,
+    #[serde(default = "default_mqtt_port")]
+    port: u16,
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    keepalive: Duration,
+    tls: Option<RawTls>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    #[serde(default = "default_batch_events")]
+    batch_max_events: Spanned<usize>,
+    #[serde(default = "default_batch_bytes")]
+    batch_max_bytes: Spanned<usize>,
+    #[serde(default = "default_inflight")]
+    inflight: Spanned<usize>,
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    backoff_min: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    backoff_max: Duration,
+}
+
+impl Default for RawUplink {
+    fn default() -> Self {
+        RawUplink {
+            batch_max_events: default_batch_events(),
+            batch_max_bytes: default_batch_bytes(),
+            inflight: default_inflight(),
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_batch_events() -> Spanned<usize> {
+    Spanned::new(0..0, 500)
+}
+/// 256 KiB keeps a batch well under every broker's default packet limit.
+fn default_batch_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, 256 * 1024)
+}
+fn default_inflight() -> Spanned<usize> {
+    Spanned::new(0..0, 8)
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(500)
+}
+/// A fleet reconnecting after an outage spreads over up to a minute.
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Validator<'a> {
+    text: &'a str,
+    base: &'a Path,
+    problems: Vec<Problem>,
+}
+
+/// Ids end up in MQTT topics and CloudEvents `source` paths: no wildcards, slashes or spaces.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+const ID_RULE: &str = "must be 1-64 characters of letters, digits, '-', '_' or '.'";
+
+impl Validator<'_> {
+    fn line_of(&self, span: &std::ops::Range<usize>) -> Option<usize> {
+        line_of(self.text, span.start, span.end)
+    }
+
+    fn problem(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = self.line_of(span);
+        self.problems.push(Problem {
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn id(&mut self, s: &Spanned<String>, field: &str) -> String {
+        if !valid_id(s.get_ref()) {
+            self.problem(&s.span(), field, format!("{:?} {ID_RULE}", s.get_ref()));
+        }
+        s.get_ref().clone()
+    }
+
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let tenant = self.id(&raw.tenant, "tenant");
+        let store = self.id(&raw.store, "store");
+        let gateway = match &raw.gateway {
+            Some(g) => self.id(g, "gateway"),
+            None => format!("{store}-gw"),
+        };
+
+        let mut stations: Vec<Station> = Vec::new();
+        for (i, s) in raw.station.iter().enumerate() {
+            let span = s.span();
+            let s = s.get_ref();
+            let field = format!("station[{i}].id");
+            if !valid_id(&s.id) {
+                self.problem(&span, &field, format!("{:?} {ID_RULE}", s.id));
+            } else if stations.iter().any(|o| o.id == s.id) {
+                self.problem(
+                    &span,
+                    &field,
+                    format!("station {:?} is declared twice", s.id),
+                );
+            }
+            stations.push(Station {
+                id: s.id.clone(),
+                role: s.role,
+            });
+        }
+
+        let mut devices: Vec<DeviceConfig> = Vec::new();
+        for (i, d) in raw.device.into_iter().enumerate() {
+            let span = d.span();
+            let RawDevice::Scanner(s) = d.into_inner();
+            let at = |f: &str| format!("device[{i}].{f}");
+            if !valid_id(&s.id) {
+                self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
+            } else if devices.iter().any(|o| o.id == s.id) {
+                self.problem(
+                    &span,
+                    at("id"),
+                    format!("device {:?} is declared twice", s.id),
+                );
+            }
+            if !stations.iter().any(|st| st.id == s.station) {
+                let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
+                self.problem(
+                    &span,
+                    at("station"),
+                    format!(
+                        "no station {:?} is declared (known: {})",
+                        s.station,
+                        known.join(", ")
+                    ),
+                );
+            }
+            if s.port.as_os_str().is_empty() {
+                self.problem(
+                    &span,
+                    at("port"),
+                    "must name the serial device, e.g. /dev/phygate/scanner0",
+                );
+            }
+            if !(300..=4_000_000).contains(&s.baud) {
+                self.problem(
+                    &span,
+                    at("baud"),
+                    format!("{} is not a serial speed (300-4000000)", s.baud),
+                );
+            }
+            if !(16..=1024 * 1024).contains(&s.max_line) {
+                self.problem(
+                    &span,
+                    at("max_line"),
+                    "must be between 16 and 1048576 bytes",
+                );
+            }
+            if s.dedupe_window > Duration::from_secs(60) {
+                self.problem(&span, at("dedupe_window"), "must be at most 60s");
+            }
+            for (name, v) in [("prefix", &s.prefix), ("suffix", &s.suffix)] {
+                if v.contains(['\r', '\n']) {
+                    self.problem(
+                        &span,
+                        at(name),
+                        "must not contain CR or LF (those are terminators)",
+                    );
+                }
+            }
+            devices.push(DeviceConfig {
+                id: s.id,
+                station: s.station,
+                kind: DeviceKind::Scanner(ScannerConfig {
+                    port: s.port,
+                    baud: s.baud,
+                    framing: crate::sources::scanner::Framing {
+                        terminator: s.terminator,
+                        prefix: s.prefix.into_bytes(),
+                        suffix: s.suffix.into_bytes(),
+                        aim: s.aim,
+                        max_line: s.max_line,
+                    },
+                    dedupe_window: s.dedupe_window,
+                    silent_after: s.silent_after,
+                }),
+            });
+        }
+
+        let outbox = OutboxConfig {
+            path: self.path(raw.outbox.path),
+            synchronous: raw.outbox.synchronous,
+            max_bytes: raw.outbox.max_bytes,
+            max_age: raw.outbox.max_age,
+        };
+        if outbox.max_bytes < 1024 * 1024 {
+            self.problems.push(Problem {
+                line: find_key_line(self.text, "max_bytes"),
+                field: "outbox.max_bytes".into(),
+                message: "must be at least 1048576 (1 MiB)".into(),
+            });
+        }
+        if outbox.max_age < Duration::from_secs(60) {
+            self.problems.push(Problem {
+                line: find_key_line(self.text, "max_age"),
+                field: "outbox.max_age".into(),
+                message: "must be at least 1m".into(),
+            });
+        }
+
+        let mspan = raw.mqtt.span();
+        let m = raw.mqtt.into_inner();
+        if m.host.trim().is_empty() {
+            self.problem(&mspan, "mqtt.host", "must name the HQ broker");
+        }
+        if m.port == 0 {
+            self.problem(&mspan, "mqtt.port", "must be 1-65535");
+        }
+        if !(Duration::from_secs(5)..=Duration::from_secs(65_535)).contains(&m.keepalive) {
+            self.problem(&mspan, "mqtt.keepalive", "must be between 5s and 65535s");
+        }
+        let client_id = m
+            .client_id
+            .unwrap_or_else(|| format!("phygate-{tenant}-{gateway}"));
+        if client_id.is_empty() || client_id.len() > 128 {
+            self.problem(&mspan, "mqtt.client_id", "must be 1-128 characters");
+        }
+        if m.password.is_some() && m.username.is_none() {
+            self.problem(&mspan, "mqtt.password", "a password needs a username");
+        }
+        let tls = m.tls.map(|t| TlsConfig {
+            ca: self.path(t.ca),
+            cert: t.cert.map(|p| self.path(p)),
+            key: t.key.map(|p| self.path(p)),
+        });
+        if let Some(t) = &tls {
+            if t.cert.is_some() != t.key.is_some() {
+                self.problem(
+                    &mspan,
+                    "mqtt.tls",
+                    "a client certificate needs its key, and a key its certificate",
+                );
+            }
+            for (f, p) in [
+                ("ca", Some(&t.ca)),
+                ("cert", t.cert.as_ref()),
+                ("key", t.key.as_ref()),
+            ] {
+                if let Some(p) = p {
+                    if !p.is_file() {
+                        self.problem(
+                            &mspan,
+                            format!("mqtt.tls.{f}"),
+                            format!("{} is not a readable file", p.display()),
+                        );
+                    }
+                }
+            }
+        }
+
+        let u = raw.uplink;
+        if !(1..=10_000).contains(u.batch_max_events.get_ref()) {
+            self.problem(
+                &u.batch_max_events.span(),
+                "uplink.batch_max_events",
+                "must be 1-10000",
+            );
+        }
+        if !(1024..=16 * 1024 * 1024).contains(u.batch_max_bytes.get_ref()) {
+            self.problem(
+                &u.batch_max_bytes.span(),
+                "uplink.batch_max_bytes",
+                "must be 1 KiB - 16 MiB",
+            );
+        }
+        if !(1..=64).contains(u.inflight.get_ref()) {
+            self.problem(&u.inflight.span(), "uplink.inflight", "must be 1-64");
+        }
+        if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
+            self.problems.push(Problem {
+                line: find_key_line(self.text, "backoff_min"),
+                field: "uplink.backoff_min".into(),
+                message: "must be above zero and not above backoff_max".into(),
+            });
+        }
+
+        Config {
+            tenant,
+            store,
+            gateway,
+            stations,
+            devices,
+            outbox,
+            mqtt: MqttConfig {
+                host: m.host,
+                port: m.port,
+                client_id,
+                username: m.username,
+                password: m.password,
+                keepalive: m.keepalive,
+                tls,
+            },
+            uplink: UplinkConfig {
+                batch_max_events: *u.batch_max_events.get_ref(),
+                batch_max_bytes: *u.batch_max_bytes.get_ref(),
+                inflight: *u.inflight.get_ref(),
+                backoff_min: u.backoff_min,
+                backoff_max: u.backoff_max,
+            },
+        }
+    }
+}
+
+/// 1-based line of a byte offset; None for the synthetic spans of defaults.
+fn line_of(text: &str, start: usize, end: usize) -> Option<usize> {
+    if start == 0 && end == 0 {
+        return None;
+    }
+    let start = start.min(text.len());
+    Some(
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1,
+    )
+}
+
+/// The line where `key = …` is first written (for values serde gives no span for).
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// Turns a TOML/serde error into a problem naming the line and, where the line shows it, the key.
+fn parse_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim().replace('\n', " ");
+    let mut line = e
+        .span()
+        .and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
+    // Tagged tables (devices) are buffered before serde sees them, so the span is the whole
+    // table: find the line of the key or value the message names inside it.
+    if let (Some(start), Some(word)) = (line, message.split('`').nth(1)) {
+        let inside = text
+            .lines()
+            .enumerate()
+            .skip(start)
+            .take_while(|(_, l)| !l.trim_start().starts_with('['));
+        for (i, l) in inside {
+            let (key, value) = l.split_once('=').unwrap_or((l, ""));
+            if key.trim() == word || value.contains(&format!("\"{word}\"")) {
+                line = Some(i + 1);
+                break;
+            }
+        }
+    }
+    let field = line
+        .and_then(|l| text.lines().nth(l - 1))
+        .and_then(|l| {
+            let l = l.trim();
+            if l.starts_with('[') {
+                Some(l.trim_matches(['[', ']']).to_string())
+            } else {
+                l.split_once('=').map(|(k, _)| k.trim().to_string())
+            }
+        })
+        .unwrap_or_else(|| "-".into());
+    Problem {
+        line,
+        field,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+tenant = "acme"
+store = "paris-01"
+
+[[station]]
+id = "gate-1"
+role = "gate"
+
+[[device]]
+kind = "scanner"
+id = "scanner-1"
+station = "gate-1"
+port = "/dev/ttyUSB0"
+terminator = "crlf"
+aim = true
+
+[outbox]
+path = "state/phygate.db"
+
+[mqtt]
+host = "127.0.0.1"
+"#;
+
+    #[test]
+    fn good_config_validates_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("/etc/phygate/phygate.toml")).unwrap();
+        assert_eq!(c.gateway, "paris-01-gw");
+        assert_eq!(c.outbox.path, Path::new("/etc/phygate/state/phygate.db"));
+        assert_eq!(c.outbox.synchronous, Synchronous::Full);
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
+        let DeviceKind::Scanner(s) = &c.devices[0].kind;
+        assert_eq!(s.baud, 115_200);
+        assert!(s.framing.aim);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_field() {
+        let bad = GOOD.replace("aim = true", "aim = true\nparity = \"even\"");
+        let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!(p.line, Some(16), "{err}");
+        assert!(p.message.contains("parity"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_type_names_line_and_field() {
+        let bad = GOOD.replace("terminator = \"crlf\"", "terminator = \"semicolon\"");
+        let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!(p.line, Some(14), "{err}");
+        assert_eq!(p.field, "terminator");
+    }
+
+    #[test]
+    fn validation_collects_every_problem() {
+        let bad = GOOD
+            .replace("station = \"gate-1\"", "station = \"gate-9\"")
+            .replace("store = \"paris-01\"", "store = \"paris/01\"")
+            .replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nport = 0");
+        let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"store"), "{err}");
+        assert!(fields.contains(&"device[0].station"), "{err}");
+        assert!(fields.contains(&"mqtt.port"), "{err}");
+        let station = err
+            .problems
+            .iter()
+            .find(|p| p.field == "device[0].station")
+            .unwrap();
+        assert_eq!(
+            station.line,
+            Some(9),
+            "the device table starts on line 9: {err}"
+        );
+    }
+}

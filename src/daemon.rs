@@ -1,0 +1,124 @@
+//! The wiring: who spawns what, and which channel goes where. Reads top to bottom as the flow:
+//! sources → link → outbox → uplink. Shutdown runs the same way: sources stop, the link hands on
+//! what it holds, the outbox commits, the uplink says goodbye.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::config::{Config, DeviceKind};
+use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::link::Link;
+use crate::outbox::Outbox;
+use crate::sources::scanner::ScannerSource;
+use crate::sources::{DeviceState, ReadingSink, StopFlag};
+use crate::uplink::Uplink;
+
+/// Readings waiting for the link; when full, sources block (their devices buffer).
+const READING_QUEUE: usize = 1024;
+
+/// Runs the gateway until `shutdown` resolves, then drains in flow order.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let origin = Origin {
+        store: config.store.clone(),
+        gateway: config.gateway.clone(),
+    };
+    let (outbox, outbox_handle) = Outbox::open(&config.outbox, origin)
+        .with_context(|| format!("opening the outbox {}", config.outbox.path.display()))?;
+    let quarantined = outbox.quarantined.clone();
+    let outbox_thread = outbox.spawn().context("starting the outbox thread")?;
+    if let Some(moved) = quarantined {
+        let report = Event::new(
+            config.gateway.as_str().into(),
+            SystemTime::now(),
+            EventData::DeviceStatus(DeviceStatusData {
+                device: "outbox".into(),
+                kind: "outbox",
+                state: DeviceState::Error,
+                reason: format!(
+                    "database was corrupt; moved to {} and a fresh one started",
+                    moved.display()
+                ),
+                count: None,
+            }),
+        );
+        outbox_handle.submit(report).await?;
+    }
+
+    // Sources, each on its own supervised thread.
+    let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
+    let stop = StopFlag::default();
+    let mut sources = Vec::new();
+    for device in &config.devices {
+        let sink = ReadingSink::new(
+            &device.id,
+            &device.station,
+            device.kind.name(),
+            readings_tx.clone(),
+        );
+        let stop = stop.clone();
+        let thread = match &device.kind {
+            DeviceKind::Scanner(cfg) => {
+                let cfg = cfg.clone();
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    ScannerSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
+                })?
+            }
+        };
+        sources.push(thread);
+    }
+    drop(readings_tx);
+
+    // Link → outbox → uplink.
+    let link = tokio::spawn(Link::new(readings_rx, outbox_handle.clone()).run());
+    let (stop_uplink, uplink_stopped) = watch::channel(false);
+    let uplink = tokio::spawn(Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?.run());
+    drop(outbox_handle);
+    info!(store = %config.store, gateway = %config.gateway, devices = config.devices.len(), "phygate running");
+
+    shutdown.await;
+    info!("shutting down: stopping sources");
+    stop.stop();
+    tokio::task::spawn_blocking(move || {
+        for t in sources {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    link.await?.context("link")?;
+    stop_uplink.send_replace(true);
+    uplink.await?.context("uplink")?;
+    tokio::task::spawn_blocking(move || outbox_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("outbox thread panicked"))?;
+    info!("stopped; everything accepted is in the outbox");
+    Ok(())
+}
+
+/// Runs a blocking source on its own thread and restarts it if it panics: one broken device is
+/// one error in the log, never the whole gateway down.
+fn spawn_supervised<F>(name: &str, stop: StopFlag, body: F) -> anyhow::Result<JoinHandle<()>>
+where
+    F: Fn() -> Result<(), crate::sources::SourceError> + Send + 'static,
+{
+    let device = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("src-{name}"))
+        .spawn(move || loop {
+            match std::panic::catch_unwind(AssertUnwindSafe(&body)) {
+                Ok(_) => return,
+                Err(_) => {
+                    error!(device, "device source panicked; restarting it");
+                    if stop.sleep(Duration::from_secs(1)) {
+                        return;
+                    }
+                }
+            }
+        })
+        .with_context(|| format!("starting the thread of device {name}"))
+}

@@ -1,0 +1,252 @@
+//! Journey events: the CloudEvents 1.0 envelope (DESIGN.md "Events") and each type's `data`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Eviction priority when the outbox is over quota: lowest goes first. Never the publish order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Device health and anonymous footfall.
+    Telemetry = 0,
+    /// Journey events without a known user.
+    Anonymous = 1,
+    /// Journey events of a known app user, and the outbox's own loss reports.
+    Identified = 2,
+}
+
+/// How the event's user was identified (`idsource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdSource {
+    QrToken,
+    NfcMember,
+    Session,
+    None,
+}
+
+/// An event before the outbox gives it its `seq`.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Uuid,
+    pub time: SystemTime,
+    pub station: Arc<str>,
+    pub userid: Option<String>,
+    pub anonid: Option<String>,
+    pub idsource: IdSource,
+    pub stage: Option<&'static str>,
+    pub data: EventData,
+}
+
+/// The `data` of each event type; the variant decides `type`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    QrScanned(QrScanned),
+    DeviceStatus(DeviceStatusData),
+    OutboxEvicted(OutboxEvicted),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QrScanned {
+    /// `app_token`, `url`, `product` or `other`.
+    pub kind: &'static str,
+    pub symbology: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aim: Option<String>,
+    /// The code's text, for everything but app tokens (a token is a bearer credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_opened: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatusData {
+    pub device: String,
+    pub kind: &'static str,
+    pub state: crate::sources::DeviceState,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxEvicted {
+    pub ranges: Vec<[u64; 2]>,
+    pub count: u64,
+    /// `bytes` (over the byte quota) or `age` (older than the retention).
+    pub policy: &'static str,
+}
+
+impl EventData {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventData::QrScanned(_) => "store.qr.scanned",
+            EventData::DeviceStatus(_) => "store.device.status",
+            EventData::OutboxEvicted(_) => "store.outbox.evicted",
+        }
+    }
+}
+
+impl Event {
+    /// A new anonymous event with a fresh, time-ordered id (UUIDv7).
+    pub fn new(station: Arc<str>, time: SystemTime, data: EventData) -> Self {
+        Event {
+            id: Uuid::now_v7(),
+            time,
+            station,
+            userid: None,
+            anonid: None,
+            idsource: IdSource::None,
+            stage: None,
+            data,
+        }
+    }
+
+    pub fn priority(&self) -> Priority {
+        match (&self.data, &self.userid) {
+            (EventData::OutboxEvicted(_), _) | (_, Some(_)) => Priority::Identified,
+            (EventData::DeviceStatus(_), None) => Priority::Telemetry,
+            (_, None) => Priority::Anonymous,
+        }
+    }
+
+    /// The structured-mode CloudEvents JSON, with the gateway's identity and the event's `seq`.
+    pub fn to_json(&self, origin: &Origin, seq: u64) -> String {
+        let envelope = Envelope {
+            specversion: "1.0",
+            id: self.id.hyphenated().to_string(),
+            source: format!("/stores/{}/stations/{}", origin.store, self.station),
+            ty: self.data.type_name(),
+            time: format_time(self.time),
+            datacontenttype: "application/json",
+            storeid: &origin.store,
+            stationid: &self.station,
+            gatewayid: &origin.gateway,
+            seq,
+            userid: self.userid.as_deref(),
+            anonid: self.anonid.as_deref(),
+            idsource: self.idsource,
+            stage: self.stage,
+            data: &self.data,
+        };
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(&envelope).unwrap_or_default()
+    }
+}
+
+/// Who is speaking: fixed for the gateway's life.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub store: String,
+    pub gateway: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    specversion: &'static str,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: String,
+    datacontenttype: &'static str,
+    storeid: &'a str,
+    stationid: &'a str,
+    gatewayid: &'a str,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    userid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonid: Option<&'a str>,
+    idsource: IdSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+    data: &'a EventData,
+}
+
+/// RFC 3339 UTC with exactly three fractional digits and `Z`.
+pub fn format_time(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn envelope_has_every_required_attribute() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_410_062_123);
+        let e = Event::new(
+            "gate-1".into(),
+            t,
+            EventData::QrScanned(QrScanned {
+                kind: "product",
+                symbology: "ean13",
+                aim: Some("]E0".into()),
+                payload: Some("4006381333931".into()),
+                kid: None,
+                jti: None,
+                verdict: None,
+                gate_opened: None,
+            }),
+        );
+        let origin = Origin {
+            store: "paris-01".into(),
+            gateway: "gw1".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json(&origin, 42)).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "store.qr.scanned");
+        assert_eq!(v["source"], "/stores/paris-01/stations/gate-1");
+        assert_eq!(v["time"], "2026-11-23T05:01:02.123Z");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["storeid"], "paris-01");
+        assert_eq!(v["stationid"], "gate-1");
+        assert_eq!(v["gatewayid"], "gw1");
+        assert_eq!(v["idsource"], "none");
+        assert!(v.get("userid").is_none());
+        assert_eq!(v["data"]["payload"], "4006381333931");
+        assert_eq!(v["id"].as_str().unwrap().len(), 36);
+        assert_eq!(
+            Uuid::parse_str(v["id"].as_str().unwrap())
+                .unwrap()
+                .get_version_num(),
+            7
+        );
+    }
+
+    #[test]
+    fn whole_seconds_still_have_three_digits() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_410_062);
+        assert_eq!(format_time(t), "2026-11-23T05:01:02.000Z");
+    }
+
+    #[test]
+    fn priorities_order_eviction() {
+        let status = Event::new(
+            "s".into(),
+            SystemTime::now(),
+            EventData::DeviceStatus(DeviceStatusData {
+                device: "d".into(),
+                kind: "scanner",
+                state: crate::sources::DeviceState::Up,
+                reason: String::new(),
+                count: None,
+            }),
+        );
+        let mut identified = status.clone();
+        identified.userid = Some("u1".into());
+        assert!(status.priority() < identified.priority());
+    }
+}

@@ -1,0 +1,27 @@
+//! phygate: the store edge gateway. Data flows one way:
+//!
+//! ```text
+//! devices ─► sources ─Reading─► link ─Event─► outbox (SQLite) ─batch─► uplink (MQTT QoS 1) ─► HQ
+//! ```
+//!
+//! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
+//! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
+//! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.
+//! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
+//! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
+//! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
+//! - [`daemon`]: the wiring of all of the above, and ordered shutdown.
+//! - [`metrics`]: process-wide counters for the status view.
+//! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
+//! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod event;
+pub mod link;
+pub mod metrics;
+pub mod outbox;
+pub mod sim;
+pub mod sources;
+pub mod uplink;

@@ -1,0 +1,63 @@
+//! Link: turns device readings into journey events. This is where identity is attached (app
+//! tokens, NFC members, station sessions, visits); a source never knows about users.
+
+mod classify;
+
+pub use classify::{classify_code, CodeKind};
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::event::{DeviceStatusData, Event, EventData, QrScanned};
+use crate::outbox::{OutboxError, OutboxHandle};
+use crate::sources::{Observation, Reading};
+
+pub struct Link {
+    readings: mpsc::Receiver<Reading>,
+    outbox: OutboxHandle,
+}
+
+impl Link {
+    pub fn new(readings: mpsc::Receiver<Reading>, outbox: OutboxHandle) -> Self {
+        Link { readings, outbox }
+    }
+
+    /// Runs until every source has dropped its sender, then returns with everything handed on.
+    pub async fn run(mut self) -> Result<(), OutboxError> {
+        while let Some(reading) = self.readings.recv().await {
+            crate::metrics::READINGS.inc();
+            let event = to_event(reading);
+            debug!(id = %event.id, ty = event.data.type_name(), "event");
+            self.outbox.submit(event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One reading → one event. Pure: the identity rules plug in here.
+pub fn to_event(reading: Reading) -> Event {
+    let data = match reading.observation {
+        Observation::Code(code) => {
+            let kind = classify_code(&code.payload);
+            EventData::QrScanned(QrScanned {
+                kind: kind.as_str(),
+                symbology: code.symbology,
+                aim: code.aim,
+                // An app token is a bearer credential while it lives: never forwarded.
+                payload: (kind != CodeKind::AppToken).then_some(code.payload),
+                kid: None,
+                jti: None,
+                verdict: None,
+                gate_opened: None,
+            })
+        }
+        Observation::Status(s) => EventData::DeviceStatus(DeviceStatusData {
+            device: reading.device.to_string(),
+            kind: s.kind,
+            state: s.state,
+            reason: s.reason,
+            count: s.count,
+        }),
+    };
+    Event::new(reading.station, reading.at, data)
+}

@@ -1,0 +1,112 @@
+//! Process-wide counters and gauges. Plain atomics: cheap on hot paths, read by the status view
+//! and `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// For gauges.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter::new()
+    }
+}
+
+pub static READINGS: Counter = Counter::new();
+pub static SCANNER_REJECTED: Counter = Counter::new();
+pub static EVENTS_ACCEPTED: Counter = Counter::new();
+pub static EVENTS_PUBLISHED: Counter = Counter::new();
+pub static EVENTS_EVICTED: Counter = Counter::new();
+pub static OUTBOX_WRITE_ERRORS: Counter = Counter::new();
+pub static OUTBOX_DEPTH: Counter = Counter::new();
+pub static OUTBOX_BYTES: Counter = Counter::new();
+pub static MQTT_RECONNECTS: Counter = Counter::new();
+pub static MQTT_CONNECTED: Counter = Counter::new();
+
+/// Name, help and value of every metric, for exporters.
+pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    vec![
+        (
+            "phygate_readings_total",
+            "counter",
+            "readings received from devices",
+            READINGS.get(),
+        ),
+        (
+            "phygate_scanner_rejected_total",
+            "counter",
+            "scanner lines rejected",
+            SCANNER_REJECTED.get(),
+        ),
+        (
+            "phygate_events_accepted_total",
+            "counter",
+            "events durably accepted into the outbox",
+            EVENTS_ACCEPTED.get(),
+        ),
+        (
+            "phygate_events_published_total",
+            "counter",
+            "events acknowledged by the broker",
+            EVENTS_PUBLISHED.get(),
+        ),
+        (
+            "phygate_events_evicted_total",
+            "counter",
+            "events dropped by the outbox quota",
+            EVENTS_EVICTED.get(),
+        ),
+        (
+            "phygate_outbox_write_errors_total",
+            "counter",
+            "failed outbox transactions",
+            OUTBOX_WRITE_ERRORS.get(),
+        ),
+        (
+            "phygate_outbox_depth",
+            "gauge",
+            "events waiting in the outbox",
+            OUTBOX_DEPTH.get(),
+        ),
+        (
+            "phygate_outbox_bytes",
+            "gauge",
+            "bytes of events waiting in the outbox",
+            OUTBOX_BYTES.get(),
+        ),
+        (
+            "phygate_mqtt_reconnects_total",
+            "counter",
+            "MQTT connection attempts after a failure",
+            MQTT_RECONNECTS.get(),
+        ),
+        (
+            "phygate_mqtt_connected",
+            "gauge",
+            "1 while connected to the broker",
+            MQTT_CONNECTED.get(),
+        ),
+    ]
+}

@@ -1,0 +1,314 @@
+//! The outbox: the only owner of the SQLite database. Events are durable here before they count
+//! as accepted; the uplink reads batches from here and deletes them only on acknowledgement.
+//!
+//! One thread owns the connection (rusqlite is blocking). Callers hold an [`OutboxHandle`]; its
+//! requests queue on a bounded channel, and the thread commits every append waiting in the queue
+//! in one transaction (group commit): one fsync per group under load, one per event when idle,
+//! and no waiting for a group to fill.
+
+mod store;
+
+pub use store::{Batch, Stats, Store, StoreError};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::OutboxConfig;
+use crate::event::{Event, Origin};
+
+/// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
+const QUEUE: usize = 4096;
+/// Most requests folded into one transaction: bounds a group's latency and memory.
+const MAX_GROUP: usize = 2048;
+/// Appends held in memory while the disk refuses writes, before the queue stops being read.
+const MAX_HELD: usize = 10_000;
+/// Wait between attempts to write held appends (disk full).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often rows past the retention age are looked for.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The append was not made durable (disk full, I/O error). The caller still owns the data and
+    /// should answer its device "not accepted" (e.g. HTTP 503) or retry.
+    #[error("the event was not stored: {0}")]
+    NotStored(String),
+    /// The outbox thread has stopped (shutdown or a fatal database error).
+    #[error("the outbox is closed")]
+    Closed,
+}
+
+enum Request {
+    Append {
+        event: Box<Event>,
+        done: Option<oneshot::Sender<Result<u64, OutboxError>>>,
+    },
+    Ack {
+        first: u64,
+        last: u64,
+    },
+    Fetch {
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Option<Batch>, OutboxError>>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+}
+
+/// A cloneable handle on the outbox with typed requests.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    tx: flume::Sender<Request>,
+    committed: watch::Receiver<u64>,
+}
+
+/// The opened outbox, before its thread starts.
+pub struct Outbox {
+    store: Store,
+    rx: flume::Receiver<Request>,
+    committed: watch::Sender<u64>,
+    pub quarantined: Option<PathBuf>,
+}
+
+impl Outbox {
+    /// Opens the database (quarantining a corrupt one) and returns the outbox and its handle.
+    pub fn open(
+        config: &OutboxConfig,
+        origin: Origin,
+    ) -> Result<(Outbox, OutboxHandle), StoreError> {
+        let opened = Store::open(
+            &config.path,
+            config.synchronous,
+            origin,
+            config.max_bytes,
+            config.max_age,
+        )?;
+        let stats = opened.store.stats()?;
+        info!(db = %config.path.display(), depth = stats.depth, last_seq = stats.last_seq, "outbox open");
+        let (tx, rx) = flume::bounded(QUEUE);
+        let (committed, committed_rx) = watch::channel(stats.last_seq);
+        Ok((
+            Outbox {
+                store: opened.store,
+                rx,
+                committed,
+                quarantined: opened.quarantined,
+            },
+            OutboxHandle {
+                tx,
+                committed: committed_rx,
+            },
+        ))
+    }
+
+    /// Serves requests until every handle is dropped, then returns (everything accepted is
+    /// committed by then). Blocking: run on a dedicated thread.
+    pub fn run(mut self) {
+        let mut held: Vec<Request> = Vec::new();
+        let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+        let mut last_expire = Instant::now();
+        loop {
+            let first = if held.is_empty() {
+                match self.rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            } else if held.len() >= MAX_HELD {
+                std::thread::sleep(RETRY_EVERY);
+                None
+            } else {
+                match self.rx.recv_timeout(RETRY_EVERY) {
+                    Ok(r) => Some(r),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) if held.is_empty() => break,
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        // Shutting down with appends the disk refused: one last try, then say so.
+                        std::thread::sleep(RETRY_EVERY);
+                        None
+                    }
+                }
+            };
+            group.append(&mut held);
+            group.extend(first);
+            while group.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            held = self.serve(&mut group);
+            if !held.is_empty() && self.rx.is_disconnected() && self.rx.is_empty() {
+                error!(
+                    count = held.len(),
+                    "shutting down with events the disk refused; they are lost"
+                );
+                break;
+            }
+            if last_expire.elapsed() >= EXPIRE_EVERY {
+                last_expire = Instant::now();
+                if let Err(e) = self.store.expire(SystemTime::now()) {
+                    warn!(error = %e, "outbox retention sweep failed");
+                }
+                if let Ok(stats) = self.store.stats() {
+                    self.committed.send_replace(stats.last_seq);
+                }
+            }
+        }
+        info!("outbox closed");
+    }
+
+    /// Commits a group; answers fetches and stats after the commit so they see it. Returns the
+    /// fire-and-forget appends to retry when the disk refused them.
+    fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
+        let mut events: Vec<Event> = Vec::new();
+        let mut acks: Vec<(u64, u64)> = Vec::new();
+        let mut dones = Vec::new();
+        let mut reads = Vec::new();
+        for r in group.drain(..) {
+            match r {
+                Request::Append { event, done } => {
+                    events.push(*event);
+                    dones.push(done);
+                }
+                Request::Ack { first, last } => acks.push((first, last)),
+                other => reads.push(other),
+            }
+        }
+        let mut held = Vec::new();
+        if !events.is_empty() || !acks.is_empty() {
+            match self.store.commit_group(&events, &acks) {
+                Ok(seqs) => {
+                    crate::metrics::EVENTS_ACCEPTED.add(seqs.len() as u64);
+                    for (done, seq) in dones.into_iter().zip(&seqs) {
+                        if let Some(done) = done {
+                            // The appender may have given up waiting; the event is stored either way.
+                            let _ = done.send(Ok(*seq));
+                        }
+                    }
+                    if let Ok(stats) = self.store.stats() {
+                        self.committed.send_replace(stats.last_seq);
+                    }
+                }
+                Err(e) => {
+                    crate::metrics::OUTBOX_WRITE_ERRORS.inc();
+                    error!(error = %e, events = events.len(), "outbox transaction failed; nothing of it was written");
+                    for (event, done) in events.into_iter().zip(dones) {
+                        match done {
+                            Some(done) => {
+                                let _ = done.send(Err(OutboxError::NotStored(e.to_string())));
+                            }
+                            None => held.push(Request::Append {
+                                event: Box::new(event),
+                                done: None,
+                            }),
+                        }
+                    }
+                    // Acks are not lost either: the rows stay and are published again later.
+                }
+            }
+        }
+        for r in reads {
+            match r {
+                Request::Fetch {
+                    after,
+                    max_events,
+                    max_bytes,
+                    reply,
+                } => {
+                    let batch = self
+                        .store
+                        .fetch_after(after, max_events, max_bytes)
+                        .map_err(|e| OutboxError::NotStored(e.to_string()));
+                    let _ = reply.send(batch);
+                }
+                Request::Stats { reply } => {
+                    let _ = reply.send(self.store.stats().unwrap_or_default());
+                }
+                Request::Append { .. } | Request::Ack { .. } => unreachable!("sorted above"),
+            }
+        }
+        held
+    }
+
+    /// Runs the outbox on its own named thread.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("outbox".into())
+            .spawn(move || self.run())
+    }
+}
+
+impl OutboxHandle {
+    /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
+    /// fed). Waits while the queue is full.
+    pub async fn submit(&self, event: Event) -> Result<(), OutboxError> {
+        self.tx
+            .send_async(Request::Append {
+                event: Box::new(event),
+                done: None,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// Appends an event and waits until it is durable; returns its seq.
+    pub async fn append(&self, event: Event) -> Result<u64, OutboxError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::Append {
+                event: Box::new(event),
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Deletes `first..=last`: call only on the broker's acknowledgement of their publish.
+    pub async fn ack(&self, first: u64, last: u64) -> Result<(), OutboxError> {
+        self.tx
+            .send_async(Request::Ack { first, last })
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// The next batch of events after `after`, in seq order.
+    pub async fn fetch_after(
+        &self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::Fetch {
+                after,
+                max_events,
+                max_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    pub async fn stats(&self) -> Result<Stats, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::Stats { reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)
+    }
+
+    /// Watches the last committed seq: changes whenever new events are durable.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}

@@ -1,0 +1,187 @@
+//! Device sources: one module per device kind. Each owns its port, speaks the device's real
+//! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
+//! SQLite or MQTT.
+
+pub mod scanner;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+/// What a device saw, where and when: raw enough to audit, with no identity attached.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub device: Arc<str>,
+    pub station: Arc<str>,
+    /// The gateway's clock when the reading was complete (e.g. the scanner's terminator arrived).
+    pub at: SystemTime,
+    pub observation: Observation,
+}
+
+#[derive(Debug, Clone)]
+pub enum Observation {
+    Code(scanner::ScannedCode),
+    Status(DeviceStatus),
+}
+
+/// A device went up / down / silent, or rejected input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub kind: &'static str,
+    pub state: DeviceState,
+    pub reason: String,
+    /// For throttled errors: how many rejections this report stands for.
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Up,
+    Down,
+    Silent,
+    Error,
+}
+
+/// Why a source stops.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The pipeline behind the source is gone (shutdown): stop reading.
+    #[error("the reading channel is closed")]
+    Closed,
+}
+
+/// A source's handle for emitting readings. Sending blocks when the link is behind: readings
+/// are never dropped at the source, the device's own buffer takes the back-pressure.
+#[derive(Clone)]
+pub struct ReadingSink {
+    device: Arc<str>,
+    station: Arc<str>,
+    kind: &'static str,
+    tx: mpsc::Sender<Reading>,
+}
+
+impl ReadingSink {
+    pub fn new(device: &str, station: &str, kind: &'static str, tx: mpsc::Sender<Reading>) -> Self {
+        ReadingSink {
+            device: device.into(),
+            station: station.into(),
+            kind,
+            tx,
+        }
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Emits an observation stamped now. Call from a source's own (blocking) thread.
+    pub fn emit(&self, observation: Observation) -> Result<(), SourceError> {
+        self.emit_at(SystemTime::now(), observation)
+    }
+
+    pub fn emit_at(&self, at: SystemTime, observation: Observation) -> Result<(), SourceError> {
+        let reading = Reading {
+            device: self.device.clone(),
+            station: self.station.clone(),
+            at,
+            observation,
+        };
+        self.tx
+            .blocking_send(reading)
+            .map_err(|_| SourceError::Closed)
+    }
+
+    pub fn status(
+        &self,
+        state: DeviceState,
+        reason: impl Into<String>,
+        count: Option<u64>,
+    ) -> Result<(), SourceError> {
+        self.emit(Observation::Status(DeviceStatus {
+            kind: self.kind,
+            state,
+            reason: reason.into(),
+            count,
+        }))
+    }
+}
+
+/// One stop signal shared by every source thread (blocking code polls it between reads).
+#[derive(Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`, returning early (true) when stopped.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while !self.is_stopped() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        true
+    }
+}
+
+/// Capped exponential backoff for reopening a port, with jitter so replugged devices do not
+/// retry in lockstep.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next delay: uniformly jittered in [next/2, next], then doubled up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = d / 2;
+        half + Duration::from_nanos(fastrand::u64(0..=(d - half).as_nanos() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(
+            delays[9] >= Duration::from_secs(1),
+            "reaches the cap band: {delays:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,319 @@
+//! Uplink: publishes the outbox to HQ over MQTT QoS 1, in `seq` order, and deletes rows only on
+//! the broker's PUBACK for the publish that carried them.
+//!
+//! rumqttc's own queue is not a durable copy: with a clean session (always, here) it empties its
+//! pending queue on every CONNACK. So after each CONNACK the uplink forgets what it had in flight
+//! and republishes from the oldest un-acked row. `publish` does not return the packet id; the
+//! PUBACK is matched through `Outgoing::Publish(pkid)` events, which come in the order the
+//! publishes were queued. That order is only reliable within one connection, and this task is
+//! the only one queueing publishes, only while connected, so it holds.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing,
+    Packet, QoS,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, MqttConfig, UplinkConfig};
+use crate::outbox::{Batch, OutboxError, OutboxHandle};
+use crate::sources::Backoff;
+
+/// How long shutdown waits for the last acknowledgements and the offline status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The MQTT settings cannot work (e.g. unreadable TLS files): fix the config.
+    #[error("MQTT settings: {0}")]
+    Settings(String),
+    /// The outbox stopped under the uplink: the daemon is going down.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// A publish queued in the client, waiting for its packet id or its PUBACK.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Batch { first: u64, last: u64, count: usize },
+    Status,
+}
+
+/// The uplink's modes; each `async fn` runs one and returns the next.
+enum Mode {
+    Connecting,
+    Live,
+    BackingOff(ConnectionError),
+    ShuttingDown,
+}
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Option<Batch>, OutboxError>> + Send>>;
+
+pub struct Uplink {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    outbox: OutboxHandle,
+    committed: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    settings: UplinkConfig,
+    events_topic: String,
+    status_topic: String,
+    gateway: String,
+    backoff: Backoff,
+    /// Queued publishes not yet given a packet id, in queue order.
+    unassigned: VecDeque<Sent>,
+    inflight: HashMap<u16, Sent>,
+    /// Highest seq handed to a publish on this connection.
+    sent_through: u64,
+}
+
+impl Uplink {
+    pub fn new(
+        config: &Config,
+        outbox: OutboxHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, UplinkError> {
+        let status_topic = config.status_topic();
+        let options = mqtt_options(&config.mqtt, &config.uplink, &status_topic, &config.gateway)?;
+        let (client, eventloop) = AsyncClient::new(options, config.uplink.inflight + 8);
+        Ok(Uplink {
+            client,
+            eventloop,
+            committed: outbox.committed(),
+            outbox,
+            shutdown,
+            settings: config.uplink.clone(),
+            events_topic: config.events_topic(),
+            status_topic,
+            gateway: config.gateway.clone(),
+            backoff: Backoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            unassigned: VecDeque::new(),
+            inflight: HashMap::new(),
+            sent_through: 0,
+        })
+    }
+
+    pub async fn run(mut self) -> Result<(), UplinkError> {
+        let mut mode = Mode::Connecting;
+        loop {
+            mode = match mode {
+                Mode::Connecting => self.connect().await,
+                Mode::Live => self.live().await?,
+                Mode::BackingOff(e) => self.back_off(e).await,
+                Mode::ShuttingDown => {
+                    self.shut_down().await?;
+                    return Ok(());
+                }
+            };
+        }
+    }
+
+    async fn connect(&mut self) -> Mode {
+        loop {
+            tokio::select! {
+                // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
+                ev = self.eventloop.poll() => match ev {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        info!(broker = ?self.eventloop.mqtt_options.broker_address(), "connected to HQ");
+                        crate::metrics::MQTT_CONNECTED.set(1);
+                        self.backoff.reset();
+                        self.unassigned.clear();
+                        self.inflight.clear();
+                        // Resend every un-acked row: the outbox still has exactly those.
+                        self.sent_through = 0;
+                        self.publish_status("online");
+                        return Mode::Live;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Mode::BackingOff(e),
+                },
+                _ = self.shutdown.changed() => return Mode::ShuttingDown,
+            }
+        }
+    }
+
+    async fn live(&mut self) -> Result<Mode, UplinkError> {
+        let mut fetch: Option<FetchFuture> = None;
+        let mut caught_up = false;
+        loop {
+            if fetch.is_none() && !caught_up && self.batches_in_flight() < self.settings.inflight {
+                self.committed.borrow_and_update();
+                let (h, after) = (self.outbox.clone(), self.sent_through);
+                let (n, b) = (
+                    self.settings.batch_max_events,
+                    self.settings.batch_max_bytes,
+                );
+                fetch = Some(Box::pin(async move { h.fetch_after(after, n, b).await }));
+            }
+            tokio::select! {
+                ev = self.eventloop.poll() => match ev {
+                    Ok(ev) => self.on_event(ev).await?,
+                    Err(e) => return Ok(Mode::BackingOff(e)),
+                },
+                batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                    fetch = None;
+                    match batch? {
+                        Some(batch) => self.publish_batch(batch),
+                        None => caught_up = true,
+                    }
+                }
+                // Cancel-safe: a missed change is seen by the next borrow.
+                changed = self.committed.changed(), if caught_up => {
+                    if changed.is_err() {
+                        return Ok(Mode::ShuttingDown);
+                    }
+                    caught_up = false;
+                }
+                _ = self.shutdown.changed() => return Ok(Mode::ShuttingDown),
+            }
+        }
+    }
+
+    async fn back_off(&mut self, error: ConnectionError) -> Mode {
+        crate::metrics::MQTT_CONNECTED.set(0);
+        crate::metrics::MQTT_RECONNECTS.inc();
+        self.unassigned.clear();
+        self.inflight.clear();
+        let delay = self.backoff.next_delay();
+        warn!(error = %error, retry_in = ?delay, "HQ link down");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Mode::Connecting,
+            _ = self.shutdown.changed() => Mode::ShuttingDown,
+        }
+    }
+
+    /// Says goodbye (retained offline status), and takes the acks that arrive in the grace time.
+    async fn shut_down(&mut self) -> Result<(), UplinkError> {
+        if crate::metrics::MQTT_CONNECTED.get() == 0 {
+            return Ok(());
+        }
+        self.publish_status("offline");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.unassigned.is_empty() || !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(ev)) => self.on_event(ev).await?,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        // Best effort: the broker would publish the Last Will (offline) anyway.
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
+        crate::metrics::MQTT_CONNECTED.set(0);
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: MqttEvent) -> Result<(), UplinkError> {
+        match ev {
+            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(sent) = self.unassigned.pop_front() {
+                    self.inflight.insert(pkid, sent);
+                }
+            }
+            MqttEvent::Incoming(Packet::PubAck(ack)) => match self.inflight.remove(&ack.pkid) {
+                Some(Sent::Batch { first, last, count }) => {
+                    debug!(first, last, count, "batch acknowledged");
+                    self.outbox.ack(first, last).await?;
+                    crate::metrics::EVENTS_PUBLISHED.add(count as u64);
+                }
+                Some(Sent::Status) => {}
+                None => debug!(pkid = ack.pkid, "PUBACK for no publish of this connection"),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        self.unassigned
+            .iter()
+            .chain(self.inflight.values())
+            .filter(|s| matches!(s, Sent::Batch { .. }))
+            .count()
+    }
+
+    fn publish_batch(&mut self, batch: Batch) {
+        let sent = Sent::Batch {
+            first: batch.first,
+            last: batch.last,
+            count: batch.count,
+        };
+        // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
+        // a full channel cannot happen; if it did, the batch is simply fetched again.
+        match self
+            .client
+            .try_publish(&self.events_topic, QoS::AtLeastOnce, false, batch.payload)
+        {
+            Ok(()) => {
+                self.unassigned.push_back(sent);
+                self.sent_through = batch.last;
+            }
+            Err(e) => warn!(error = %e, "could not queue a batch; it stays in the outbox"),
+        }
+    }
+
+    fn publish_status(&mut self, state: &str) {
+        let payload = status_payload(state, &self.gateway);
+        match self
+            .client
+            .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
+        {
+            Ok(()) => self.unassigned.push_back(Sent::Status),
+            Err(e) => warn!(error = %e, "could not queue the status message"),
+        }
+    }
+}
+
+/// `{"state":…,"gateway":…,"version":…,"since":…}` (DESIGN.md "MQTT topics").
+fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
+    serde_json::json!({
+        "state": state,
+        "gateway": gateway,
+        "version": env!("CARGO_PKG_VERSION"),
+        "since": crate::event::format_time(SystemTime::now()),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn mqtt_options(
+    m: &MqttConfig,
+    u: &UplinkConfig,
+    status_topic: &str,
+    gateway: &str,
+) -> Result<MqttOptions, UplinkError> {
+    let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
+    o.set_keep_alive(m.keepalive);
+    // The outbox is the session: a broker-side session would only replay what we resend anyway.
+    o.set_clean_session(true);
+    o.set_inflight((u.inflight + 2) as u16);
+    // Outgoing: a batch, or one event larger than a batch (a long scanner line). Incoming:
+    // downlink documents such as a member snapshot.
+    o.set_max_packet_size(1024 * 1024, (u.batch_max_bytes * 2).max(4 * 1024 * 1024));
+    o.set_last_will(LastWill::new(
+        status_topic,
+        status_payload("offline", gateway),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &m.username {
+        o.set_credentials(user, m.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &m.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| UplinkError::Settings(format!("cannot read {}: {e}", p.display())))
+        };
+        let ca = read(&tls.ca)?;
+        let client_auth = match (&tls.cert, &tls.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        o.set_transport(rumqttc::Transport::tls(ca, client_auth, None));
+    }
+    Ok(o)
+}
