@@ -22,6 +22,15 @@ impl Pty {
     pub fn open(link: &Path) -> std::io::Result<Pty> {
         use nix::sys::termios;
         let pair = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+        // openpty does not set close-on-exec: without it every child process (phygate, the
+        // broker) would inherit the master, and closing ours would not unplug the device.
+        for fd in [&pair.master, &pair.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(std::io::Error::from)?;
+        }
         let slave_path = nix::unistd::ttyname(&pair.slave).map_err(std::io::Error::from)?;
         let mut t = termios::tcgetattr(&pair.slave).map_err(std::io::Error::from)?;
         termios::cfmakeraw(&mut t);
@@ -39,5 +48,14 @@ impl Pty {
             slave_path,
             link: link.to_owned(),
         })
+    }
+}
+
+impl Drop for Pty {
+    /// Like an unplug: the stable name disappears with the device (only if it is still ours).
+    fn drop(&mut self) {
+        if std::fs::read_link(&self.link).is_ok_and(|t| t == self.slave_path) {
+            let _ = std::fs::remove_file(&self.link);
+        }
     }
 }

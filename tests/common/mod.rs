@@ -1,0 +1,323 @@
+//! Test harness: real parts only. A real mosquitto on a free port, the built `phygate` binary
+//! with a config in a temp dir, a pty pair as the scanner's serial port, and an HQ subscriber.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use phygate::sim::broker::Mosquitto;
+use phygate::sim::scanner::ScannerSim;
+use phygate::sim::Pty;
+use phygate::sources::scanner::Framing;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+pub const TENANT: &str = "acme";
+pub const STORE: &str = "s1";
+
+pub fn events_topic() -> String {
+    format!("phygate/v1/{TENANT}/{STORE}/events")
+}
+
+/// Everything one test needs, in its own temp dir.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub config: PathBuf,
+    pub scanner_link: PathBuf,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(&dir.path().join("broker")).expect("mosquitto");
+        let scanner_link = dir.path().join("scanner0");
+        let config = dir.path().join("phygate.toml");
+        let rig = Rig {
+            dir,
+            broker,
+            config,
+            scanner_link,
+        };
+        rig.write_config("");
+        rig
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("phygate.db")
+    }
+
+    /// The test config; `extra` is appended (e.g. an `[uplink]` table).
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            r#"tenant = "{TENANT}"
+store = "{STORE}"
+gateway = "gw1"
+
+[[station]]
+id = "gate-1"
+role = "gate"
+
+[[device]]
+kind = "scanner"
+id = "scanner-1"
+station = "gate-1"
+port = "{}"
+terminator = "cr"
+aim = true
+
+[outbox]
+path = "{}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {}
+keepalive = "5s"
+{extra}
+"#,
+            self.scanner_link.display(),
+            self.db_path().display(),
+            self.broker.port
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn start_gateway(&self) -> Gateway {
+        Gateway::start(&self.config, &self.dir.path().join("phygate.log"))
+    }
+
+    pub fn hq(&self, name: &str) -> Hq {
+        Hq::connect(self.broker.port, name)
+    }
+
+    pub fn scanner(&self) -> (Pty, ScannerSim<std::fs::File>) {
+        let pty = Pty::open(&self.scanner_link).unwrap();
+        let sim = ScannerSim {
+            port: pty.master.try_clone().unwrap(),
+            framing: Framing {
+                aim: true,
+                ..Framing::default()
+            },
+        };
+        (pty, sim)
+    }
+}
+
+/// The phygate binary as a child process.
+pub struct Gateway {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(config: &Path, log: &Path) -> Gateway {
+        let mut g = Gateway {
+            child: None,
+            config: config.to_owned(),
+            log: log.to_owned(),
+        };
+        g.restart();
+        g
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_phygate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, as systemd stops it; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "phygate did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// HQ's subscriber: a persistent session, so what is published while it reconnects after a
+/// broker restart still reaches it. Keeps every event in arrival order, duplicates included.
+pub struct Hq {
+    pub received: Arc<Mutex<Vec<Value>>>,
+    client: Client,
+}
+
+impl Hq {
+    pub fn connect(port: u16, name: &str) -> Hq {
+        let mut options = MqttOptions::new(format!("hq-{name}-{port}"), "127.0.0.1", port);
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(64 * 1024 * 1024, 1024 * 1024);
+        let (client, mut connection) = Client::new(options, 64);
+        client.subscribe(events_topic(), QoS::AtLeastOnce).unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for notification in connection.iter() {
+                match notification {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let batch: Vec<Value> =
+                            serde_json::from_slice(&p.payload).expect("a batch is a JSON array");
+                        sink.lock().unwrap().extend(batch);
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => return,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("HQ subscribed");
+        Hq { received, client }
+    }
+
+    pub fn all(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Distinct events by id (the first arrival of each).
+    pub fn unique(&self) -> Vec<Value> {
+        let mut seen = HashSet::new();
+        self.all()
+            .into_iter()
+            .filter(|e| seen.insert(e["id"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    pub fn scanned_payloads(&self) -> Vec<String> {
+        self.unique()
+            .iter()
+            .filter(|e| e["type"] == "store.qr.scanned")
+            .map(|e| e["data"]["payload"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn statuses(&self) -> Vec<Value> {
+        self.unique()
+            .into_iter()
+            .filter(|e| e["type"] == "store.device.status")
+            .collect()
+    }
+
+    /// Waits until `f(self)` holds, failing with `what` after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, f: impl Fn(&Hq) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; HQ has {} events",
+                self.all().len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every id arrived with one body: duplicates are resends of the same event, and per id the
+    /// seq never differs; the first arrivals are in increasing seq order.
+    pub fn assert_consistent(&self) -> usize {
+        let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+        for e in self.all() {
+            let id = e["id"].as_str().unwrap().to_owned();
+            if let Some(prev) = by_id.get(&id) {
+                assert_eq!(prev, &e, "a duplicate must be the same event");
+            } else {
+                by_id.insert(id, e);
+            }
+        }
+        let seqs: Vec<u64> = self
+            .unique()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "first arrivals in seq order: {seqs:?}"
+        );
+        self.all().len() - by_id.len()
+    }
+}
+
+impl Drop for Hq {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Polls `f` until it holds.
+pub fn eventually(timeout: Duration, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The ids of the events still in an outbox file (accepted, not yet acknowledged).
+pub fn outbox_ids(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut q = conn.prepare("SELECT id FROM outbox ORDER BY seq").unwrap();
+    let ids = q
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    ids
+}
