@@ -41,6 +41,9 @@ pub enum OutboxError {
     Closed,
 }
 
+/// State keys and their values.
+pub type StateEntries = Vec<(String, Vec<u8>)>;
+
 enum Request {
     Append {
         event: Box<Event>,
@@ -58,6 +61,14 @@ enum Request {
     },
     Stats {
         reply: oneshot::Sender<Stats>,
+    },
+    PutState {
+        key: String,
+        value: Option<Vec<u8>>,
+    },
+    GetState {
+        prefix: String,
+        reply: oneshot::Sender<Result<StateEntries, OutboxError>>,
     },
 }
 
@@ -168,6 +179,7 @@ impl Outbox {
     fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
         let mut events: Vec<Event> = Vec::new();
         let mut acks: Vec<(u64, u64)> = Vec::new();
+        let mut state: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut dones = Vec::new();
         let mut reads = Vec::new();
         for r in group.drain(..) {
@@ -177,12 +189,13 @@ impl Outbox {
                     dones.push(done);
                 }
                 Request::Ack { first, last } => acks.push((first, last)),
+                Request::PutState { key, value } => state.push((key, value)),
                 other => reads.push(other),
             }
         }
         let mut held = Vec::new();
-        if !events.is_empty() || !acks.is_empty() {
-            match self.store.commit_group(&events, &acks) {
+        if !events.is_empty() || !acks.is_empty() || !state.is_empty() {
+            match self.store.commit_group_with_state(&events, &acks, &state) {
                 Ok(seqs) => {
                     crate::metrics::EVENTS_ACCEPTED.add(seqs.len() as u64);
                     for (done, seq) in dones.into_iter().zip(&seqs) {
@@ -210,6 +223,7 @@ impl Outbox {
                         }
                     }
                     // Acks are not lost either: the rows stay and are published again later.
+                    // State writes are retried with the next write of the same key.
                 }
             }
         }
@@ -230,7 +244,16 @@ impl Outbox {
                 Request::Stats { reply } => {
                     let _ = reply.send(self.store.stats().unwrap_or_default());
                 }
-                Request::Append { .. } | Request::Ack { .. } => unreachable!("sorted above"),
+                Request::GetState { prefix, reply } => {
+                    let _ = reply.send(
+                        self.store
+                            .scan_state(&prefix)
+                            .map_err(|e| OutboxError::NotStored(e.to_string())),
+                    );
+                }
+                Request::Append { .. } | Request::Ack { .. } | Request::PutState { .. } => {
+                    unreachable!("sorted above")
+                }
             }
         }
         held
@@ -305,6 +328,59 @@ impl OutboxHandle {
             .await
             .map_err(|_| OutboxError::Closed)?;
         wait.await.map_err(|_| OutboxError::Closed)
+    }
+
+    /// Sets (or with `None` deletes) a state key; committed with the next group, in queue order
+    /// with the events submitted before it. Blocking: for source threads.
+    pub fn put_state_blocking(
+        &self,
+        key: impl Into<String>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), OutboxError> {
+        self.tx
+            .send(Request::PutState {
+                key: key.into(),
+                value,
+            })
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    pub async fn put_state(
+        &self,
+        key: impl Into<String>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), OutboxError> {
+        self.tx
+            .send_async(Request::PutState {
+                key: key.into(),
+                value,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// Every state entry under `prefix`. Blocking: for source threads at start.
+    pub fn state_blocking(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Request::GetState {
+                prefix: prefix.into(),
+                reply,
+            })
+            .map_err(|_| OutboxError::Closed)?;
+        wait.blocking_recv().map_err(|_| OutboxError::Closed)?
+    }
+
+    pub async fn state(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::GetState {
+                prefix: prefix.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// Watches the last committed seq: changes whenever new events are durable.

@@ -30,6 +30,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_by_priority ON outbox(priority, seq);
      CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      INSERT INTO meta(key, value) VALUES ('last_seq', 0);",
+    // 2: small durable state of other stages (gate counter baselines, replay cache, members),
+    // written in the same transaction as the events it explains.
+    "CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Eviction frees down to this share of the quota, so a full outbox does not evict on every append.
@@ -166,7 +169,17 @@ impl Store {
         events: &[Event],
         acked: &[(u64, u64)],
     ) -> Result<Vec<u64>, StoreError> {
-        let (seqs, t) = self.try_group(events, acked).map_err(classify)?;
+        self.commit_group_with_state(events, acked, &[])
+    }
+
+    /// As [`Store::commit_group`], also setting state keys (`None` deletes) in the same transaction.
+    pub fn commit_group_with_state(
+        &mut self,
+        events: &[Event],
+        acked: &[(u64, u64)],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let (seqs, t) = self.try_group(events, acked, state).map_err(classify)?;
         (self.last_seq, self.depth, self.bytes) = (t.last_seq, t.depth, t.bytes);
         self.publish_gauges();
         Ok(seqs)
@@ -176,6 +189,7 @@ impl Store {
         &mut self,
         events: &[Event],
         acked: &[(u64, u64)],
+        state: &[(String, Option<Vec<u8>>)],
     ) -> rusqlite::Result<(Vec<u64>, Tally)> {
         let mut t = Tally {
             last_seq: self.last_seq,
@@ -204,6 +218,16 @@ impl Store {
             if let Some(report) = evicted_event(&self.origin, evicted, "bytes") {
                 insert(&tx, &self.origin, &report, &mut t)?;
             }
+        }
+        for (key, value) in state {
+            match value {
+                Some(v) => tx
+                    .prepare_cached("INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)")?
+                    .execute(params![key, v])?,
+                None => tx
+                    .prepare_cached("DELETE FROM state WHERE key = ?1")?
+                    .execute([key])?,
+            };
         }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
@@ -284,6 +308,24 @@ impl Store {
             count,
             payload,
         }))
+    }
+
+    /// A state value, if set.
+    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM state WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// All state entries whose key starts with `prefix`.
+    pub fn scan_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT key, value FROM state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )?;
+        let rows = q.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn publish_gauges(&self) {
@@ -625,6 +667,27 @@ mod tests {
         assert_eq!(v[1]["type"], "store.outbox.evicted");
         assert_eq!(v[1]["data"]["ranges"], serde_json::json!([[1, 1]]));
         assert_eq!(v[1]["data"]["policy"], "age");
+    }
+
+    #[test]
+    fn state_commits_with_events_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            let mut s = open(&path, 1 << 30).store;
+            let state = vec![
+                ("gate/g1".to_string(), Some(b"41".to_vec())),
+                ("gate/g2".to_string(), Some(b"7".to_vec())),
+            ];
+            s.commit_group_with_state(&[scan("a")], &[], &state)
+                .unwrap();
+            s.commit_group_with_state(&[], &[], &[("gate/g2".to_string(), None)])
+                .unwrap();
+        }
+        let s = open(&path, 1 << 30).store;
+        assert_eq!(s.get_state("gate/g1").unwrap(), Some(b"41".to_vec()));
+        assert_eq!(s.get_state("gate/g2").unwrap(), None);
+        assert_eq!(s.scan_state("gate/").unwrap().len(), 1);
     }
 
     #[test]
