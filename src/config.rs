@@ -57,6 +57,20 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub mqtt: MqttConfig,
     pub uplink: UplinkConfig,
+    pub identity: IdentityConfig,
+}
+
+/// How readings are linked to app users (PROTOCOLS.md §5–6).
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The tenant's NFC card key; taps carry no card hash until it is known (config or HQ).
+    pub card_key: Option<[u8; 32]>,
+    /// Token public keys from config; HQ may add more on the keys topic.
+    pub keys: crate::link::jwks::KeySet,
+    /// Clock-skew allowance for token `iat`/`exp`.
+    pub token_skew: Duration,
+    /// How long an identification at a station links that station's anonymous readings.
+    pub session_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +296,27 @@ struct RawConfig {
     mqtt: Spanned<RawMqtt>,
     #[serde(default)]
     uplink: RawUplink,
+    #[serde(default)]
+    identity: RawIdentity,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    /// base64url (no padding) of 32 bytes.
+    card_key: Option<String>,
+    /// A JWKS file with the token public keys.
+    jwks_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    token_skew: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    session_window: Option<Duration>,
+}
+
+/// PROTOCOLS.md §5: 30 s of clock skew between the app's phone and the gateway.
+const DEFAULT_TOKEN_SKEW: Duration = Duration::from_secs(30);
+/// Long enough to scan at a kiosk and then sit through a skin diagnosis.
+const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(180);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -701,12 +735,15 @@ impl Validator<'_> {
             });
         }
 
+        let identity = self.identity(raw.identity);
+
         Config {
             tenant,
             store,
             gateway,
             stations,
             devices,
+            identity,
             outbox,
             mqtt: MqttConfig {
                 host: m.host,
@@ -725,6 +762,76 @@ impl Validator<'_> {
                 backoff_max: u.backoff_max,
             },
         }
+    }
+}
+
+impl Validator<'_> {
+    fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
+        let card_key = raw
+            .card_key
+            .and_then(|k| match crate::link::cardhash::parse_card_key(&k) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    self.keyed(
+                        "card_key",
+                        "identity.card_key",
+                        format!("{e} (expected base64url of 32 bytes)"),
+                    );
+                    None
+                }
+            });
+        let keys = match raw.jwks_file.map(|p| self.path(p)) {
+            None => crate::link::jwks::KeySet::default(),
+            Some(p) => match std::fs::read_to_string(&p) {
+                Err(e) => {
+                    self.keyed(
+                        "jwks_file",
+                        "identity.jwks_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    Default::default()
+                }
+                Ok(text) => crate::link::jwks::KeySet::from_jwks_json(&text).unwrap_or_else(|e| {
+                    self.keyed(
+                        "jwks_file",
+                        "identity.jwks_file",
+                        format!("{}: {e}", p.display()),
+                    );
+                    Default::default()
+                }),
+            },
+        };
+        let token_skew = raw.token_skew.unwrap_or(DEFAULT_TOKEN_SKEW);
+        if token_skew > Duration::from_secs(300) {
+            self.keyed(
+                "token_skew",
+                "identity.token_skew",
+                "must be at most 5m (tokens live 5m)",
+            );
+        }
+        let session_window = raw.session_window.unwrap_or(DEFAULT_SESSION_WINDOW);
+        if session_window.is_zero() || session_window > Duration::from_secs(3600) {
+            self.keyed(
+                "session_window",
+                "identity.session_window",
+                "must be between 1s and 1h",
+            );
+        }
+        IdentityConfig {
+            card_key,
+            keys,
+            token_skew,
+            session_window,
+        }
+    }
+
+    /// A problem on the line where `key = …` is written.
+    fn keyed(&mut self, key: &str, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: find_key_line(self.text, key),
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 

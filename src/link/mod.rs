@@ -1,7 +1,11 @@
 //! Link: turns device readings into journey events. This is where identity is attached (app
 //! tokens, NFC members, station sessions, visits); a source never knows about users.
 
+pub mod cardhash;
 mod classify;
+pub mod jwks;
+pub mod replay;
+pub mod token;
 
 pub use classify::{classify_code, CodeKind};
 

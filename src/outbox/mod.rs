@@ -43,10 +43,14 @@ pub enum OutboxError {
 
 /// State keys and their values.
 pub type StateEntries = Vec<(String, Vec<u8>)>;
+/// A state key to set (`Some`) or delete (`None`).
+pub type StateWrite = (String, Option<Vec<u8>>);
 
 enum Request {
     Append {
         event: Box<Event>,
+        /// State committed in the same transaction as the event (e.g. a counter baseline).
+        state: Vec<StateWrite>,
         done: Option<oneshot::Sender<Result<u64, OutboxError>>>,
     },
     Ack {
@@ -179,13 +183,21 @@ impl Outbox {
     fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
         let mut events: Vec<Event> = Vec::new();
         let mut acks: Vec<(u64, u64)> = Vec::new();
-        let mut state: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        let mut state: Vec<StateWrite> = Vec::new();
+        // Each append's own state writes, to hold them with the event if the disk refuses.
+        let mut held_state: Vec<Vec<StateWrite>> = Vec::new();
         let mut dones = Vec::new();
         let mut reads = Vec::new();
         for r in group.drain(..) {
             match r {
-                Request::Append { event, done } => {
+                Request::Append {
+                    event,
+                    state: writes,
+                    done,
+                } => {
                     events.push(*event);
+                    held_state.push(writes.clone());
+                    state.extend(writes);
                     dones.push(done);
                 }
                 Request::Ack { first, last } => acks.push((first, last)),
@@ -211,19 +223,20 @@ impl Outbox {
                 Err(e) => {
                     crate::metrics::OUTBOX_WRITE_ERRORS.inc();
                     error!(error = %e, events = events.len(), "outbox transaction failed; nothing of it was written");
-                    for (event, done) in events.into_iter().zip(dones) {
+                    for ((event, writes), done) in events.into_iter().zip(held_state).zip(dones) {
                         match done {
                             Some(done) => {
                                 let _ = done.send(Err(OutboxError::NotStored(e.to_string())));
                             }
                             None => held.push(Request::Append {
                                 event: Box::new(event),
+                                state: writes,
                                 done: None,
                             }),
                         }
                     }
                     // Acks are not lost either: the rows stay and are published again later.
-                    // State writes are retried with the next write of the same key.
+                    // Lone state writes are retried with the next write of the same key.
                 }
             }
         }
@@ -271,9 +284,20 @@ impl OutboxHandle {
     /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
     /// fed). Waits while the queue is full.
     pub async fn submit(&self, event: Event) -> Result<(), OutboxError> {
+        self.submit_with_state(event, Vec::new()).await
+    }
+
+    /// As [`OutboxHandle::submit`], with state committed in the same transaction as the event:
+    /// after a crash both are there or neither is.
+    pub async fn submit_with_state(
+        &self,
+        event: Event,
+        state: Vec<StateWrite>,
+    ) -> Result<(), OutboxError> {
         self.tx
             .send_async(Request::Append {
                 event: Box::new(event),
+                state,
                 done: None,
             })
             .await
@@ -282,10 +306,20 @@ impl OutboxHandle {
 
     /// Appends an event and waits until it is durable; returns its seq.
     pub async fn append(&self, event: Event) -> Result<u64, OutboxError> {
+        self.append_with_state(event, Vec::new()).await
+    }
+
+    /// As [`OutboxHandle::append`], with state committed in the same transaction.
+    pub async fn append_with_state(
+        &self,
+        event: Event,
+        state: Vec<StateWrite>,
+    ) -> Result<u64, OutboxError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send_async(Request::Append {
                 event: Box::new(event),
+                state,
                 done: Some(done),
             })
             .await

@@ -2,7 +2,10 @@
 //! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
 //! SQLite or MQTT.
 
+pub mod gate;
+pub mod nfc;
 pub mod scanner;
+pub mod skin;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

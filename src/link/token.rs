@@ -1,0 +1,363 @@
+//! App entry / check-in tokens (PROTOCOLS.md §5): finding the token in a scanned code, verifying
+//! it offline against the [`KeySet`], and minting for the CLI and tests.
+//!
+//! Pure logic, no I/O: the caller supplies the clock, the keys and the replay memory.
+//!
+//! # Check order
+//!
+//! [`verify`] stops at the first failing check, in this order:
+//!
+//! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not three strict base64url segments, header not
+//!    exactly `{"alg":"EdDSA","kid":…}` (+ optional `"typ":"JWT"`), payload not a JSON object,
+//!    signature not 64 bytes. Structure first, because nothing else can be read without it.
+//! 2. `unknown_key`: the kid is not in the key set.
+//! 3. `bad_signature`: `verify_strict` over the ASCII `header.payload`. Claims are judged only
+//!    after this, so nothing below ever looks at content HQ did not sign.
+//! 4. `malformed`: the signed claims break §5 (types, `sub` 1–64 chars, `jti` 16–32 chars,
+//!    `0 < exp − iat ≤ 300`, unknown `pur`). That is an HQ/app bug, not an attack.
+//! 5. `wrong_audience`, then 6. `wrong_store`: before time, because a token for another tenant or
+//!    store is wrong whatever the clock says, and saying so helps whoever debugs the app.
+//! 7. `not_yet_valid` (`iat` or `nbf` later than now + skew), 8. `expired` (now ≥ exp + skew).
+//!
+//! `replayed` is decided afterwards by the `replay` module (or the caller's SQLite replay
+//! cache), only for tokens that passed everything else, so invalid tokens cannot fill the
+//! replay memory.
+//!
+//! `Checked::kid` / `jti` are filled whenever they could be read, even for failures (the
+//! `store.qr.scanned` event records them); `Checked::claims` is `Some` only for `valid`, so
+//! nobody links a user from a token that failed.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, SIGNATURE_LENGTH};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::jwks::KeySet;
+
+/// Longest token looked at. A §5 token is ~400 bytes; the cap bounds the work an arbitrary
+/// scanned code can cause before any decoding.
+pub const MAX_TOKEN_LEN: usize = 2048;
+/// Longest allowed lifetime, `exp − iat` (§5: apps rotate the code).
+pub const MAX_LIFETIME_S: i64 = 300;
+/// `sub` length bounds in characters (§5).
+pub const SUB_LEN: std::ops::RangeInclusive<usize> = 1..=64;
+/// `jti` length bounds in characters (§5).
+pub const JTI_LEN: std::ops::RangeInclusive<usize> = 16..=32;
+
+/// The outcome of checking a token, as recorded in `store.qr.scanned` (`verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Valid,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    UnknownKey,
+    WrongAudience,
+    WrongStore,
+    Replayed,
+    Malformed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Expired => "expired",
+            Verdict::NotYetValid => "not_yet_valid",
+            Verdict::BadSignature => "bad_signature",
+            Verdict::UnknownKey => "unknown_key",
+            Verdict::WrongAudience => "wrong_audience",
+            Verdict::WrongStore => "wrong_store",
+            Verdict::Replayed => "replayed",
+            Verdict::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the token is for (`pur`). The verifier does not enforce it; the station's rules do
+/// (e.g. a gate opens only for `entry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    Entry,
+    Checkin,
+    Link,
+}
+
+/// The §5 claims. Unknown claims are ignored so HQ can add some without breaking old gateways.
+/// Times are integer Unix seconds; a fractional NumericDate is `malformed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    /// RFC 7519 allows one audience as a string or several as an array; both are read, and one
+    /// audience is written as a string.
+    #[serde(deserialize_with = "one_or_many", serialize_with = "string_if_one")]
+    pub aud: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+    /// Not in §5, but standard (RFC 7519); honoured if HQ ever sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pur: Option<Purpose>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<String>>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(aud) => vec![aud],
+        OneOrMany::Many(auds) => auds,
+    })
+}
+
+fn string_if_one<S: Serializer>(aud: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match aud {
+        [one] => s.serialize_str(one),
+        many => many.serialize(s),
+    }
+}
+
+/// Where and when a token is being checked.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyContext<'a> {
+    /// Must appear in `aud`.
+    pub tenant: &'a str,
+    /// Must appear in `stores` when the token has that claim.
+    pub store: &'a str,
+    pub now_unix: i64,
+    /// Clock-skew allowance in seconds on `exp`, `iat` and `nbf` (default 30, §5). Negative
+    /// values count as 0.
+    pub skew_s: i64,
+}
+
+/// The result of [`verify`]. `claims` is `Some` exactly when `verdict` is `Valid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub kid: Option<String>,
+    pub jti: Option<String>,
+    pub claims: Option<Claims>,
+}
+
+impl Checked {
+    /// Turns a valid result into `replayed`, dropping the claims so no user is linked. Used by
+    /// `replay::apply_replay`, and by a caller with its own (SQLite) replay cache.
+    pub fn into_replayed(self) -> Checked {
+        Checked {
+            verdict: Verdict::Replayed,
+            claims: None,
+            ..self
+        }
+    }
+}
+
+/// Returns the token a scanned code carries: the code itself if it is a compact JWT, or the
+/// `t` query parameter of a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`). `None` means the code
+/// is not an app token (a product code, another URL…). A `t` that does not look like a JWT
+/// also gives `None`, so unrelated URLs (`?t=42`) are not mistaken for failed tokens.
+pub fn extract_token(qr_text: &str) -> Option<&str> {
+    // Scanners may leave a CR or spaces around the code.
+    let text = qr_text.trim();
+    if looks_like_jwt(text) {
+        return Some(text);
+    }
+    let (scheme, rest) = text.split_once(':')?;
+    if !is_url_scheme(scheme) {
+        return None;
+    }
+    // The fragment goes first: a `?` after `#` belongs to the fragment, not to the query.
+    let before_fragment = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let (_, query) = before_fragment.split_once('?')?;
+    // base64url needs no percent-encoding, so the raw value is the token. Only the first `t`
+    // counts: a code with two would otherwise be ambiguous.
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("t="))?;
+    looks_like_jwt(value).then_some(value)
+}
+
+/// RFC 3986 scheme: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_url_scheme(scheme: &str) -> bool {
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Three base64url segments, the header starting with `eyJ` (base64 of `{"`). The signature
+/// segment may be empty so that `alg: none` tokens are still recognised, and rejected, as
+/// tokens.
+pub fn looks_like_jwt(s: &str) -> bool {
+    let is_b64url = |seg: &str| {
+        seg.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let mut segments = s.split('.');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(header), Some(payload), Some(signature), None) => {
+            header.starts_with("eyJ")
+                && !payload.is_empty()
+                && [header, payload, signature].into_iter().all(is_b64url)
+        }
+        _ => false,
+    }
+}
+
+/// Verifies a token; see the module doc for the check order. Never panics.
+pub fn verify(token: &str, keys: &KeySet, ctx: &VerifyContext<'_>) -> Checked {
+    let mut checked = Checked {
+        verdict: Verdict::Malformed,
+        kid: None,
+        jti: None,
+        claims: None,
+    };
+    match check(token, keys, ctx, &mut checked) {
+        Ok(claims) => {
+            checked.verdict = Verdict::Valid;
+            checked.claims = Some(claims);
+        }
+        Err(verdict) => checked.verdict = verdict,
+    }
+    checked
+}
+
+/// The checks, in order; records kid and jti into `seen` as soon as they are read.
+fn check(
+    token: &str,
+    keys: &KeySet,
+    ctx: &VerifyContext<'_>,
+    seen: &mut Checked,
+) -> Result<Claims, Verdict> {
+    use Verdict::*;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Malformed);
+    }
+    let (signed, signature_b64) = token.rsplit_once('.').ok_or(Malformed)?;
+    let (header_b64, payload_b64) = signed.split_once('.').ok_or(Malformed)?;
+
+    let header = decode_object(header_b64)?;
+    seen.kid = string_field(&header, "kid");
+    let kid = check_header(&header)?;
+    let payload = decode_object(payload_b64)?;
+    seen.jti = string_field(&payload, "jti");
+    let signature: [u8; SIGNATURE_LENGTH] = decode_b64(signature_b64)?
+        .try_into()
+        .map_err(|_| Malformed)?;
+
+    let key = keys.get(kid).ok_or(UnknownKey)?;
+    // verify_strict also refuses small-order keys and non-canonical signatures, which plain
+    // `verify` would accept (malleability).
+    key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&signature))
+        .map_err(|_| BadSignature)?;
+
+    let claims: Claims = serde_json::from_value(Value::Object(payload)).map_err(|_| Malformed)?;
+    check_shape(&claims)?;
+    if !claims.aud.iter().any(|aud| aud == ctx.tenant) {
+        return Err(WrongAudience);
+    }
+    if let Some(stores) = &claims.stores {
+        if !stores.iter().any(|store| store == ctx.store) {
+            return Err(WrongStore);
+        }
+    }
+    let skew = ctx.skew_s.max(0);
+    let latest_start = ctx.now_unix.saturating_add(skew);
+    if claims.iat > latest_start || claims.nbf.is_some_and(|nbf| nbf > latest_start) {
+        return Err(NotYetValid);
+    }
+    // RFC 7519: valid while now < exp; with the allowance, while now − skew < exp.
+    if ctx.now_unix.saturating_sub(skew) >= claims.exp {
+        return Err(Expired);
+    }
+    Ok(claims)
+}
+
+/// Only `alg`, `kid` and `typ` are allowed: any other parameter (`crit`, `jku`, `jwk`, `x5u`…)
+/// would ask the gateway to trust or fetch something, so the header is refused instead.
+fn check_header(header: &Map<String, Value>) -> Result<&str, Verdict> {
+    let alg_ok = header.get("alg").is_some_and(|alg| alg == "EdDSA");
+    // RFC 7515 §4.1.9 recommends treating typ case-insensitively.
+    let typ_ok = match header.get("typ") {
+        None => true,
+        Some(typ) => typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")),
+    };
+    let only_known = header
+        .keys()
+        .all(|name| matches!(name.as_str(), "alg" | "kid" | "typ"));
+    let kid = header.get("kid").and_then(Value::as_str);
+    match kid {
+        Some(kid) if alg_ok && typ_ok && only_known && !kid.is_empty() => Ok(kid),
+        _ => Err(Verdict::Malformed),
+    }
+}
+
+/// The §5 limits on signed claims.
+fn check_shape(claims: &Claims) -> Result<(), Verdict> {
+    let lifetime = i128::from(claims.exp) - i128::from(claims.iat);
+    let ok = SUB_LEN.contains(&claims.sub.chars().count())
+        && JTI_LEN.contains(&claims.jti.chars().count())
+        && lifetime > 0
+        && lifetime <= i128::from(MAX_LIFETIME_S);
+    if ok {
+        Ok(())
+    } else {
+        Err(Verdict::Malformed)
+    }
+}
+
+/// Strict base64url: no padding, no whitespace, no stray trailing bits (the engine's default),
+/// so each token has exactly one spelling.
+fn decode_b64(segment: &str) -> Result<Vec<u8>, Verdict> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| Verdict::Malformed)
+}
+
+fn decode_object(segment: &str) -> Result<Map<String, Value>, Verdict> {
+    match serde_json::from_slice(&decode_b64(segment)?) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Verdict::Malformed),
+    }
+}
+
+fn string_field(map: &Map<String, Value>, name: &str) -> Option<String> {
+    map.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Signs `claims` into a compact JWT with the §5 header.
+pub fn mint(signing_key: &SigningKey, kid: &str, claims: &Claims) -> String {
+    let mut header = Map::new();
+    header.insert("alg".into(), "EdDSA".into());
+    header.insert("typ".into(), "JWT".into());
+    header.insert("kid".into(), kid.into());
+    // Claims holds only strings, integers and string lists: serialising it cannot fail.
+    let payload = serde_json::to_vec(claims).expect("Claims always serialises");
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature = signing_key.sign(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests;
