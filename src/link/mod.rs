@@ -12,7 +12,7 @@ pub use classify::{classify_code, CodeKind};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::event::{DeviceStatusData, Event, EventData, QrScanned};
+use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned, SkinDiagnosed};
 use crate::outbox::{OutboxError, OutboxHandle};
 use crate::sources::{Observation, Reading};
 
@@ -62,6 +62,26 @@ pub fn to_event(reading: Reading) -> Event {
             reason: s.reason,
             count: s.count,
         }),
+        // Identity seam: a diagnosis at kiosk K within the session window of a verified scan
+        // at K belongs to that user (DESIGN.md). Until sessions land here it stays anonymous.
+        Observation::Skin(skin) => EventData::SkinDiagnosed(SkinDiagnosed {
+            model: skin.model,
+            measures: skin.measures,
+            extra: skin.extra,
+            skin_type: skin.skin_type.map(|t| t.as_str()),
+            device_seq: skin.seq,
+            device_time: skin.device_time,
+        }),
+        Observation::Passed(p) => {
+            let (from, to) = p.interval.unzip();
+            EventData::GatePassed(GatePassed {
+                gate: reading.device.to_string(),
+                direction: p.direction,
+                count: p.count,
+                from,
+                to,
+            })
+        }
     };
     Event::new(reading.station, reading.at, data)
 }
