@@ -16,6 +16,7 @@ use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::sources::scanner::ScannerSource;
+use crate::sources::skin::SkinSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
 use crate::uplink::Uplink;
 
@@ -69,6 +70,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     ScannerSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
                 })?
             }
+            DeviceKind::Skin(cfg) => {
+                let (cfg, outbox) = (cfg.clone(), outbox_handle.clone());
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    SkinSource::new(cfg.clone(), sink.clone(), outbox.clone(), stop.clone()).run()
+                })?
+            }
+            // They post to the ingest listener: no thread of their own.
+            DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => continue,
         };
         sources.push(thread);
     }

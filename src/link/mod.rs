@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned, SkinDiagnosed};
-use crate::outbox::{OutboxError, OutboxHandle};
+use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
 use crate::sources::{Observation, Reading};
 
 pub struct Link {
@@ -30,11 +30,24 @@ impl Link {
     pub async fn run(mut self) -> Result<(), OutboxError> {
         while let Some(reading) = self.readings.recv().await {
             crate::metrics::READINGS.inc();
+            let state = state_of(&reading);
             let event = to_event(reading);
             debug!(id = %event.id, ty = event.data.type_name(), "event");
-            self.outbox.submit(event).await?;
+            self.outbox.submit_with_state(event, state).await?;
         }
         Ok(())
+    }
+}
+
+/// State committed with a reading's event: what a source must find again after a restart.
+fn state_of(reading: &Reading) -> Vec<StateWrite> {
+    match &reading.observation {
+        Observation::Skin(skin) => {
+            crate::sources::skin::seen_state(&reading.device, skin, reading.at)
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
     }
 }
 
