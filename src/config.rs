@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod ingest;
+pub use ingest::{HttpDeviceConfig, IngestConfig, SkinConfig, Token};
+
 /// Everything wrong with one config file.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors {
@@ -58,6 +61,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub uplink: UplinkConfig,
     pub identity: IdentityConfig,
+    /// The local HTTP ingest listener; `None` when no device posts to it.
+    pub ingest: Option<IngestConfig>,
 }
 
 /// How readings are linked to app users (PROTOCOLS.md §5–6).
@@ -98,12 +103,21 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone)]
 pub enum DeviceKind {
     Scanner(ScannerConfig),
+    /// A serial SKN1 skin analyzer.
+    Skin(SkinConfig),
+    /// A tablet skin analyzer posting to the ingest listener.
+    SkinHttp(HttpDeviceConfig),
+    /// A network people counter posting to the ingest listener.
+    PeopleCounter(HttpDeviceConfig),
 }
 
 impl DeviceKind {
     pub fn name(&self) -> &'static str {
         match self {
             DeviceKind::Scanner(_) => "scanner",
+            DeviceKind::Skin(_) => "skin",
+            DeviceKind::SkinHttp(_) => "skin_http",
+            DeviceKind::PeopleCounter(_) => "people_counter",
         }
     }
 }
@@ -247,7 +261,25 @@ impl fmt::Display for Config {
                     s.framing.terminator,
                     s.framing.aim
                 )?,
+                DeviceKind::Skin(s) => writeln!(
+                    f,
+                    "device {} at station {}: skin analyzer (SKN1) on {} @ {} baud",
+                    d.id,
+                    d.station,
+                    s.port.display(),
+                    s.baud
+                )?,
+                DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => writeln!(
+                    f,
+                    "device {} at station {}: {} posting to the ingest listener (token set)",
+                    d.id,
+                    d.station,
+                    d.kind.name()
+                )?,
             }
+        }
+        if let Some(ingest) = &self.ingest {
+            writeln!(f, "ingest listener on {}", ingest.listen)?;
         }
         writeln!(
             f,
@@ -298,6 +330,7 @@ struct RawConfig {
     uplink: RawUplink,
     #[serde(default)]
     identity: RawIdentity,
+    ingest: Option<ingest::RawIngest>,
 }
 
 #[derive(Deserialize, Default)]
@@ -329,6 +362,9 @@ struct RawStation {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RawDevice {
     Scanner(RawScanner),
+    Skin(ingest::RawSkin),
+    SkinHttp(ingest::RawHttpDevice),
+    PeopleCounter(ingest::RawHttpDevice),
 }
 
 #[derive(Deserialize)]
@@ -563,7 +599,23 @@ impl Validator<'_> {
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for (i, d) in raw.device.into_iter().enumerate() {
             let span = d.span();
-            let RawDevice::Scanner(s) = d.into_inner();
+            let s = match d.into_inner() {
+                RawDevice::Scanner(s) => s,
+                RawDevice::Skin(r) => {
+                    devices.push(self.skin_device(i, &span, r, &stations, &devices));
+                    continue;
+                }
+                RawDevice::SkinHttp(r) => {
+                    let kind = DeviceKind::SkinHttp;
+                    devices.push(self.http_device(i, &span, r, kind, &stations, &devices));
+                    continue;
+                }
+                RawDevice::PeopleCounter(r) => {
+                    let kind = DeviceKind::PeopleCounter;
+                    devices.push(self.http_device(i, &span, r, kind, &stations, &devices));
+                    continue;
+                }
+            };
             let at = |f: &str| format!("device[{i}].{f}");
             if !valid_id(&s.id) {
                 self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
@@ -736,6 +788,7 @@ impl Validator<'_> {
         }
 
         let identity = self.identity(raw.identity);
+        let ingest = self.ingest(raw.ingest, &devices);
 
         Config {
             tenant,
@@ -744,6 +797,7 @@ impl Validator<'_> {
             stations,
             devices,
             identity,
+            ingest,
             outbox,
             mqtt: MqttConfig {
                 host: m.host,
@@ -936,7 +990,9 @@ host = "127.0.0.1"
         assert_eq!(c.outbox.synchronous, Synchronous::Full);
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
-        let DeviceKind::Scanner(s) = &c.devices[0].kind;
+        let DeviceKind::Scanner(s) = &c.devices[0].kind else {
+            panic!("a scanner")
+        };
         assert_eq!(s.baud, 115_200);
         assert!(s.framing.aim);
     }

@@ -13,14 +13,18 @@ use tracing::{error, info};
 
 use crate::config::{Config, DeviceKind};
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::ingest::Ingest;
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::sources::scanner::ScannerSource;
+use crate::sources::skin::SkinSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
 use crate::uplink::Uplink;
 
 /// Readings waiting for the link; when full, sources block (their devices buffer).
 const READING_QUEUE: usize = 1024;
+/// How long shutdown waits for HTTP posts in progress (a stuck client must not hold it).
+const INGEST_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the gateway until `shutdown` resolves, then drains in flow order.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -50,8 +54,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         outbox_handle.submit(report).await?;
     }
 
-    // Sources, each on its own supervised thread.
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
+    let mut link = Link::new(readings_rx, outbox_handle.clone());
+
+    // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
+    let (stop_ingest, ingest_stopped) = watch::channel(false);
+    let ingest = Ingest::bind(
+        &config,
+        link.handle(),
+        outbox_handle.clone(),
+        ingest_stopped,
+    )
+    .await?
+    .map(|i| tokio::spawn(i.run()));
+
+    // Sources, each on its own supervised thread.
     let stop = StopFlag::default();
     let mut sources = Vec::new();
     for device in &config.devices {
@@ -69,13 +86,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     ScannerSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
                 })?
             }
+            DeviceKind::Skin(cfg) => {
+                let (cfg, outbox) = (cfg.clone(), outbox_handle.clone());
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    SkinSource::new(cfg.clone(), sink.clone(), outbox.clone(), stop.clone()).run()
+                })?
+            }
+            // They post to the ingest listener: no thread of their own.
+            DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => continue,
         };
         sources.push(thread);
     }
     drop(readings_tx);
 
     // Link → outbox → uplink.
-    let link = tokio::spawn(Link::new(readings_rx, outbox_handle.clone()).run());
+    let link = tokio::spawn(link.run());
     let (stop_uplink, uplink_stopped) = watch::channel(false);
     let uplink = tokio::spawn(Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?.run());
     drop(outbox_handle);
@@ -84,6 +109,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     info!("shutting down: stopping sources");
     stop.stop();
+    stop_ingest.send_replace(true);
+    if let Some(mut ingest) = ingest {
+        match tokio::time::timeout(INGEST_GRACE, &mut ingest).await {
+            Ok(r) => r?.context("ingest")?,
+            Err(_) => {
+                error!(
+                    "HTTP posts still in progress after the grace period; dropping them unanswered"
+                );
+                ingest.abort();
+            }
+        }
+    }
     tokio::task::spawn_blocking(move || {
         for t in sources {
             let _ = t.join();

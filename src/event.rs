@@ -47,6 +47,8 @@ pub enum EventData {
     QrScanned(QrScanned),
     DeviceStatus(DeviceStatusData),
     OutboxEvicted(OutboxEvicted),
+    SkinDiagnosed(SkinDiagnosed),
+    GatePassed(GatePassed),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,12 +89,48 @@ pub struct OutboxEvicted {
     pub policy: &'static str,
 }
 
+/// `store.skin.diagnosed`: no identity of its own; a kiosk session may link it to a user.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkinDiagnosed {
+    pub model: String,
+    /// Known measures, each within its range (PROTOCOLS.md §4).
+    pub measures: std::collections::BTreeMap<String, f64>,
+    /// Measures of other names, passed on unchecked.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skin_type: Option<&'static str>,
+    /// The analyzer's own counter (`seq`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_seq: Option<u64>,
+    /// The analyzer's `ts`, verbatim; the envelope's `time` is the gateway's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_time: Option<String>,
+}
+
+/// `store.gate.passed`: anonymous footfall through a gate or a counted doorway.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatePassed {
+    /// The device that counted (turnstile module or people counter).
+    pub gate: String,
+    pub direction: crate::sources::Direction,
+    pub count: u64,
+    /// A network counter's own interval (RFC 3339 UTC), beyond DESIGN.md's table: a count
+    /// posted late (counter offline) still says when the people passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
 impl EventData {
     pub fn type_name(&self) -> &'static str {
         match self {
             EventData::QrScanned(_) => "store.qr.scanned",
             EventData::DeviceStatus(_) => "store.device.status",
             EventData::OutboxEvicted(_) => "store.outbox.evicted",
+            EventData::SkinDiagnosed(_) => "store.skin.diagnosed",
+            EventData::GatePassed(_) => "store.gate.passed",
         }
     }
 }
@@ -116,6 +154,8 @@ impl Event {
         match (&self.data, &self.userid) {
             (EventData::OutboxEvicted(_), _) | (_, Some(_)) => Priority::Identified,
             (EventData::DeviceStatus(_), None) => Priority::Telemetry,
+            // Anonymous footfall goes first when over quota (DESIGN.md, outbox).
+            (EventData::GatePassed(_), None) => Priority::Telemetry,
             (_, None) => Priority::Anonymous,
         }
     }

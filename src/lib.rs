@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
 //! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
+//! - [`ingest`]: the local HTTP listener network devices push to (people counters, tablet skin
+//!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.
 //! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod ingest;
 pub mod link;
 pub mod metrics;
 pub mod outbox;

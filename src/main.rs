@@ -57,15 +57,22 @@ enum Command {
         /// Codes per second when generating codes (with no --stdin).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
-        /// Send each line read from standard input instead of generated codes.
+        /// Send each line read from standard input instead of generated codes (skin: each
+        /// line is the JSON, framed with its CRC).
         #[arg(long)]
         stdin: bool,
+        /// (skin) Mix a bad line of each kind in turn (bad CRC, out of range, oversize,
+        /// garbage, truncated) into the generated readings.
+        #[arg(long)]
+        faults: bool,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SimKind {
     Scanner,
+    /// A skin analyzer speaking SKN1.
+    Skin,
 }
 
 fn main() -> ExitCode {
@@ -115,14 +122,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
-            kind: SimKind::Scanner,
+            kind,
             link,
             terminator,
             aim,
             rate,
             stdin,
+            faults,
         } => {
-            phygate::sim::scanner::run_cli(&link, &terminator, aim, rate, stdin)?;
+            match kind {
+                SimKind::Scanner => {
+                    phygate::sim::scanner::run_cli(&link, &terminator, aim, rate, stdin)?
+                }
+                SimKind::Skin => phygate::sim::skin::run_cli(&link, rate, stdin, faults)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

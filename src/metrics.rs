@@ -36,6 +36,8 @@ impl Default for Counter {
 
 pub static READINGS: Counter = Counter::new();
 pub static SCANNER_REJECTED: Counter = Counter::new();
+pub static SKIN_REJECTED: Counter = Counter::new();
+pub static INGEST_REJECTED: Counter = Counter::new();
 pub static EVENTS_ACCEPTED: Counter = Counter::new();
 pub static EVENTS_PUBLISHED: Counter = Counter::new();
 pub static EVENTS_EVICTED: Counter = Counter::new();
@@ -59,6 +61,18 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
             "counter",
             "scanner lines rejected",
             SCANNER_REJECTED.get(),
+        ),
+        (
+            "phygate_skin_rejected_total",
+            "counter",
+            "skin analyzer lines rejected",
+            SKIN_REJECTED.get(),
+        ),
+        (
+            "phygate_ingest_rejected_total",
+            "counter",
+            "HTTP ingest requests refused (4xx, 5xx)",
+            INGEST_REJECTED.get(),
         ),
         (
             "phygate_events_accepted_total",

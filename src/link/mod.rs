@@ -1,5 +1,9 @@
 //! Link: turns device readings into journey events. This is where identity is attached (app
 //! tokens, NFC members, station sessions, visits); a source never knows about users.
+//!
+//! Readings arrive two ways: on the sources' channel (fire and forget: the outbox makes them
+//! durable in its next group), and through a [`LinkHandle`] from a caller that must know the
+//! event before it answers its device (HTTP ingest: `202` only once durable, idempotent replays).
 
 pub mod cardhash;
 mod classify;
@@ -9,32 +13,122 @@ pub mod token;
 
 pub use classify::{classify_code, CodeKind};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::event::{DeviceStatusData, Event, EventData, QrScanned};
-use crate::outbox::{OutboxError, OutboxHandle};
+use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned, SkinDiagnosed};
+use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
 use crate::sources::{Observation, Reading};
+
+/// Readings waiting in a [`LinkHandle`]'s queue; when full, callers wait (HTTP requests queue).
+const HANDLE_QUEUE: usize = 64;
 
 pub struct Link {
     readings: mpsc::Receiver<Reading>,
     outbox: OutboxHandle,
+    requests: Option<mpsc::Receiver<Request>>,
+}
+
+/// A reading whose caller wants its event back (and stores it itself).
+struct Request {
+    reading: Reading,
+    reply: oneshot::Sender<Event>,
+}
+
+/// A cloneable handle for callers that turn a reading into an event and wait for it.
+#[derive(Clone)]
+pub struct LinkHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+/// The link has stopped (shutdown): the caller should refuse its device (e.g. HTTP 503).
+#[derive(Debug, thiserror::Error)]
+#[error("the link is closed")]
+pub struct LinkClosed;
+
+impl LinkHandle {
+    /// The event for `reading`, with whatever identity the link's rules attach. The caller
+    /// stores it (e.g. `append_with_state`) and so knows when it is durable.
+    pub async fn link(&self, reading: Reading) -> Result<Event, LinkClosed> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Request { reading, reply })
+            .await
+            .map_err(|_| LinkClosed)?;
+        wait.await.map_err(|_| LinkClosed)
+    }
 }
 
 impl Link {
     pub fn new(readings: mpsc::Receiver<Reading>, outbox: OutboxHandle) -> Self {
-        Link { readings, outbox }
+        Link {
+            readings,
+            outbox,
+            requests: None,
+        }
     }
 
-    /// Runs until every source has dropped its sender, then returns with everything handed on.
+    /// A handle for request/answer callers (call once, clone the handle); the link runs until
+    /// its clones and the sources are gone.
+    pub fn handle(&mut self) -> LinkHandle {
+        let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
+        self.requests = Some(rx);
+        LinkHandle { tx }
+    }
+
+    /// Runs until every source and handle has dropped its sender, then returns with everything
+    /// handed on.
     pub async fn run(mut self) -> Result<(), OutboxError> {
-        while let Some(reading) = self.readings.recv().await {
-            crate::metrics::READINGS.inc();
-            let event = to_event(reading);
-            debug!(id = %event.id, ty = event.data.type_name(), "event");
-            self.outbox.submit(event).await?;
+        let mut readings_open = true;
+        let mut requests = self.requests.take();
+        loop {
+            tokio::select! {
+                // Both branches are cancel-safe: mpsc::Receiver::recv loses nothing when the
+                // other branch wins.
+                r = self.readings.recv(), if readings_open => match r {
+                    Some(reading) => {
+                        crate::metrics::READINGS.inc();
+                        let state = state_of(&reading);
+                        let event = to_event(reading);
+                        debug!(id = %event.id, ty = event.data.type_name(), "event");
+                        self.outbox.submit_with_state(event, state).await?;
+                    }
+                    None => readings_open = false,
+                },
+                r = recv_opt(&mut requests), if requests.is_some() => match r {
+                    Some(Request { reading, reply }) => {
+                        crate::metrics::READINGS.inc();
+                        let event = to_event(reading);
+                        debug!(id = %event.id, ty = event.data.type_name(), "event (awaited)");
+                        // The caller may have given up (HTTP client gone); it stored nothing.
+                        let _ = reply.send(event);
+                    }
+                    None => requests = None,
+                },
+                else => break,
+            }
         }
         Ok(())
+    }
+}
+
+/// Receives from an optional queue (the branch is disabled while it is `None`).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// State committed with a reading's event: what a source must find again after a restart.
+fn state_of(reading: &Reading) -> Vec<StateWrite> {
+    match &reading.observation {
+        Observation::Skin(skin) => {
+            crate::sources::skin::seen_state(&reading.device, skin, reading.at)
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -62,6 +156,26 @@ pub fn to_event(reading: Reading) -> Event {
             reason: s.reason,
             count: s.count,
         }),
+        // Identity seam: a diagnosis at kiosk K within the session window of a verified scan
+        // at K belongs to that user (DESIGN.md). Until sessions land here it stays anonymous.
+        Observation::Skin(skin) => EventData::SkinDiagnosed(SkinDiagnosed {
+            model: skin.model,
+            measures: skin.measures,
+            extra: skin.extra,
+            skin_type: skin.skin_type.map(|t| t.as_str()),
+            device_seq: skin.seq,
+            device_time: skin.device_time,
+        }),
+        Observation::Passed(p) => {
+            let (from, to) = p.interval.unzip();
+            EventData::GatePassed(GatePassed {
+                gate: reading.device.to_string(),
+                direction: p.direction,
+                count: p.count,
+                from,
+                to,
+            })
+        }
     };
     Event::new(reading.station, reading.at, data)
 }

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod scanner;
+pub mod skin;
 
 use std::fs::File;
 use std::os::fd::OwnedFd;

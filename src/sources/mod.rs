@@ -27,6 +27,35 @@ pub struct Reading {
 pub enum Observation {
     Code(scanner::ScannedCode),
     Status(DeviceStatus),
+    /// A skin analyzer's finished diagnosis (serial SKN1 or posted by a tablet analyzer).
+    Skin(skin::skn1::SkinReading),
+    /// People crossed a gate or a counted doorway.
+    Passed(Passage),
+}
+
+/// People crossing in one direction: a turnstile's pulses or a network counter's interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passage {
+    pub direction: Direction,
+    pub count: u64,
+    /// The device's own counting interval (RFC 3339 UTC), when it reports one (HTTP counters).
+    pub interval: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
 }
 
 /// A device went up / down / silent, or rejected input.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use phygate::sim::broker::Mosquitto;
 use phygate::sim::scanner::ScannerSim;
+use phygate::sim::skin::SkinSim;
 use phygate::sim::Pty;
 use phygate::sources::scanner::Framing;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -91,6 +92,20 @@ keepalive = "5s"
 
     pub fn hq(&self, name: &str) -> Hq {
         Hq::connect(self.broker.port, name)
+    }
+
+    /// Where a simulated device's port appears (as `port = …` in its config).
+    pub fn device_link(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A simulated SKN1 skin analyzer on `device_link("skin0")`.
+    pub fn skin(&self) -> (Pty, SkinSim<std::fs::File>) {
+        let pty = Pty::open(&self.device_link("skin0")).unwrap();
+        let sim = SkinSim {
+            port: pty.master.try_clone().unwrap(),
+        };
+        (pty, sim)
     }
 
     pub fn scanner(&self) -> (Pty, ScannerSim<std::fs::File>) {
@@ -250,6 +265,22 @@ impl Hq {
             .collect()
     }
 
+    /// Distinct events of one `type`, in arrival order.
+    pub fn of_type(&self, ty: &str) -> Vec<Value> {
+        self.unique()
+            .into_iter()
+            .filter(|e| e["type"] == ty)
+            .collect()
+    }
+
+    /// Distinct status events of one device.
+    pub fn statuses_of(&self, device: &str) -> Vec<Value> {
+        self.statuses()
+            .into_iter()
+            .filter(|e| e["data"]["device"] == device)
+            .collect()
+    }
+
     pub fn statuses(&self) -> Vec<Value> {
         self.unique()
             .into_iter()
@@ -320,4 +351,57 @@ pub fn outbox_ids(db: &Path) -> Vec<String> {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     ids
+}
+
+/// An HTTP/1.1 answer: status and body (JSON when it parses, else a JSON string).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// POSTs `body` to the gateway's ingest listener on a plain socket, as a device would.
+pub fn post(port: u16, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("ingest listening");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+        body.len()
+    );
+    // A server refusing early (413) may close while the body is still being written.
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => panic!("no answer from the ingest listener: {e}"),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+    Answer { status, body }
+}
+
+/// Waits until something accepts connections on `port` (the gateway has started).
+pub fn wait_listening(port: u16) {
+    eventually(Duration::from_secs(30), "the ingest listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
