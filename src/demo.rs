@@ -22,7 +22,9 @@ enum Broker {
 }
 
 fn start_broker(dir: &std::path::Path) -> anyhow::Result<(Broker, u16)> {
-    if crate::sim::broker::find_mosquitto().is_some() {
+    // PHYGATE_DEMO_BROKER=embedded skips mosquitto (to try the embedded broker).
+    let embedded_wanted = std::env::var("PHYGATE_DEMO_BROKER").is_ok_and(|v| v == "embedded");
+    if !embedded_wanted && crate::sim::broker::find_mosquitto().is_some() {
         let m = Mosquitto::start(&dir.join("broker"))?;
         let port = m.port;
         eprintln!("broker: mosquitto on 127.0.0.1:{port}");

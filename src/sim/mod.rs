@@ -2,6 +2,8 @@
 //! the master side of a pseudo-terminal, whose slave side phygate opens as a serial port.
 
 pub mod broker;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 pub mod scanner;
 pub mod skin;
 
