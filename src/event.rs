@@ -47,6 +47,7 @@ pub enum EventData {
     QrScanned(QrScanned),
     DeviceStatus(DeviceStatusData),
     OutboxEvicted(OutboxEvicted),
+    GatePassed(GatePassed),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +80,15 @@ pub struct DeviceStatusData {
     pub count: Option<u64>,
 }
 
+/// `store.gate.passed`: anonymous footfall through one gate since its last poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatePassed {
+    /// The gate's device id.
+    pub gate: String,
+    pub direction: crate::sources::gate::Direction,
+    pub count: u32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxEvicted {
     pub ranges: Vec<[u64; 2]>,
@@ -93,6 +103,7 @@ impl EventData {
             EventData::QrScanned(_) => "store.qr.scanned",
             EventData::DeviceStatus(_) => "store.device.status",
             EventData::OutboxEvicted(_) => "store.outbox.evicted",
+            EventData::GatePassed(_) => "store.gate.passed",
         }
     }
 }
@@ -115,7 +126,8 @@ impl Event {
     pub fn priority(&self) -> Priority {
         match (&self.data, &self.userid) {
             (EventData::OutboxEvicted(_), _) | (_, Some(_)) => Priority::Identified,
-            (EventData::DeviceStatus(_), None) => Priority::Telemetry,
+            // Anonymous footfall goes first when over quota: HQ keeps totals, not people.
+            (EventData::DeviceStatus(_) | EventData::GatePassed(_), None) => Priority::Telemetry,
             (_, None) => Priority::Anonymous,
         }
     }

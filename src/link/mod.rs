@@ -12,8 +12,9 @@ pub use classify::{classify_code, CodeKind};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::event::{DeviceStatusData, Event, EventData, QrScanned};
-use crate::outbox::{OutboxError, OutboxHandle};
+use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned};
+use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
+use crate::sources::gate::state_key as gate_state_key;
 use crate::sources::{Observation, Reading};
 
 pub struct Link {
@@ -30,16 +31,38 @@ impl Link {
     pub async fn run(mut self) -> Result<(), OutboxError> {
         while let Some(reading) = self.readings.recv().await {
             crate::metrics::READINGS.inc();
-            let event = to_event(reading);
-            debug!(id = %event.id, ty = event.data.type_name(), "event");
-            self.outbox.submit(event).await?;
+            // A gate's baseline is committed with the event that counted it (or alone): after a
+            // crash both are there or neither, so no passage is lost or counted twice.
+            let state = gate_state(&reading);
+            match to_event(reading) {
+                Some(event) => {
+                    debug!(id = %event.id, ty = event.data.type_name(), "event");
+                    self.outbox.submit_with_state(event, state).await?;
+                }
+                None => {
+                    for (key, value) in state {
+                        self.outbox.put_state(key, value).await?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// One reading → one event. Pure: the identity rules plug in here.
-pub fn to_event(reading: Reading) -> Event {
+/// The durable state a reading moves forward: a gate's counter baseline.
+fn gate_state(reading: &Reading) -> Vec<StateWrite> {
+    match &reading.observation {
+        Observation::GatePassed { counters, .. } | Observation::GateBaseline(counters) => {
+            vec![(gate_state_key(&reading.device), Some(counters.encode()))]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// One reading → one event (none for a reading that only moves state). Pure: the identity rules
+/// plug in here.
+pub fn to_event(reading: Reading) -> Option<Event> {
     let data = match reading.observation {
         Observation::Code(code) => {
             let kind = classify_code(&code.payload);
@@ -62,6 +85,14 @@ pub fn to_event(reading: Reading) -> Event {
             reason: s.reason,
             count: s.count,
         }),
+        Observation::GatePassed {
+            direction, count, ..
+        } => EventData::GatePassed(GatePassed {
+            gate: reading.device.to_string(),
+            direction,
+            count,
+        }),
+        Observation::GateBaseline(_) => return None,
     };
-    Event::new(reading.station, reading.at, data)
+    Some(Event::new(reading.station, reading.at, data))
 }

@@ -27,6 +27,16 @@ pub struct Reading {
 pub enum Observation {
     Code(scanner::ScannedCode),
     Status(DeviceStatus),
+    /// People crossed a gate since its last poll. `counters` is the gate's baseline once this
+    /// passage is counted: the link persists it in the event's transaction.
+    GatePassed {
+        direction: gate::Direction,
+        count: u32,
+        counters: gate::Counters,
+    },
+    /// A gate baseline that no passage carries (first read, a counter reset to zero): the link
+    /// persists it alone. Not an event.
+    GateBaseline(gate::Counters),
 }
 
 /// A device went up / down / silent, or rejected input.
