@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod gate;
+pub use gate::{GateConfig, Parity, StopBits};
+
 /// Everything wrong with one config file.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors {
@@ -98,12 +101,14 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone)]
 pub enum DeviceKind {
     Scanner(ScannerConfig),
+    Gate(GateConfig),
 }
 
 impl DeviceKind {
     pub fn name(&self) -> &'static str {
         match self {
             DeviceKind::Scanner(_) => "scanner",
+            DeviceKind::Gate(_) => crate::sources::gate::KIND,
         }
     }
 }
@@ -247,6 +252,9 @@ impl fmt::Display for Config {
                     s.framing.terminator,
                     s.framing.aim
                 )?,
+                DeviceKind::Gate(g) => {
+                    writeln!(f, "device {} at station {}: {g}", d.id, d.station)?
+                }
             }
         }
         writeln!(
@@ -329,6 +337,7 @@ struct RawStation {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RawDevice {
     Scanner(RawScanner),
+    Gate(gate::RawGate),
 }
 
 #[derive(Deserialize)]
@@ -563,43 +572,18 @@ impl Validator<'_> {
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for (i, d) in raw.device.into_iter().enumerate() {
             let span = d.span();
-            let RawDevice::Scanner(s) = d.into_inner();
+            let s = match d.into_inner() {
+                RawDevice::Scanner(s) => s,
+                RawDevice::Gate(g) => {
+                    self.device_identity(&span, i, &g.id, &g.station, &stations, &devices);
+                    let gate = self.gate(&span, i, g, &devices);
+                    devices.push(gate);
+                    continue;
+                }
+            };
             let at = |f: &str| format!("device[{i}].{f}");
-            if !valid_id(&s.id) {
-                self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
-            } else if devices.iter().any(|o| o.id == s.id) {
-                self.problem(
-                    &span,
-                    at("id"),
-                    format!("device {:?} is declared twice", s.id),
-                );
-            }
-            if !stations.iter().any(|st| st.id == s.station) {
-                let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
-                self.problem(
-                    &span,
-                    at("station"),
-                    format!(
-                        "no station {:?} is declared (known: {})",
-                        s.station,
-                        known.join(", ")
-                    ),
-                );
-            }
-            if s.port.as_os_str().is_empty() {
-                self.problem(
-                    &span,
-                    at("port"),
-                    "must name the serial device, e.g. /dev/phygate/scanner0",
-                );
-            }
-            if !(300..=4_000_000).contains(&s.baud) {
-                self.problem(
-                    &span,
-                    at("baud"),
-                    format!("{} is not a serial speed (300-4000000)", s.baud),
-                );
-            }
+            self.device_identity(&span, i, &s.id, &s.station, &stations, &devices);
+            self.serial_port(&span, i, &s.port, s.baud, "scanner0");
             if !(16..=1024 * 1024).contains(&s.max_line) {
                 self.problem(
                     &span,
@@ -766,6 +750,61 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// Checks every device kind shares: a unique valid id, at a declared station.
+    fn device_identity(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        i: usize,
+        id: &str,
+        station: &str,
+        stations: &[Station],
+        devices: &[DeviceConfig],
+    ) {
+        let at = |f: &str| format!("device[{i}].{f}");
+        if !valid_id(id) {
+            self.problem(span, at("id"), format!("{id:?} {ID_RULE}"));
+        } else if devices.iter().any(|o| o.id == id) {
+            self.problem(span, at("id"), format!("device {id:?} is declared twice"));
+        }
+        if !stations.iter().any(|st| st.id == station) {
+            let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
+            self.problem(
+                span,
+                at("station"),
+                format!(
+                    "no station {station:?} is declared (known: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// Checks every serial device shares: a port named, a real speed.
+    fn serial_port(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        i: usize,
+        port: &Path,
+        baud: u32,
+        example: &str,
+    ) {
+        let at = |f: &str| format!("device[{i}].{f}");
+        if port.as_os_str().is_empty() {
+            self.problem(
+                span,
+                at("port"),
+                format!("must name the serial device, e.g. /dev/phygate/{example}"),
+            );
+        }
+        if !(300..=4_000_000).contains(&baud) {
+            self.problem(
+                span,
+                at("baud"),
+                format!("{baud} is not a serial speed (300-4000000)"),
+            );
+        }
+    }
+
     fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
         let card_key = raw
             .card_key
@@ -936,7 +975,9 @@ host = "127.0.0.1"
         assert_eq!(c.outbox.synchronous, Synchronous::Full);
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
-        let DeviceKind::Scanner(s) = &c.devices[0].kind;
+        let DeviceKind::Scanner(s) = &c.devices[0].kind else {
+            panic!("a scanner")
+        };
         assert_eq!(s.baud, 115_200);
         assert!(s.framing.aim);
     }
