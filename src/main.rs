@@ -60,12 +60,17 @@ enum Command {
         /// Send each line read from standard input instead of generated codes.
         #[arg(long)]
         stdin: bool,
+        /// Modbus unit address of the simulated gate I/O module.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SimKind {
     Scanner,
+    /// A turnstile's Modbus RTU I/O module, driven by commands on stdin (`in 3`, `alarm on`, `help`).
+    Gate,
 }
 
 fn main() -> ExitCode {
@@ -121,8 +126,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             aim,
             rate,
             stdin,
+            ..
         } => {
             phygate::sim::scanner::run_cli(&link, &terminator, aim, rate, stdin)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            kind: SimKind::Gate,
+            link,
+            unit,
+            ..
+        } => {
+            phygate::sim::modbus_gate::run_cli(&link, unit)?;
             Ok(ExitCode::SUCCESS)
         }
     }
