@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod gate;
 mod ingest;
+pub use gate::{GateConfig, Parity, StopBits};
 pub use ingest::{HttpDeviceConfig, IngestConfig, SkinConfig, Token};
 
 /// Everything wrong with one config file.
@@ -109,6 +111,8 @@ pub enum DeviceKind {
     SkinHttp(HttpDeviceConfig),
     /// A network people counter posting to the ingest listener.
     PeopleCounter(HttpDeviceConfig),
+    /// A turnstile through a Modbus RTU I/O module.
+    Gate(GateConfig),
 }
 
 impl DeviceKind {
@@ -118,6 +122,7 @@ impl DeviceKind {
             DeviceKind::Skin(_) => "skin",
             DeviceKind::SkinHttp(_) => "skin_http",
             DeviceKind::PeopleCounter(_) => "people_counter",
+            DeviceKind::Gate(_) => crate::sources::gate::KIND,
         }
     }
 }
@@ -269,6 +274,9 @@ impl fmt::Display for Config {
                     s.port.display(),
                     s.baud
                 )?,
+                DeviceKind::Gate(g) => {
+                    writeln!(f, "device {} at station {}: {g}", d.id, d.station)?
+                }
                 DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => writeln!(
                     f,
                     "device {} at station {}: {} posting to the ingest listener (token set)",
@@ -365,6 +373,7 @@ enum RawDevice {
     Skin(ingest::RawSkin),
     SkinHttp(ingest::RawHttpDevice),
     PeopleCounter(ingest::RawHttpDevice),
+    Gate(gate::RawGate),
 }
 
 #[derive(Deserialize)]
@@ -615,43 +624,16 @@ impl Validator<'_> {
                     devices.push(self.http_device(i, &span, r, kind, &stations, &devices));
                     continue;
                 }
+                RawDevice::Gate(g) => {
+                    self.device_identity(i, &span, (&g.id, &g.station), &stations, &devices);
+                    let gate = self.gate(&span, i, g, &devices);
+                    devices.push(gate);
+                    continue;
+                }
             };
             let at = |f: &str| format!("device[{i}].{f}");
-            if !valid_id(&s.id) {
-                self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
-            } else if devices.iter().any(|o| o.id == s.id) {
-                self.problem(
-                    &span,
-                    at("id"),
-                    format!("device {:?} is declared twice", s.id),
-                );
-            }
-            if !stations.iter().any(|st| st.id == s.station) {
-                let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
-                self.problem(
-                    &span,
-                    at("station"),
-                    format!(
-                        "no station {:?} is declared (known: {})",
-                        s.station,
-                        known.join(", ")
-                    ),
-                );
-            }
-            if s.port.as_os_str().is_empty() {
-                self.problem(
-                    &span,
-                    at("port"),
-                    "must name the serial device, e.g. /dev/phygate/scanner0",
-                );
-            }
-            if !(300..=4_000_000).contains(&s.baud) {
-                self.problem(
-                    &span,
-                    at("baud"),
-                    format!("{} is not a serial speed (300-4000000)", s.baud),
-                );
-            }
+            self.device_identity(i, &span, (&s.id, &s.station), &stations, &devices);
+            self.serial_port(&span, i, &s.port, s.baud, "scanner0");
             if !(16..=1024 * 1024).contains(&s.max_line) {
                 self.problem(
                     &span,
@@ -820,6 +802,63 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// The id and station every device has: a valid, unique id at a declared station.
+    pub(super) fn device_identity(
+        &mut self,
+        i: usize,
+        span: &std::ops::Range<usize>,
+        (id, station): (&str, &str),
+        stations: &[Station],
+        devices: &[DeviceConfig],
+    ) {
+        if !valid_id(id) {
+            self.problem(span, format!("device[{i}].id"), format!("{id:?} {ID_RULE}"));
+        } else if devices.iter().any(|o| o.id == id) {
+            self.problem(
+                span,
+                format!("device[{i}].id"),
+                format!("device {id:?} is declared twice"),
+            );
+        }
+        if !stations.iter().any(|st| st.id == station) {
+            let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
+            self.problem(
+                span,
+                format!("device[{i}].station"),
+                format!(
+                    "no station {station:?} is declared (known: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// Checks every serial device shares: a port named, a real speed.
+    fn serial_port(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        i: usize,
+        port: &Path,
+        baud: u32,
+        example: &str,
+    ) {
+        let at = |f: &str| format!("device[{i}].{f}");
+        if port.as_os_str().is_empty() {
+            self.problem(
+                span,
+                at("port"),
+                format!("must name the serial device, e.g. /dev/phygate/{example}"),
+            );
+        }
+        if !(300..=4_000_000).contains(&baud) {
+            self.problem(
+                span,
+                at("baud"),
+                format!("{baud} is not a serial speed (300-4000000)"),
+            );
+        }
+    }
+
     fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
         let card_key = raw
             .card_key

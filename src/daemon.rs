@@ -2,6 +2,7 @@
 //! sources → link → outbox → uplink. Shutdown runs the same way: sources stop, the link hands on
 //! what it holds, the outbox commits, the uplink says goodbye.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
@@ -16,6 +17,7 @@ use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::ingest::Ingest;
 use crate::link::Link;
 use crate::outbox::Outbox;
+use crate::sources::gate::{GateRegistry, GateSource};
 use crate::sources::scanner::ScannerSource;
 use crate::sources::skin::SkinSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
@@ -26,8 +28,25 @@ const READING_QUEUE: usize = 1024;
 /// How long shutdown waits for HTTP posts in progress (a stuck client must not hold it).
 const INGEST_GRACE: Duration = Duration::from_secs(5);
 
+/// Handles for acting on devices, for whoever decides to act: the link's entry-token decisions
+/// and HQ's commands (to come), tests.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Gates by station id.
+    pub gates: GateRegistry,
+}
+
 /// Runs the gateway until `shutdown` resolves, then drains in flow order.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// As [`run`], handing `ready` the device controls once the sources are started.
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Controls),
+) -> anyhow::Result<()> {
     let origin = Origin {
         store: config.store.clone(),
         gateway: config.gateway.clone(),
@@ -71,6 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Sources, each on its own supervised thread.
     let stop = StopFlag::default();
     let mut sources = Vec::new();
+    let mut gates = HashMap::new();
     for device in &config.devices {
         let sink = ReadingSink::new(
             &device.id,
@@ -92,12 +112,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     SkinSource::new(cfg.clone(), sink.clone(), outbox.clone(), stop.clone()).run()
                 })?
             }
+            DeviceKind::Gate(cfg) => {
+                let cfg = cfg.clone();
+                let (control, unlocks) =
+                    crate::sources::gate::control::channel(&device.id, cfg.timeout);
+                gates.insert(device.station.clone(), control);
+                // Read-only use: the baseline at start. New baselines go through the link.
+                let outbox = outbox_handle.clone();
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    let (sink, stop) = (sink.clone(), stop.clone());
+                    GateSource::new(cfg.clone(), sink, stop, outbox.clone(), unlocks.clone()).run()
+                })?
+            }
             // They post to the ingest listener: no thread of their own.
             DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => continue,
         };
         sources.push(thread);
     }
     drop(readings_tx);
+    ready(Controls {
+        gates: GateRegistry::new(gates),
+    });
 
     // Link → outbox → uplink.
     let link = tokio::spawn(link.run());

@@ -153,9 +153,8 @@ impl Event {
     pub fn priority(&self) -> Priority {
         match (&self.data, &self.userid) {
             (EventData::OutboxEvicted(_), _) | (_, Some(_)) => Priority::Identified,
-            (EventData::DeviceStatus(_), None) => Priority::Telemetry,
-            // Anonymous footfall goes first when over quota (DESIGN.md, outbox).
-            (EventData::GatePassed(_), None) => Priority::Telemetry,
+            // Anonymous footfall goes first when over quota: HQ keeps totals, not people.
+            (EventData::DeviceStatus(_) | EventData::GatePassed(_), None) => Priority::Telemetry,
             (_, None) => Priority::Anonymous,
         }
     }

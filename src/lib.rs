@@ -12,7 +12,8 @@
 //! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
-//! - [`daemon`]: the wiring of all of the above, and ordered shutdown.
+//! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
+//!   (gate unlocks by station) handed to whoever acts on devices.
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).

@@ -65,6 +65,9 @@ enum Command {
         /// garbage, truncated) into the generated readings.
         #[arg(long)]
         faults: bool,
+        /// (gate) Modbus unit address of the simulated gate I/O module.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
     },
 }
 
@@ -73,6 +76,8 @@ enum SimKind {
     Scanner,
     /// A skin analyzer speaking SKN1.
     Skin,
+    /// A turnstile's Modbus RTU I/O module, driven by commands on stdin (`in 3`, `alarm on`, `help`).
+    Gate,
 }
 
 fn main() -> ExitCode {
@@ -129,12 +134,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             stdin,
             faults,
+            unit,
         } => {
             match kind {
                 SimKind::Scanner => {
                     phygate::sim::scanner::run_cli(&link, &terminator, aim, rate, stdin)?
                 }
                 SimKind::Skin => phygate::sim::skin::run_cli(&link, rate, stdin, faults)?,
+                SimKind::Gate => phygate::sim::modbus_gate::run_cli(&link, unit)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -46,6 +46,7 @@ pub static OUTBOX_DEPTH: Counter = Counter::new();
 pub static OUTBOX_BYTES: Counter = Counter::new();
 pub static MQTT_RECONNECTS: Counter = Counter::new();
 pub static MQTT_CONNECTED: Counter = Counter::new();
+pub static GATE_POLLS_FAILED: Counter = Counter::new();
 
 /// Name, help and value of every metric, for exporters.
 pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
@@ -121,6 +122,12 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
             "gauge",
             "1 while connected to the broker",
             MQTT_CONNECTED.get(),
+        ),
+        (
+            "phygate_gate_polls_failed_total",
+            "counter",
+            "gate polls without a valid answer (timeout, CRC, exception)",
+            GATE_POLLS_FAILED.get(),
         ),
     ]
 }

@@ -89,37 +89,6 @@ pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:8088";
 const TOKEN_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
 
 impl Validator<'_> {
-    /// The id and station every device has: a valid, unique id at a declared station.
-    fn device_identity(
-        &mut self,
-        i: usize,
-        span: &Range<usize>,
-        (id, station): (&str, &str),
-        stations: &[Station],
-        devices: &[DeviceConfig],
-    ) {
-        if !valid_id(id) {
-            self.problem(span, format!("device[{i}].id"), format!("{id:?} {ID_RULE}"));
-        } else if devices.iter().any(|o| o.id == id) {
-            self.problem(
-                span,
-                format!("device[{i}].id"),
-                format!("device {id:?} is declared twice"),
-            );
-        }
-        if !stations.iter().any(|st| st.id == station) {
-            let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
-            self.problem(
-                span,
-                format!("device[{i}].station"),
-                format!(
-                    "no station {station:?} is declared (known: {})",
-                    known.join(", ")
-                ),
-            );
-        }
-    }
-
     pub(super) fn skin_device(
         &mut self,
         i: usize,

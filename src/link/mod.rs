@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned, SkinDiagnosed};
 use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
+use crate::sources::gate::state_key as gate_state_key;
 use crate::sources::{Observation, Reading};
 
 /// Readings waiting in a [`LinkHandle`]'s queue; when full, callers wait (HTTP requests queue).
@@ -88,20 +89,34 @@ impl Link {
                 r = self.readings.recv(), if readings_open => match r {
                     Some(reading) => {
                         crate::metrics::READINGS.inc();
+                        // State a source must find again after a restart (a gate's baseline,
+                        // a skin reading's dedupe key) commits with the event that moved it, or
+                        // alone: after a crash both are there or neither.
                         let state = state_of(&reading);
-                        let event = to_event(reading);
-                        debug!(id = %event.id, ty = event.data.type_name(), "event");
-                        self.outbox.submit_with_state(event, state).await?;
+                        match to_event(reading) {
+                            Some(event) => {
+                                debug!(id = %event.id, ty = event.data.type_name(), "event");
+                                self.outbox.submit_with_state(event, state).await?;
+                            }
+                            None => {
+                                for (key, value) in state {
+                                    self.outbox.put_state(key, value).await?;
+                                }
+                            }
+                        }
                     }
                     None => readings_open = false,
                 },
                 r = recv_opt(&mut requests), if requests.is_some() => match r {
                     Some(Request { reading, reply }) => {
                         crate::metrics::READINGS.inc();
-                        let event = to_event(reading);
-                        debug!(id = %event.id, ty = event.data.type_name(), "event (awaited)");
-                        // The caller may have given up (HTTP client gone); it stored nothing.
-                        let _ = reply.send(event);
+                        // Callers send only readings that make events; for any other the caller
+                        // sees the reply dropped and refuses its device.
+                        if let Some(event) = to_event(reading) {
+                            debug!(id = %event.id, ty = event.data.type_name(), "event (awaited)");
+                            // The caller may have given up (HTTP client gone); it stored nothing.
+                            let _ = reply.send(event);
+                        }
                     }
                     None => requests = None,
                 },
@@ -123,6 +138,9 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 /// State committed with a reading's event: what a source must find again after a restart.
 fn state_of(reading: &Reading) -> Vec<StateWrite> {
     match &reading.observation {
+        Observation::GatePassed { counters, .. } | Observation::GateBaseline(counters) => {
+            vec![(gate_state_key(&reading.device), Some(counters.encode()))]
+        }
         Observation::Skin(skin) => {
             crate::sources::skin::seen_state(&reading.device, skin, reading.at)
                 .into_iter()
@@ -132,8 +150,9 @@ fn state_of(reading: &Reading) -> Vec<StateWrite> {
     }
 }
 
-/// One reading → one event. Pure: the identity rules plug in here.
-pub fn to_event(reading: Reading) -> Event {
+/// One reading → one event (none for a reading that only moves state). Pure: the identity rules
+/// plug in here.
+pub fn to_event(reading: Reading) -> Option<Event> {
     let data = match reading.observation {
         Observation::Code(code) => {
             let kind = classify_code(&code.payload);
@@ -166,6 +185,16 @@ pub fn to_event(reading: Reading) -> Event {
             device_seq: skin.seq,
             device_time: skin.device_time,
         }),
+        Observation::GatePassed {
+            direction, count, ..
+        } => EventData::GatePassed(GatePassed {
+            gate: reading.device.to_string(),
+            direction,
+            count: u64::from(count),
+            from: None,
+            to: None,
+        }),
+        Observation::GateBaseline(_) => return None,
         Observation::Passed(p) => {
             let (from, to) = p.interval.unzip();
             EventData::GatePassed(GatePassed {
@@ -177,5 +206,5 @@ pub fn to_event(reading: Reading) -> Event {
             })
         }
     };
-    Event::new(reading.station, reading.at, data)
+    Some(Event::new(reading.station, reading.at, data))
 }

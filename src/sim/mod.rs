@@ -4,6 +4,7 @@
 pub mod broker;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
+pub mod modbus_gate;
 pub mod scanner;
 pub mod skin;
 

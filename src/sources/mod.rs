@@ -29,8 +29,18 @@ pub enum Observation {
     Status(DeviceStatus),
     /// A skin analyzer's finished diagnosis (serial SKN1 or posted by a tablet analyzer).
     Skin(skin::skn1::SkinReading),
-    /// People crossed a gate or a counted doorway.
+    /// People crossed a counted doorway (a network people counter's interval).
     Passed(Passage),
+    /// People crossed a turnstile since its last poll. `counters` is the gate's baseline once
+    /// this passage is counted: the link persists it in the event's transaction.
+    GatePassed {
+        direction: Direction,
+        count: u32,
+        counters: gate::Counters,
+    },
+    /// A gate baseline that no passage carries (first read, a counter reset to zero): the link
+    /// persists it alone. Not an event.
+    GateBaseline(gate::Counters),
 }
 
 /// People crossing in one direction: a turnstile's pulses or a network counter's interval.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phygate::sim::broker::Mosquitto;
+use phygate::sim::modbus_gate::GateSim;
 use phygate::sim::scanner::ScannerSim;
 use phygate::sim::skin::SkinSim;
 use phygate::sim::Pty;
@@ -53,6 +54,11 @@ impl Rig {
 
     /// The test config; `extra` is appended (e.g. an `[uplink]` table).
     pub fn write_config(&self, extra: &str) {
+        self.write_config_with("", extra);
+    }
+
+    /// The test config with more `[[device]]` tables after the scanner (e.g. [`Rig::gate_device`]).
+    pub fn write_config_with(&self, devices: &str, extra: &str) {
         let text = format!(
             r#"tenant = "{TENANT}"
 store = "{STORE}"
@@ -69,7 +75,7 @@ station = "gate-1"
 port = "{}"
 terminator = "cr"
 aim = true
-
+{devices}
 [outbox]
 path = "{}"
 
@@ -106,6 +112,24 @@ keepalive = "5s"
             port: pty.master.try_clone().unwrap(),
         };
         (pty, sim)
+    }
+
+    /// Where the gate's simulated I/O module plugs in.
+    pub fn gate_link(&self) -> PathBuf {
+        self.dir.path().join("gate0")
+    }
+
+    /// A `[[device]]` table for gate `gate-a` at station `gate-1`, unit 1, plus `fields`.
+    pub fn gate_device(&self, fields: &str) -> String {
+        format!(
+            "\n[[device]]\nkind = \"gate\"\nid = \"gate-a\"\nstation = \"gate-1\"\nport = \"{}\"\n{fields}\n",
+            self.gate_link().display()
+        )
+    }
+
+    /// Plugs in the gate's I/O module with its counters at `pass_in` / `pass_out`.
+    pub fn gate(&self, pass_in: u32, pass_out: u32) -> GateSim {
+        GateSim::start_with_counters(&self.gate_link(), 1, pass_in, pass_out).unwrap()
     }
 
     pub fn scanner(&self) -> (Pty, ScannerSim<std::fs::File>) {
@@ -281,6 +305,27 @@ impl Hq {
             .collect()
     }
 
+    /// The counts of `store.gate.passed` events of `direction`, in seq order.
+    pub fn gate_passes(&self, direction: &str) -> Vec<u64> {
+        self.unique()
+            .iter()
+            .filter(|e| e["type"] == "store.gate.passed" && e["data"]["direction"] == direction)
+            .map(|e| e["data"]["count"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// `(state, reason)` of each status of `device`, in seq order.
+    pub fn device_states(&self, device: &str) -> Vec<(String, String)> {
+        self.statuses()
+            .iter()
+            .filter(|e| e["data"]["device"] == device)
+            .map(|e| {
+                let s = |k: &str| e["data"][k].as_str().unwrap_or_default().to_owned();
+                (s("state"), s("reason"))
+            })
+            .collect()
+    }
+
     pub fn statuses(&self) -> Vec<Value> {
         self.unique()
             .into_iter()
@@ -339,6 +384,17 @@ pub fn eventually(timeout: Duration, what: &str, f: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A state value in an outbox file (None until written, or while the file is not created).
+pub fn outbox_state(db: &Path, key: &str) -> Option<Vec<u8>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+        r.get(0)
+    })
+    .ok()
 }
 
 /// The ids of the events still in an outbox file (accepted, not yet acknowledged).
