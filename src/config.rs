@@ -289,8 +289,10 @@ struct RawConfig {
     gateway: Option<Spanned<String>>,
     #[serde(default)]
     station: Vec<Spanned<RawStation>>,
+    /// Each device is parsed on its own (into `RawDevice`) so that an error names its own
+    /// table: serde reports every error in an array of tagged tables at the array's first one.
     #[serde(default)]
-    device: Vec<Spanned<RawDevice>>,
+    device: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     outbox: RawOutbox,
     mqtt: Spanned<RawMqtt>,
@@ -563,7 +565,14 @@ impl Validator<'_> {
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for (i, d) in raw.device.into_iter().enumerate() {
             let span = d.span();
-            let RawDevice::Scanner(s) = d.into_inner();
+            let s = match toml::Value::Table(d.into_inner()).try_into::<RawDevice>() {
+                Ok(RawDevice::Scanner(s)) => s,
+                Err(e) => {
+                    let problem = problem_at(self.text, e.message(), Some(span));
+                    self.problems.push(problem);
+                    continue;
+                }
+            };
             let at = |f: &str| format!("device[{i}].{f}");
             if !valid_id(&s.id) {
                 self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
@@ -863,10 +872,13 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 
 /// Turns a TOML/serde error into a problem naming the line and, where the line shows it, the key.
 fn parse_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let message = e.message().trim().replace('\n', " ");
-    let mut line = e
-        .span()
-        .and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
+    problem_at(text, e.message(), e.span())
+}
+
+/// A problem `message` about the TOML at `span` (a whole table, or a key or value).
+fn problem_at(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> Problem {
+    let message = message.trim().replace('\n', " ");
+    let mut line = span.and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
     // Tagged tables (devices) are buffered before serde sees them, so the span is the whole
     // table: find the line of the key or value the message names inside it.
     if let (Some(start), Some(word)) = (line, message.split('`').nth(1)) {
@@ -948,6 +960,16 @@ host = "127.0.0.1"
         let p = &err.problems[0];
         assert_eq!(p.line, Some(16), "{err}");
         assert!(p.message.contains("parity"), "{err}");
+    }
+
+    /// Regression: serde reports every error inside an array of tagged tables at the first
+    /// table, so a bad key in the second device was reported on the first device's line.
+    #[test]
+    fn error_in_the_second_device_names_its_own_line() {
+        let second = "\n[[device]]\nkind = \"scanner\"\nid = \"scanner-2\"\nstation = \"gate-1\"\nport = \"/dev/ttyUSB1\"\nparity = \"even\"\n";
+        let err = Config::parse(&format!("{GOOD}{second}"), Path::new("x.toml")).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!((p.line, p.field.as_str()), (Some(28), "parity"), "{err}");
     }
 
     #[test]
