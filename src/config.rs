@@ -98,12 +98,14 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone)]
 pub enum DeviceKind {
     Scanner(ScannerConfig),
+    Nfc(NfcConfig),
 }
 
 impl DeviceKind {
     pub fn name(&self) -> &'static str {
         match self {
             DeviceKind::Scanner(_) => "scanner",
+            DeviceKind::Nfc(_) => "nfc",
         }
     }
 }
@@ -116,6 +118,17 @@ pub struct ScannerConfig {
     pub framing: crate::sources::scanner::Framing,
     pub dedupe_window: Duration,
     /// Report the device `silent` after this long without a code (None: scanners may idle).
+    pub silent_after: Option<Duration>,
+}
+
+/// An NFC reader: NXP PN532 over HSU (PROTOCOLS.md §2).
+#[derive(Debug, Clone)]
+pub struct NfcConfig {
+    pub port: PathBuf,
+    pub baud: u32,
+    /// Time between the starts of two InListPassiveTarget polls.
+    pub poll_interval: Duration,
+    /// Report the reader `silent` after this long without a tap (None: readers may idle).
     pub silent_after: Option<Duration>,
 }
 
@@ -247,6 +260,15 @@ impl fmt::Display for Config {
                     s.framing.terminator,
                     s.framing.aim
                 )?,
+                DeviceKind::Nfc(n) => writeln!(
+                    f,
+                    "device {} at station {}: nfc reader (PN532) on {} @ {} baud, polled every {}",
+                    d.id,
+                    d.station,
+                    n.port.display(),
+                    n.baud,
+                    humantime::format_duration(n.poll_interval)
+                )?,
             }
         }
         writeln!(
@@ -331,6 +353,7 @@ struct RawStation {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RawDevice {
     Scanner(RawScanner),
+    Nfc(RawNfc),
 }
 
 #[derive(Deserialize)]
@@ -356,6 +379,34 @@ struct RawScanner {
     #[serde(default, with = "humantime_serde")]
     silent_after: Option<Duration>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNfc {
+    id: String,
+    station: String,
+    port: PathBuf,
+    #[serde(default = "default_nfc_baud")]
+    baud: u32,
+    #[serde(default = "default_nfc_poll", with = "humantime_serde")]
+    poll_interval: Duration,
+    #[serde(default, with = "humantime_serde")]
+    silent_after: Option<Duration>,
+}
+
+/// The PN532's HSU speed after power-up (the gateway never sends SetSerialBaudRate).
+fn default_nfc_baud() -> u32 {
+    115_200
+}
+/// PROTOCOLS.md §2: a poll every 100 ms feels instant to a customer holding out a card.
+fn default_nfc_poll() -> Duration {
+    Duration::from_millis(100)
+}
+/// A card left on the reader must be seen again within the 500 ms tap window (PROTOCOLS.md §2),
+/// and a poll with its InRelease can take up to ~2 × 180 ms: slower polling would count it twice.
+const NFC_POLL_MAX: Duration = Duration::from_millis(300);
+/// Faster than this only loads the UART and the reader's RF front end.
+const NFC_POLL_MIN: Duration = Duration::from_millis(20);
 
 fn default_scanner_baud() -> u32 {
     115_200
@@ -565,50 +616,30 @@ impl Validator<'_> {
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for (i, d) in raw.device.into_iter().enumerate() {
             let span = d.span();
-            let s = match toml::Value::Table(d.into_inner()).try_into::<RawDevice>() {
-                Ok(RawDevice::Scanner(s)) => s,
+            let d = match toml::Value::Table(d.into_inner()).try_into::<RawDevice>() {
+                Ok(d) => d,
                 Err(e) => {
                     let problem = problem_at(self.text, e.message(), Some(span));
                     self.problems.push(problem);
                     continue;
                 }
             };
+            let s = match d {
+                RawDevice::Scanner(s) => s,
+                RawDevice::Nfc(n) => {
+                    let device = self.nfc(i, &span, n, &devices, &stations);
+                    devices.push(device);
+                    continue;
+                }
+            };
             let at = |f: &str| format!("device[{i}].{f}");
-            if !valid_id(&s.id) {
-                self.problem(&span, at("id"), format!("{:?} {ID_RULE}", s.id));
-            } else if devices.iter().any(|o| o.id == s.id) {
-                self.problem(
-                    &span,
-                    at("id"),
-                    format!("device {:?} is declared twice", s.id),
-                );
-            }
-            if !stations.iter().any(|st| st.id == s.station) {
-                let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
-                self.problem(
-                    &span,
-                    at("station"),
-                    format!(
-                        "no station {:?} is declared (known: {})",
-                        s.station,
-                        known.join(", ")
-                    ),
-                );
-            }
-            if s.port.as_os_str().is_empty() {
-                self.problem(
-                    &span,
-                    at("port"),
-                    "must name the serial device, e.g. /dev/phygate/scanner0",
-                );
-            }
-            if !(300..=4_000_000).contains(&s.baud) {
-                self.problem(
-                    &span,
-                    at("baud"),
-                    format!("{} is not a serial speed (300-4000000)", s.baud),
-                );
-            }
+            let serial = SerialDevice {
+                id: &s.id,
+                station: &s.station,
+                port: &s.port,
+                baud: s.baud,
+            };
+            self.serial_device(i, &span, serial, &devices, &stations);
             if !(16..=1024 * 1024).contains(&s.max_line) {
                 self.problem(
                     &span,
@@ -774,7 +805,100 @@ impl Validator<'_> {
     }
 }
 
+/// What every serial device declares, checked the same way for each kind.
+struct SerialDevice<'a> {
+    id: &'a str,
+    station: &'a str,
+    port: &'a Path,
+    baud: u32,
+}
+
 impl Validator<'_> {
+    /// Id (valid, unique), station (declared), port (named) and speed of device `i`.
+    fn serial_device(
+        &mut self,
+        i: usize,
+        span: &std::ops::Range<usize>,
+        d: SerialDevice<'_>,
+        devices: &[DeviceConfig],
+        stations: &[Station],
+    ) {
+        let at = |f: &str| format!("device[{i}].{f}");
+        if !valid_id(d.id) {
+            self.problem(span, at("id"), format!("{:?} {ID_RULE}", d.id));
+        } else if devices.iter().any(|o| o.id == d.id) {
+            self.problem(
+                span,
+                at("id"),
+                format!("device {:?} is declared twice", d.id),
+            );
+        }
+        if !stations.iter().any(|st| st.id == d.station) {
+            let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
+            self.problem(
+                span,
+                at("station"),
+                format!(
+                    "no station {:?} is declared (known: {})",
+                    d.station,
+                    known.join(", ")
+                ),
+            );
+        }
+        if d.port.as_os_str().is_empty() {
+            self.problem(
+                span,
+                at("port"),
+                "must name the serial device, e.g. /dev/phygate/scanner0",
+            );
+        }
+        if !(300..=4_000_000).contains(&d.baud) {
+            self.problem(
+                span,
+                at("baud"),
+                format!("{} is not a serial speed (300-4000000)", d.baud),
+            );
+        }
+    }
+
+    fn nfc(
+        &mut self,
+        i: usize,
+        span: &std::ops::Range<usize>,
+        n: RawNfc,
+        devices: &[DeviceConfig],
+        stations: &[Station],
+    ) -> DeviceConfig {
+        let serial = SerialDevice {
+            id: &n.id,
+            station: &n.station,
+            port: &n.port,
+            baud: n.baud,
+        };
+        self.serial_device(i, span, serial, devices, stations);
+        if !(NFC_POLL_MIN..=NFC_POLL_MAX).contains(&n.poll_interval) {
+            self.problem(
+                span,
+                format!("device[{i}].poll_interval"),
+                format!(
+                    "must be between {} and {} (a card left on the reader is seen again within the 500ms tap window)",
+                    humantime::format_duration(NFC_POLL_MIN),
+                    humantime::format_duration(NFC_POLL_MAX)
+                ),
+            );
+        }
+        DeviceConfig {
+            id: n.id,
+            station: n.station,
+            kind: DeviceKind::Nfc(NfcConfig {
+                port: n.port,
+                baud: n.baud,
+                poll_interval: n.poll_interval,
+                silent_after: n.silent_after,
+            }),
+        }
+    }
+
     fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
         let card_key = raw
             .card_key
@@ -948,9 +1072,72 @@ host = "127.0.0.1"
         assert_eq!(c.outbox.synchronous, Synchronous::Full);
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
-        let DeviceKind::Scanner(s) = &c.devices[0].kind;
+        let DeviceKind::Scanner(s) = &c.devices[0].kind else {
+            panic!("a scanner")
+        };
         assert_eq!(s.baud, 115_200);
         assert!(s.framing.aim);
+    }
+
+    const NFC: &str = r#"
+[[station]]
+id = "kiosk-1"
+role = "kiosk"
+
+[[device]]
+kind = "nfc"
+id = "nfc-1"
+station = "kiosk-1"
+port = "/dev/phygate/nfc0"
+"#;
+
+    #[test]
+    fn nfc_reader_validates_with_defaults() {
+        let c = Config::parse(&format!("{GOOD}{NFC}"), Path::new("x.toml")).unwrap();
+        let d = &c.devices[1];
+        assert_eq!((d.id.as_str(), d.station.as_str()), ("nfc-1", "kiosk-1"));
+        assert_eq!(d.kind.name(), "nfc");
+        let DeviceKind::Nfc(n) = &d.kind else {
+            panic!("an nfc reader")
+        };
+        assert_eq!(n.baud, 115_200);
+        assert_eq!(n.poll_interval, Duration::from_millis(100));
+        assert_eq!(n.silent_after, None);
+        assert!(c
+            .to_string()
+            .contains("nfc reader (PN532) on /dev/phygate/nfc0 @ 115200 baud, polled every 100ms"));
+    }
+
+    #[test]
+    fn nfc_reader_is_checked_like_the_scanner() {
+        let bad = format!("{GOOD}{NFC}")
+            .replace("id = \"nfc-1\"", "id = \"scanner-1\"")
+            .replace(
+                "port = \"/dev/phygate/nfc0\"",
+                "port = \"\"\npoll_interval = \"600ms\"\nbaud = 5",
+            );
+        let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "device[1].id",
+                "device[1].port",
+                "device[1].baud",
+                "device[1].poll_interval"
+            ],
+            "{err}"
+        );
+        assert!(err.problems.iter().all(|p| p.line == Some(27)), "{err}");
+
+        let unknown = format!("{GOOD}{NFC}").replace(
+            "port = \"/dev/phygate/nfc0\"",
+            "port = \"/dev/phygate/nfc0\"\nterminator = \"cr\"",
+        );
+        let err = Config::parse(&unknown, Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(32), "{err}");
+        assert_eq!(err.problems[0].field, "terminator", "{err}");
+        assert!(err.problems[0].message.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use tracing::{error, info};
 
 use crate::config::{Config, DeviceKind};
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
-use crate::link::Link;
+use crate::link::{Link, LinkSettings};
 use crate::outbox::Outbox;
+use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
 use crate::uplink::Uplink;
@@ -69,13 +70,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     ScannerSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
                 })?
             }
+            DeviceKind::Nfc(cfg) => {
+                let cfg = cfg.clone();
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    NfcSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
+                })?
+            }
         };
         sources.push(thread);
     }
     drop(readings_tx);
 
     // Link → outbox → uplink.
-    let link = tokio::spawn(Link::new(readings_rx, outbox_handle.clone()).run());
+    let settings = LinkSettings::from_config(&config);
+    let link = tokio::spawn(Link::new(readings_rx, outbox_handle.clone(), settings).run());
     let (stop_uplink, uplink_stopped) = watch::channel(false);
     let uplink = tokio::spawn(Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?.run());
     drop(outbox_handle);

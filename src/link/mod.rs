@@ -4,6 +4,7 @@
 pub mod cardhash;
 mod classify;
 pub mod jwks;
+pub mod nfc;
 pub mod replay;
 pub mod token;
 
@@ -12,25 +13,49 @@ pub use classify::{classify_code, CodeKind};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::event::{DeviceStatusData, Event, EventData, QrScanned};
+use crate::event::{DeviceStatusData, Event, EventData, IdSource, QrScanned};
 use crate::outbox::{OutboxError, OutboxHandle};
 use crate::sources::{Observation, Reading};
 
 pub struct Link {
     readings: mpsc::Receiver<Reading>,
     outbox: OutboxHandle,
+    settings: LinkSettings,
+}
+
+/// What the link needs from the config. No `Debug`: it holds the tenant's card key.
+#[derive(Clone, Default)]
+pub struct LinkSettings {
+    /// The tenant's card key (PROTOCOLS.md §6); taps carry no card hash without it.
+    pub card_key: Option<[u8; cardhash::CARD_KEY_LEN]>,
+}
+
+impl LinkSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        LinkSettings {
+            card_key: config.identity.card_key,
+        }
+    }
 }
 
 impl Link {
-    pub fn new(readings: mpsc::Receiver<Reading>, outbox: OutboxHandle) -> Self {
-        Link { readings, outbox }
+    pub fn new(
+        readings: mpsc::Receiver<Reading>,
+        outbox: OutboxHandle,
+        settings: LinkSettings,
+    ) -> Self {
+        Link {
+            readings,
+            outbox,
+            settings,
+        }
     }
 
     /// Runs until every source has dropped its sender, then returns with everything handed on.
     pub async fn run(mut self) -> Result<(), OutboxError> {
         while let Some(reading) = self.readings.recv().await {
             crate::metrics::READINGS.inc();
-            let event = to_event(reading);
+            let event = to_event(&self.settings, reading);
             debug!(id = %event.id, ty = event.data.type_name(), "event");
             self.outbox.submit(event).await?;
         }
@@ -39,7 +64,7 @@ impl Link {
 }
 
 /// One reading → one event. Pure: the identity rules plug in here.
-pub fn to_event(reading: Reading) -> Event {
+pub fn to_event(settings: &LinkSettings, reading: Reading) -> Event {
     let data = match reading.observation {
         Observation::Code(code) => {
             let kind = classify_code(&code.payload);
@@ -62,6 +87,15 @@ pub fn to_event(reading: Reading) -> Event {
             reason: s.reason,
             count: s.count,
         }),
+        Observation::NfcTap(tap) => {
+            let (data, member) = nfc::tapped(settings.card_key.as_ref(), &tap);
+            let mut event = Event::new(reading.station, reading.at, EventData::NfcTapped(data));
+            if let Some(user) = member {
+                event.userid = Some(user);
+                event.idsource = IdSource::NfcMember;
+            }
+            return event;
+        }
     };
     Event::new(reading.station, reading.at, data)
 }

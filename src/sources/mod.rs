@@ -27,6 +27,8 @@ pub struct Reading {
 pub enum Observation {
     Code(scanner::ScannedCode),
     Status(DeviceStatus),
+    /// A card newly tapped on an NFC reader; its raw UID stays in memory (the link hashes it).
+    NfcTap(nfc::NfcTap),
 }
 
 /// A device went up / down / silent, or rejected input.
