@@ -66,6 +66,8 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum SimKind {
     Scanner,
+    /// A PN532 NFC reader, driven by stdin: `tap 04A1B2C3`, `remove`, `random`, `fault drop-ack`…
+    Nfc,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +125,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             stdin,
         } => {
             phygate::sim::scanner::run_cli(&link, &terminator, aim, rate, stdin)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            kind: SimKind::Nfc,
+            link,
+            ..
+        } => {
+            phygate::sim::pn532::run_cli(&link)?;
             Ok(ExitCode::SUCCESS)
         }
     }

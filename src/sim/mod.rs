@@ -2,6 +2,7 @@
 //! the master side of a pseudo-terminal, whose slave side phygate opens as a serial port.
 
 pub mod broker;
+pub mod pn532;
 pub mod scanner;
 
 use std::fs::File;

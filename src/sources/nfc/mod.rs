@@ -297,3 +297,6 @@ impl NfcSource {
         self.sink.status(state, reason, None)
     }
 }
+
+#[cfg(test)]
+mod tests;
