@@ -23,6 +23,10 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
+        Harness::start_with(None)
+    }
+
+    fn start_with(silent_after: Option<Duration>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("nfc0");
         let sim = Pn532Sim::start(&link).unwrap();
@@ -32,7 +36,7 @@ impl Harness {
             port: link,
             baud: 115_200,
             poll_interval: Duration::from_millis(100),
-            silent_after: None,
+            silent_after,
         };
         let source = NfcSource::new(
             config,
@@ -175,4 +179,20 @@ fn hung_reader_is_an_error_then_reinitialised_with_wakeup() {
     h.sim.place(SimCard::random());
     h.wait_for("a tap", |h| h.taps().len() == 1);
     assert!(h.taps()[0].random_uid);
+}
+
+#[test]
+fn idle_reader_goes_silent_and_a_tap_brings_it_back() {
+    let mut h = Harness::start_with(Some(Duration::from_millis(300)));
+    h.wait_for("silent", |h| h.count(DeviceState::Silent) == 1);
+    assert_eq!(h.states()[1].1, "no tap for 300ms");
+    h.sim.place(SimCard::new(&UID7, 0x00));
+    h.wait_for("a tap", |h| h.taps().len() == 1);
+    let states = h.states();
+    assert_eq!(
+        states[2],
+        (DeviceState::Up, "tapped again".to_owned()),
+        "{states:?}"
+    );
+    assert_eq!(states.len(), 3, "reported once each: {states:?}");
 }
