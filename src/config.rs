@@ -113,6 +113,7 @@ pub enum DeviceKind {
     PeopleCounter(HttpDeviceConfig),
     /// A turnstile through a Modbus RTU I/O module.
     Gate(GateConfig),
+    Nfc(NfcConfig),
 }
 
 impl DeviceKind {
@@ -123,6 +124,7 @@ impl DeviceKind {
             DeviceKind::SkinHttp(_) => "skin_http",
             DeviceKind::PeopleCounter(_) => "people_counter",
             DeviceKind::Gate(_) => crate::sources::gate::KIND,
+            DeviceKind::Nfc(_) => "nfc",
         }
     }
 }
@@ -135,6 +137,17 @@ pub struct ScannerConfig {
     pub framing: crate::sources::scanner::Framing,
     pub dedupe_window: Duration,
     /// Report the device `silent` after this long without a code (None: scanners may idle).
+    pub silent_after: Option<Duration>,
+}
+
+/// An NFC reader: NXP PN532 over HSU (PROTOCOLS.md §2).
+#[derive(Debug, Clone)]
+pub struct NfcConfig {
+    pub port: PathBuf,
+    pub baud: u32,
+    /// Time between the starts of two InListPassiveTarget polls.
+    pub poll_interval: Duration,
+    /// Report the reader `silent` after this long without a tap (None: readers may idle).
     pub silent_after: Option<Duration>,
 }
 
@@ -284,6 +297,15 @@ impl fmt::Display for Config {
                     d.station,
                     d.kind.name()
                 )?,
+                DeviceKind::Nfc(n) => writeln!(
+                    f,
+                    "device {} at station {}: nfc reader (PN532) on {} @ {} baud, polled every {}",
+                    d.id,
+                    d.station,
+                    n.port.display(),
+                    n.baud,
+                    humantime::format_duration(n.poll_interval)
+                )?,
             }
         }
         if let Some(ingest) = &self.ingest {
@@ -329,8 +351,10 @@ struct RawConfig {
     gateway: Option<Spanned<String>>,
     #[serde(default)]
     station: Vec<Spanned<RawStation>>,
+    /// Each device is parsed on its own (into `RawDevice`) so that an error names its own
+    /// table: serde reports every error in an array of tagged tables at the array's first one.
     #[serde(default)]
-    device: Vec<Spanned<RawDevice>>,
+    device: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     outbox: RawOutbox,
     mqtt: Spanned<RawMqtt>,
@@ -374,6 +398,7 @@ enum RawDevice {
     SkinHttp(ingest::RawHttpDevice),
     PeopleCounter(ingest::RawHttpDevice),
     Gate(gate::RawGate),
+    Nfc(RawNfc),
 }
 
 #[derive(Deserialize)]
@@ -399,6 +424,34 @@ struct RawScanner {
     #[serde(default, with = "humantime_serde")]
     silent_after: Option<Duration>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNfc {
+    id: String,
+    station: String,
+    port: PathBuf,
+    #[serde(default = "default_nfc_baud")]
+    baud: u32,
+    #[serde(default = "default_nfc_poll", with = "humantime_serde")]
+    poll_interval: Duration,
+    #[serde(default, with = "humantime_serde")]
+    silent_after: Option<Duration>,
+}
+
+/// The PN532's HSU speed after power-up (the gateway never sends SetSerialBaudRate).
+fn default_nfc_baud() -> u32 {
+    115_200
+}
+/// PROTOCOLS.md §2: a poll every 100 ms feels instant to a customer holding out a card.
+fn default_nfc_poll() -> Duration {
+    Duration::from_millis(100)
+}
+/// A card left on the reader must be seen again within the 500 ms tap window (PROTOCOLS.md §2),
+/// and a poll with its InRelease can take up to ~2 × 180 ms: slower polling would count it twice.
+const NFC_POLL_MAX: Duration = Duration::from_millis(300);
+/// Faster than this only loads the UART and the reader's RF front end.
+const NFC_POLL_MIN: Duration = Duration::from_millis(20);
 
 fn default_scanner_baud() -> u32 {
     115_200
@@ -608,7 +661,15 @@ impl Validator<'_> {
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for (i, d) in raw.device.into_iter().enumerate() {
             let span = d.span();
-            let s = match d.into_inner() {
+            let d = match toml::Value::Table(d.into_inner()).try_into::<RawDevice>() {
+                Ok(d) => d,
+                Err(e) => {
+                    let problem = problem_at(self.text, e.message(), Some(span));
+                    self.problems.push(problem);
+                    continue;
+                }
+            };
+            let s = match d {
                 RawDevice::Scanner(s) => s,
                 RawDevice::Skin(r) => {
                     devices.push(self.skin_device(i, &span, r, &stations, &devices));
@@ -628,6 +689,11 @@ impl Validator<'_> {
                     self.device_identity(i, &span, (&g.id, &g.station), &stations, &devices);
                     let gate = self.gate(&span, i, g, &devices);
                     devices.push(gate);
+                    continue;
+                }
+                RawDevice::Nfc(n) => {
+                    let device = self.nfc(i, &span, n, &devices, &stations);
+                    devices.push(device);
                     continue;
                 }
             };
@@ -859,6 +925,39 @@ impl Validator<'_> {
         }
     }
 
+    fn nfc(
+        &mut self,
+        i: usize,
+        span: &std::ops::Range<usize>,
+        n: RawNfc,
+        devices: &[DeviceConfig],
+        stations: &[Station],
+    ) -> DeviceConfig {
+        self.device_identity(i, span, (&n.id, &n.station), stations, devices);
+        self.serial_port(span, i, &n.port, n.baud, "nfc0");
+        if !(NFC_POLL_MIN..=NFC_POLL_MAX).contains(&n.poll_interval) {
+            self.problem(
+                span,
+                format!("device[{i}].poll_interval"),
+                format!(
+                    "must be between {} and {} (a card left on the reader is seen again within the 500ms tap window)",
+                    humantime::format_duration(NFC_POLL_MIN),
+                    humantime::format_duration(NFC_POLL_MAX)
+                ),
+            );
+        }
+        DeviceConfig {
+            id: n.id,
+            station: n.station,
+            kind: DeviceKind::Nfc(NfcConfig {
+                port: n.port,
+                baud: n.baud,
+                poll_interval: n.poll_interval,
+                silent_after: n.silent_after,
+            }),
+        }
+    }
+
     fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
         let card_key = raw
             .card_key
@@ -956,10 +1055,13 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 
 /// Turns a TOML/serde error into a problem naming the line and, where the line shows it, the key.
 fn parse_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let message = e.message().trim().replace('\n', " ");
-    let mut line = e
-        .span()
-        .and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
+    problem_at(text, e.message(), e.span())
+}
+
+/// A problem `message` about the TOML at `span` (a whole table, or a key or value).
+fn problem_at(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> Problem {
+    let message = message.trim().replace('\n', " ");
+    let mut line = span.and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
     // Tagged tables (devices) are buffered before serde sees them, so the span is the whole
     // table: find the line of the key or value the message names inside it.
     if let (Some(start), Some(word)) = (line, message.split('`').nth(1)) {
@@ -1036,6 +1138,67 @@ host = "127.0.0.1"
         assert!(s.framing.aim);
     }
 
+    const NFC: &str = r#"
+[[station]]
+id = "kiosk-1"
+role = "kiosk"
+
+[[device]]
+kind = "nfc"
+id = "nfc-1"
+station = "kiosk-1"
+port = "/dev/phygate/nfc0"
+"#;
+
+    #[test]
+    fn nfc_reader_validates_with_defaults() {
+        let c = Config::parse(&format!("{GOOD}{NFC}"), Path::new("x.toml")).unwrap();
+        let d = &c.devices[1];
+        assert_eq!((d.id.as_str(), d.station.as_str()), ("nfc-1", "kiosk-1"));
+        assert_eq!(d.kind.name(), "nfc");
+        let DeviceKind::Nfc(n) = &d.kind else {
+            panic!("an nfc reader")
+        };
+        assert_eq!(n.baud, 115_200);
+        assert_eq!(n.poll_interval, Duration::from_millis(100));
+        assert_eq!(n.silent_after, None);
+        assert!(c
+            .to_string()
+            .contains("nfc reader (PN532) on /dev/phygate/nfc0 @ 115200 baud, polled every 100ms"));
+    }
+
+    #[test]
+    fn nfc_reader_is_checked_like_the_scanner() {
+        let bad = format!("{GOOD}{NFC}")
+            .replace("id = \"nfc-1\"", "id = \"scanner-1\"")
+            .replace(
+                "port = \"/dev/phygate/nfc0\"",
+                "port = \"\"\npoll_interval = \"600ms\"\nbaud = 5",
+            );
+        let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "device[1].id",
+                "device[1].port",
+                "device[1].baud",
+                "device[1].poll_interval"
+            ],
+            "{err}"
+        );
+        assert!(err.problems.iter().all(|p| p.line == Some(27)), "{err}");
+
+        let unknown = format!("{GOOD}{NFC}").replace(
+            "port = \"/dev/phygate/nfc0\"",
+            "port = \"/dev/phygate/nfc0\"\nterminator = \"cr\"",
+        );
+        let err = Config::parse(&unknown, Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(32), "{err}");
+        assert_eq!(err.problems[0].field, "terminator", "{err}");
+        assert!(err.problems[0].message.contains("unknown field"), "{err}");
+    }
+
     #[test]
     fn unknown_key_names_line_and_field() {
         let bad = GOOD.replace("aim = true", "aim = true\nparity = \"even\"");
@@ -1043,6 +1206,16 @@ host = "127.0.0.1"
         let p = &err.problems[0];
         assert_eq!(p.line, Some(16), "{err}");
         assert!(p.message.contains("parity"), "{err}");
+    }
+
+    /// Regression: serde reports every error inside an array of tagged tables at the first
+    /// table, so a bad key in the second device was reported on the first device's line.
+    #[test]
+    fn error_in_the_second_device_names_its_own_line() {
+        let second = "\n[[device]]\nkind = \"scanner\"\nid = \"scanner-2\"\nstation = \"gate-1\"\nport = \"/dev/ttyUSB1\"\nparity = \"even\"\n";
+        let err = Config::parse(&format!("{GOOD}{second}"), Path::new("x.toml")).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!((p.line, p.field.as_str()), (Some(28), "parity"), "{err}");
     }
 
     #[test]

@@ -15,9 +15,10 @@ use tracing::{error, info};
 use crate::config::{Config, DeviceKind};
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::ingest::Ingest;
-use crate::link::Link;
+use crate::link::{Link, LinkSettings};
 use crate::outbox::Outbox;
 use crate::sources::gate::{GateRegistry, GateSource};
+use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
 use crate::sources::skin::SkinSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
@@ -74,7 +75,11 @@ pub async fn run_with(
     }
 
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
-    let mut link = Link::new(readings_rx, outbox_handle.clone());
+    let mut link = Link::new(
+        readings_rx,
+        outbox_handle.clone(),
+        LinkSettings::from_config(&config),
+    );
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
     let (stop_ingest, ingest_stopped) = watch::channel(false);
@@ -104,6 +109,12 @@ pub async fn run_with(
                 let cfg = cfg.clone();
                 spawn_supervised(&device.id, stop.clone(), move || {
                     ScannerSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
+                })?
+            }
+            DeviceKind::Nfc(cfg) => {
+                let cfg = cfg.clone();
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    NfcSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
                 })?
             }
             DeviceKind::Skin(cfg) => {

@@ -49,6 +49,7 @@ pub enum EventData {
     OutboxEvicted(OutboxEvicted),
     SkinDiagnosed(SkinDiagnosed),
     GatePassed(GatePassed),
+    NfcTapped(NfcTapped),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +80,23 @@ pub struct DeviceStatusData {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+}
+
+/// `store.nfc.tapped`: never the raw UID, only its keyed hash (PROTOCOLS.md §6).
+#[derive(Debug, Clone, Serialize)]
+pub struct NfcTapped {
+    /// Absent for a random UID, and while the gateway has no card key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_hash: Option<String>,
+    /// `mifare_classic_1k`, `mifare_classic_4k`, `ultralight_ntag`, `iso14443_4` or `unknown`.
+    pub card_type: &'static str,
+    /// The raw SEL_RES byte, only for an `unknown` card type (PROTOCOLS.md §2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sel_res: Option<u8>,
+    pub uid_len: usize,
+    pub random_uid: bool,
+    /// The card is mapped to a member (the event then carries `userid`).
+    pub member: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +149,7 @@ impl EventData {
             EventData::OutboxEvicted(_) => "store.outbox.evicted",
             EventData::SkinDiagnosed(_) => "store.skin.diagnosed",
             EventData::GatePassed(_) => "store.gate.passed",
+            EventData::NfcTapped(_) => "store.nfc.tapped",
         }
     }
 }

@@ -78,6 +78,8 @@ enum SimKind {
     Skin,
     /// A turnstile's Modbus RTU I/O module, driven by commands on stdin (`in 3`, `alarm on`, `help`).
     Gate,
+    /// A PN532 NFC reader, driven by stdin: `tap 04A1B2C3`, `remove`, `random`, `fault drop-ack`…
+    Nfc,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +144,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 SimKind::Skin => phygate::sim::skin::run_cli(&link, rate, stdin, faults)?,
                 SimKind::Gate => phygate::sim::modbus_gate::run_cli(&link, unit)?,
+                SimKind::Nfc => phygate::sim::pn532::run_cli(&link)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -38,6 +38,8 @@ pub static READINGS: Counter = Counter::new();
 pub static SCANNER_REJECTED: Counter = Counter::new();
 pub static SKIN_REJECTED: Counter = Counter::new();
 pub static INGEST_REJECTED: Counter = Counter::new();
+pub static NFC_FAILURES: Counter = Counter::new();
+pub static NFC_BYTES_DISCARDED: Counter = Counter::new();
 pub static EVENTS_ACCEPTED: Counter = Counter::new();
 pub static EVENTS_PUBLISHED: Counter = Counter::new();
 pub static EVENTS_EVICTED: Counter = Counter::new();
@@ -74,6 +76,18 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
             "counter",
             "HTTP ingest requests refused (4xx, 5xx)",
             INGEST_REJECTED.get(),
+        ),
+        (
+            "phygate_nfc_failures_total",
+            "counter",
+            "NFC reader exchanges that failed (each followed by a re-initialisation)",
+            NFC_FAILURES.get(),
+        ),
+        (
+            "phygate_nfc_bytes_discarded_total",
+            "counter",
+            "bytes from NFC readers that were not part of a frame",
+            NFC_BYTES_DISCARDED.get(),
         ),
         (
             "phygate_events_accepted_total",

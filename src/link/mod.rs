@@ -8,6 +8,7 @@
 pub mod cardhash;
 mod classify;
 pub mod jwks;
+pub mod nfc;
 pub mod replay;
 pub mod token;
 
@@ -16,7 +17,9 @@ pub use classify::{classify_code, CodeKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::event::{DeviceStatusData, Event, EventData, GatePassed, QrScanned, SkinDiagnosed};
+use crate::event::{
+    DeviceStatusData, Event, EventData, GatePassed, IdSource, QrScanned, SkinDiagnosed,
+};
 use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
 use crate::sources::gate::state_key as gate_state_key;
 use crate::sources::{Observation, Reading};
@@ -28,6 +31,22 @@ pub struct Link {
     readings: mpsc::Receiver<Reading>,
     outbox: OutboxHandle,
     requests: Option<mpsc::Receiver<Request>>,
+    settings: LinkSettings,
+}
+
+/// What the link needs from the config. No `Debug`: it holds the tenant's card key.
+#[derive(Clone, Default)]
+pub struct LinkSettings {
+    /// The tenant's card key (PROTOCOLS.md §6); taps carry no card hash without it.
+    pub card_key: Option<[u8; cardhash::CARD_KEY_LEN]>,
+}
+
+impl LinkSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        LinkSettings {
+            card_key: config.identity.card_key,
+        }
+    }
 }
 
 /// A reading whose caller wants its event back (and stores it itself).
@@ -61,11 +80,16 @@ impl LinkHandle {
 }
 
 impl Link {
-    pub fn new(readings: mpsc::Receiver<Reading>, outbox: OutboxHandle) -> Self {
+    pub fn new(
+        readings: mpsc::Receiver<Reading>,
+        outbox: OutboxHandle,
+        settings: LinkSettings,
+    ) -> Self {
         Link {
             readings,
             outbox,
             requests: None,
+            settings,
         }
     }
 
@@ -93,7 +117,7 @@ impl Link {
                         // a skin reading's dedupe key) commits with the event that moved it, or
                         // alone: after a crash both are there or neither.
                         let state = state_of(&reading);
-                        match to_event(reading) {
+                        match to_event(&self.settings, reading) {
                             Some(event) => {
                                 debug!(id = %event.id, ty = event.data.type_name(), "event");
                                 self.outbox.submit_with_state(event, state).await?;
@@ -112,7 +136,7 @@ impl Link {
                         crate::metrics::READINGS.inc();
                         // Callers send only readings that make events; for any other the caller
                         // sees the reply dropped and refuses its device.
-                        if let Some(event) = to_event(reading) {
+                        if let Some(event) = to_event(&self.settings, reading) {
                             debug!(id = %event.id, ty = event.data.type_name(), "event (awaited)");
                             // The caller may have given up (HTTP client gone); it stored nothing.
                             let _ = reply.send(event);
@@ -152,7 +176,7 @@ fn state_of(reading: &Reading) -> Vec<StateWrite> {
 
 /// One reading → one event (none for a reading that only moves state). Pure: the identity rules
 /// plug in here.
-pub fn to_event(reading: Reading) -> Option<Event> {
+pub fn to_event(settings: &LinkSettings, reading: Reading) -> Option<Event> {
     let data = match reading.observation {
         Observation::Code(code) => {
             let kind = classify_code(&code.payload);
@@ -195,6 +219,15 @@ pub fn to_event(reading: Reading) -> Option<Event> {
             to: None,
         }),
         Observation::GateBaseline(_) => return None,
+        Observation::NfcTap(tap) => {
+            let (data, member) = nfc::tapped(settings.card_key.as_ref(), &tap);
+            let mut event = Event::new(reading.station, reading.at, EventData::NfcTapped(data));
+            if let Some(user) = member {
+                event.userid = Some(user);
+                event.idsource = IdSource::NfcMember;
+            }
+            return Some(event);
+        }
         Observation::Passed(p) => {
             let (from, to) = p.interval.unzip();
             EventData::GatePassed(GatePassed {

@@ -41,6 +41,8 @@ pub enum Observation {
     /// A gate baseline that no passage carries (first read, a counter reset to zero): the link
     /// persists it alone. Not an event.
     GateBaseline(gate::Counters),
+    /// A card newly tapped on an NFC reader; its raw UID stays in memory (the link hashes it).
+    NfcTap(nfc::NfcTap),
 }
 
 /// People crossing in one direction: a turnstile's pulses or a network counter's interval.

@@ -30,6 +30,8 @@ pub struct Rig {
     pub broker: Mosquitto,
     pub config: PathBuf,
     pub scanner_link: PathBuf,
+    /// `[[station]]` / `[[device]]` tables added by `add_devices`.
+    devices: std::cell::RefCell<String>,
 }
 
 impl Rig {
@@ -43,6 +45,7 @@ impl Rig {
             broker,
             config,
             scanner_link,
+            devices: Default::default(),
         };
         rig.write_config("");
         rig
@@ -50,6 +53,13 @@ impl Rig {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("phygate.db")
+    }
+
+    /// Adds station and device tables to the config (kept by later `write_config` calls) and
+    /// rewrites it without an `extra`: call `write_config(extra)` after this, not before.
+    pub fn add_devices(&self, tables: &str) {
+        self.devices.borrow_mut().push_str(tables);
+        self.write_config("");
     }
 
     /// The test config; `extra` is appended (e.g. an `[uplink]` table).
@@ -76,6 +86,7 @@ port = "{}"
 terminator = "cr"
 aim = true
 {devices}
+{}
 [outbox]
 path = "{}"
 
@@ -86,6 +97,7 @@ keepalive = "5s"
 {extra}
 "#,
             self.scanner_link.display(),
+            self.devices.borrow(),
             self.db_path().display(),
             self.broker.port
         );
