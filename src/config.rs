@@ -78,12 +78,18 @@ pub struct IdentityConfig {
     pub token_skew: Duration,
     /// How long an identification at a station links that station's anonymous readings.
     pub session_window: Duration,
+    /// A visit with no sighting of its user for this long ends (`end_reason: idle`).
+    pub visit_idle: Duration,
+    /// The journey-stage rule table (`[[stage]]`, or the built-in one).
+    pub stages: crate::link::stage::StageRules,
 }
 
 #[derive(Debug, Clone)]
 pub struct Station {
     pub id: String,
     pub role: StationRole,
+    /// Which way people pass a gate station's readers: a scan at an `out` gate ends a visit.
+    pub direction: crate::sources::Direction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -363,6 +369,9 @@ struct RawConfig {
     #[serde(default)]
     identity: RawIdentity,
     ingest: Option<ingest::RawIngest>,
+    /// The journey-stage rule table; the built-in one when absent.
+    #[serde(default)]
+    stage: Vec<crate::link::stage::StageRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,18 +385,24 @@ struct RawIdentity {
     token_skew: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     session_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    visit_idle: Option<Duration>,
 }
 
 /// PROTOCOLS.md §5: 30 s of clock skew between the app's phone and the gateway.
 const DEFAULT_TOKEN_SKEW: Duration = Duration::from_secs(30);
 /// Long enough to scan at a kiosk and then sit through a skin diagnosis.
 const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(180);
+/// Longer than any shopping trip; an exit scan usually ends a visit well before.
+const DEFAULT_VISIT_IDLE: Duration = Duration::from_secs(2 * 3600);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStation {
     id: String,
     role: StationRole,
+    #[serde(default)]
+    direction: Option<crate::sources::Direction>,
 }
 
 #[derive(Deserialize)]
@@ -652,9 +667,17 @@ impl Validator<'_> {
                     format!("station {:?} is declared twice", s.id),
                 );
             }
+            if s.direction.is_some() && s.role != StationRole::Gate {
+                self.problem(
+                    &span,
+                    format!("station[{i}].direction"),
+                    "only a gate station has a direction",
+                );
+            }
             stations.push(Station {
                 id: s.id.clone(),
                 role: s.role,
+                direction: s.direction.unwrap_or(crate::sources::Direction::In),
             });
         }
 
@@ -835,7 +858,13 @@ impl Validator<'_> {
             });
         }
 
-        let identity = self.identity(raw.identity);
+        let mut identity = self.identity(raw.identity);
+        if !raw.stage.is_empty() {
+            match crate::link::stage::StageRules::new(raw.stage) {
+                Ok(rules) => identity.stages = rules,
+                Err(e) => self.keyed("stage", "stage", e),
+            }
+        }
         let ingest = self.ingest(raw.ingest, &devices);
 
         Config {
@@ -1009,11 +1038,17 @@ impl Validator<'_> {
                 "must be between 1s and 1h",
             );
         }
+        let visit_idle = raw.visit_idle.unwrap_or(DEFAULT_VISIT_IDLE);
+        if visit_idle < Duration::from_secs(60) {
+            self.keyed("visit_idle", "identity.visit_idle", "must be at least 1m");
+        }
         IdentityConfig {
             card_key,
             keys,
             token_skew,
             session_window,
+            visit_idle,
+            stages: Default::default(),
         }
     }
 

@@ -15,7 +15,8 @@ use tracing::{error, info};
 use crate::config::{Config, DeviceKind};
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::ingest::Ingest;
-use crate::link::{Link, LinkSettings};
+use crate::link::journey::Journey;
+use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::sources::gate::{GateRegistry, GateSource};
 use crate::sources::nfc::NfcSource;
@@ -78,8 +79,10 @@ pub async fn run_with(
     let mut link = Link::new(
         readings_rx,
         outbox_handle.clone(),
-        LinkSettings::from_config(&config),
+        Journey::new(&config),
+        &config,
     );
+    let downlink = link.updates();
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
     let (stop_ingest, ingest_stopped) = watch::channel(false);
@@ -141,14 +144,18 @@ pub async fn run_with(
         sources.push(thread);
     }
     drop(readings_tx);
-    ready(Controls {
-        gates: GateRegistry::new(gates),
-    });
+    let gates = GateRegistry::new(gates);
+    link.set_gates(gates.clone());
+    ready(Controls { gates });
 
     // Link → outbox → uplink.
     let link = tokio::spawn(link.run());
     let (stop_uplink, uplink_stopped) = watch::channel(false);
-    let uplink = tokio::spawn(Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?.run());
+    let uplink = tokio::spawn(
+        Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?
+            .with_downlink(downlink)
+            .run(),
+    );
     drop(outbox_handle);
     info!(store = %config.store, gateway = %config.gateway, devices = config.devices.len(), "phygate running");
 

@@ -50,6 +50,40 @@ pub enum EventData {
     SkinDiagnosed(SkinDiagnosed),
     GatePassed(GatePassed),
     NfcTapped(NfcTapped),
+    NfcLinked(NfcLinked),
+    VisitStarted(VisitStarted),
+    VisitEnded(VisitEnded),
+    CommandResult(CommandResult),
+}
+
+/// `store.nfc.linked`: a member registered a card at a kiosk (the user is in the envelope).
+#[derive(Debug, Clone, Serialize)]
+pub struct NfcLinked {
+    pub card_hash: String,
+}
+
+/// `store.visit.started`: an identified entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct VisitStarted {
+    pub visit: String,
+}
+
+/// `store.visit.ended`: the paired exit, or no sighting for the idle time.
+#[derive(Debug, Clone, Serialize)]
+pub struct VisitEnded {
+    pub visit: String,
+    pub dwell_s: u64,
+    /// `exit` or `idle`.
+    pub end_reason: &'static str,
+}
+
+/// `store.command.result`: what a downlink command did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandResult {
+    pub command_id: String,
+    /// `done`, `failed`, `refused`, `expired` or `duplicate`.
+    pub outcome: &'static str,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +184,10 @@ impl EventData {
             EventData::SkinDiagnosed(_) => "store.skin.diagnosed",
             EventData::GatePassed(_) => "store.gate.passed",
             EventData::NfcTapped(_) => "store.nfc.tapped",
+            EventData::NfcLinked(_) => "store.nfc.linked",
+            EventData::VisitStarted(_) => "store.visit.started",
+            EventData::VisitEnded(_) => "store.visit.ended",
+            EventData::CommandResult(_) => "store.command.result",
         }
     }
 }

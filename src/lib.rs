@@ -10,6 +10,7 @@
 //!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.
 //! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
+//! - [`downlink`]: HQ → store messages (keys, members, commands, config), checked before use.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod downlink;
 pub mod event;
 pub mod ingest;
 pub mod link;

@@ -50,6 +50,16 @@ pub static MQTT_RECONNECTS: Counter = Counter::new();
 pub static MQTT_CONNECTED: Counter = Counter::new();
 pub static GATE_POLLS_FAILED: Counter = Counter::new();
 
+/// App-token verdicts, indexed by `Verdict as usize`.
+pub static TOKEN_VERDICTS: [Counter; 9] = [const { Counter::new() }; 9];
+pub static DOWNLINK_REFUSED: Counter = Counter::new();
+pub static DOWNLINK_APPLIED: Counter = Counter::new();
+pub static GATE_UNLOCKS: Counter = Counter::new();
+
+pub fn token_verdict(v: crate::link::token::Verdict) {
+    TOKEN_VERDICTS[v as usize].inc();
+}
+
 /// Name, help and value of every metric, for exporters.
 pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
     vec![
@@ -143,5 +153,42 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
             "gate polls without a valid answer (timeout, CRC, exception)",
             GATE_POLLS_FAILED.get(),
         ),
+        (
+            "phygate_downlink_refused_total",
+            "counter",
+            "downlink messages refused (size, schema, version); nothing of them applied",
+            DOWNLINK_REFUSED.get(),
+        ),
+        (
+            "phygate_downlink_applied_total",
+            "counter",
+            "downlink messages applied",
+            DOWNLINK_APPLIED.get(),
+        ),
+        (
+            "phygate_gate_unlocks_total",
+            "counter",
+            "gate unlocks written (entry tokens and HQ commands)",
+            GATE_UNLOCKS.get(),
+        ),
     ]
+}
+
+/// `(verdict, count)` of every app-token verdict, for exporters (label `verdict`).
+pub fn token_verdicts() -> Vec<(&'static str, u64)> {
+    use crate::link::token::Verdict::*;
+    [
+        Valid,
+        Expired,
+        NotYetValid,
+        BadSignature,
+        UnknownKey,
+        WrongAudience,
+        WrongStore,
+        Replayed,
+        Malformed,
+    ]
+    .into_iter()
+    .map(|v| (v.as_str(), TOKEN_VERDICTS[v as usize].get()))
+    .collect()
 }

@@ -73,6 +73,16 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// The set as a JWKS document (public keys only), e.g. to persist it.
+    pub fn to_jwks_json(&self) -> String {
+        let keys: Vec<Value> = self
+            .keys
+            .iter()
+            .map(|(kid, key)| public_jwk(kid, key))
+            .collect();
+        jwks_json(&keys).to_string()
+    }
+
     /// An empty set: every token verifies as `unknown_key`.
     pub fn new() -> Self {
         Self::default()

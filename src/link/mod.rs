@@ -1,52 +1,64 @@
 //! Link: turns device readings into journey events. This is where identity is attached (app
-//! tokens, NFC members, station sessions, visits); a source never knows about users.
+//! tokens, NFC members, station sessions, visits, journey stage — see [`journey`]); a source
+//! never knows about users.
 //!
 //! Readings arrive two ways: on the sources' channel (fire and forget: the outbox makes them
 //! durable in its next group), and through a [`LinkHandle`] from a caller that must know the
 //! event before it answers its device (HTTP ingest: `202` only once durable, idempotent replays).
+//! HQ's downlink updates (keys, members, commands) arrive on a third queue: the link owns the
+//! identity state they change.
 
 pub mod cardhash;
 mod classify;
+pub mod journey;
 pub mod jwks;
 pub mod nfc;
 pub mod replay;
+pub mod stage;
 pub mod token;
 
 pub use classify::{classify_code, CodeKind};
 
-use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::event::{
-    DeviceStatusData, Event, EventData, GatePassed, IdSource, QrScanned, SkinDiagnosed,
-};
-use crate::outbox::{OutboxError, OutboxHandle, StateWrite};
-use crate::sources::gate::state_key as gate_state_key;
-use crate::sources::{Observation, Reading};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::downlink::{Action, Command, Update};
+use crate::event::{CommandResult, Event, EventData, QrScanned};
+use crate::outbox::{OutboxError, OutboxHandle};
+use crate::sources::gate::GateRegistry;
+use crate::sources::Reading;
+use journey::{Journey, Linked};
 
 /// Readings waiting in a [`LinkHandle`]'s queue; when full, callers wait (HTTP requests queue).
 const HANDLE_QUEUE: usize = 64;
+
+/// How often idle visits are ended and expired token ids forgotten.
+const TICK: Duration = Duration::from_secs(5);
+/// Downlink updates waiting for the link.
+const UPDATE_QUEUE: usize = 64;
+/// An entry decision must reach the gate within 100 ms (DESIGN.md); past this the unlock is
+/// given up and the event says the gate stayed shut.
+const UNLOCK_WAIT: Duration = Duration::from_millis(500);
+/// Command ids remembered (executed at most once) are kept this long.
+const COMMAND_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+const COMMAND_PREFIX: &str = "cmd/";
 
 pub struct Link {
     readings: mpsc::Receiver<Reading>,
     outbox: OutboxHandle,
     requests: Option<mpsc::Receiver<Request>>,
-    settings: LinkSettings,
-}
-
-/// What the link needs from the config. No `Debug`: it holds the tenant's card key.
-#[derive(Clone, Default)]
-pub struct LinkSettings {
-    /// The tenant's card key (PROTOCOLS.md §6); taps carry no card hash without it.
-    pub card_key: Option<[u8; cardhash::CARD_KEY_LEN]>,
-}
-
-impl LinkSettings {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        LinkSettings {
-            card_key: config.identity.card_key,
-        }
-    }
+    updates: Option<mpsc::Receiver<Update>>,
+    journey: Journey,
+    gates: GateRegistry,
+    gateway: Arc<str>,
+    /// Downlink command ids already run.
+    commands_seen: HashSet<String>,
+    /// A config from HQ must be for this tenant.
+    tenant: String,
 }
 
 /// A reading whose caller wants its event back (and stores it itself).
@@ -83,13 +95,19 @@ impl Link {
     pub fn new(
         readings: mpsc::Receiver<Reading>,
         outbox: OutboxHandle,
-        settings: LinkSettings,
+        journey: Journey,
+        config: &crate::config::Config,
     ) -> Self {
         Link {
             readings,
             outbox,
             requests: None,
-            settings,
+            updates: None,
+            journey,
+            gates: GateRegistry::default(),
+            gateway: config.gateway.as_str().into(),
+            commands_seen: HashSet::new(),
+            tenant: config.tenant.clone(),
         }
     }
 
@@ -101,53 +119,247 @@ impl Link {
         LinkHandle { tx }
     }
 
+    /// The gates entry tokens and HQ commands may open (known once the sources start).
+    pub fn set_gates(&mut self, gates: GateRegistry) {
+        self.gates = gates;
+    }
+
+    /// Where the downlink sends checked updates.
+    pub fn updates(&mut self) -> mpsc::Sender<Update> {
+        let (tx, rx) = mpsc::channel(UPDATE_QUEUE);
+        self.updates = Some(rx);
+        tx
+    }
+
     /// Runs until every source and handle has dropped its sender, then returns with everything
     /// handed on.
     pub async fn run(mut self) -> Result<(), OutboxError> {
+        self.restore().await?;
         let mut readings_open = true;
         let mut requests = self.requests.take();
+        let mut updates = self.updates.take();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                // Both branches are cancel-safe: mpsc::Receiver::recv loses nothing when the
-                // other branch wins.
+                // Every branch is cancel-safe: mpsc::Receiver::recv and Interval::tick lose
+                // nothing when another branch wins.
                 r = self.readings.recv(), if readings_open => match r {
                     Some(reading) => {
                         crate::metrics::READINGS.inc();
-                        // State a source must find again after a restart (a gate's baseline,
-                        // a skin reading's dedupe key) commits with the event that moved it, or
-                        // alone: after a crash both are there or neither.
-                        let state = state_of(&reading);
-                        match to_event(&self.settings, reading) {
-                            Some(event) => {
-                                debug!(id = %event.id, ty = event.data.type_name(), "event");
-                                self.outbox.submit_with_state(event, state).await?;
-                            }
-                            None => {
-                                for (key, value) in state {
-                                    self.outbox.put_state(key, value).await?;
-                                }
-                            }
-                        }
+                        let linked = self.journey.link(reading, Instant::now());
+                        self.store(linked).await?;
                     }
                     None => readings_open = false,
                 },
                 r = recv_opt(&mut requests), if requests.is_some() => match r {
                     Some(Request { reading, reply }) => {
                         crate::metrics::READINGS.inc();
-                        // Callers send only readings that make events; for any other the caller
-                        // sees the reply dropped and refuses its device.
-                        if let Some(event) = to_event(&self.settings, reading) {
-                            debug!(id = %event.id, ty = event.data.type_name(), "event (awaited)");
-                            // The caller may have given up (HTTP client gone); it stored nothing.
-                            let _ = reply.send(event);
+                        let mut linked = self.journey.link(reading, Instant::now());
+                        if linked.events.is_empty() {
+                            // Callers send only readings that make events; the dropped reply
+                            // tells them to refuse their device.
+                            self.store(linked).await?;
+                            continue;
                         }
+                        let first = linked.events.remove(0);
+                        // The caller stores its event itself (durable before it answers); what
+                        // else the reading moved is stored here.
+                        self.store(linked).await?;
+                        let _ = reply.send(first);
                     }
                     None => requests = None,
                 },
+                u = recv_opt(&mut updates), if updates.is_some() => match u {
+                    Some(update) => self.apply(update).await?,
+                    None => updates = None,
+                },
+                _ = tick.tick() => {
+                    let linked = self.journey.tick(Instant::now(), SystemTime::now());
+                    self.store(linked).await?;
+                }
                 else => break,
+            }
+            if !readings_open && requests.is_none() {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Takes back the identity state persisted before a restart.
+    async fn restore(&mut self) -> Result<(), OutboxError> {
+        let mut entries = Vec::new();
+        for prefix in [
+            journey::JTI_PREFIX,
+            journey::MEMBER_PREFIX,
+            journey::MEMBERS_VERSION,
+            journey::KEYS_JWKS,
+            journey::VISIT_PREFIX,
+        ] {
+            entries.extend(self.outbox.state(prefix).await?);
+        }
+        for (key, _) in self.outbox.state(COMMAND_PREFIX).await? {
+            self.commands_seen
+                .insert(key[COMMAND_PREFIX.len()..].to_owned());
+        }
+        debug!(entries = entries.len(), "identity state restored");
+        self.journey.restore(entries);
+        Ok(())
+    }
+
+    /// Opens a gate if asked, then hands events and state to the outbox in one transaction
+    /// with the first event (or alone).
+    async fn store(&mut self, mut linked: Linked) -> Result<(), OutboxError> {
+        if let Some(station) = linked.unlock.take() {
+            let opened = self.unlock(&station).await;
+            if let Some(EventData::QrScanned(QrScanned { gate_opened, .. })) =
+                linked.events.first_mut().map(|e| &mut e.data)
+            {
+                *gate_opened = Some(opened);
+            }
+        }
+        let mut state = std::mem::take(&mut linked.state);
+        if linked.events.is_empty() {
+            for (key, value) in state {
+                self.outbox.put_state(key, value).await?;
+            }
+            return Ok(());
+        }
+        for event in linked.events {
+            debug!(id = %event.id, ty = event.data.type_name(), user = event.userid.is_some(), "event");
+            self.outbox
+                .submit_with_state(event, std::mem::take(&mut state))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the unlock coil of the gate at `station`; true when the module took it.
+    async fn unlock(&self, station: &str) -> bool {
+        let Some(gate) = self.gates.get(station) else {
+            warn!(
+                station,
+                "an entry token was valid at a station with no gate to open"
+            );
+            return false;
+        };
+        match tokio::time::timeout(UNLOCK_WAIT, gate.unlock()).await {
+            Ok(Ok(receipt)) => {
+                crate::metrics::GATE_UNLOCKS.inc();
+                info!(
+                    station,
+                    latency_us = receipt.latency().as_micros() as u64,
+                    "gate opened"
+                );
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(station, error = %e, "gate did not open");
+                false
+            }
+            Err(_) => {
+                warn!(station, "gate did not answer the unlock in time");
+                false
+            }
+        }
+    }
+
+    async fn apply(&mut self, update: Update) -> Result<(), OutboxError> {
+        match update {
+            Update::Keys(keys) => {
+                let kids: Vec<String> = keys.kids().map(str::to_owned).collect();
+                let jwks = keys.to_jwks_json();
+                self.journey.set_downlink_keys(keys);
+                self.outbox
+                    .put_state(journey::KEYS_JWKS, Some(jwks.into_bytes()))
+                    .await?;
+                crate::metrics::DOWNLINK_APPLIED.inc();
+                info!(?kids, "token keys from HQ applied");
+            }
+            Update::Members(m) => match self.journey.apply_members(&m) {
+                Ok(writes) => {
+                    // All keys in one group: the outbox commits queued state writes together.
+                    for (key, value) in writes {
+                        self.outbox.put_state(key, value).await?;
+                    }
+                    crate::metrics::DOWNLINK_APPLIED.inc();
+                    info!(
+                        scope = m.scope.as_str(),
+                        version = m.version,
+                        upserts = m.upsert.len(),
+                        deletes = m.delete.len(),
+                        "member map updated"
+                    );
+                }
+                Err(why) => {
+                    crate::metrics::DOWNLINK_REFUSED.inc();
+                    warn!(
+                        scope = m.scope.as_str(),
+                        version = m.version,
+                        "member update refused: {why}"
+                    );
+                }
+            },
+            Update::Command(c) => self.command(c).await?,
+            Update::Config(text) => {
+                match crate::config::Config::parse(&text, std::path::Path::new("downlink:config")) {
+                    Ok(c) if c.tenant == self.tenant => {
+                        crate::metrics::DOWNLINK_APPLIED.inc();
+                        info!("a valid config arrived from HQ; it takes effect when written to the config file and reloaded");
+                    }
+                    Ok(_) => {
+                        crate::metrics::DOWNLINK_REFUSED.inc();
+                        warn!("config from HQ is for another tenant; ignored");
+                    }
+                    Err(e) => {
+                        crate::metrics::DOWNLINK_REFUSED.inc();
+                        warn!("config from HQ refused: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a command at most once (its id is stored with its result) and reports the outcome.
+    async fn command(&mut self, c: Command) -> Result<(), OutboxError> {
+        let (outcome, detail) = if self.commands_seen.contains(&c.id) {
+            ("duplicate", "already received; not run again".to_owned())
+        } else if SystemTime::now() > c.expires_at {
+            ("expired", "arrived after its expiry; not run".to_owned())
+        } else {
+            match &c.action {
+                Action::OpenGate { station } => match self.gates.get(station) {
+                    None => ("refused", format!("no gate at station {station:?}")),
+                    Some(_) if self.unlock(station).await => {
+                        ("done", format!("gate at {station} opened"))
+                    }
+                    Some(_) => ("failed", format!("gate at {station} did not open")),
+                },
+            }
+        };
+        info!(id = %c.id, outcome, "{detail}");
+        let event = Event::new(
+            self.gateway.clone(),
+            SystemTime::now(),
+            EventData::CommandResult(CommandResult {
+                command_id: c.id.clone(),
+                outcome,
+                detail,
+            }),
+        );
+        let state = if outcome == "duplicate" {
+            Vec::new()
+        } else {
+            self.commands_seen.insert(c.id.clone());
+            let until = SystemTime::now() + COMMAND_MEMORY;
+            vec![(
+                format!("{COMMAND_PREFIX}{}", c.id),
+                Some(crate::event::format_time(until).into_bytes()),
+            )]
+        };
+        self.outbox.submit_with_state(event, state).await
     }
 }
 
@@ -157,87 +369,4 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// State committed with a reading's event: what a source must find again after a restart.
-fn state_of(reading: &Reading) -> Vec<StateWrite> {
-    match &reading.observation {
-        Observation::GatePassed { counters, .. } | Observation::GateBaseline(counters) => {
-            vec![(gate_state_key(&reading.device), Some(counters.encode()))]
-        }
-        Observation::Skin(skin) => {
-            crate::sources::skin::seen_state(&reading.device, skin, reading.at)
-                .into_iter()
-                .collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// One reading → one event (none for a reading that only moves state). Pure: the identity rules
-/// plug in here.
-pub fn to_event(settings: &LinkSettings, reading: Reading) -> Option<Event> {
-    let data = match reading.observation {
-        Observation::Code(code) => {
-            let kind = classify_code(&code.payload);
-            EventData::QrScanned(QrScanned {
-                kind: kind.as_str(),
-                symbology: code.symbology,
-                aim: code.aim,
-                // An app token is a bearer credential while it lives: never forwarded.
-                payload: (kind != CodeKind::AppToken).then_some(code.payload),
-                kid: None,
-                jti: None,
-                verdict: None,
-                gate_opened: None,
-            })
-        }
-        Observation::Status(s) => EventData::DeviceStatus(DeviceStatusData {
-            device: reading.device.to_string(),
-            kind: s.kind,
-            state: s.state,
-            reason: s.reason,
-            count: s.count,
-        }),
-        // Identity seam: a diagnosis at kiosk K within the session window of a verified scan
-        // at K belongs to that user (DESIGN.md). Until sessions land here it stays anonymous.
-        Observation::Skin(skin) => EventData::SkinDiagnosed(SkinDiagnosed {
-            model: skin.model,
-            measures: skin.measures,
-            extra: skin.extra,
-            skin_type: skin.skin_type.map(|t| t.as_str()),
-            device_seq: skin.seq,
-            device_time: skin.device_time,
-        }),
-        Observation::GatePassed {
-            direction, count, ..
-        } => EventData::GatePassed(GatePassed {
-            gate: reading.device.to_string(),
-            direction,
-            count: u64::from(count),
-            from: None,
-            to: None,
-        }),
-        Observation::GateBaseline(_) => return None,
-        Observation::NfcTap(tap) => {
-            let (data, member) = nfc::tapped(settings.card_key.as_ref(), &tap);
-            let mut event = Event::new(reading.station, reading.at, EventData::NfcTapped(data));
-            if let Some(user) = member {
-                event.userid = Some(user);
-                event.idsource = IdSource::NfcMember;
-            }
-            return Some(event);
-        }
-        Observation::Passed(p) => {
-            let (from, to) = p.interval.unzip();
-            EventData::GatePassed(GatePassed {
-                gate: reading.device.to_string(),
-                direction: p.direction,
-                count: p.count,
-                from,
-                to,
-            })
-        }
-    };
-    Some(Event::new(reading.station, reading.at, data))
 }

@@ -5,8 +5,13 @@ use super::cardhash::{card_hash, CARD_KEY_LEN};
 use crate::event::NfcTapped;
 use crate::sources::nfc::{CardType, NfcTap};
 
-/// A tap's event data, and the member (app user id) the card belongs to, if any.
-pub fn tapped(card_key: Option<&[u8; CARD_KEY_LEN]>, tap: &NfcTap) -> (NfcTapped, Option<String>) {
+/// A tap's event data, and the member (app user id) the card belongs to, if any, from
+/// `member_of` (the member map HQ pushes).
+pub fn tapped(
+    card_key: Option<&[u8; CARD_KEY_LEN]>,
+    tap: &NfcTap,
+    member_of: impl Fn(&str) -> Option<String>,
+) -> (NfcTapped, Option<String>) {
     let card_hash = match card_key {
         Some(key) if !tap.random_uid => Some(card_hash(key, tap.uid.as_bytes())),
         _ => None,
@@ -23,14 +28,6 @@ pub fn tapped(card_key: Option<&[u8; CARD_KEY_LEN]>, tap: &NfcTap) -> (NfcTapped
     (data, member)
 }
 
-/// The member map seam. HQ pushes `card_hash → user id` on the `members` topic and the store
-/// keeps it in SQLite (the identity issue); until that arrives no card is a member. Replace this
-/// with a lookup in that map: `tapped` and the link already attach `userid` and
-/// `idsource: nfc_member` to the event when it answers.
-fn member_of(_card_hash: &str) -> Option<String> {
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,7 +42,7 @@ mod tests {
     #[test]
     fn hash_type_and_length_but_never_the_uid() {
         let uid = [0x04, 0xA2, 0x2B, 0x19, 0x3C, 0x5E, 0x80];
-        let (data, member) = tapped(Some(&KEY), &tap(&uid, 0x00));
+        let (data, member) = tapped(Some(&KEY), &tap(&uid, 0x00), |_| None);
         assert_eq!(
             data.card_hash.as_deref(),
             Some(card_hash(&KEY, &uid).as_str())
@@ -71,10 +68,10 @@ mod tests {
 
     #[test]
     fn random_uid_and_missing_key_mean_no_hash() {
-        let (data, _) = tapped(Some(&KEY), &tap(&[0x08, 1, 2, 3], 0x20));
+        let (data, _) = tapped(Some(&KEY), &tap(&[0x08, 1, 2, 3], 0x20), |_| None);
         assert!(data.random_uid);
         assert_eq!(data.card_hash, None);
-        let (data, _) = tapped(None, &tap(&[0x04, 1, 2, 3], 0x08));
+        let (data, _) = tapped(None, &tap(&[0x04, 1, 2, 3], 0x08), |_| None);
         assert!(!data.random_uid);
         assert_eq!(data.card_hash, None);
         assert_eq!(data.card_type, "mifare_classic_1k");
@@ -82,7 +79,11 @@ mod tests {
 
     #[test]
     fn unknown_card_type_carries_the_raw_byte() {
-        let (data, _) = tapped(Some(&KEY), &tap(&[0x04, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0x41));
+        let (data, _) = tapped(
+            Some(&KEY),
+            &tap(&[0x04, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0x41),
+            |_| None,
+        );
         assert_eq!((data.card_type, data.sel_res), ("unknown", Some(0x41)));
         assert_eq!(data.uid_len, 10);
     }

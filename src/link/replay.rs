@@ -52,6 +52,26 @@ impl ReplayGuard {
         self.seen.retain(|_, exp| now < exp.saturating_add(skew));
     }
 
+    /// Forgets every expired jti and returns them (so their persisted copies can go too).
+    pub fn take_expired(&mut self, now: i64) -> Vec<String> {
+        let skew = self.skew_s;
+        let expired: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(_, exp)| now >= exp.saturating_add(skew))
+            .map(|(jti, _)| jti.clone())
+            .collect();
+        for jti in &expired {
+            self.seen.remove(jti);
+        }
+        expired
+    }
+
+    /// Restores a jti seen before a restart.
+    pub fn restore(&mut self, jti: String, exp: i64) {
+        self.seen.insert(jti, exp);
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }

@@ -70,6 +70,10 @@ pub struct Uplink {
     inflight: HashMap<u16, Sent>,
     /// Highest seq handed to a publish on this connection.
     sent_through: u64,
+    /// Where checked downlink messages go (the link); none: not subscribed.
+    downlink: Option<tokio::sync::mpsc::Sender<crate::downlink::Update>>,
+    tenant: String,
+    store: String,
 }
 
 impl Uplink {
@@ -95,7 +99,20 @@ impl Uplink {
             unassigned: VecDeque::new(),
             inflight: HashMap::new(),
             sent_through: 0,
+            downlink: None,
+            tenant: config.tenant.clone(),
+            store: config.store.clone(),
         })
+    }
+
+    /// Subscribes to HQ's downlink topics on every connection and hands checked messages to
+    /// `updates`.
+    pub fn with_downlink(
+        mut self,
+        updates: tokio::sync::mpsc::Sender<crate::downlink::Update>,
+    ) -> Self {
+        self.downlink = Some(updates);
+        self
     }
 
     pub async fn run(mut self) -> Result<(), UplinkError> {
@@ -127,6 +144,16 @@ impl Uplink {
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.sent_through = 0;
                         self.publish_status("online");
+                        if self.downlink.is_some() {
+                            // A clean session forgets subscriptions: subscribe on every connect.
+                            // Retained keys and config come again, and applying them is idempotent.
+                            let filters = crate::downlink::topics(&self.tenant, &self.store)
+                                .into_iter()
+                                .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                            if let Err(e) = self.client.try_subscribe_many(filters) {
+                                warn!(error = %e, "could not subscribe to the downlink topics");
+                            }
+                        }
                         return Mode::Live;
                     }
                     Ok(_) => {}
@@ -223,9 +250,34 @@ impl Uplink {
                 Some(Sent::Status) => {}
                 None => debug!(pkid = ack.pkid, "PUBACK for no publish of this connection"),
             },
+            MqttEvent::Incoming(Packet::Publish(p)) => self.on_downlink(&p.topic, &p.payload).await,
             _ => {}
         }
         Ok(())
+    }
+
+    /// Checks a downlink message and hands it to the link; a bad one is logged and counted.
+    async fn on_downlink(&mut self, topic: &str, payload: &[u8]) {
+        let Some(updates) = &self.downlink else {
+            return;
+        };
+        match crate::downlink::parse(&self.tenant, &self.store, topic, payload) {
+            Ok(update) => {
+                // The link applies updates quickly; waiting here briefly holds the MQTT loop,
+                // which is better than dropping an acknowledged message.
+                if updates.send(update).await.is_err() {
+                    debug!(topic, "downlink message after the link stopped; ignored");
+                }
+            }
+            Err(e) => {
+                crate::metrics::DOWNLINK_REFUSED.inc();
+                warn!(
+                    topic,
+                    bytes = payload.len(),
+                    "downlink message refused: {e}"
+                );
+            }
+        }
     }
 
     fn batches_in_flight(&self) -> usize {
@@ -293,7 +345,10 @@ fn mqtt_options(
     o.set_inflight((u.inflight + 2) as u16);
     // Outgoing: a batch, or one event larger than a batch (a long scanner line). Incoming:
     // downlink documents such as a member snapshot.
-    o.set_max_packet_size(1024 * 1024, (u.batch_max_bytes * 2).max(4 * 1024 * 1024));
+    o.set_max_packet_size(
+        crate::downlink::MAX_MEMBERS_BYTES + 1024,
+        (u.batch_max_bytes * 2).max(4 * 1024 * 1024),
+    );
     o.set_last_will(LastWill::new(
         status_topic,
         status_payload("offline", gateway),

@@ -1,0 +1,344 @@
+//! Downlink: what HQ sends the store (DESIGN.md "MQTT topics"). Every message is checked here
+//! (size cap, schema, version) before anything is applied; a bad one is logged, counted and
+//! changes nothing. The uplink owns the MQTT connection and hands each message over; the link,
+//! which owns identity state, applies the result.
+//!
+//! | topic | payload |
+//! |---|---|
+//! | `…/{tenant}/keys` (retained) | a JWKS: `{"keys":[{"kty":"OKP","crv":"Ed25519","kid":…,"x":…}]}` |
+//! | `…/{tenant}/{store}/members`, `…/{tenant}/all/members` | `{"type":"snapshot","version":N,"members":[{"card_hash":…,"userid":…}]}` or `{"type":"delta","version":N,"base":N-1,"upsert":[…],"delete":[card_hash…]}` |
+//! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` |
+//! | `…/{tenant}/{store}/config` (retained) | a phygate TOML config, checked like a local one |
+
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::link::jwks::KeySet;
+
+/// Largest downlink message accepted, per kind (the client's packet limit is the largest).
+pub const MAX_KEYS_BYTES: usize = 64 * 1024;
+pub const MAX_MEMBERS_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_COMMAND_BYTES: usize = 4 * 1024;
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// Which member map a message edits: this store's, or the tenant's fleet-wide one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberScope {
+    Store = 0,
+    Fleet = 1,
+}
+
+impl MemberScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberScope::Store => "store",
+            MemberScope::Fleet => "all",
+        }
+    }
+}
+
+/// A checked downlink message.
+#[derive(Debug)]
+pub enum Update {
+    Keys(KeySet),
+    Members(Members),
+    Command(Command),
+    Config(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Members {
+    pub scope: MemberScope,
+    pub version: u64,
+    /// A snapshot replaces the map; a delta edits it and applies only on top of `base`.
+    pub base: Option<u64>,
+    pub upsert: Vec<(String, String)>,
+    pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: String,
+    pub expires_at: SystemTime,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    OpenGate { station: String },
+}
+
+/// Why a downlink message was refused. Nothing of it was applied.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refused {
+    #[error("{topic}: {size} bytes is over the {max}-byte limit")]
+    TooLarge {
+        topic: &'static str,
+        size: usize,
+        max: usize,
+    },
+    #[error("{topic}: {0}", topic = .1)]
+    Schema(String, &'static str),
+    #[error("not a downlink topic of this store: {0}")]
+    UnknownTopic(String),
+}
+
+/// The topics this store subscribes to, all QoS 1.
+pub fn topics(tenant: &str, store: &str) -> Vec<String> {
+    let p = format!("phygate/v1/{tenant}");
+    vec![
+        format!("{p}/keys"),
+        format!("{p}/{store}/members"),
+        format!("{p}/all/members"),
+        format!("{p}/{store}/commands"),
+        format!("{p}/{store}/config"),
+    ]
+}
+
+/// Checks one message from `topic`.
+pub fn parse(tenant: &str, store: &str, topic: &str, payload: &[u8]) -> Result<Update, Refused> {
+    let p = format!("phygate/v1/{tenant}/");
+    let rest = topic
+        .strip_prefix(&p)
+        .ok_or_else(|| Refused::UnknownTopic(topic.into()))?;
+    let cap = |name: &'static str, max: usize| {
+        if payload.len() > max {
+            Err(Refused::TooLarge {
+                topic: name,
+                size: payload.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let store_topic = rest.strip_prefix(store).and_then(|r| r.strip_prefix('/'));
+    match (rest, store_topic) {
+        ("keys", _) => {
+            cap("keys", MAX_KEYS_BYTES)?;
+            let text = std::str::from_utf8(payload)
+                .map_err(|_| Refused::Schema("not UTF-8".into(), "keys"))?;
+            KeySet::from_jwks_json(text)
+                .map(Update::Keys)
+                .map_err(|e| Refused::Schema(e.to_string(), "keys"))
+        }
+        ("all/members", _) => {
+            cap("members", MAX_MEMBERS_BYTES)?;
+            members(MemberScope::Fleet, payload).map(Update::Members)
+        }
+        (_, Some("members")) => {
+            cap("members", MAX_MEMBERS_BYTES)?;
+            members(MemberScope::Store, payload).map(Update::Members)
+        }
+        (_, Some("commands")) => {
+            cap("commands", MAX_COMMAND_BYTES)?;
+            command(payload).map(Update::Command)
+        }
+        (_, Some("config")) => {
+            cap("config", MAX_CONFIG_BYTES)?;
+            let text = std::str::from_utf8(payload)
+                .map_err(|_| Refused::Schema("not UTF-8".into(), "config"))?;
+            Ok(Update::Config(text.to_owned()))
+        }
+        _ => Err(Refused::UnknownTopic(topic.into())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    card_hash: String,
+    userid: String,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum RawMembers {
+    Snapshot {
+        version: u64,
+        members: Vec<RawMember>,
+    },
+    Delta {
+        version: u64,
+        base: u64,
+        #[serde(default)]
+        upsert: Vec<RawMember>,
+        #[serde(default)]
+        delete: Vec<String>,
+    },
+}
+
+/// A card hash is base64url of 32 bytes (43 characters); a user id is 1-64 characters.
+fn check_member(hash: &str, user: Option<&str>) -> Result<(), String> {
+    if hash.len() != 43
+        || !hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{hash:?} is not a card hash (base64url of 32 bytes)"
+        ));
+    }
+    match user {
+        Some(u) if u.is_empty() || u.chars().count() > 64 => {
+            Err(format!("user id {u:?} must be 1-64 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn members(scope: MemberScope, payload: &[u8]) -> Result<Members, Refused> {
+    let schema = |e: String| Refused::Schema(e, "members");
+    let raw: RawMembers = serde_json::from_slice(payload).map_err(|e| schema(e.to_string()))?;
+    let (version, base, upsert, delete) = match raw {
+        RawMembers::Snapshot { version, members } => (version, None, members, Vec::new()),
+        RawMembers::Delta {
+            version,
+            base,
+            upsert,
+            delete,
+        } => {
+            if version <= base {
+                return Err(schema(format!(
+                    "delta version {version} is not after its base {base}"
+                )));
+            }
+            (version, Some(base), upsert, delete)
+        }
+    };
+    for m in &upsert {
+        check_member(&m.card_hash, Some(&m.userid)).map_err(schema)?;
+    }
+    for h in &delete {
+        check_member(h, None).map_err(schema)?;
+    }
+    Ok(Members {
+        scope,
+        version,
+        base,
+        upsert: upsert
+            .into_iter()
+            .map(|m| (m.card_hash, m.userid))
+            .collect(),
+        delete,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    id: String,
+    expires_at: String,
+    command: String,
+    #[serde(default)]
+    station: Option<String>,
+}
+
+fn command(payload: &[u8]) -> Result<Command, Refused> {
+    let schema = |e: String| Refused::Schema(e, "commands");
+    let raw: RawCommand = serde_json::from_slice(payload).map_err(|e| schema(e.to_string()))?;
+    if raw.id.is_empty() || raw.id.len() > 64 || raw.id.contains('/') {
+        return Err(schema("id must be 1-64 characters without '/'".into()));
+    }
+    let expires_at: SystemTime = chrono::DateTime::parse_from_rfc3339(&raw.expires_at)
+        .map_err(|e| schema(format!("expires_at {:?}: {e}", raw.expires_at)))?
+        .with_timezone(&chrono::Utc)
+        .into();
+    let action = match (raw.command.as_str(), raw.station) {
+        ("open_gate", Some(station)) => Action::OpenGate { station },
+        ("open_gate", None) => return Err(schema("open_gate needs a station".into())),
+        (other, _) => {
+            return Err(schema(format!(
+                "unknown command {other:?} (known: open_gate)"
+            )))
+        }
+    };
+    Ok(Command {
+        id: raw.id,
+        expires_at,
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    #[test]
+    fn members_snapshot_and_delta() {
+        let snap = format!(
+            r#"{{"type":"snapshot","version":3,"members":[{{"card_hash":"{H}","userid":"u1"}}]}}"#
+        );
+        let Update::Members(m) =
+            parse("t", "s", "phygate/v1/t/s/members", snap.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((m.scope, m.version, m.base), (MemberScope::Store, 3, None));
+        assert_eq!(m.upsert, vec![(H.to_string(), "u1".to_string())]);
+        let delta = format!(r#"{{"type":"delta","version":4,"base":3,"delete":["{H}"]}}"#);
+        let Update::Members(m) =
+            parse("t", "s", "phygate/v1/t/all/members", delta.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (m.scope, m.base, m.delete.len()),
+            (MemberScope::Fleet, Some(3), 1)
+        );
+    }
+
+    #[test]
+    fn bad_members_are_refused_whole() {
+        let bad_hash =
+            r#"{"type":"snapshot","version":3,"members":[{"card_hash":"short","userid":"u1"}]}"#;
+        assert!(matches!(
+            parse("t", "s", "phygate/v1/t/s/members", bad_hash.as_bytes()),
+            Err(Refused::Schema(..))
+        ));
+        let backwards = format!(
+            r#"{{"type":"delta","version":3,"base":3,"upsert":[{{"card_hash":"{H}","userid":"u"}}]}}"#
+        );
+        assert!(parse("t", "s", "phygate/v1/t/s/members", backwards.as_bytes()).is_err());
+        let extra = r#"{"type":"snapshot","version":1,"members":[],"admin":true}"#;
+        assert!(parse("t", "s", "phygate/v1/t/s/members", extra.as_bytes()).is_err());
+        let big = vec![b' '; MAX_COMMAND_BYTES + 1];
+        assert!(matches!(
+            parse("t", "s", "phygate/v1/t/s/commands", &big),
+            Err(Refused::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn commands() {
+        let ok = r#"{"id":"c1","expires_at":"2026-11-23T05:01:02.000Z","command":"open_gate","station":"gate-1"}"#;
+        let Update::Command(c) = parse("t", "s", "phygate/v1/t/s/commands", ok.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            c.action,
+            Action::OpenGate {
+                station: "gate-1".into()
+            }
+        );
+        let unknown =
+            r#"{"id":"c1","expires_at":"2026-11-23T05:01:02Z","command":"self_destruct"}"#;
+        assert!(parse("t", "s", "phygate/v1/t/s/commands", unknown.as_bytes()).is_err());
+        assert!(matches!(
+            parse("t", "s", "phygate/v1/t/other/commands", ok.as_bytes()),
+            Err(Refused::UnknownTopic(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_downlink_never_panics(topic in "phygate/v1/t/(s|all|keys|x)(/(members|commands|config))?", payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse("t", "s", &topic, &payload);
+        }
+    }
+}
