@@ -19,6 +19,7 @@
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;

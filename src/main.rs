@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         rate: f64,
     },
+    /// App tokens and card hashes: keygen, mint (with a QR PNG), verify, card-hash.
+    #[command(subcommand)]
+    Token(phygate::cli::token::TokenCommand),
     /// Play a device on a pseudo-terminal, for bench work and tests. Prints the port to configure.
     Simulate {
         #[arg(value_enum)]
@@ -122,6 +125,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(phygate::daemon::run(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(cmd) => {
+            phygate::cli::token::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { seconds, rate } => {
