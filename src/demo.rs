@@ -1,18 +1,35 @@
-//! `phygate demo`: the whole flow on one machine. A simulated scanner on a pseudo-terminal feeds
-//! codes (and now and then a garbled line), the gateway buffers them in a local SQLite outbox and
-//! publishes to a local broker, and an HQ subscriber prints each event as HQ receives it.
+//! `phygate demo`: a whole store on one machine. Simulated devices speak their real protocols on
+//! pseudo-terminals (an entrance scanner and turnstile, a kiosk with scanner, skin analyzer and
+//! NFC reader, an exit scanner), simulated customers walk through with app codes signed by a
+//! demo HQ key, the gateway buffers everything in a local SQLite outbox and publishes to a local
+//! broker, and an HQ subscriber prints each event as HQ receives it.
+//!
+//! Lines typed on standard input are scanned at the entrance: paste a code minted with
+//! `phygate token mint` (the demo prints the command) and watch the turnstile open.
 
-use std::io::Write;
-use std::time::Duration;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use crate::config::Config;
+use crate::link::jwks::{generate_key, jwks_json, signing_key_to_base64url};
+use crate::link::token::{mint, Claims, Purpose};
 use crate::sim::broker::Mosquitto;
+use crate::sim::modbus_gate::GateSim;
+use crate::sim::pn532::{Pn532Sim, SimCard};
 use crate::sim::scanner::ScannerSim;
+use crate::sim::skin::{sample, SkinSim};
 use crate::sim::Pty;
 use crate::sources::scanner::Framing;
+
+const TENANT: &str = "demo";
+const STORE: &str = "store-001";
+const KID: &str = "demo-hq-1";
 
 /// A local broker: mosquitto when installed, else the embedded one when built in.
 enum Broker {
@@ -21,7 +38,7 @@ enum Broker {
     Embedded,
 }
 
-fn start_broker(dir: &std::path::Path) -> anyhow::Result<(Broker, u16)> {
+fn start_broker(dir: &Path) -> anyhow::Result<(Broker, u16)> {
     // PHYGATE_DEMO_BROKER=embedded skips mosquitto (to try the embedded broker).
     let embedded_wanted = std::env::var("PHYGATE_DEMO_BROKER").is_ok_and(|v| v == "embedded");
     if !embedded_wanted && crate::sim::broker::find_mosquitto().is_some() {
@@ -41,40 +58,96 @@ fn start_broker(dir: &std::path::Path) -> anyhow::Result<(Broker, u16)> {
     anyhow::bail!("no mosquitto found: install it (apt-get install mosquitto) or build with `--features embedded-broker`")
 }
 
-const CODES: &[&str] = &[
-    "4006381333931",
-    "https://shop.example/p/serum-hydra-50ml",
-    "3600523614479",
-    "LOYALTY-CARD-PROMO-11",
-    "https://shop.example/p/spf50-fluid",
-    "8710103934615",
-];
+/// The simulated store's devices, plugged in for the demo's lifetime.
+struct Devices {
+    entrance: Arc<Mutex<ScannerSim<std::fs::File>>>,
+    kiosk: Mutex<ScannerSim<std::fs::File>>,
+    exit: Mutex<ScannerSim<std::fs::File>>,
+    skin: Mutex<SkinSim<std::fs::File>>,
+    nfc: Pn532Sim,
+    gate: GateSim,
+    _ptys: Vec<Pty>,
+}
 
-pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("phygate-demo-").tempdir()?;
-    let (_broker, port) = start_broker(dir.path())?;
-    let scanner_link = dir.path().join("scanner0");
+fn scanner(
+    dir: &Path,
+    name: &str,
+    ptys: &mut Vec<Pty>,
+) -> anyhow::Result<ScannerSim<std::fs::File>> {
     let pty =
-        Pty::open(&scanner_link).context("opening a pseudo-terminal for the simulated scanner")?;
-    let config_text = format!(
-        r#"tenant = "demo"
-store = "store-001"
-gateway = "store-001-gw1"
+        Pty::open(&dir.join(name)).context("opening a pseudo-terminal for a simulated scanner")?;
+    let sim = ScannerSim {
+        port: pty.master.try_clone()?,
+        framing: Framing {
+            aim: true,
+            ..Framing::default()
+        },
+    };
+    ptys.push(pty);
+    Ok(sim)
+}
+
+fn config_text(dir: &Path, port: u16, card_key: &str) -> String {
+    let d = |n: &str| dir.join(n).display().to_string();
+    format!(
+        r#"tenant = "{TENANT}"
+store = "{STORE}"
+gateway = "{STORE}-gw1"
 
 [[station]]
 id = "entrance"
 role = "gate"
 
+[[station]]
+id = "beauty-kiosk"
+role = "kiosk"
+
+[[station]]
+id = "exit"
+role = "gate"
+direction = "out"
+
 [[device]]
 kind = "scanner"
-id = "scanner-1"
+id = "entrance-scanner"
 station = "entrance"
-port = "{}"
-terminator = "cr"
+port = "{entrance}"
+aim = true
+
+[[device]]
+kind = "gate"
+id = "turnstile"
+station = "entrance"
+port = "{gate}"
+
+[[device]]
+kind = "scanner"
+id = "kiosk-scanner"
+station = "beauty-kiosk"
+port = "{kiosk}"
+aim = true
+
+[[device]]
+kind = "skin"
+id = "skin-analyzer"
+station = "beauty-kiosk"
+port = "{skin}"
+
+[[device]]
+kind = "nfc"
+id = "kiosk-nfc"
+station = "beauty-kiosk"
+port = "{nfc}"
+
+[[device]]
+kind = "scanner"
+id = "exit-scanner"
+station = "exit"
+port = "{exit}"
 aim = true
 
 [outbox]
-path = "{}"
+path = "{db}"
 
 [mqtt]
 host = "127.0.0.1"
@@ -82,46 +155,90 @@ port = {port}
 
 [uplink]
 backoff_max = "5s"
+
+[identity]
+jwks_file = "{jwks}"
+card_key = "{card_key}"
+session_window = "2m"
 "#,
-        scanner_link.display(),
-        dir.path().join("phygate.db").display()
-    );
+        entrance = d("entrance-scanner"),
+        gate = d("turnstile"),
+        kiosk = d("kiosk-scanner"),
+        skin = d("skin-analyzer"),
+        nfc = d("kiosk-nfc"),
+        exit = d("exit-scanner"),
+        db = d("phygate.db"),
+        jwks = d("keys/jwks.json"),
+    )
+}
+
+pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("phygate-demo-").tempdir()?;
+    let (_broker, port) = start_broker(dir.path())?;
+
+    // The demo's HQ: a token signing key and the store's copy of its public key.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (signing, jwk) = generate_key(KID);
+    std::fs::write(keys.join("jwks.json"), jwks_json(&[jwk]).to_string())?;
+    let key_file = keys.join(format!("{KID}.key"));
+    std::fs::write(&key_file, signing_key_to_base64url(&signing))?;
+    let card_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(fastrand::u64(..).to_le_bytes().repeat(4))
+    };
+
+    let mut ptys = Vec::new();
+    let devices = Arc::new(Devices {
+        entrance: Arc::new(Mutex::new(scanner(
+            dir.path(),
+            "entrance-scanner",
+            &mut ptys,
+        )?)),
+        kiosk: Mutex::new(scanner(dir.path(), "kiosk-scanner", &mut ptys)?),
+        exit: Mutex::new(scanner(dir.path(), "exit-scanner", &mut ptys)?),
+        skin: {
+            let pty = Pty::open(&dir.path().join("skin-analyzer"))?;
+            let sim = SkinSim {
+                port: pty.master.try_clone()?,
+            };
+            ptys.push(pty);
+            Mutex::new(sim)
+        },
+        nfc: Pn532Sim::start(&dir.path().join("kiosk-nfc"))?,
+        gate: GateSim::start(&dir.path().join("turnstile"), 1)?,
+        _ptys: ptys,
+    });
+
     let config_path = dir.path().join("phygate.toml");
-    std::fs::write(&config_path, &config_text)?;
+    std::fs::write(&config_path, config_text(dir.path(), port, &card_key))?;
     let config = Config::load(&config_path)?;
+    eprintln!("config: {}", config_path.display());
     eprintln!(
-        "config: {} (outbox {})",
-        config_path.display(),
-        config.outbox.path.display()
+        "\nTry it: mint an app code and paste it here (it is scanned at the entrance):\n  phygate token mint --key {} --kid {KID} --user you --tenant {TENANT} --purpose entry\n",
+        key_file.display()
     );
 
     let hq = tokio::spawn(hq_view(port, config.events_topic()));
-
-    // The simulated scanner: a code every 1/rate s, a garbled line every 15 codes.
-    let master = pty.master.try_clone()?;
-    let interval = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 1000.0));
-    std::thread::spawn(move || {
-        let mut sim = ScannerSim {
-            port: master,
-            framing: Framing {
-                aim: true,
-                ..Framing::default()
-            },
-        };
-        for i in 0usize.. {
-            std::thread::sleep(interval);
-            let result = if i % 15 == 14 {
-                sim.port
-                    .write_all(b"\xff\xfe garbled\r")
-                    .and_then(|_| sim.port.flush())
-            } else {
-                sim.scan(CODES[i % CODES.len()])
-            };
-            if result.is_err() {
-                return;
+    let stop = Arc::new(AtomicBool::new(false));
+    let customers = {
+        let (devices, stop) = (devices.clone(), stop.clone());
+        std::thread::spawn(move || walk_customers(&devices, &signing, rate, &stop))
+    };
+    {
+        // Pasted codes go to the entrance scanner.
+        let entrance = devices.entrance.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                let code = line.trim();
+                if !code.is_empty() {
+                    let mut sim = entrance.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = sim.scan(code);
+                }
             }
-        }
-    });
+        });
+    }
 
     let shutdown = async move {
         match seconds {
@@ -133,11 +250,88 @@ backoff_max = "5s"
     };
     eprintln!("demo running; Ctrl-C stops it\n");
     crate::daemon::run(config, shutdown).await?;
+    stop.store(true, Ordering::SeqCst);
     // Give HQ's view a moment to print the last acknowledged events.
     tokio::time::sleep(Duration::from_millis(300)).await;
     hq.abort();
-    drop(pty);
+    let _ = customers.join();
+    eprintln!(
+        "turnstile opened {} time(s)",
+        devices.gate.coil_writes().len()
+    );
     Ok(())
+}
+
+/// Customers walking through the store, one step every 1/rate s: entry code at the turnstile,
+/// code at the beauty kiosk, a skin diagnosis, a member card registered, a product scanned,
+/// the exit. Now and then someone walks in without the app, and a scanner garbles a line.
+fn walk_customers(d: &Devices, key: &ed25519_dalek::SigningKey, rate: f64, stop: &AtomicBool) {
+    let pause = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 100.0));
+    let step = |f: &mut dyn FnMut()| {
+        if !stop.load(Ordering::SeqCst) {
+            f();
+            std::thread::sleep(pause);
+        }
+    };
+    let lock = |m: &Mutex<ScannerSim<std::fs::File>>| -> ScannerSim<std::fs::File> {
+        let sim = m.lock().unwrap_or_else(|e| e.into_inner());
+        ScannerSim {
+            port: sim.port.try_clone().expect("pty"),
+            framing: sim.framing.clone(),
+        }
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    for n in 1u64.. {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let user = format!("app-user-{n:03}");
+        let code = |pur| demo_token(key, &user, pur);
+        step(&mut || drop(lock(&d.entrance).scan(&code(Some(Purpose::Entry)))));
+        step(&mut || d.gate.pass_in(1));
+        step(&mut || drop(lock(&d.kiosk).scan(&code(None))));
+        step(&mut || {
+            let _ = d
+                .skin
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(&sample("AX-200", n));
+        });
+        if n % 2 == 1 {
+            step(&mut || drop(lock(&d.kiosk).scan(&code(Some(Purpose::Link)))));
+            let uid = [0x04, (n >> 8) as u8, n as u8, 0x5A, 0x61, 0x72, 0x80];
+            step(&mut || d.nfc.place(SimCard::new(&uid, 0x08)));
+            d.nfc.remove();
+        }
+        step(&mut || drop(lock(&d.kiosk).scan("3600523614479")));
+        if n % 3 == 0 {
+            step(&mut || d.gate.pass_in(1)); // someone without the app
+            step(&mut || {
+                let mut sim = lock(&d.entrance);
+                let _ = sim.port.write_all(b"\xff\xfe garbled\r");
+            });
+        }
+        step(&mut || drop(lock(&d.exit).scan(&code(None))));
+        step(&mut || d.gate.pass_out(1));
+    }
+}
+
+fn demo_token(key: &ed25519_dalek::SigningKey, user: &str, pur: Option<Purpose>) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let claims = Claims {
+        sub: user.into(),
+        aud: vec![TENANT.into()],
+        iat: now,
+        exp: now + 120,
+        nbf: None,
+        jti: format!("{:032x}", fastrand::u128(..)),
+        pur,
+        stores: None,
+    };
+    let token = mint(key, KID, &claims);
+    format!("https://app.example/e?t={token}")
 }
 
 /// HQ's side: subscribes to the store's events and prints one line per event.
@@ -157,31 +351,9 @@ async fn hq_view(port: u16, topic: String) {
                     continue;
                 };
                 for e in events {
-                    let data = &e["data"];
-                    let what = match e["type"].as_str() {
-                        Some("store.qr.scanned") => format!(
-                            "{} {}",
-                            data["kind"].as_str().unwrap_or(""),
-                            data["payload"].as_str().unwrap_or("")
-                        ),
-                        Some("store.device.status") => format!(
-                            "{} {} {}{}",
-                            data["device"].as_str().unwrap_or(""),
-                            data["state"].as_str().unwrap_or(""),
-                            data["reason"].as_str().unwrap_or(""),
-                            data["count"]
-                                .as_u64()
-                                .map(|c| format!(" (x{c})"))
-                                .unwrap_or_default()
-                        ),
-                        _ => data.to_string(),
-                    };
                     println!(
-                        "HQ <- seq {:>4}  {:<20} {:<10} {}   [outbox depth {}]",
-                        e["seq"],
-                        e["type"].as_str().unwrap_or("?"),
-                        e["stationid"].as_str().unwrap_or("?"),
-                        what,
+                        "{}   [outbox depth {}]",
+                        describe(&e),
                         crate::metrics::OUTBOX_DEPTH.get()
                     );
                 }
@@ -190,4 +362,58 @@ async fn hq_view(port: u16, topic: String) {
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// One line for one event, as HQ sees it.
+fn describe(e: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let data = &e["data"];
+    let what = match e["type"].as_str().unwrap_or("") {
+        "store.qr.scanned" if data["kind"] == "app_token" => format!(
+            "app code {}{}",
+            s(&data["verdict"]),
+            match data["gate_opened"].as_bool() {
+                Some(true) => " -> gate OPENED",
+                Some(false) => " -> gate stays shut",
+                None => "",
+            }
+        ),
+        "store.qr.scanned" => format!("{} {}", s(&data["kind"]), s(&data["payload"])),
+        "store.device.status" => format!(
+            "{} {} {}{}",
+            s(&data["device"]),
+            s(&data["state"]),
+            s(&data["reason"]),
+            data["count"]
+                .as_u64()
+                .map(|c| format!(" (x{c})"))
+                .unwrap_or_default()
+        ),
+        "store.skin.diagnosed" => format!(
+            "{} moisture {}",
+            s(&data["model"]),
+            data["measures"]["moisture"]
+        ),
+        "store.gate.passed" => format!(
+            "{} {} x{}",
+            s(&data["gate"]),
+            s(&data["direction"]),
+            data["count"]
+        ),
+        "store.visit.ended" => format!("dwell {} s ({})", data["dwell_s"], s(&data["end_reason"])),
+        "store.nfc.tapped" => format!("{} member={}", s(&data["card_type"]), data["member"]),
+        "store.nfc.linked" => format!(
+            "card {}…",
+            &s(&data["card_hash"]).chars().take(8).collect::<String>()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "HQ <- seq {:>4} {:<21} {:<13} {:<14} {:<16} {what}",
+        e["seq"],
+        s(&e["type"]),
+        s(&e["stationid"]),
+        e["userid"].as_str().unwrap_or("-"),
+        e["stage"].as_str().unwrap_or("")
+    )
 }

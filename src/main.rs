@@ -86,15 +86,22 @@ enum SimKind {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo's screen is HQ's view: only warnings besides it, unless RUST_LOG says otherwise.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn,rumqttd=off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(match std::env::var("RUST_LOG") {
+            Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+            _ => tracing_subscriber::EnvFilter::new(default_filter),
+        })
         .with_writer(std::io::stderr)
         .init();
     // Several crates could install a TLS provider; ours is ring. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {

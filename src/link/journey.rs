@@ -347,8 +347,8 @@ impl Journey {
                 kid: checked.kid,
                 jti: checked.jti,
                 verdict: Some(checked.verdict.as_str()),
-                // Every scan at a gate is a decision; the link fills in the unlock's outcome.
-                gate_opened: at_gate.then_some(false),
+                // Every scan at an entry gate is a decision; the link fills in the unlock's outcome.
+                gate_opened: (at_gate && direction == Direction::In).then_some(false),
             }),
         );
         let Some(claims) = checked.claims.filter(|_| checked.verdict == Verdict::Valid) else {
@@ -418,7 +418,8 @@ impl Journey {
                     format!("{MEMBER_PREFIX}store/{hash}"),
                     Some(user.clone().into_bytes()),
                 ));
-                self.sessions.remove(&station);
+                // The registration is done: the session goes on as an ordinary one.
+                self.open_session(&station, &user, None, now);
                 self.identified(out, tapped, &user, None, at, now);
                 self.touch(&user, now, &mut linked);
                 out.events.push(linked);

@@ -43,6 +43,10 @@ pub fn default_rules() -> Vec<StageRule> {
     use Direction::*;
     use StationRole::*;
     vec![
+        // Gateway and device housekeeping is no step of a journey.
+        rule("store.device.status", None, None, "none"),
+        rule("store.outbox.evicted", None, None, "none"),
+        rule("store.command.result", None, None, "none"),
         rule("store.visit.started", None, None, "entry"),
         rule("store.visit.ended", None, None, "exit"),
         rule("store.gate.passed", None, Some(Out), "exit"),
@@ -51,9 +55,6 @@ pub fn default_rules() -> Vec<StageRule> {
         rule("store.nfc.linked", None, None, "engage"),
         rule("*", Some(Gate), Some(Out), "exit"),
         rule("*", Some(Gate), None, "entry"),
-        rule("store.device.status", None, None, "none"),
-        rule("store.outbox.evicted", None, None, "none"),
-        rule("store.command.result", None, None, "none"),
         rule("*", Some(Shelf), None, "browse"),
         rule("*", Some(Kiosk), None, "engage"),
         rule("*", Some(Counter), None, "purchase_intent"),
@@ -138,6 +139,10 @@ mod tests {
             Some("purchase_intent")
         );
         assert_eq!(t.stage("store.device.status", Some(Kiosk), None), None);
+        assert_eq!(
+            t.stage("store.device.status", Some(Gate), Some(Direction::In)),
+            None
+        );
         assert_eq!(
             t.stage("store.gate.passed", Some(Gate), Some(Direction::Out)),
             Some("exit")
