@@ -1284,4 +1284,23 @@ port = "/dev/phygate/nfc0"
             "the device table starts on line 9: {err}"
         );
     }
+
+    #[test]
+    fn every_hw_profile_is_a_valid_device() {
+        let profiles = [
+            include_str!("../hw/profiles/scanner-serial.toml"),
+            include_str!("../hw/profiles/nfc-pn532-hsu.toml"),
+            include_str!("../hw/profiles/skin-skn1.toml"),
+            include_str!("../hw/profiles/gate-modbus-io.toml"),
+        ];
+        for profile in profiles {
+            let text = format!(
+                "tenant = \"acme\"\nstore = \"s1\"\n[[station]]\nid = \"entrance\"\nrole = \"gate\"\n\
+                 [[station]]\nid = \"beauty-kiosk\"\nrole = \"kiosk\"\n[mqtt]\nhost = \"h\"\n{profile}"
+            );
+            if let Err(e) = Config::parse(&text, Path::new("profile.toml")) {
+                panic!("{e}\n{profile}");
+            }
+        }
+    }
 }
