@@ -12,30 +12,22 @@ pub use framing::{
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::{
+    serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
+};
 use crate::config::ScannerConfig;
 
-/// How long a read blocks before the thread checks the stop flag and its timers.
-const READ_TICK: Duration = Duration::from_millis(100);
 /// Scanners send a line at once; a line still unterminated after this is a fragment.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one error report per device per second (PROTOCOLS.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 pub struct ScannerSource {
     config: ScannerConfig,
     sink: ReadingSink,
     stop: StopFlag,
-}
-
-/// How a port session ended.
-enum Ended {
-    Stopped,
-    Lost(io::Error),
 }
 
 impl ScannerSource {
@@ -45,47 +37,10 @@ impl ScannerSource {
 
     /// Runs until stopped or the pipeline closes. Blocking: call on a dedicated thread.
     pub fn run(self) -> Result<(), SourceError> {
-        let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-        let mut reported_down: Option<String> = None;
-        while !self.stop.is_stopped() {
-            match self.open() {
-                Ok(port) => {
-                    info!(device = self.sink.device(), port = %self.config.port.display(), "scanner up");
-                    self.sink.status(DeviceState::Up, "opened", None)?;
-                    backoff.reset();
-                    match self.read_port(port)? {
-                        Ended::Stopped => break,
-                        Ended::Lost(e) => {
-                            warn!(device = self.sink.device(), error = %e, "scanner port lost");
-                            let reason = format!("port lost: {e}");
-                            self.sink.status(DeviceState::Down, &reason, None)?;
-                            reported_down = Some(reason);
-                        }
-                    }
-                }
-                Err(e) => {
-                    let reason = format!("cannot open {}: {e}", self.config.port.display());
-                    // One report per outage, not one per retry.
-                    if reported_down.is_none() {
-                        warn!(device = self.sink.device(), "{reason}");
-                        self.sink.status(DeviceState::Down, &reason, None)?;
-                        reported_down = Some(reason);
-                    } else {
-                        debug!(device = self.sink.device(), "{reason}");
-                    }
-                }
-            }
-            if self.stop.sleep(backoff.next_delay()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn open(&self) -> serialport::Result<Box<dyn serialport::SerialPort>> {
-        serialport::new(self.config.port.to_string_lossy(), self.config.baud)
-            .timeout(READ_TICK)
-            .open()
+        let (path, baud) = (self.config.port.clone(), self.config.baud);
+        serve_serial_port(&self.sink, &self.stop, &path, baud, |port| {
+            self.read_port(port)
+        })
     }
 
     fn read_port(&self, mut port: Box<dyn serialport::SerialPort>) -> Result<Ended, SourceError> {

@@ -13,16 +13,16 @@ pub mod skn1;
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use self::skn1::{LineReader, SeqDeduper, SkinReading};
 use super::scanner::ErrorThrottle;
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::{
+    serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
+};
 use crate::config::SkinConfig;
 use crate::outbox::{OutboxHandle, StateWrite};
 
-/// How long a read blocks before the thread checks the stop flag and its timers.
-const READ_TICK: Duration = Duration::from_millis(100);
 /// Analyzers write a result at once; a line with no byte for this long is a fragment. Counted
 /// from the last byte, so a 16 KiB line at 9600 baud (17 s) is still whole.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,8 +30,6 @@ const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often persisted de-duplication keys past the window are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// The status `reason` for a line the port closed on or that stopped mid-way.
 const PARTIAL: &str = "partial";
 
@@ -58,12 +56,6 @@ pub struct SkinSource {
     sink: ReadingSink,
     outbox: OutboxHandle,
     stop: StopFlag,
-}
-
-/// How a port session ended.
-enum Ended {
-    Stopped,
-    Lost(io::Error),
 }
 
 /// What one port session keeps between reads.
@@ -94,47 +86,10 @@ impl SkinSource {
     pub fn run(self) -> Result<(), SourceError> {
         let mut seen = self.load_seen();
         let mut last_prune = Instant::now();
-        let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-        let mut reported_down = false;
-        while !self.stop.is_stopped() {
-            match self.open() {
-                Ok(port) => {
-                    info!(device = self.sink.device(), port = %self.config.port.display(), "skin analyzer up");
-                    self.sink.status(DeviceState::Up, "opened", None)?;
-                    backoff.reset();
-                    match self.read_port(port, &mut seen, &mut last_prune)? {
-                        Ended::Stopped => break,
-                        Ended::Lost(e) => {
-                            warn!(device = self.sink.device(), error = %e, "skin analyzer port lost");
-                            self.sink
-                                .status(DeviceState::Down, format!("port lost: {e}"), None)?;
-                            reported_down = true;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let reason = format!("cannot open {}: {e}", self.config.port.display());
-                    // One report per outage, not one per retry.
-                    if !reported_down {
-                        warn!(device = self.sink.device(), "{reason}");
-                        self.sink.status(DeviceState::Down, &reason, None)?;
-                        reported_down = true;
-                    } else {
-                        debug!(device = self.sink.device(), "{reason}");
-                    }
-                }
-            }
-            if self.stop.sleep(backoff.next_delay()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn open(&self) -> serialport::Result<Box<dyn serialport::SerialPort>> {
-        serialport::new(self.config.port.to_string_lossy(), self.config.baud)
-            .timeout(READ_TICK)
-            .open()
+        let (path, baud) = (self.config.port.clone(), self.config.baud);
+        serve_serial_port(&self.sink, &self.stop, &path, baud, |port| {
+            self.read_port(port, &mut seen, &mut last_prune)
+        })
     }
 
     fn read_port(
