@@ -32,6 +32,7 @@ pub struct Link {
     outbox: OutboxHandle,
     requests: Option<mpsc::Receiver<Request>>,
     settings: LinkSettings,
+    board: crate::status::Board,
 }
 
 /// What the link needs from the config. No `Debug`: it holds the tenant's card key.
@@ -90,7 +91,14 @@ impl Link {
             outbox,
             requests: None,
             settings,
+            board: Default::default(),
         }
+    }
+
+    /// Posts every reading's device state and time on `board` (the status page).
+    pub fn with_board(mut self, board: crate::status::Board) -> Self {
+        self.board = board;
+        self
     }
 
     /// A handle for request/answer callers (call once, clone the handle); the link runs until
@@ -113,6 +121,7 @@ impl Link {
                 r = self.readings.recv(), if readings_open => match r {
                     Some(reading) => {
                         crate::metrics::READINGS.inc();
+                        self.board.observe(&reading);
                         // State a source must find again after a restart (a gate's baseline,
                         // a skin reading's dedupe key) commits with the event that moved it, or
                         // alone: after a crash both are there or neither.
@@ -134,6 +143,7 @@ impl Link {
                 r = recv_opt(&mut requests), if requests.is_some() => match r {
                     Some(Request { reading, reply }) => {
                         crate::metrics::READINGS.inc();
+                        self.board.observe(&reading);
                         // Callers send only readings that make events; for any other the caller
                         // sees the reply dropped and refuses its device.
                         if let Some(event) = to_event(&self.settings, reading) {
