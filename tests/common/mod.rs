@@ -38,8 +38,15 @@ pub struct Rig {
 
 impl Rig {
     pub fn new() -> Rig {
+        Rig::with_broker("allow_anonymous true\n")
+    }
+
+    /// A rig whose mosquitto has `settings` (see [`Mosquitto::start_with`]), e.g. a password
+    /// file or a TLS listener.
+    pub fn with_broker(settings: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start(&dir.path().join("broker")).expect("mosquitto");
+        let broker =
+            Mosquitto::start_with(&dir.path().join("broker"), settings).expect("mosquitto");
         let scanner_link = dir.path().join("scanner0");
         let config = dir.path().join("phygate.toml");
         let rig = Rig {
@@ -266,7 +273,15 @@ pub struct Hq {
 
 impl Hq {
     pub fn connect(port: u16, name: &str) -> Hq {
+        Hq::connect_as(port, name, None)
+    }
+
+    /// As [`Hq::connect`], with a username and password (a broker without anonymous access).
+    pub fn connect_as(port: u16, name: &str, credentials: Option<(&str, &str)>) -> Hq {
         let mut options = MqttOptions::new(format!("hq-{name}-{port}"), "127.0.0.1", port);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         options.set_clean_session(false);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(64 * 1024 * 1024, 1024 * 1024);
