@@ -136,3 +136,28 @@ host = "127.0.0.1"
         assert_eq!(err.problems[0].line, Some(25), "{err}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The config the package installs as /etc/phygate/phygate.toml parses, once the TLS files
+    /// it names exist (validation checks they are readable).
+    #[test]
+    fn the_example_config_in_hw_is_valid() {
+        let text = include_str!("../../hw/phygate.example.toml");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.path().join(f), "test").unwrap();
+        }
+        let here = format!("{}/", dir.path().display());
+        let text = text.replace("/etc/phygate/", &here);
+        let c = Config::parse(&text, Path::new("/etc/phygate/phygate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.devices.len(), 4);
+        assert_eq!(c.outbox.path, Path::new("/var/lib/phygate/phygate.db"));
+        assert!(c.mqtt.tls.as_ref().is_some_and(|t| t.cert.is_some()));
+        assert_eq!(c.status.listen.to_string(), DEFAULT_STATUS_LISTEN);
+        assert_eq!(c.status.required.len(), 4);
+    }
+}
