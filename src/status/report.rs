@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::board::{DeviceView, Shown};
+use super::board::DeviceView;
 use super::clock::Clock;
 use super::health::{hq_last_error, Pipeline};
 
@@ -225,19 +225,6 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f, "\nCLOCK  {}", self.clock.summary())
-    }
-}
-
-impl Shown {
-    /// Worst first, for ordering attention.
-    pub fn severity(self) -> u8 {
-        match self {
-            Shown::Unplugged => 0,
-            Shown::Error => 1,
-            Shown::Silent => 2,
-            Shown::Waiting => 3,
-            Shown::Ok => 4,
-        }
     }
 }
 
