@@ -131,6 +131,10 @@ backoff_max = "5s"
             }
         }
     };
+    eprintln!(
+        "status page: http://{}/ (phygate status --url http://{})",
+        config.status.listen, config.status.listen
+    );
     eprintln!("demo running; Ctrl-C stops it\n");
     crate::daemon::run(config, shutdown).await?;
     // Give HQ's view a moment to print the last acknowledged events.
