@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -53,34 +54,39 @@ pub struct Reloader {
     running: toml::Table,
     status: watch::Sender<StatusConfig>,
     notifier: Notifier,
+    hup: Option<Signal>,
 }
 
 impl Reloader {
+    /// Takes over SIGHUP at once (its default action ends the process), so a reload sent right
+    /// after start is a reload. Call within the runtime.
     pub fn new(path: PathBuf, status: watch::Sender<StatusConfig>, notifier: Notifier) -> Self {
         let running = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| toml::from_str(&t).ok())
             .unwrap_or_default();
+        let hup = signal(SignalKind::hangup())
+            .inspect_err(
+                |e| error!(error = %e, "cannot listen for SIGHUP; config reloads need a restart"),
+            )
+            .ok();
         Reloader {
             path,
             running,
             status,
             notifier,
+            hup,
         }
     }
 
     /// Reloads on every SIGHUP until `stop`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGHUP; config reloads need a restart");
-                return;
-            }
+        let Some(mut hup) = self.hup.take() else {
+            return;
         };
         loop {
             tokio::select! {
+                // Cancel-safe: a signal that arrives meanwhile is kept for the next recv.
                 _ = hup.recv() => self.reload(),
                 _ = stop.changed() => return,
             }
