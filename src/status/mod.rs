@@ -123,6 +123,7 @@ impl Ops {
         self.notifier.stopping();
         self.stop.send_replace(true);
         for t in self.tasks {
+            // A status task that panicked has nothing left to hand on: shutdown goes on.
             let _ = t.await;
         }
     }
