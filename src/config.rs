@@ -13,8 +13,10 @@ use toml::Spanned;
 
 mod gate;
 mod ingest;
+mod ops;
 pub use gate::{GateConfig, Parity, StopBits};
 pub use ingest::{HttpDeviceConfig, IngestConfig, SkinConfig, Token};
+pub use ops::{LogConfig, StatusConfig, DEFAULT_STATUS_LISTEN};
 
 /// Everything wrong with one config file.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,9 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The local HTTP ingest listener; `None` when no device posts to it.
     pub ingest: Option<IngestConfig>,
+    /// The local status listener (page, `/metrics`, `/healthz`).
+    pub status: StatusConfig,
+    pub log: LogConfig,
 }
 
 /// How readings are linked to app users (PROTOCOLS.md §5–6).
@@ -317,6 +322,7 @@ impl fmt::Display for Config {
         if let Some(ingest) = &self.ingest {
             writeln!(f, "ingest listener on {}", ingest.listen)?;
         }
+        writeln!(f, "status page on http://{}/", self.status.listen)?;
         writeln!(
             f,
             "outbox {} (synchronous {:?}, quota {} bytes, max age {})",
@@ -372,6 +378,10 @@ struct RawConfig {
     /// The journey-stage rule table; the built-in one when absent.
     #[serde(default)]
     stage: Vec<crate::link::stage::StageRule>,
+    #[serde(default)]
+    status: ops::RawStatus,
+    #[serde(default)]
+    log: ops::RawLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -866,6 +876,8 @@ impl Validator<'_> {
             }
         }
         let ingest = self.ingest(raw.ingest, &devices);
+        let status = self.status(raw.status, &devices);
+        let log = self.log(raw.log);
 
         Config {
             tenant,
@@ -875,6 +887,8 @@ impl Validator<'_> {
             devices,
             identity,
             ingest,
+            status,
+            log,
             outbox,
             mqtt: MqttConfig {
                 host: m.host,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +24,7 @@ use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
 use crate::sources::skin::SkinSource;
 use crate::sources::{DeviceState, ReadingSink, StopFlag};
+use crate::status::{Board, Ops, Watched};
 use crate::uplink::Uplink;
 
 /// Readings waiting for the link; when full, sources block (their devices buffer).
@@ -43,9 +45,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     run_with(config, shutdown, |_| {}).await
 }
 
+/// As [`run`], for a service: SIGHUP re-reads `config_path` (see `status::reload`).
+pub async fn run_service(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    start(config, Some(config_path), shutdown, |_| {}).await
+}
+
 /// As [`run`], handing `ready` the device controls once the sources are started.
 pub async fn run_with(
     config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Controls),
+) -> anyhow::Result<()> {
+    start(config, None, shutdown, ready).await
+}
+
+async fn start(
+    config: Config,
+    config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
@@ -76,12 +96,15 @@ pub async fn run_with(
     }
 
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
+    let readings_probe = readings_tx.downgrade();
+    let board = Board::new(&config);
     let mut link = Link::new(
         readings_rx,
         outbox_handle.clone(),
         Journey::new(&config),
         &config,
-    );
+    )
+    .with_board(board.clone());
     let downlink = link.updates();
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
@@ -156,11 +179,22 @@ pub async fn run_with(
             .with_downlink(downlink)
             .run(),
     );
+    // Status last: READY=1 means everything above is running.
+    let ops = Ops::start(
+        &config,
+        Watched {
+            board,
+            outbox: outbox_handle.clone(),
+            readings: readings_probe,
+            config_path,
+        },
+    );
     drop(outbox_handle);
     info!(store = %config.store, gateway = %config.gateway, devices = config.devices.len(), "phygate running");
 
     shutdown.await;
     info!("shutting down: stopping sources");
+    ops.stop().await;
     stop.stop();
     stop_ingest.send_replace(true);
     if let Some(mut ingest) = ingest {

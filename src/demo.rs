@@ -248,6 +248,10 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
             }
         }
     };
+    eprintln!(
+        "status page: http://{}/ (phygate status --url http://{})",
+        config.status.listen, config.status.listen
+    );
     eprintln!("demo running; Ctrl-C stops it\n");
     crate::daemon::run(config, shutdown).await?;
     stop.store(true, Ordering::SeqCst);

@@ -15,6 +15,8 @@
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
 //!   (gate unlocks by station) handed to whoever acts on devices.
+//! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
+//!   watchdog; SIGHUP config reloads; the logger.
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
@@ -31,4 +33,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod sim;
 pub mod sources;
+pub mod status;
 pub mod uplink;

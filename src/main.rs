@@ -27,6 +27,20 @@ enum Command {
         #[arg(short, long, env = "PHYGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Show the running gateway's status: devices, HQ link, outbox, clock (exit 0 healthy,
+    /// 1 needs attention, 2 unreachable).
+    Status {
+        /// The gateway's status listener (`[status] listen`).
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "PHYGATE_STATUS_URL"
+        )]
+        url: String,
+        /// Print the raw JSON (`/status.json`) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file: prints what `run` would start, or every error with its line and field.
     CheckConfig {
         /// The TOML config to check.
@@ -88,17 +102,10 @@ enum SimKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is HQ's view: only warnings besides it, unless RUST_LOG says otherwise.
-    let default_filter = match cli.command {
+    phygate::status::log::init(match cli.command {
         Command::Demo { .. } => "warn,rumqttd=off",
         _ => "info",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(match std::env::var("RUST_LOG") {
-            Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-            _ => tracing_subscriber::EnvFilter::new(default_filter),
-        })
-        .with_writer(std::io::stderr)
-        .init();
+    });
     // Several crates could install a TLS provider; ours is ring. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -130,14 +137,29 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run { config } => {
-            let config = Config::load(&config)?;
-            runtime()?.block_on(phygate::daemon::run(config, shutdown_signal()))?;
+            let loaded = Config::load(&config)?;
+            let service = phygate::daemon::run_service(loaded, config, shutdown_signal());
+            runtime()?.block_on(service)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(cmd) => {
             phygate::cli::token::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { url, json } => match phygate::status::cli::fetch(&url) {
+            Ok(report) if json => {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(ExitCode::from(u8::from(!report.healthy)))
+            }
+            Ok(report) => {
+                print!("{report}");
+                Ok(ExitCode::from(u8::from(!report.healthy)))
+            }
+            Err(e) => {
+                eprintln!("phygate status: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Demo { seconds, rate } => {
             runtime()?.block_on(phygate::demo::run(seconds, rate))?;
             Ok(ExitCode::SUCCESS)

@@ -50,14 +50,12 @@ pub static MQTT_RECONNECTS: Counter = Counter::new();
 pub static MQTT_CONNECTED: Counter = Counter::new();
 pub static GATE_POLLS_FAILED: Counter = Counter::new();
 
-/// App-token verdicts, indexed by `Verdict as usize`.
-pub static TOKEN_VERDICTS: [Counter; 9] = [const { Counter::new() }; 9];
 pub static DOWNLINK_REFUSED: Counter = Counter::new();
 pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
 pub fn token_verdict(v: crate::link::token::Verdict) {
-    TOKEN_VERDICTS[v as usize].inc();
+    TOKEN_VERDICTS.inc(v.as_str());
 }
 
 /// Name, help and value of every metric, for exporters.
@@ -174,21 +172,149 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
     ]
 }
 
-/// `(verdict, count)` of every app-token verdict, for exporters (label `verdict`).
-pub fn token_verdicts() -> Vec<(&'static str, u64)> {
-    use crate::link::token::Verdict::*;
+/// A Prometheus-style histogram: cumulative counts per upper bound, with sum and count.
+pub struct Histogram {
+    /// Upper bounds in seconds, increasing; `+Inf` is implied.
+    pub bounds: &'static [f64],
+    buckets: [AtomicU64; MAX_BUCKETS],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+const MAX_BUCKETS: usize = 16;
+
+impl Histogram {
+    pub const fn new(bounds: &'static [f64]) -> Self {
+        assert!(bounds.len() <= MAX_BUCKETS);
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; MAX_BUCKETS],
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (Prometheus `le` buckets), the sum in seconds, the count.
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut total = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| {
+                total += n.load(Ordering::Relaxed);
+                (*b, total)
+            })
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, self.count.load(Ordering::Relaxed))
+    }
+}
+
+/// Counters under one name, told apart by a label whose values are known up front.
+pub struct Labeled<const N: usize> {
+    pub label: &'static str,
+    pub values: [&'static str; N],
+    counts: [Counter; N],
+}
+
+impl<const N: usize> Labeled<N> {
+    pub const fn new(label: &'static str, values: [&'static str; N]) -> Self {
+        Labeled {
+            label,
+            values,
+            counts: [const { Counter::new() }; N],
+        }
+    }
+
+    /// Counts one `value`; an unknown value is counted under the last one (`other`).
+    pub fn inc(&self, value: &str) {
+        let i = self
+            .values
+            .iter()
+            .position(|v| *v == value)
+            .unwrap_or(N - 1);
+        self.counts[i].inc();
+    }
+
+    pub fn read(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.values
+            .iter()
+            .copied()
+            .zip(self.counts.iter().map(Counter::get))
+    }
+}
+
+/// Batch publish → its PUBACK, in seconds: the HQ link's round trip plus the broker's
+/// persistence. From a LAN broker's milliseconds to a congested uplink's seconds.
+pub static PUBLISH_LATENCY: Histogram = Histogram::new(&[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+]);
+
+/// App-token verdicts (PROTOCOLS.md §5), incremented by the link's token check with
+/// `Verdict::as_str()`.
+pub static TOKEN_VERDICTS: Labeled<10> = Labeled::new(
+    "verdict",
     [
-        Valid,
-        Expired,
-        NotYetValid,
-        BadSignature,
-        UnknownKey,
-        WrongAudience,
-        WrongStore,
-        Replayed,
-        Malformed,
-    ]
-    .into_iter()
-    .map(|v| (v.as_str(), TOKEN_VERDICTS[v as usize].get()))
-    .collect()
+        "valid",
+        "expired",
+        "not_yet_valid",
+        "bad_signature",
+        "unknown_key",
+        "wrong_audience",
+        "wrong_store",
+        "replayed",
+        "malformed",
+        "other",
+    ],
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        static H: Histogram = Histogram::new(&[0.01, 0.1, 1.0]);
+        for ms in [5, 50, 50, 500, 5000] {
+            H.observe(Duration::from_millis(ms));
+        }
+        let (buckets, sum, count) = H.read();
+        assert_eq!(buckets, [(0.01, 1), (0.1, 3), (1.0, 4)]);
+        assert_eq!(count, 5);
+        assert!((sum - 5.605).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_token_verdict_has_its_own_counter() {
+        use crate::link::token::Verdict::*;
+        for v in [
+            Valid,
+            Expired,
+            NotYetValid,
+            BadSignature,
+            UnknownKey,
+            WrongAudience,
+            WrongStore,
+            Replayed,
+            Malformed,
+        ] {
+            assert!(
+                TOKEN_VERDICTS.values[..9].contains(&v.as_str()),
+                "{}",
+                v.as_str()
+            );
+        }
+    }
 }

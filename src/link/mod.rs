@@ -59,6 +59,7 @@ pub struct Link {
     commands_seen: HashSet<String>,
     /// A config from HQ must be for this tenant.
     tenant: String,
+    board: crate::status::Board,
 }
 
 /// A reading whose caller wants its event back (and stores it itself).
@@ -108,7 +109,14 @@ impl Link {
             gateway: config.gateway.as_str().into(),
             commands_seen: HashSet::new(),
             tenant: config.tenant.clone(),
+            board: Default::default(),
         }
+    }
+
+    /// Posts every reading's device state and time on `board` (the status page).
+    pub fn with_board(mut self, board: crate::status::Board) -> Self {
+        self.board = board;
+        self
     }
 
     /// A handle for request/answer callers (call once, clone the handle); the link runs until
@@ -147,6 +155,7 @@ impl Link {
                 r = self.readings.recv(), if readings_open => match r {
                     Some(reading) => {
                         crate::metrics::READINGS.inc();
+                        self.board.observe(&reading);
                         let linked = self.journey.link(reading, Instant::now());
                         self.store(linked).await?;
                     }
@@ -155,6 +164,7 @@ impl Link {
                 r = recv_opt(&mut requests), if requests.is_some() => match r {
                     Some(Request { reading, reply }) => {
                         crate::metrics::READINGS.inc();
+                        self.board.observe(&reading);
                         let mut linked = self.journey.link(reading, Instant::now());
                         if linked.events.is_empty() {
                             // Callers send only readings that make events; the dropped reply

@@ -30,6 +30,13 @@ pub fn free_port() -> std::io::Result<u16> {
 impl Mosquitto {
     /// Starts mosquitto with its files under `dir` and waits until it accepts connections.
     pub fn start(dir: &Path) -> std::io::Result<Mosquitto> {
+        Mosquitto::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// As [`Mosquitto::start`], with `settings` at the end of the config: who may connect
+    /// (`allow_anonymous`, `password_file`, `acl_file`) and any further `listener` (e.g. TLS)
+    /// with its own options. `port` stays the plain loopback listener.
+    pub fn start_with(dir: &Path, settings: &str) -> std::io::Result<Mosquitto> {
         let binary = find_mosquitto().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -39,11 +46,11 @@ impl Mosquitto {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\n\
+            "listener {port} 127.0.0.1\n\
              # Root would otherwise drop to the mosquitto user and fail to save in a root-owned dir.\nuser root\n\
              persistence true\npersistence_location {}/\nautosave_interval 1\n\
              max_queued_messages 0\nmax_inflight_messages 0\nmessage_size_limit 0\n\
-             log_dest file {}/mosquitto.log\n",
+             log_dest file {}/mosquitto.log\n{settings}",
             dir.display(),
             dir.display()
         );

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing,
@@ -40,7 +40,13 @@ pub enum UplinkError {
 /// A publish queued in the client, waiting for its packet id or its PUBACK.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
-    Batch { first: u64, last: u64, count: usize },
+    Batch {
+        first: u64,
+        last: u64,
+        count: usize,
+        /// When it was queued: publish → PUBACK is the latency metric.
+        queued: Instant,
+    },
     Status,
 }
 
@@ -208,6 +214,7 @@ impl Uplink {
         self.inflight.clear();
         let delay = self.backoff.next_delay();
         warn!(error = %error, retry_in = ?delay, "HQ link down");
+        crate::status::hq_link_failed(&error);
         tokio::select! {
             _ = tokio::time::sleep(delay) => Mode::Connecting,
             _ = self.shutdown.changed() => Mode::ShuttingDown,
@@ -242,7 +249,13 @@ impl Uplink {
                 }
             }
             MqttEvent::Incoming(Packet::PubAck(ack)) => match self.inflight.remove(&ack.pkid) {
-                Some(Sent::Batch { first, last, count }) => {
+                Some(Sent::Batch {
+                    first,
+                    last,
+                    count,
+                    queued,
+                }) => {
+                    crate::metrics::PUBLISH_LATENCY.observe(queued.elapsed());
                     debug!(first, last, count, "batch acknowledged");
                     self.outbox.ack(first, last).await?;
                     crate::metrics::EVENTS_PUBLISHED.add(count as u64);
@@ -293,6 +306,7 @@ impl Uplink {
             first: batch.first,
             last: batch.last,
             count: batch.count,
+            queued: Instant::now(),
         };
         // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
         // a full channel cannot happen; if it did, the batch is simply fetched again.

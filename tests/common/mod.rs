@@ -30,14 +30,23 @@ pub struct Rig {
     pub broker: Mosquitto,
     pub config: PathBuf,
     pub scanner_link: PathBuf,
+    /// The status listener's port (`[status] listen`): free, so tests can run side by side.
+    pub status_port: u16,
     /// `[[station]]` / `[[device]]` tables added by `add_devices`.
     devices: std::cell::RefCell<String>,
 }
 
 impl Rig {
     pub fn new() -> Rig {
+        Rig::with_broker("allow_anonymous true\n")
+    }
+
+    /// A rig whose mosquitto has `settings` (see [`Mosquitto::start_with`]), e.g. a password
+    /// file or a TLS listener.
+    pub fn with_broker(settings: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start(&dir.path().join("broker")).expect("mosquitto");
+        let broker =
+            Mosquitto::start_with(&dir.path().join("broker"), settings).expect("mosquitto");
         let scanner_link = dir.path().join("scanner0");
         let config = dir.path().join("phygate.toml");
         let rig = Rig {
@@ -45,6 +54,7 @@ impl Rig {
             broker,
             config,
             scanner_link,
+            status_port: phygate::sim::broker::free_port().unwrap(),
             devices: Default::default(),
         };
         rig.write_config("");
@@ -87,6 +97,9 @@ terminator = "cr"
 aim = true
 {devices}
 {}
+[status]
+listen = "127.0.0.1:{}"
+
 [outbox]
 path = "{}"
 
@@ -98,6 +111,7 @@ keepalive = "5s"
 "#,
             self.scanner_link.display(),
             self.devices.borrow(),
+            self.status_port,
             self.db_path().display(),
             self.broker.port
         );
@@ -162,14 +176,24 @@ pub struct Gateway {
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
+    /// Extra environment (e.g. systemd's NOTIFY_SOCKET), kept across restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
     pub fn start(config: &Path, log: &Path) -> Gateway {
+        Gateway::start_with_env(config, log, &[])
+    }
+
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Gateway {
         let mut g = Gateway {
             child: None,
             config: config.to_owned(),
             log: log.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         g.restart();
         g
@@ -187,6 +211,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -248,7 +273,15 @@ pub struct Hq {
 
 impl Hq {
     pub fn connect(port: u16, name: &str) -> Hq {
+        Hq::connect_as(port, name, None)
+    }
+
+    /// As [`Hq::connect`], with a username and password (a broker without anonymous access).
+    pub fn connect_as(port: u16, name: &str, credentials: Option<(&str, &str)>) -> Hq {
         let mut options = MqttOptions::new(format!("hq-{name}-{port}"), "127.0.0.1", port);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         options.set_clean_session(false);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(64 * 1024 * 1024, 1024 * 1024);
@@ -465,6 +498,21 @@ pub fn post(port: u16, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
         .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
     let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
     Answer { status, body }
+}
+
+/// GETs `path` from a local listener (the status page): status and body as text.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    (status.unwrap_or(0), body.to_owned())
 }
 
 /// Waits until something accepts connections on `port` (the gateway has started).

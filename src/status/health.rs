@@ -1,0 +1,271 @@
+//! Is the pipeline alive? The monitor asks the outbox thread for its stats every tick (one
+//! request outstanding at most), watches the link take readings off its queue, and samples the
+//! HQ link. Its verdict feeds `/healthz`, the page, systemd's watchdog and the `STATUS=` line.
+//!
+//! HQ being unreachable never stops the watchdog: restarting the gateway cannot fix a WAN
+//! outage, and the outbox holds the events meanwhile. Only a wedged outbox or link does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::board::Board;
+use super::notify::Notifier;
+use crate::config::StatusConfig;
+use crate::outbox::{OutboxError, OutboxHandle, Stats};
+use crate::sources::Reading;
+
+/// How often the pipeline is checked without a watchdog (with one: four times per period).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Without a watchdog: an outbox that takes longer than this to answer is "not answering".
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// A failed outbox transaction this recent means the outbox is not writable (disk full, I/O
+/// errors). Appends the disk refused are retried every second, so a lasting problem keeps
+/// this fresh.
+const WRITE_ERROR_HOLD: Duration = Duration::from_secs(10);
+
+/// The last HQ link error, for the page (the uplink logs it too).
+static HQ_ERROR: Mutex<Option<(String, SystemTime)>> = Mutex::new(None);
+
+/// Called by the uplink when the HQ link fails.
+pub fn hq_link_failed(error: &dyn std::fmt::Display) {
+    *HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((error.to_string(), SystemTime::now()));
+}
+
+pub fn hq_last_error() -> Option<(String, SystemTime)> {
+    HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The monitor's latest verdict.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The outbox answered its last stats request within the deadline.
+    pub outbox_answering: bool,
+    /// No failed transaction in the last [`WRITE_ERROR_HOLD`].
+    pub outbox_writable: bool,
+    /// The link takes readings off its queue (or has none waiting).
+    pub link_draining: bool,
+    /// The last stats the outbox gave (may be old when it stopped answering).
+    pub stats: Option<Stats>,
+    pub hq_connected: bool,
+    /// Since when the HQ link is in its current state (up or down).
+    pub hq_since: SystemTime,
+}
+
+impl Pipeline {
+    /// Alive for systemd's watchdog: the stages a restart could fix are moving.
+    pub fn alive(&self) -> bool {
+        self.outbox_answering && self.link_draining
+    }
+
+    /// Why it is not healthy, in words for the page and `/healthz`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.outbox_answering {
+            p.push("the outbox (SQLite) is not answering".to_string());
+        } else if !self.outbox_writable {
+            p.push("the outbox cannot write (disk full or failing?)".to_string());
+        }
+        if !self.link_draining {
+            p.push("readings are not being processed".to_string());
+        }
+        p
+    }
+}
+
+#[derive(Clone)]
+pub struct Health(Arc<Mutex<Pipeline>>);
+
+impl Health {
+    fn new() -> Health {
+        Health(Arc::new(Mutex::new(Pipeline {
+            // Innocent until the first check: a page loaded during start says "starting".
+            outbox_answering: true,
+            outbox_writable: true,
+            link_draining: true,
+            stats: None,
+            hq_connected: false,
+            hq_since: SystemTime::now(),
+        })))
+    }
+
+    pub fn get(&self) -> Pipeline {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Pipeline)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+type StatsFuture = Pin<Box<dyn Future<Output = Result<Stats, OutboxError>> + Send>>;
+
+pub struct Monitor {
+    pub health: Health,
+    outbox: OutboxHandle,
+    board: Board,
+    readings: mpsc::WeakSender<Reading>,
+    notifier: Notifier,
+    status: watch::Receiver<StatusConfig>,
+    every: Duration,
+    deadline: Duration,
+}
+
+impl Monitor {
+    pub fn new(
+        outbox: OutboxHandle,
+        board: Board,
+        readings: mpsc::WeakSender<Reading>,
+        notifier: Notifier,
+        status: watch::Receiver<StatusConfig>,
+    ) -> Monitor {
+        // With a watchdog, a wedge must show well within one period so the pings stop in time.
+        let (every, deadline) = match notifier.watchdog {
+            Some(w) => (CHECK_EVERY.min(w / 4), ANSWER_WITHIN.min(w / 2)),
+            None => (CHECK_EVERY, ANSWER_WITHIN),
+        };
+        Monitor {
+            health: Health::new(),
+            outbox,
+            board,
+            readings,
+            notifier,
+            status,
+            every,
+            deadline,
+        }
+    }
+
+    /// Checks until `stop`; pings the watchdog after each check that finds the pipeline alive.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe: Option<(Instant, StatsFuture)> = None;
+        let mut link = (self.board.taken(), None::<Instant>);
+        let mut write_errors = (crate::metrics::OUTBOX_WRITE_ERRORS.get(), None::<Instant>);
+        let mut hq = crate::metrics::MQTT_CONNECTED.get() == 1;
+        let mut last_status = String::new();
+        let mut was_alive = true;
+        loop {
+            tokio::select! {
+                // Cancel-safe: the probe lives outside the select and is polled again next time.
+                r = async { probe.as_mut().expect("guarded").1.as_mut().await }, if probe.is_some() => {
+                    let (sent, _) = probe.take().expect("guarded");
+                    let rtt = sent.elapsed();
+                    let deadline = self.deadline;
+                    self.health.update(|p| {
+                        p.outbox_answering = r.is_ok() && rtt <= deadline;
+                        if let Ok(stats) = r {
+                            p.stats = Some(stats);
+                        }
+                    });
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    match &probe {
+                        None => {
+                            let outbox = self.outbox.clone();
+                            probe = Some((now, Box::pin(async move { outbox.stats().await })));
+                        }
+                        Some((sent, _)) if now - *sent > self.deadline => {
+                            self.health.update(|p| p.outbox_answering = false);
+                        }
+                        Some(_) => {}
+                    }
+                    let link_draining = self.link_draining(&mut link, now);
+                    let errors = crate::metrics::OUTBOX_WRITE_ERRORS.get();
+                    if errors != write_errors.0 {
+                        write_errors = (errors, Some(now));
+                    }
+                    let writable = write_errors.1.is_none_or(|t| now - t > WRITE_ERROR_HOLD);
+                    let connected = crate::metrics::MQTT_CONNECTED.get() == 1;
+                    let hq_changed = connected != hq;
+                    hq = connected;
+                    self.health.update(|p| {
+                        p.link_draining = link_draining;
+                        p.outbox_writable = writable;
+                        p.hq_connected = connected;
+                        if hq_changed {
+                            p.hq_since = SystemTime::now();
+                        }
+                    });
+                    let pipeline = self.health.get();
+                    let alive = pipeline.alive();
+                    if alive {
+                        self.notifier.watchdog();
+                    }
+                    if alive != was_alive {
+                        if alive {
+                            info!("pipeline alive again");
+                        } else {
+                            warn!(problems = ?pipeline.problems(), "pipeline wedged; watchdog pings stop");
+                        }
+                        was_alive = alive;
+                    }
+                    let line = self.status_line(&pipeline);
+                    if line != last_status {
+                        self.notifier.status(&line);
+                        last_status = line;
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The link drains when its queue is empty or it took a reading since the last check; a
+    /// queue that holds readings and does not move for the deadline is a wedged link.
+    fn link_draining(
+        &self,
+        (taken, stuck_since): &mut (u64, Option<Instant>),
+        now: Instant,
+    ) -> bool {
+        let waiting = self
+            .readings
+            .upgrade()
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .unwrap_or(0);
+        let t = self.board.taken();
+        if waiting == 0 || t != *taken {
+            *stuck_since = None;
+        } else if stuck_since.is_none() {
+            *stuck_since = Some(now);
+        }
+        *taken = t;
+        stuck_since.is_none_or(|s| now - s <= self.deadline)
+    }
+
+    /// One line for `systemctl status`: what a technician checks first.
+    fn status_line(&self, p: &Pipeline) -> String {
+        let devices = self.board.devices(SystemTime::now());
+        let required = self.status.borrow().required.clone();
+        let down: Vec<&str> = devices
+            .iter()
+            .filter(|d| required.contains(&d.id) && !d.state.is_up())
+            .map(|d| d.id.as_str())
+            .collect();
+        let mut parts = vec![if down.is_empty() {
+            format!(
+                "{} devices up",
+                devices.iter().filter(|d| d.state.is_up()).count()
+            )
+        } else {
+            format!("not up: {}", down.join(", "))
+        }];
+        parts.push(
+            if p.hq_connected {
+                "HQ connected"
+            } else {
+                "HQ not connected"
+            }
+            .into(),
+        );
+        parts.extend(p.problems());
+        parts.join("; ")
+    }
+}

@@ -1,0 +1,265 @@
+//! Status: what staff and technicians see, and what systemd is told.
+//!
+//! - [`board`]: each device's last word, posted by the link for every reading.
+//! - [`health`]: the monitor that checks the outbox answers and the link drains; its verdict
+//!   drives `/healthz`, systemd's watchdog and the `STATUS=` line.
+//! - the listener (`[status] listen`, loopback by default): `/` the staff page ([`page`]),
+//!   `/status.json` (what `phygate status` prints, [`cli`]), `/metrics` ([`prom`]), `/healthz`.
+//! - [`notify`]: `READY=1`, `STATUS=`, `WATCHDOG=1`, `RELOADING=1`, `STOPPING=1`.
+//! - [`reload`]: SIGHUP re-reads the config; [`log`]: the logger and its live filter.
+//!
+//! A status listener that cannot bind is logged and retried, but never stops the gateway:
+//! events matter more than the page about them.
+
+pub mod board;
+pub mod cli;
+pub mod clock;
+pub mod health;
+pub mod log;
+pub mod notify;
+pub mod page;
+pub mod prom;
+pub mod reload;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+pub use board::Board;
+pub use health::hq_link_failed;
+
+use self::health::{Health, Monitor};
+use self::notify::Notifier;
+use self::report::{Facts, Report};
+use crate::config::{Config, StatusConfig};
+use crate::outbox::OutboxHandle;
+use crate::sources::Reading;
+
+/// Wait before trying again to bind a status address that was taken.
+const REBIND_EVERY: Duration = Duration::from_secs(30);
+
+/// The running status side: monitor, listener, reloader. Stopped first at shutdown.
+pub struct Ops {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    notifier: Notifier,
+}
+
+/// What the status side watches.
+pub struct Watched {
+    pub board: Board,
+    pub outbox: OutboxHandle,
+    /// The link's queue, to see it drain (weak: it must not keep the link running).
+    pub readings: mpsc::WeakSender<Reading>,
+    /// The config file, for SIGHUP reloads (`None`: no reloads, e.g. tests and the demo).
+    pub config_path: Option<PathBuf>,
+}
+
+impl Ops {
+    /// Starts the monitor, the listener and the reloader, and tells systemd `READY=1`.
+    pub fn start(config: &Config, watched: Watched) -> Ops {
+        let notifier = Notifier::from_env();
+        log::apply(&config.log);
+        let (stop, stopped) = watch::channel(false);
+        let (status_tx, status_rx) = watch::channel(config.status.clone());
+        let monitor = Monitor::new(
+            watched.outbox,
+            watched.board.clone(),
+            watched.readings,
+            notifier.clone(),
+            status_rx.clone(),
+        );
+        let shared = Arc::new(Shared {
+            board: watched.board,
+            health: monitor.health.clone(),
+            status: status_rx.clone(),
+            store: config.store.clone(),
+            gateway: config.gateway.clone(),
+            broker: format!(
+                "{}:{}{}",
+                config.mqtt.host,
+                config.mqtt.port,
+                if config.mqtt.tls.is_some() {
+                    " (TLS)"
+                } else {
+                    ""
+                }
+            ),
+            started: SystemTime::now(),
+        });
+        let mut tasks = vec![
+            tokio::spawn(monitor.run(stopped.clone())),
+            tokio::spawn(serve(shared, status_rx, stopped.clone())),
+        ];
+        if let Some(path) = watched.config_path {
+            let reloader = reload::Reloader::new(path, status_tx, notifier.clone());
+            tasks.push(tokio::spawn(reloader.run(stopped)));
+        }
+        if let Some(w) = notifier.watchdog {
+            info!(watchdog = ?w, "systemd watchdog on");
+        }
+        notifier.ready("running");
+        Ops {
+            stop,
+            tasks,
+            notifier,
+        }
+    }
+
+    /// Tells systemd `STOPPING=1` and ends the status tasks.
+    pub async fn stop(self) {
+        self.notifier.stopping();
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            // A status task that panicked has nothing left to hand on: shutdown goes on.
+            let _ = t.await;
+        }
+    }
+}
+
+struct Shared {
+    board: Board,
+    health: Health,
+    status: watch::Receiver<StatusConfig>,
+    store: String,
+    gateway: String,
+    broker: String,
+    started: SystemTime,
+}
+
+impl Shared {
+    fn report(&self) -> Report {
+        let required = self.status.borrow().required.clone();
+        let facts = Facts {
+            store: &self.store,
+            gateway: &self.gateway,
+            broker: self.broker.clone(),
+            started: self.started,
+            required: &required,
+        };
+        Report::gather(
+            facts,
+            self.board.devices(SystemTime::now()),
+            &self.health.get(),
+        )
+    }
+}
+
+/// Serves on `[status] listen` until `stop`; moves to a new address when a reload changes it
+/// (bound before the old one is let go, so a bad address keeps the page where it was).
+async fn serve(
+    shared: Arc<Shared>,
+    mut status: watch::Receiver<StatusConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let router = Router::new()
+        .route("/", get(page))
+        .route("/status.json", get(json))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(shared);
+    let mut listener = loop {
+        let addr = status.borrow_and_update().listen;
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                error!(%addr, error = %e, retry_in = ?REBIND_EVERY, "the status page cannot listen; the gateway runs on without it");
+                tokio::select! {
+                    _ = tokio::time::sleep(REBIND_EVERY) => {}
+                    _ = status.changed() => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            info!("status page on http://{addr}/");
+        }
+        let server = axum::serve(listener, router.clone());
+        tokio::select! {
+            r = server => {
+                // axum's serve only returns on a fatal accept-loop error.
+                if let Err(e) = r {
+                    error!(error = %e, "the status listener stopped");
+                }
+                return;
+            }
+            next = next_listener(&mut status, addr) => listener = next,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The listener for the next `[status] listen` a reload asks for; a failed bind is logged and
+/// the current one stays.
+async fn next_listener(
+    status: &mut watch::Receiver<StatusConfig>,
+    current: Option<SocketAddr>,
+) -> TcpListener {
+    loop {
+        if status.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let want = status.borrow_and_update().listen;
+        if Some(want) == current {
+            continue;
+        }
+        match TcpListener::bind(want).await {
+            Ok(l) => {
+                info!(from = ?current, to = %want, "status page moves");
+                return l;
+            }
+            Err(e) => {
+                error!(addr = %want, error = %e, "the status page cannot move there; it stays where it is")
+            }
+        }
+    }
+}
+
+async fn page(State(s): State<Arc<Shared>>) -> Response {
+    let html = page::render(&s.report());
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+async fn json(State(s): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_string_pretty(&s.report()).unwrap_or_default();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let body = prom::render(&s.board.devices(SystemTime::now()), &s.health.get());
+    ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], body).into_response()
+}
+
+/// `200 ok` only when the outbox is writable and every required device is up; else `503`
+/// with the reasons, one per line.
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let report = s.report();
+    if report.healthy {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        let body = format!("unhealthy\n{}\n", report.problems.join("\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}

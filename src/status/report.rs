@@ -1,0 +1,265 @@
+//! The facts the page, `/status.json` and `phygate status` show, gathered once per request.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::board::DeviceView;
+use super::clock::Clock;
+use super::health::{hq_last_error, Pipeline};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub store: String,
+    pub gateway: String,
+    pub version: String,
+    #[serde(with = "rfc3339")]
+    pub now: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub started: SystemTime,
+    /// Every required device is up and the outbox is writable (what `/healthz` answers).
+    pub healthy: bool,
+    /// Why not, in words.
+    pub problems: Vec<String>,
+    pub devices: Vec<Device>,
+    pub hq: Hq,
+    pub outbox: Outbox,
+    pub clock: Clock,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    #[serde(flatten)]
+    pub view: DeviceView,
+    /// `/healthz` fails while this device is not up.
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hq {
+    pub broker: String,
+    pub connected: bool,
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    #[serde(default, with = "rfc3339::option")]
+    pub last_error_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outbox {
+    pub answering: bool,
+    pub writable: bool,
+    /// Events waiting for HQ's acknowledgement.
+    pub depth: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Event time of the oldest event not yet acknowledged.
+    #[serde(default, with = "rfc3339::option")]
+    pub oldest_unsent: Option<SystemTime>,
+    pub evicted_total: u64,
+}
+
+/// What the report is made of, besides the board and the pipeline.
+pub struct Facts<'a> {
+    pub store: &'a str,
+    pub gateway: &'a str,
+    pub broker: String,
+    pub started: SystemTime,
+    pub required: &'a [String],
+}
+
+impl Report {
+    pub fn gather(facts: Facts<'_>, devices: Vec<DeviceView>, pipeline: &Pipeline) -> Report {
+        let now = SystemTime::now();
+        let devices: Vec<Device> = devices
+            .into_iter()
+            .map(|view| Device {
+                required: facts.required.contains(&view.id),
+                view,
+            })
+            .collect();
+        let mut problems: Vec<String> = devices
+            .iter()
+            .filter(|d| d.required && !d.view.state.is_up())
+            .map(|d| format!("{} is {}", d.view.id, d.view.state.as_str()))
+            .collect();
+        problems.extend(pipeline.problems());
+        let healthy = problems.is_empty();
+        let (last_error, last_error_at) = hq_last_error().unzip();
+        let stats = pipeline.stats.as_ref();
+        Report {
+            store: facts.store.into(),
+            gateway: facts.gateway.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            now,
+            started: facts.started,
+            healthy,
+            problems,
+            devices,
+            hq: Hq {
+                broker: facts.broker,
+                connected: pipeline.hq_connected,
+                since: pipeline.hq_since,
+                reconnects: crate::metrics::MQTT_RECONNECTS.get(),
+                last_error,
+                last_error_at,
+            },
+            outbox: Outbox {
+                answering: pipeline.outbox_answering,
+                writable: pipeline.outbox_writable,
+                depth: stats.map(|s| s.depth),
+                bytes: stats.map(|s| s.bytes),
+                oldest_unsent: stats
+                    .and_then(|s| s.oldest_ms)
+                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)),
+                evicted_total: crate::metrics::EVENTS_EVICTED.get(),
+            },
+            clock: Clock::read(),
+        }
+    }
+}
+
+/// "3 s", "4 min", "2 h 5 min", "3 d": how long ago, at a glance.
+pub fn ago(now: SystemTime, then: SystemTime) -> String {
+    let s = now.duration_since(then).unwrap_or_default().as_secs();
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// The local wall-clock time, for people in the store.
+pub fn local_time(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Local>::from(t)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// The terminal view (`phygate status`).
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = self.now;
+        writeln!(
+            f,
+            "phygate {} — store {}, gateway {}, up {}",
+            self.version,
+            self.store,
+            self.gateway,
+            ago(now, self.started)
+        )?;
+        if self.healthy {
+            writeln!(f, "HEALTHY")?;
+        } else {
+            writeln!(f, "NEEDS ATTENTION: {}", self.problems.join("; "))?;
+        }
+        writeln!(f, "\nDEVICES")?;
+        let width = self
+            .devices
+            .iter()
+            .map(|d| d.view.id.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        for d in &self.devices {
+            let v = &d.view;
+            let last = v
+                .last_reading
+                .map(|t| format!("{} ago", ago(now, t)))
+                .unwrap_or_else(|| "never".into());
+            writeln!(
+                f,
+                "  {:<width$}  {:<9} {:<14} station {:<12} last reading {:<12} {}{}",
+                v.id,
+                v.state.as_str().to_uppercase(),
+                v.kind,
+                v.station,
+                last,
+                v.reason,
+                if d.required { "" } else { " (not required)" },
+            )?;
+        }
+        writeln!(f, "\nHQ LINK  {}", self.hq.broker)?;
+        let state = if self.hq.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        };
+        writeln!(
+            f,
+            "  {state} for {}, {} reconnect attempts",
+            ago(now, self.hq.since),
+            self.hq.reconnects
+        )?;
+        if let (Some(e), Some(at), false) = (
+            &self.hq.last_error,
+            self.hq.last_error_at,
+            self.hq.connected,
+        ) {
+            writeln!(f, "  last error {} ago: {e}", ago(now, at))?;
+        }
+        writeln!(f, "\nOUTBOX")?;
+        match (self.outbox.depth, self.outbox.oldest_unsent) {
+            (Some(0), _) => writeln!(f, "  nothing waiting: HQ has everything")?,
+            (Some(n), Some(t)) => writeln!(
+                f,
+                "  {n} events waiting, oldest unsent from {} ago",
+                ago(now, t)
+            )?,
+            (Some(n), None) => writeln!(f, "  {n} events waiting")?,
+            (None, _) => writeln!(f, "  no figures yet")?,
+        }
+        if !self.outbox.answering {
+            writeln!(f, "  NOT ANSWERING")?;
+        } else if !self.outbox.writable {
+            writeln!(f, "  CANNOT WRITE")?;
+        }
+        if self.outbox.evicted_total > 0 {
+            writeln!(
+                f,
+                "  {} events dropped by the storage quota since start",
+                self.outbox.evicted_total
+            )?;
+        }
+        writeln!(f, "\nCLOCK  {}", self.clock.summary())
+    }
+}
+
+/// Times in JSON as RFC 3339 UTC strings (what a script or a person reads), not serde's
+/// seconds-and-nanos pair.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::event::format_time(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
