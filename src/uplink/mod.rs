@@ -24,6 +24,9 @@ use crate::config::{Config, MqttConfig, UplinkConfig};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
 use crate::sources::Backoff;
 
+/// A connection that lasted this long was a working one: the next reconnect starts the backoff
+/// from its minimum again.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the last acknowledgements and the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -76,6 +79,8 @@ pub struct Uplink {
     inflight: HashMap<u16, Sent>,
     /// Highest seq handed to a publish on this connection.
     sent_through: u64,
+    /// When the current connection's CONNACK came.
+    connected_at: Option<std::time::Instant>,
     /// Where checked downlink messages go (the link); none: not subscribed.
     downlink: Option<tokio::sync::mpsc::Sender<crate::downlink::Update>>,
     tenant: String,
@@ -105,6 +110,7 @@ impl Uplink {
             unassigned: VecDeque::new(),
             inflight: HashMap::new(),
             sent_through: 0,
+            connected_at: None,
             downlink: None,
             tenant: config.tenant.clone(),
             store: config.store.clone(),
@@ -144,7 +150,10 @@ impl Uplink {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                         info!(broker = ?self.eventloop.mqtt_options.broker_address(), "connected to HQ");
                         crate::metrics::MQTT_CONNECTED.set(1);
-                        self.backoff.reset();
+                        // The backoff resets only once the link proves useful (a batch acked, or
+                        // a stable connection): a broker that accepts and then drops us (an ACL
+                        // denial, an overloaded cluster node) keeps getting a growing delay.
+                        self.connected_at = Some(std::time::Instant::now());
                         self.unassigned.clear();
                         self.inflight.clear();
                         // Resend every un-acked row: the outbox still has exactly those.
@@ -212,6 +221,13 @@ impl Uplink {
         crate::metrics::MQTT_RECONNECTS.inc();
         self.unassigned.clear();
         self.inflight.clear();
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+        {
+            self.backoff.reset();
+        }
         let delay = self.backoff.next_delay();
         warn!(error = %error, retry_in = ?delay, "HQ link down");
         crate::status::hq_link_failed(&error);
@@ -256,6 +272,7 @@ impl Uplink {
                     queued,
                 }) => {
                     crate::metrics::PUBLISH_LATENCY.observe(queued.elapsed());
+                    self.backoff.reset();
                     debug!(first, last, count, "batch acknowledged");
                     self.outbox.ack(first, last).await?;
                     crate::metrics::EVENTS_PUBLISHED.add(count as u64);
