@@ -1,0 +1,289 @@
+//! Grid sampling from census finder triples: the fallback for triples rqrr rejects.
+//!
+//! rqrr groups capstones with a neighbour test that maps the other finders through one
+//! capstone's local perspective, fitted to its four integer corners. Across a version 10+ code
+//! that fit is extrapolated ~8× and a one-pixel corner error is enough to reject a perfect triple
+//! (rqrr then reports nothing, not even a grid). The census ([`crate::finder`]) measures finder
+//! *centres*, averaged over many lines and re-measured across them ([`crate::finder::refine`]),
+//! which are far more precise than corners. Here three of them forming a right isosceles
+//! triangle define an affine grid; its modules are sampled against the local mean (a small box
+//! per sample point, majority of five points per module) and handed to rqrr's own decoder
+//! (format check, Reed–Solomon, data modes), so what comes out is exactly as trustworthy as an
+//! rqrr decode. Grid sizes are tried nearest-first around the estimate from the finder distance
+//! over the module size.
+//!
+//! Affine is enough for frontal codes; tilted ones keep rqrr's own perspective fit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::finder::Candidate;
+
+/// Decoded text and its corners (top-left, top-right, bottom-right, bottom-left) in plane
+/// pixels.
+pub(crate) type GridCode = (String, [(f32, f32); 4]);
+
+/// Above this many strong candidates the frame is clutter, not codes: triples grow cubically.
+pub(crate) const MAX_GRID_CANDIDATES: usize = 12;
+/// Decode attempts per call, so a pathological frame cannot take more than a few ms here.
+const MAX_ATTEMPTS: usize = 24;
+
+/// Decodes every code whose three finders are among `cands` (one polarity, already filtered).
+/// `dark(x, y, r)` says whether the `(2r+1)²` box around plane pixel (x, y) is a dark module (for
+/// the polarity at hand).
+pub(crate) fn decode_from_finders(
+    cands: &[Candidate],
+    w: usize,
+    h: usize,
+    dark: impl Fn(usize, usize, usize) -> bool,
+) -> Vec<GridCode> {
+    let mut out = Vec::new();
+    if cands.len() < 3 || cands.len() > MAX_GRID_CANDIDATES {
+        return out;
+    }
+    let mut used = vec![false; cands.len()];
+    let mut attempts = 0;
+    for (ia, a) in cands.iter().enumerate() {
+        for (ib, b) in cands.iter().enumerate() {
+            for (ic, c) in cands.iter().enumerate().skip(ib + 1) {
+                if ia == ib || ia == ic || used[ia] || used[ib] || used[ic] {
+                    continue;
+                }
+                let Some(tri) = Triple::new(a, b, c) else {
+                    continue;
+                };
+                for n in tri.sizes() {
+                    if attempts == MAX_ATTEMPTS {
+                        return out;
+                    }
+                    attempts += 1;
+                    if let Some(code) = tri.decode(n, w, h, &dark) {
+                        out.push(code);
+                        used[ia] = true;
+                        used[ib] = true;
+                        used[ic] = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether some three of `cands` could be the finders of one code, tilt allowed (up to ~45°):
+/// two legs of similar length at roughly a right angle, finders of similar size, legs at least
+/// 12 modules long (14 in a version 1 code). Used to decide whether rqrr's expensive detector is worth running. Above
+/// `MAX_PLAUSIBLE` candidates (sensor noise, or the data area of an unread code) only those
+/// matched on three rows or more are considered: noise speckle rarely lines up over three rows.
+pub(crate) fn has_plausible_triple(cands: &[Candidate]) -> bool {
+    const MAX_PLAUSIBLE: usize = 40;
+    let strong: Vec<Candidate>;
+    let cands = if cands.len() > MAX_PLAUSIBLE {
+        strong = cands.iter().filter(|c| c.rows >= 3).copied().collect();
+        if strong.len() > MAX_PLAUSIBLE {
+            return true; // Cannot tell cheaply: let rqrr look.
+        }
+        &strong[..]
+    } else {
+        cands
+    };
+    let plausible = |a: &Candidate, b: &Candidate, c: &Candidate| {
+        let (ab, ac) = ((b.x - a.x, b.y - a.y), (c.x - a.x, c.y - a.y));
+        let (lb, lc) = (ab.0.hypot(ab.1), ac.0.hypot(ac.1));
+        let m = a.module.max(b.module).max(c.module);
+        let m_min = a.module.min(b.module).min(c.module);
+        let cos = (ab.0 * ac.0 + ab.1 * ac.1) / (lb * lc);
+        m <= 1.6 * m_min
+            && lb.min(lc) >= 12.0 * m_min
+            && lb.min(lc) / lb.max(lc) > 0.7
+            && cos.abs() < 0.35
+    };
+    cands.iter().enumerate().any(|(ia, a)| {
+        cands.iter().enumerate().any(|(ib, b)| {
+            ib != ia
+                && cands
+                    .iter()
+                    .enumerate()
+                    .skip(ib + 1)
+                    .any(|(ic, c)| ic != ia && plausible(a, b, c))
+        })
+    })
+}
+
+/// Three finder centres in code order: `a` top-left, `b` top-right, `c` bottom-left.
+struct Triple {
+    a: (f32, f32),
+    ab: (f32, f32),
+    ac: (f32, f32),
+    /// Module size (px) corrected for rotation.
+    module: f32,
+}
+
+impl Triple {
+    /// `a` as the corner finder, `p`/`q` the other two in either order; `None` unless they form
+    /// a right isosceles triangle of finders of one size.
+    fn new(a: &Candidate, p: &Candidate, q: &Candidate) -> Option<Triple> {
+        let (mut b, mut c) = (p, q);
+        let v = |o: &Candidate| (o.x - a.x, o.y - a.y);
+        let (mut ab, mut ac) = (v(b), v(c));
+        // Image y points down: top-right × bottom-left is positive for an unmirrored code.
+        if ab.0 * ac.1 - ab.1 * ac.0 < 0.0 {
+            std::mem::swap(&mut b, &mut c);
+            std::mem::swap(&mut ab, &mut ac);
+        }
+        let (lb, lc) = (ab.0.hypot(ab.1), ac.0.hypot(ac.1));
+        let cos = (ab.0 * ac.0 + ab.1 * ac.1) / (lb * lc);
+        let ratio = lb.min(lc) / lb.max(lc);
+        if !(ratio > 0.85 && cos.abs() < 0.2) {
+            return None;
+        }
+        let runs = [a.module, b.module, c.module];
+        let (lo, hi) = (
+            runs.iter().copied().fold(f32::MAX, f32::min),
+            runs.iter().copied().fold(0.0, f32::max),
+        );
+        if hi > 1.5 * lo {
+            return None;
+        }
+        // The census measures modules along rows; a finder rotated by θ is 1/max(|cos θ|, |sin θ|)
+        // wider along a row.
+        let theta = ab.1.atan2(ab.0);
+        let module = (runs.iter().sum::<f32>() / 3.0) * theta.cos().abs().max(theta.sin().abs());
+        // Finder centres are 3.5 modules in from the edges, so at least 14 modules apart.
+        if module <= 0.0 || (lb + lc) / 2.0 < 14.0 * module * 0.7 {
+            return None;
+        }
+        Some(Triple {
+            a: (a.x, a.y),
+            ab,
+            ac,
+            module,
+        })
+    }
+
+    /// Candidate grid sizes, nearest to the estimate first (±1 version: the module estimate is
+    /// only as good as the run lengths).
+    fn sizes(&self) -> Vec<usize> {
+        let d = (self.ab.0.hypot(self.ab.1) + self.ac.0.hypot(self.ac.1)) / 2.0;
+        let n_est = d / self.module + 7.0;
+        let v_est = ((n_est - 17.0) / 4.0).round() as i32;
+        [v_est, v_est - 1, v_est + 1]
+            .into_iter()
+            .filter(|v| (1..=40).contains(v))
+            .map(|v| 17 + 4 * v as usize)
+            .collect()
+    }
+
+    /// Plane position of module coordinate (mx, my) for a grid of size `n`.
+    fn at(&self, n: usize, mx: f32, my: f32) -> (f32, f32) {
+        let span = (n - 7) as f32;
+        let (u, v) = ((mx - 3.5) / span, (my - 3.5) / span);
+        (
+            self.a.0 + u * self.ab.0 + v * self.ac.0,
+            self.a.1 + u * self.ab.1 + v * self.ac.1,
+        )
+    }
+
+    fn decode(
+        &self,
+        n: usize,
+        w: usize,
+        h: usize,
+        dark: &impl Fn(usize, usize, usize) -> bool,
+    ) -> Option<GridCode> {
+        // Each sample averages a box a third of a module wide: noise averages out, the box stays
+        // inside the module even with a quarter-module offset.
+        let box_r = (self.module / 6.0) as usize;
+        let dark_at = |mx: f32, my: f32| {
+            let (px, py) = self.at(n, mx, my);
+            px >= 0.0
+                && py >= 0.0
+                && (px as usize) < w
+                && (py as usize) < h
+                && dark(px as usize, py as usize, box_r)
+        };
+        // Majority of five points per module (centre and ±0.25 module): one speckle pixel or a
+        // quarter-module error in the affine estimate does not flip the module.
+        let sample = |x: usize, y: usize| {
+            let (cx, cy) = (x as f32 + 0.5, y as f32 + 0.5);
+            let votes = [
+                (0.0, 0.0),
+                (-0.25, 0.0),
+                (0.25, 0.0),
+                (0.0, -0.25),
+                (0.0, 0.25),
+            ]
+            .iter()
+            .filter(|(dx, dy)| dark_at(cx + dx, cy + dy))
+            .count();
+            votes >= 3
+        };
+        // Timing patterns first: they cost 2(n − 16) samples, while Reed–Solomon over a wrong
+        // grid (a wrong size, or a triple of data-area look-alikes) is the most expensive step
+        // of a failed attempt.
+        let timing = (8..n - 8)
+            .filter(|&i| sample(i, 6) == (i % 2 == 0) && sample(6, i) == (i % 2 == 0))
+            .count();
+        if timing * 4 < (n - 16) * 3 {
+            return None;
+        }
+        let grid = rqrr::SimpleGrid::from_func(n, sample);
+        // rqrr's decoder asserts on some inconsistent inputs; treat a panic as "no code".
+        let r = catch_unwind(AssertUnwindSafe(|| rqrr::Grid::new(grid).decode())).ok()?;
+        let (_, text) = r.ok()?;
+        let nf = n as f32;
+        let corners = [(0.0, 0.0), (nf, 0.0), (nf, nf), (0.0, nf)].map(|(x, y)| self.at(n, x, y));
+        Some((text, corners))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qrcode::{Color, QrCode};
+
+    #[test]
+    fn decodes_a_rotated_code_from_its_finder_centres() {
+        let code = QrCode::new("https://app.example/s/Ab12Cd").unwrap();
+        let n = code.width();
+        let colors = code.to_colors();
+        let (m, theta) = (5.0f32, 0.3f32);
+        let (s, c) = theta.sin_cos();
+        // Module (x, y) centre → plane, rotated by θ about (150, 150).
+        let place = |x: f32, y: f32| {
+            let (dx, dy) = ((x - n as f32 / 2.0) * m, (y - n as f32 / 2.0) * m);
+            (150.0 + dx * c - dy * s, 150.0 + dx * s + dy * c)
+        };
+        let finder = |x: f32, y: f32| {
+            let (px, py) = place(x, y);
+            Candidate {
+                x: px,
+                y: py,
+                module: m / c.max(s),
+                inverted: false,
+                rows: 20,
+            }
+        };
+        let cands = [
+            finder(3.5, 3.5),
+            finder(n as f32 - 3.5, 3.5),
+            finder(3.5, n as f32 - 3.5),
+        ];
+        // Inverse mapping for the pixel test.
+        let dark = |px: usize, py: usize, _r: usize| {
+            let (dx, dy) = (px as f32 + 0.5 - 150.0, py as f32 + 0.5 - 150.0);
+            let (x, y) = (
+                (dx * c + dy * s) / m + n as f32 / 2.0,
+                (-dx * s + dy * c) / m + n as f32 / 2.0,
+            );
+            x >= 0.0
+                && y >= 0.0
+                && (x as usize) < n
+                && (y as usize) < n
+                && colors[y as usize * n + x as usize] == Color::Dark
+        };
+        let found = decode_from_finders(&cands, 300, 300, dark);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "https://app.example/s/Ab12Cd");
+    }
+}

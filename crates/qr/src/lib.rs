@@ -1,0 +1,31 @@
+//! phygate's QR decoding pipeline (store camera → token text).
+//!
+//! Modules, in flow order:
+//! - [`frame`]: borrows the camera's luma buffer ([`GrayFrame`]), checks its size, and makes the
+//!   one owned working plane (ROI crop + area downscale) every pass reads.
+//! - `preprocess`: image operations in front of rqrr: noise estimate and 3×3 smoothing,
+//!   integral-image local-mean threshold, contrast stretch; `frame` also has the bilinear upscale.
+//! - `finder`: a census of 1:1:3:1:1 finder candidates on a binary image, both polarities; it
+//!   gates the rqrr calls, places the upscaled region and finds a second code.
+//! - `grid`: census finder triples as affine grids, decoded by rqrr's decoder (the triples
+//!   rqrr's own grouping rejects).
+//! - `scan`: the calls into rqrr (panics contained).
+//! - `work`: one frame's state and each pass's preprocessing.
+//! - [`decode`]: [`QrDecoder`], the cascade order, the stop rule and the time budget, measured
+//!   on [`clock`] (the thread's CPU time).
+//! - `corpus` (feature `bench`): a seeded generator of damaged test frames for `qrbench`.
+
+pub mod clock;
+pub mod decode;
+mod finder;
+pub mod frame;
+mod grid;
+mod preprocess;
+mod scan;
+mod work;
+
+#[cfg(feature = "bench")]
+pub mod corpus;
+
+pub use decode::{DecodeConfig, DecodeReport, DecodedCode, Pass, QrDecoder};
+pub use frame::{FrameError, GrayFrame, Rect, rgb8_to_gray};

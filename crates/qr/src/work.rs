@@ -1,0 +1,464 @@
+//! Per-frame state of the cascade ([`Work`]): the base plane, the shared local-mean binary image
+//! and finder census, and each pass's preprocessing. The order and the budget are
+//! [`crate::decode`]'s; the rqrr calls are [`crate::scan`]'s.
+
+use crate::decode::{DecodeConfig, DecodedCode, Pass};
+use crate::finder::{Candidate, census, refine};
+use crate::frame::{GrayFrame, Plane, Rect};
+use crate::grid::has_plausible_triple;
+use crate::preprocess::{
+    Integral, Threshold, adaptive_threshold, box3, contrast_stretch, is_dark_module, min_delta,
+    noise_level, window_radius,
+};
+use crate::scan::{Found, MIN_FINDERS, scan_census_then_rqrr, scan_gray};
+
+/// The largest plane the upscaled pass builds (pixels). 2× a 1280×960 working frame is 4.9 MP;
+/// beyond that the pass would take seconds on a Pi, far outside any sensible frame budget.
+const MAX_UPSCALED_PIXELS: usize = 5_000_000;
+
+/// Per-frame working state: the base plane and what passes share.
+pub(crate) struct Work<'f> {
+    frame: GrayFrame<'f>,
+    roi: Rect,
+    base: Plane,
+    /// Threshold floor for this frame's noise (see [`Threshold::min_delta`]).
+    min_delta: u32,
+    /// The frame was smoothed for noise: weak census candidates are mostly residual speckle.
+    noisy: bool,
+    /// Local-mean binarization of `base` and its finder census, built by the first pass that
+    /// needs them and shared by the adaptive, inverted and upscaled passes.
+    shared: Option<Shared>,
+    /// Frame boxes of the codes decoded so far.
+    found: Vec<Rect>,
+}
+
+struct Shared {
+    integral: Integral,
+    binary: Vec<bool>,
+    census: Vec<Candidate>,
+}
+
+impl Shared {
+    /// Candidates of one polarity.
+    fn finders(&self, inverted: bool) -> impl Iterator<Item = &Candidate> {
+        self.census.iter().filter(move |c| c.inverted == inverted)
+    }
+}
+
+/// The shared binarization of `base`, computed on first use.
+fn shared<'s>(base: &Plane, min_delta: u32, slot: &'s mut Option<Shared>) -> &'s Shared {
+    slot.get_or_insert_with(|| {
+        let integral = Integral::new(base);
+        let t = Threshold {
+            radius: window_radius(base.w, base.h),
+            min_delta,
+            invert: false,
+        };
+        let binary = adaptive_threshold(base, &integral, t);
+        let census = census(&binary, base.w, base.h, false);
+        Shared {
+            integral,
+            binary,
+            census,
+        }
+    })
+}
+
+/// Noise level (see [`noise_level`]) from which the base plane is smoothed before any pass:
+/// around σ 6 speckle starts to break finder runs and floods the census with fake candidates.
+/// A camera in good light sits at 1–3.
+const NOISY: u8 = 6;
+
+impl<'f> Work<'f> {
+    pub(crate) fn new(frame: GrayFrame<'f>, cfg: &DecodeConfig) -> Option<Self> {
+        let full = Rect {
+            x: 0,
+            y: 0,
+            width: frame.width(),
+            height: frame.height(),
+        };
+        let roi = cfg
+            .roi
+            .unwrap_or(full)
+            .clamp_to(frame.width(), frame.height())?;
+        // A QR code is at least 21 modules plus quiet zone; below that nothing can decode.
+        if roi.width < 21 || roi.height < 21 {
+            return None;
+        }
+        let (w, h) = fit(roi.width, roi.height, cfg.max_side);
+        let mut base = Plane::from_frame(&frame, roi, w, h);
+        let mut noise = noise_level(&base);
+        let noisy = noise >= NOISY;
+        if noisy {
+            base = box3(&base);
+            noise = noise_level(&base);
+        }
+        Some(Work {
+            frame,
+            roi,
+            base,
+            min_delta: min_delta(noise),
+            noisy,
+            shared: None,
+            found: Vec::new(),
+        })
+    }
+
+    fn shared(&mut self) -> &Shared {
+        shared(&self.base, self.min_delta, &mut self.shared)
+    }
+
+    /// Whether the base plane was smoothed for sensor noise.
+    pub(crate) fn noisy(&self) -> bool {
+        self.noisy
+    }
+
+    /// Records the codes decoded so far: later passes look for codes elsewhere.
+    pub(crate) fn note_found(&mut self, codes: &[DecodedCode]) {
+        self.found = codes.iter().map(|c| c.bbox).collect();
+    }
+
+    /// Census candidates outside every code decoded so far (2 modules of slack for the
+    /// census' centre error).
+    fn uncovered(&mut self) -> Vec<Candidate> {
+        let (sx, sy) = (
+            self.roi.width as f32 / self.base.w as f32,
+            self.roi.height as f32 / self.base.h as f32,
+        );
+        let (rx, ry) = (self.roi.x as f32, self.roi.y as f32);
+        let found = std::mem::take(&mut self.found);
+        let out = self
+            .shared()
+            .census
+            .iter()
+            .filter(|c| {
+                let (x, y) = (rx + c.x * sx, ry + c.y * sy);
+                let pad = 2.0 * c.module * sx;
+                !found.iter().any(|b| {
+                    x + pad >= b.x as f32
+                        && y + pad >= b.y as f32
+                        && x - pad <= (b.x + b.width) as f32
+                        && y - pad <= (b.y + b.height) as f32
+                })
+            })
+            .copied()
+            .collect();
+        self.found = found;
+        out
+    }
+
+    /// Whether the census shows a plausible finder triple outside the codes decoded so far: a
+    /// second code the passes so far could not read, worth the rest of the cascade. Weak
+    /// candidates count too when the cross-check confirms them (a blurred second code often
+    /// shows only short finder hits), except on a noisy frame, where they are mostly speckle.
+    pub(crate) fn more_codes_visible(&mut self) -> bool {
+        let noisy = self.noisy;
+        let (w, h) = (self.base.w, self.base.h);
+        let uncovered = self.uncovered();
+        let bin = &self.shared().binary;
+        let uncovered: Vec<Candidate> = uncovered
+            .into_iter()
+            .filter(|c| c.is_strong() || (!noisy && refine(bin, w, h, c, c.inverted).1))
+            .collect();
+        // One polarity at a time: a code's three finders share it.
+        [false, true].into_iter().any(|inv| {
+            let one: Vec<Candidate> = uncovered
+                .iter()
+                .filter(|c| c.inverted == inv)
+                .copied()
+                .collect();
+            has_plausible_triple(&one)
+        })
+    }
+
+    /// Census candidates of one polarity that count for gating a pass: all of them, or on a
+    /// noisy frame only the strong ones (weak ones there are mostly residual speckle, and rqrr
+    /// on a speckled image is at its slowest).
+    fn gate(&mut self, inverted: bool) -> usize {
+        let noisy = self.noisy;
+        self.shared()
+            .finders(inverted)
+            .filter(|c| !noisy || c.is_strong())
+            .count()
+    }
+
+    /// Runs one pass; `None` when the pass does not apply to this frame.
+    pub(crate) fn run(&mut self, pass: Pass) -> Option<Vec<DecodedCode>> {
+        let (w, h) = (self.base.w, self.base.h);
+        let found = match pass {
+            Pass::Plain => {
+                if self.gate(false) < MIN_FINDERS {
+                    return None;
+                }
+                scan_gray(&self.base)
+            }
+            Pass::Adaptive => {
+                let sh = shared(&self.base, self.min_delta, &mut self.shared);
+                let r = window_radius(w, h);
+                let dark =
+                    |x, y, rs| is_dark_module(&self.base, &sh.integral, (r, rs), false, (x, y));
+                scan_census_then_rqrr(w, h, &sh.binary, &sh.census, false, dark)
+            }
+            Pass::Inverted => {
+                if self.gate(true) < MIN_FINDERS {
+                    return None;
+                }
+                let sh = shared(&self.base, self.min_delta, &mut self.shared);
+                let t = Threshold {
+                    radius: window_radius(w, h),
+                    min_delta: self.min_delta,
+                    invert: true,
+                };
+                let bin = adaptive_threshold(&self.base, &sh.integral, t);
+                let dark = |x, y, rs| {
+                    is_dark_module(&self.base, &sh.integral, (t.radius, rs), true, (x, y))
+                };
+                scan_census_then_rqrr(w, h, &bin, &sh.census, true, dark)
+            }
+            Pass::Stretched => scan_gray(&contrast_stretch(&self.base)?),
+            Pass::Upscaled => {
+                let (rect, big) = self.upscaled()?;
+                let ii = Integral::new(&big);
+                let t = Threshold {
+                    radius: window_radius(big.w, big.h),
+                    min_delta: self.min_delta,
+                    invert: false,
+                };
+                let bin = adaptive_threshold(&big, &ii, t);
+                let cands = census(&bin, big.w, big.h, true);
+                let dark = |x, y, rs| is_dark_module(&big, &ii, (t.radius, rs), false, (x, y));
+                let found = scan_census_then_rqrr(big.w, big.h, &bin, &cands, false, dark);
+                return Some(to_frame_coords(
+                    found,
+                    rect,
+                    big.w,
+                    big.h,
+                    &self.frame,
+                    pass,
+                ));
+            }
+        };
+        Some(to_frame_coords(found, self.roi, w, h, &self.frame, pass))
+    }
+
+    /// The region the upscaled pass reads (frame coordinates) and its enlarged plane.
+    ///
+    /// With finder candidates, only the area around them is enlarged, by the factor that brings
+    /// their modules to [`TARGET_MODULE_PX`]; without, the whole base plane is doubled (a code
+    /// too small for the census at base resolution).
+    fn upscaled(&mut self) -> Option<(Rect, Plane)> {
+        let (rect, nw, nh) = self.plan_upscale()?;
+        let plane = if rect.width as usize >= nw && rect.height as usize >= nh {
+            Plane::from_frame(&self.frame, rect, nw, nh)
+        } else {
+            let crop =
+                Plane::from_frame(&self.frame, rect, rect.width as usize, rect.height as usize);
+            crop.resize_bilinear(nw, nh)
+        };
+        Some((rect, plane))
+    }
+
+    /// Cost of `pass` relative to the first pass, to predict whether it fits in the budget. The
+    /// base-resolution passes each cost one binarization plus one scan of the same plane; the
+    /// upscaled one scales with the pixels it will scan.
+    pub(crate) fn relative_cost(&mut self, pass: Pass) -> f32 {
+        match pass {
+            Pass::Upscaled => match self.plan_upscale() {
+                Some((_, nw, nh)) => (nw * nh) as f32 / (self.base.w * self.base.h) as f32,
+                None => 0.0,
+            },
+            _ => 1.0,
+        }
+    }
+
+    /// Whether the census' candidates (see [`Work::upscale_candidates`]) have modules under
+    /// [`SMALL_MODULE_PX`].
+    pub(crate) fn small_modules(&mut self) -> bool {
+        let cands = self.upscale_candidates();
+        median_module(&cands).is_some_and(|m| m < SMALL_MODULE_PX)
+    }
+
+    /// The candidates that place and size the code for the upscaled pass: the strong ones, or
+    /// when there are none, all of them if at least three (a small or blurred code shows only
+    /// short finder hits, and its data area more of them).
+    fn upscale_candidates(&mut self) -> Vec<Candidate> {
+        // Only where no code was read yet: after the first code of a frame, the second one.
+        let weak: Vec<Candidate> = self
+            .uncovered()
+            .into_iter()
+            .filter(|c| !c.inverted)
+            .collect();
+        let strong: Vec<Candidate> = weak.iter().filter(|c| c.is_strong()).copied().collect();
+        if !strong.is_empty() {
+            return strong;
+        }
+        if weak.len() >= MIN_FINDERS {
+            weak
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The frame region the upscaled pass reads and the size it enlarges it to.
+    fn plan_upscale(&mut self) -> Option<(Rect, usize, usize)> {
+        let (bw, bh) = (self.base.w as f32, self.base.h as f32);
+        let cands = self.upscale_candidates();
+        let strong = cands.iter().all(|c| c.is_strong());
+        let (x0, y0, x1, y1, factor) = if let Some(module) = median_module(&cands) {
+            let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+            for (x, y) in finder_hull_points(&cands) {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+            // From a finder centre to the code's edge is 3.5 modules plus the 4-module quiet
+            // zone; with fewer than three finders seen, the code may extend further.
+            let margin = if strong && cands.len() >= MIN_FINDERS {
+                MARGIN_MODULES * module
+            } else {
+                (x1 - x0).max(y1 - y0) + MAX_REACH_MODULES * module
+            };
+            // Without strong finders the region is wide (see the margin): stay at 2×.
+            let f = if strong {
+                (TARGET_MODULE_PX / module).clamp(MIN_UPSCALE, MAX_UPSCALE)
+            } else {
+                MIN_UPSCALE
+            };
+            (
+                (x0 - margin).max(0.0),
+                (y0 - margin).max(0.0),
+                (x1 + margin).min(bw),
+                (y1 + margin).min(bh),
+                f,
+            )
+        } else {
+            (0.0, 0.0, bw, bh, 2.0)
+        };
+        let (rw, rh) = (x1 - x0, y1 - y0);
+        // Shrink the factor rather than exceed the pixel cap.
+        let factor = factor.min((MAX_UPSCALED_PIXELS as f32 / (rw * rh).max(1.0)).sqrt());
+        let (nw, nh) = ((rw * factor) as usize, (rh * factor) as usize);
+        if nw < 21 || nh < 21 {
+            return None;
+        }
+        // The region in frame pixels: the camera's own pixels hold more detail than the base
+        // when the frame was downscaled.
+        let (sx, sy) = (self.roi.width as f32 / bw, self.roi.height as f32 / bh);
+        let rect = Rect {
+            x: self.roi.x + (x0 * sx) as u32,
+            y: self.roi.y + (y0 * sy) as u32,
+            width: ((rw * sx) as u32).max(1),
+            height: ((rh * sy) as u32).max(1),
+        }
+        .clamp_to(self.frame.width(), self.frame.height())?;
+        Some((rect, nw, nh))
+    }
+}
+
+/// The median module size of `cands`, if any.
+fn median_module(cands: &[Candidate]) -> Option<f32> {
+    let mut modules: Vec<f32> = cands.iter().map(|c| c.module).collect();
+    modules.sort_by(f32::total_cmp);
+    modules.get(modules.len() / 2).copied()
+}
+
+/// Points whose bounding box holds every code the finder candidates can belong to: the
+/// candidates, the fourth corner `b + c − a` of every triple (a code rotated by 45° reaches far
+/// outside the box of its three finders), and for every pair the other two corners of the square
+/// it is the diagonal of (two finders seen, the third missing). Many candidates (clutter): no
+/// bound.
+fn finder_hull_points(cands: &[Candidate]) -> Vec<(f32, f32)> {
+    const MAX_FOR_TRIPLES: usize = 8;
+    let mut pts: Vec<(f32, f32)> = cands.iter().map(|c| (c.x, c.y)).collect();
+    if cands.len() > MAX_FOR_TRIPLES {
+        return pts;
+    }
+    for (i, a) in cands.iter().enumerate() {
+        for (j, b) in cands.iter().enumerate().skip(i + 1) {
+            let (mx, my) = ((a.x + b.x) / 2.0, (a.y + b.y) / 2.0);
+            let (hx, hy) = ((b.x - a.x) / 2.0, (b.y - a.y) / 2.0);
+            pts.push((mx - hy, my + hx));
+            pts.push((mx + hy, my - hx));
+            for (k, c) in cands.iter().enumerate() {
+                if k != i && k != j {
+                    pts.push((a.x + b.x - c.x, a.y + b.y - c.y));
+                }
+            }
+        }
+    }
+    pts
+}
+
+/// Module size (px) the upscaled pass aims for: rqrr's capstone corners are integer pixels, and
+/// its neighbour test extrapolates a capstone's local perspective ~8× across a version 10 code,
+/// so corner error must be small against the capstone.
+const TARGET_MODULE_PX: f32 = 8.0;
+/// Below this module size (px) the base-resolution passes rarely read a code and the
+/// upscaled pass is tried second.
+const SMALL_MODULE_PX: f32 = 3.0;
+/// The upscale factor's range: below 2× the pass would mostly repeat the base passes; above 3×
+/// bilinear edges get so soft that the threshold wobbles, and the plane grows with the square.
+const MIN_UPSCALE: f32 = 2.0;
+const MAX_UPSCALE: f32 = 3.0;
+/// From a finder centre to the code's edge: 3.5 modules, plus the 4-module quiet zone, plus one
+/// for the census' centre error.
+const MARGIN_MODULES: f32 = 9.0;
+/// With fewer than three finders seen, the code may reach this far past them (a version 12
+/// code is 65 modules wide; JWTs of PROTOCOLS.md §5 need version 10–12 at ECC M).
+const MAX_REACH_MODULES: f32 = 70.0;
+
+/// Maps codes found on a `pw` × `ph` plane covering `rect` of the frame back to frame pixels.
+fn to_frame_coords(
+    found: Found,
+    rect: Rect,
+    pw: usize,
+    ph: usize,
+    frame: &GrayFrame<'_>,
+    pass: Pass,
+) -> Vec<DecodedCode> {
+    let sx = rect.width as f32 / pw as f32;
+    let sy = rect.height as f32 / ph as f32;
+    let (fw, fh) = (frame.width() as f32, frame.height() as f32);
+    let mut out: Vec<DecodedCode> = Vec::with_capacity(found.len());
+    for (text, pts) in found {
+        if out.iter().any(|c| c.text == text) {
+            continue; // The same code found twice (e.g. two grids over one symbol).
+        }
+        let corners = pts.map(|p| {
+            (
+                rect.x as f32 + (p.0 + 0.5) * sx - 0.5,
+                rect.y as f32 + (p.1 + 0.5) * sy - 0.5,
+            )
+        });
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for (x, y) in corners {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+        let (x0, y0) = (x0.clamp(0.0, fw) as u32, y0.clamp(0.0, fh) as u32);
+        let (x1, y1) = (
+            x1.clamp(0.0, fw).ceil() as u32,
+            y1.clamp(0.0, fh).ceil() as u32,
+        );
+        let bbox = Rect {
+            x: x0,
+            y: y0,
+            width: x1.saturating_sub(x0),
+            height: y1.saturating_sub(y0),
+        };
+        out.push(DecodedCode {
+            text,
+            corners,
+            bbox,
+            pass,
+        });
+    }
+    out
+}
+
+/// Scales `w` × `h` down (never up) so the longer side is at most `max_side`.
+fn fit(w: u32, h: u32, max_side: u32) -> (usize, usize) {
+    let long = w.max(h);
+    if long <= max_side {
+        return (w as usize, h as usize);
+    }
+    let scale = |v: u32| ((v as u64 * max_side as u64 / long as u64) as usize).max(1);
+    (scale(w), scale(h))
+}
