@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod camera;
 mod gate;
 mod ingest;
 mod ops;
+pub use camera::CameraConfig;
 pub use gate::{GateConfig, Parity, StopBits};
 pub use ingest::{HttpDeviceConfig, IngestConfig, SkinConfig, Token};
 pub use ops::{LogConfig, StatusConfig, DEFAULT_STATUS_LISTEN};
@@ -125,6 +127,8 @@ pub enum DeviceKind {
     /// A turnstile through a Modbus RTU I/O module.
     Gate(GateConfig),
     Nfc(NfcConfig),
+    /// A camera read for QR codes (`sources::camera`).
+    Camera(CameraConfig),
 }
 
 impl DeviceKind {
@@ -136,6 +140,7 @@ impl DeviceKind {
             DeviceKind::PeopleCounter(_) => "people_counter",
             DeviceKind::Gate(_) => crate::sources::gate::KIND,
             DeviceKind::Nfc(_) => "nfc",
+            DeviceKind::Camera(_) => crate::sources::camera::KIND,
         }
     }
 }
@@ -301,6 +306,9 @@ impl fmt::Display for Config {
                 DeviceKind::Gate(g) => {
                     writeln!(f, "device {} at station {}: {g}", d.id, d.station)?
                 }
+                DeviceKind::Camera(c) => {
+                    writeln!(f, "device {} at station {}: {c}", d.id, d.station)?
+                }
                 DeviceKind::SkinHttp(_) | DeviceKind::PeopleCounter(_) => writeln!(
                     f,
                     "device {} at station {}: {} posting to the ingest listener (token set)",
@@ -424,6 +432,7 @@ enum RawDevice {
     PeopleCounter(ingest::RawHttpDevice),
     Gate(gate::RawGate),
     Nfc(RawNfc),
+    Camera(camera::RawCamera),
 }
 
 #[derive(Deserialize)]
@@ -726,6 +735,11 @@ impl Validator<'_> {
                 }
                 RawDevice::Nfc(n) => {
                     let device = self.nfc(i, &span, n, &devices, &stations);
+                    devices.push(device);
+                    continue;
+                }
+                RawDevice::Camera(c) => {
+                    let device = self.camera(&span, i, c, &stations, &devices);
                     devices.push(device);
                     continue;
                 }

@@ -19,6 +19,7 @@ use crate::ingest::Ingest;
 use crate::link::journey::Journey;
 use crate::link::Link;
 use crate::outbox::Outbox;
+use crate::sources::camera::CameraSource;
 use crate::sources::gate::{GateRegistry, GateSource};
 use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
@@ -159,6 +160,12 @@ async fn start(
                 spawn_supervised(&device.id, stop.clone(), move || {
                     let (sink, stop) = (sink.clone(), stop.clone());
                     GateSource::new(cfg.clone(), sink, stop, outbox.clone(), unlocks.clone()).run()
+                })?
+            }
+            DeviceKind::Camera(cfg) => {
+                let cfg = cfg.clone();
+                spawn_supervised(&device.id, stop.clone(), move || {
+                    CameraSource::new(cfg.clone(), sink.clone(), stop.clone()).run()
                 })?
             }
             // They post to the ingest listener: no thread of their own.

@@ -1,6 +1,6 @@
 //! `phygate demo`: a whole store on one machine. Simulated devices speak their real protocols on
 //! pseudo-terminals (an entrance scanner and turnstile, a kiosk with scanner, skin analyzer and
-//! NFC reader, an exit scanner), simulated customers walk through with app codes signed by a
+//! NFC reader, an exit scanner), a camera at the kiosk reads QR PNGs dropped into a folder, simulated customers walk through with app codes signed by a
 //! demo HQ key, the gateway buffers everything in a local SQLite outbox and publishes to a local
 //! broker, and an HQ subscriber prints each event as HQ receives it.
 //!
@@ -66,6 +66,8 @@ struct Devices {
     skin: Mutex<SkinSim<std::fs::File>>,
     nfc: Pn532Sim,
     gate: GateSim,
+    /// The kiosk camera's `dir:` folder: each PNG put there is one frame.
+    camera: std::path::PathBuf,
     _ptys: Vec<Pty>,
 }
 
@@ -140,6 +142,12 @@ station = "beauty-kiosk"
 port = "{nfc}"
 
 [[device]]
+kind = "camera"
+id = "kiosk-camera"
+station = "beauty-kiosk"
+url = "dir:{camera}"
+
+[[device]]
 kind = "scanner"
 id = "exit-scanner"
 station = "exit"
@@ -167,6 +175,7 @@ session_window = "2m"
         skin = d("skin-analyzer"),
         nfc = d("kiosk-nfc"),
         exit = d("exit-scanner"),
+        camera = d("kiosk-camera"),
         db = d("phygate.db"),
         jwks = d("keys/jwks.json"),
     )
@@ -208,6 +217,11 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         },
         nfc: Pn532Sim::start(&dir.path().join("kiosk-nfc"))?,
         gate: GateSim::start(&dir.path().join("turnstile"), 1)?,
+        camera: {
+            let camera = dir.path().join("kiosk-camera");
+            std::fs::create_dir_all(&camera)?;
+            camera
+        },
         _ptys: ptys,
     });
 
@@ -218,6 +232,12 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
     eprintln!(
         "\nTry it: mint an app code and paste it here (it is scanned at the entrance):\n  phygate token mint --key {} --kid {KID} --user you --tenant {TENANT} --purpose entry\n",
         key_file.display()
+    );
+    eprintln!(
+        "Or show one to the kiosk camera: drop a QR PNG into\n  {}\ne.g. phygate token mint --key {} --kid {KID} --user you --tenant {TENANT} --png {}\n",
+        devices.camera.display(),
+        key_file.display(),
+        devices.camera.join("code.png").display()
     );
 
     let hq = tokio::spawn(hq_view(port, config.events_topic()));
@@ -293,7 +313,12 @@ fn walk_customers(d: &Devices, key: &ed25519_dalek::SigningKey, rate: f64, stop:
         let code = |pur| demo_token(key, &user, pur);
         step(&mut || drop(lock(&d.entrance).scan(&code(Some(Purpose::Entry)))));
         step(&mut || d.gate.pass_in(1));
-        step(&mut || drop(lock(&d.kiosk).scan(&code(None))));
+        if n % 4 == 2 {
+            // Now and then a customer holds the phone up to the kiosk camera instead.
+            step(&mut || show_to_camera(&d.camera, &format!("{n:06}-{user}.png"), &code(None)));
+        } else {
+            step(&mut || drop(lock(&d.kiosk).scan(&code(None))));
+        }
         step(&mut || {
             let _ = d
                 .skin
@@ -317,6 +342,17 @@ fn walk_customers(d: &Devices, key: &ed25519_dalek::SigningKey, rate: f64, stop:
         }
         step(&mut || drop(lock(&d.exit).scan(&code(None))));
         step(&mut || d.gate.pass_out(1));
+    }
+}
+
+/// Writes a QR PNG of `content` into the camera's folder under a hidden name, then renames it,
+/// so the camera never reads it half written.
+fn show_to_camera(dir: &Path, name: &str, content: &str) {
+    let tmp = dir.join(format!(".{name}"));
+    let shown = crate::cli::token::write_qr_png(content, &tmp)
+        .and_then(|()| Ok(std::fs::rename(&tmp, dir.join(name))?));
+    if let Err(e) = shown {
+        tracing::warn!("demo camera frame not written: {e:#}");
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
 //! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
+//!   Cameras decode QR frames on their own thread with the `phygate_qr` crate.
 //! - [`ingest`]: the local HTTP listener network devices push to (people counters, tablet skin
 //!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.

@@ -36,6 +36,7 @@ impl Default for Counter {
 
 pub static READINGS: Counter = Counter::new();
 pub static SCANNER_REJECTED: Counter = Counter::new();
+pub static CAMERA_REJECTED: Counter = Counter::new();
 pub static SKIN_REJECTED: Counter = Counter::new();
 pub static INGEST_REJECTED: Counter = Counter::new();
 pub static NFC_FAILURES: Counter = Counter::new();
@@ -72,6 +73,12 @@ pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
             "counter",
             "scanner lines rejected",
             SCANNER_REJECTED.get(),
+        ),
+        (
+            "phygate_camera_rejected_total",
+            "counter",
+            "camera frames that were not readable images",
+            CAMERA_REJECTED.get(),
         ),
         (
             "phygate_skin_rejected_total",

@@ -2,6 +2,7 @@
 //! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
 //! SQLite or MQTT.
 
+pub mod camera;
 pub mod gate;
 pub mod nfc;
 pub mod scanner;
