@@ -146,6 +146,22 @@ impl Store {
         Ok(Opened { store, quarantined })
     }
 
+    /// Caps the database file at about `bytes` (SQLite `max_page_count`): past it, a write that
+    /// needs a new page fails as on a full disk ([`StoreError::Full`]). Deletes still commit
+    /// (their pages go to the free list, and the WAL is outside the cap), so acknowledged rows
+    /// make room again.
+    pub fn cap_file(&self, bytes: u64) -> Result<(), StoreError> {
+        let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (bytes / page.max(512) as u64).max(1);
+        // SQLite answers with the cap in force (never below the file's current size).
+        let _: i64 = self
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let oldest_ms = self
             .conn
