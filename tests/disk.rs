@@ -4,11 +4,13 @@
 mod common;
 mod fault;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fault::*;
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -202,4 +204,167 @@ fn file_cap_reached_in_an_outage_answers_503_and_acknowledged_rows_make_room_aga
         outbox_depth(&db)
     );
     assert_eq!(integrity(&db), "ok");
+}
+
+#[test]
+fn quota_in_an_outage_evicts_oldest_lowest_priority_first_and_hq_sees_exactly_the_announced_gaps() {
+    let mut store = Store::new(&Knobs {
+        outbox: "max_bytes = 1048576\n".into(),
+        ..Knobs::default()
+    });
+    let db = store.db();
+    let hq = store.hq("quota");
+    let (_pty, _scanner) = store.rig.scanner();
+    let gw = store.start_gateway();
+    store.wait_listening();
+    hq.wait_for(LONG, "the scanner up", |h| !h.statuses().is_empty());
+    assert!(wait_until(LONG, || outbox_depth(&db) == 0));
+    std::thread::sleep(Duration::from_millis(300));
+    let s0 = delivered(&hq)
+        .by_id
+        .values()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .max()
+        .unwrap()
+        + 1;
+
+    // HQ away; a people counter (footfall: lowest priority) and a tablet (anonymous journey
+    // events) post one at a time, so the order phygate gives seqs in is the order posted.
+    store.rig.broker.stop(false);
+    let mut rng = Rng::new(seed("PHYGATE_QUOTA_SEED"));
+    let mut produced: Vec<(String, u8)> = Vec::new();
+    for k in 0..2400u64 {
+        let a = if rng.range(0, 2) == 0 {
+            store.post_counts(k, 1 + k % 5, 0).unwrap()
+        } else {
+            let mut reading = phygate::sim::skin::sample("TAB-Q", k);
+            // A long vendor record: anonymous events outweigh footfall, as in a real store.
+            for i in 0..24 {
+                reading
+                    .extra
+                    .insert(format!("vendor_metric_{i:02}"), i as f64);
+            }
+            try_post(store.ingest_port, SKIN_PATH, TABLET, &reading.to_json()).unwrap()
+        };
+        assert_eq!(a.status, 202, "{a:?}");
+        let ty = if a.body["events"][0]["type"] == "store.gate.passed" {
+            0
+        } else {
+            1
+        };
+        produced.extend(a.ids.into_iter().map(|id| (id, ty)));
+    }
+    store.rig.broker.restart().unwrap();
+    assert!(wait_until(LONG, || outbox_depth(&db) == 0), "drained");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let d = delivered(&hq);
+    let at_hq: BTreeMap<u64, &Value> = d
+        .by_id
+        .values()
+        .map(|e| (e["seq"].as_u64().unwrap(), e))
+        .filter(|(s, _)| *s >= s0)
+        .collect();
+    let reports: Vec<(u64, &Value)> = at_hq
+        .iter()
+        .filter(|(_, e)| e["type"] == "store.outbox.evicted")
+        .map(|(s, e)| (*s, *e))
+        .collect();
+    assert!(reports.len() >= 2, "the quota was reached more than once");
+    let last = *at_hq.keys().next_back().unwrap();
+
+    // Every seq of the outage is a produced event or a report: the produced ones in order.
+    let report_seqs: BTreeSet<u64> = reports.iter().map(|(s, _)| *s).collect();
+    let event_seqs: Vec<u64> = (s0..=last).filter(|s| !report_seqs.contains(s)).collect();
+    assert_eq!(event_seqs.len(), produced.len(), "seqs of the outage");
+    let prio: BTreeMap<u64, u8> = event_seqs
+        .iter()
+        .zip(&produced)
+        .map(|(s, (_, p))| (*s, *p))
+        .chain(report_seqs.iter().map(|s| (*s, 2)))
+        .collect();
+    for (s, (id, _)) in event_seqs.iter().zip(&produced) {
+        if let Some(e) = at_hq.get(s) {
+            assert_eq!(
+                e["id"],
+                id.as_str(),
+                "seq {s} is the event posted in that place"
+            );
+        }
+    }
+
+    // The gaps at HQ are exactly the announced ranges, each seq announced once, and the
+    // counts add up.
+    let mut announced = BTreeSet::new();
+    let mut counted = 0;
+    for (_, r) in &reports {
+        assert_eq!(r["data"]["policy"], "bytes");
+        let mut n = 0;
+        for range in r["data"]["ranges"].as_array().unwrap() {
+            for s in range[0].as_u64().unwrap()..=range[1].as_u64().unwrap() {
+                assert!(announced.insert(s), "seq {s} announced twice");
+                n += 1;
+            }
+        }
+        assert_eq!(r["data"]["count"].as_u64().unwrap(), n);
+        counted += n;
+    }
+    let missing: BTreeSet<u64> = (s0..=last).filter(|s| !at_hq.contains_key(s)).collect();
+    assert_eq!(
+        missing, announced,
+        "HQ's gaps are exactly the announced evictions"
+    );
+    assert_eq!(d.seq_gaps(), ranges(missing.iter().copied()));
+
+    // Each eviction took the lowest priority first, oldest first within it: what a report
+    // names sorts before everything it left behind.
+    let mut evicted_before = BTreeSet::new();
+    for (r, e) in &reports {
+        let named: BTreeSet<u64> = e["data"]["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| x[0].as_u64().unwrap()..=x[1].as_u64().unwrap())
+            .collect();
+        let left: Vec<(u8, u64)> = (s0..*r)
+            .filter(|s| !evicted_before.contains(s) && !named.contains(s))
+            .map(|s| (prio[&s], s))
+            .collect();
+        let worst_named = named.iter().map(|s| (prio[s], *s)).max().unwrap();
+        let best_left = left.iter().min().copied();
+        assert!(
+            best_left.is_none_or(|b| worst_named < b),
+            "report at seq {r} evicted {worst_named:?} but kept {best_left:?}"
+        );
+        assert!(
+            named.iter().all(|s| prio[s] < 2),
+            "reports are never evicted"
+        );
+        evicted_before.extend(named);
+    }
+    let by_priority = |p: u8| announced.iter().filter(|s| prio[s] == p).count();
+    eprintln!(
+        "evicted {counted} of {} events in {} rounds: {} footfall, {} anonymous",
+        produced.len(),
+        reports.len(),
+        by_priority(0),
+        by_priority(1)
+    );
+    assert!(by_priority(0) > 0);
+
+    // Every drop was counted in the log too.
+    let logged: u64 = strip_ansi(&gw.log())
+        .lines()
+        .filter(|l| l.contains("outbox over its byte quota"))
+        .filter_map(|l| {
+            l.split("count=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(logged, counted, "log lines count every eviction");
+    hq.assert_consistent();
 }
