@@ -128,7 +128,7 @@ impl Store {
                 r.get(0)
             })?;
         let (depth, bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox",
+            "SELECT count(*), coalesce(sum(octet_length(body)), 0) FROM outbox",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -237,7 +237,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         for &(first, last) in acked {
             let mut delete = tx.prepare_cached(
-                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING length(body)",
+                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING octet_length(body)",
             )?;
             let mut rows = delete.query(params![first as i64, last as i64])?;
             while let Some(row) = rows.next()? {
@@ -439,7 +439,7 @@ fn victim_columns() -> String {
         Priority::Identified as i64
     );
     format!(
-        "seq, length(body), CASE WHEN {report} THEN json_extract(body, '$.data.ranges') END, \
+        "seq, octet_length(body), CASE WHEN {report} THEN json_extract(body, '$.data.ranges') END, \
          CASE WHEN {report} THEN json_extract(body, '$.data.count') END"
     )
 }

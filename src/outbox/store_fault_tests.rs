@@ -134,3 +134,32 @@ fn an_expired_loss_report_passes_its_ranges_on() {
     assert_eq!(rows[0]["data"]["ranges"], serde_json::json!([[1, 3]]));
     assert_eq!(rows[0]["data"]["count"], 3);
 }
+
+#[test]
+fn regression_non_ascii_bodies_do_not_inflate_the_byte_tally() {
+    // Rows were counted in bytes when inserted but in characters (SQLite `length`) when
+    // acknowledged or evicted: every non-ASCII code leaked its difference, until the tally
+    // said "over quota" for an empty outbox and each new event evicted the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let mut s = open(&path, 1 << 30);
+    let codes: Vec<Event> = (0..100)
+        .map(|i| scan(&format!("{i} 東京都渋谷区 ☕ ünïcødé"), None))
+        .collect();
+    s.commit_group(&codes, &[]).unwrap();
+    s.commit_group(&[], &[(1, 100)]).unwrap();
+    assert_eq!(
+        s.stats().unwrap().bytes,
+        0,
+        "acknowledged rows give back what they took"
+    );
+    s.commit_group(&codes[..10], &[]).unwrap();
+    let tally = s.stats().unwrap().bytes;
+    drop(s);
+    let s = open(&path, 1 << 30);
+    assert_eq!(
+        s.stats().unwrap().bytes,
+        tally,
+        "reopening counts the same bytes"
+    );
+}
