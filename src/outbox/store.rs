@@ -591,10 +591,20 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Moves the database and its WAL/SHM files aside as `NAME.corrupt-YYYYmmddTHHMMSSZ`.
+/// Moves the database and its WAL/SHM files aside as `NAME.corrupt-YYYYmmddTHHMMSSZ` (with
+/// `.1`, `.2`… after it when that name is taken: a quarantined file is never overwritten).
 fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let moved = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    let taken = |p: &PathBuf| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| PathBuf::from(format!("{}{s}", p.display())).exists())
+    };
+    let moved = std::iter::once(PathBuf::from(&base))
+        .chain((1..).map(|n| PathBuf::from(format!("{base}.{n}"))))
+        .find(|p| !taken(p))
+        .expect("an unused name");
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
         let to = PathBuf::from(format!("{}{suffix}", moved.display()));

@@ -163,3 +163,34 @@ fn regression_non_ascii_bodies_do_not_inflate_the_byte_tally() {
         "reopening counts the same bytes"
     );
 }
+
+#[test]
+fn regression_two_quarantines_in_one_second_keep_both_files() {
+    // The quarantine name has one-second resolution: a second corrupt file within the same
+    // second (a crash loop on a failing card) was renamed over the first, deleting it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let mut moved = Vec::new();
+    for fill in [0x5au8, 0xa5] {
+        std::fs::write(&path, vec![fill; 8192]).unwrap();
+        moved.push(
+            Store::open(
+                &path,
+                Synchronous::Full,
+                Origin {
+                    store: "s1".into(),
+                    gateway: "gw".into(),
+                },
+                1 << 30,
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+            .quarantined
+            .unwrap(),
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_ne!(moved[0], moved[1]);
+    assert_eq!(std::fs::read(&moved[0]).unwrap(), vec![0x5a; 8192]);
+    assert_eq!(std::fs::read(&moved[1]).unwrap(), vec![0xa5; 8192]);
+}
