@@ -368,3 +368,97 @@ fn quota_in_an_outage_evicts_oldest_lowest_priority_first_and_hq_sees_exactly_th
     assert_eq!(logged, counted, "log lines count every eviction");
     hq.assert_consistent();
 }
+
+/// The files phygate moved aside next to `db`.
+fn quarantined(db: &Path) -> Vec<PathBuf> {
+    let name = db.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.starts_with(&format!("{name}.corrupt-"))
+                && !n.ends_with("-wal")
+                && !n.ends_with("-shm")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Starts phygate on a broken database and checks it quarantines, reports and runs.
+fn starts_fresh_after(store: &Store, broken: &[u8], hq_name: &str) {
+    let db = store.db();
+    let hq = store.hq(hq_name);
+    let (_pty, mut scanner) = store.rig.scanner();
+    let gw = store.start_gateway();
+    hq.wait_for(LONG, "the outbox's error report", |h| {
+        !h.statuses_of("outbox").is_empty()
+    });
+    let report = &hq.statuses_of("outbox")[0];
+    assert_eq!(report["data"]["state"], "error");
+    assert_eq!(report["data"]["kind"], "outbox");
+    let moved = quarantined(&db);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let name = moved[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let stamp = name.rsplit("corrupt-").next().unwrap();
+    assert!(
+        stamp.len() == 16 && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T',
+        "a timestamped name: {name}"
+    );
+    assert!(
+        report["data"]["reason"].as_str().unwrap().contains(&name),
+        "the report says where the old file went: {report}"
+    );
+    assert_eq!(
+        std::fs::read(&moved[0]).unwrap(),
+        broken,
+        "moved, not rewritten"
+    );
+    assert!(strip_ansi(&gw.log()).contains("outbox database is corrupt"));
+
+    // A fresh outbox: the daemon runs and delivers.
+    scanner.scan("AFTER-CORRUPTION").unwrap();
+    hq.wait_for(LONG, "a code through the fresh outbox", |h| {
+        h.scanned_payloads() == ["AFTER-CORRUPTION"]
+    });
+    assert_eq!(integrity(&db), "ok");
+}
+
+#[test]
+fn garbage_database_at_start_is_moved_aside_reported_and_a_fresh_one_runs() {
+    let store = Store::new(&Knobs::default());
+    let mut rng = Rng::new(7);
+    let garbage: Vec<u8> = (0..64 * 1024).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(store.db(), &garbage).unwrap();
+    starts_fresh_after(&store, &garbage, "garbage-db");
+}
+
+#[test]
+fn truncated_database_at_start_is_moved_aside_reported_and_a_fresh_one_runs() {
+    let mut store = Store::new(&Knobs::default());
+    let db = store.db();
+    // A real outbox with a backlog (HQ away), cut short as by a failing SD card.
+    store.rig.broker.stop(false);
+    {
+        let (_pty, mut scanner) = store.rig.scanner();
+        let mut gw = store.start_gateway();
+        let sent = codes("TR", 3000);
+        scanner
+            .scan_all(sent.iter().map(String::as_str), Duration::ZERO)
+            .unwrap();
+        assert!(wait_until(LONG, || outbox_depth(&db) >= 3000));
+        gw.kill9();
+    }
+    {
+        // Fold the WAL in, so the main file holds the rows, then cut it in half.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    let whole = std::fs::read(&db).unwrap();
+    let half = &whole[..whole.len() / 2];
+    std::fs::write(&db, half).unwrap();
+    store.rig.broker.restart().unwrap();
+    starts_fresh_after(&store, half, "truncated-db");
+}
