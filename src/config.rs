@@ -65,6 +65,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The local HTTP ingest listener; `None` when no device posts to it.
     pub ingest: Option<IngestConfig>,
+    /// Where events' `clocksync` comes from.
+    pub clock_sync: crate::clock::ClockSync,
 }
 
 /// How readings are linked to app users (PROTOCOLS.md §5–6).
@@ -371,6 +373,15 @@ struct RawConfig {
     #[serde(default)]
     identity: RawIdentity,
     ingest: Option<ingest::RawIngest>,
+    #[serde(default)]
+    clock: RawClock,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClock {
+    #[serde(default)]
+    sync: crate::clock::ClockSync,
 }
 
 #[derive(Deserialize, Default)]
@@ -868,6 +879,7 @@ impl Validator<'_> {
             devices,
             identity,
             ingest,
+            clock_sync: raw.clock.sync,
             outbox,
             mqtt: MqttConfig {
                 host: m.host,

@@ -48,6 +48,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
+    crate::clock::set_mode(config.clock_sync);
     let origin = Origin {
         store: config.store.clone(),
         gateway: config.gateway.clone(),

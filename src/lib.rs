@@ -14,10 +14,12 @@
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
 //!   (gate unlocks by station) handed to whoever acts on devices.
+//! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
