@@ -103,8 +103,8 @@ fn backlog_of_100k_drains_in_seq_order_after_a_long_outage_with_spaced_reconnect
         attempts.len()
     );
     assert!(attempts.len() >= 6, "kept retrying: {gaps:?}");
-    let slack_low = Duration::from_millis(60);
-    let slack_high = Duration::from_millis(400);
+    let slack_low = Duration::from_millis(150);
+    let slack_high = Duration::from_millis(600);
     for (i, gap) in gaps.iter().enumerate() {
         let (lo, hi) = band(i as u32 + 1, min, max);
         assert!(
@@ -113,7 +113,7 @@ fn backlog_of_100k_drains_in_seq_order_after_a_long_outage_with_spaced_reconnect
         );
     }
     let capped: Vec<Duration> = gaps.iter().skip(3).copied().collect();
-    assert!(capped.len() >= 2, "reached the cap: {gaps:?}");
+    assert!(capped.len() >= 4, "reached the cap and stayed: {gaps:?}");
     let spread = *capped.iter().max().unwrap() - *capped.iter().min().unwrap();
     assert!(
         spread >= Duration::from_millis(20),
