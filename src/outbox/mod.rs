@@ -201,7 +201,9 @@ impl Outbox {
                 );
                 break;
             }
-            if last_expire.elapsed() >= EXPIRE_EVERY {
+            // Ages are judged only by a synchronised clock: one stepped far forward (or still
+            // wrong before NTP) would otherwise expire the whole backlog.
+            if last_expire.elapsed() >= EXPIRE_EVERY && crate::clock::synced() {
                 last_expire = Instant::now();
                 if let Err(e) = self.store.expire(SystemTime::now()) {
                     warn!(error = %e, "outbox retention sweep failed");

@@ -34,6 +34,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
 ];
 
+/// The rows whose age can be judged: their event's time came from a synchronised clock
+/// (`clocksync`; rows written before it existed count as synchronised). A board that booted in
+/// 1970 and then met NTP would otherwise see its whole backlog as decades old. Such rows are
+/// still bounded by the byte quota.
+const STAMPED_BY_SYNCED_CLOCK: &str = "coalesce(json_extract(body, '$.clocksync'), 1) = 1";
 /// Eviction frees down to this share of the quota, so a full outbox does not evict on every append.
 const EVICT_TO_PERCENT: u64 = 90;
 /// SQLite waits this long for a lock held by an outside reader (e.g. `sqlite3` during support).
@@ -287,7 +292,8 @@ impl Store {
         let tx = self.conn.transaction().map_err(classify)?;
         let old: Vec<Victim> = tx
             .prepare_cached(&format!(
-                "SELECT {} FROM outbox WHERE created_ms < ?1 ORDER BY seq",
+                "SELECT {} FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK} \
+                 ORDER BY seq",
                 victim_columns()
             ))?
             .query_map([cutoff], victim)?
@@ -302,8 +308,11 @@ impl Store {
             t.bytes -= v.1 as u64;
         }
         let n = old.len() as u64;
-        tx.execute("DELETE FROM outbox WHERE created_ms < ?1", [cutoff])
-            .map_err(classify)?;
+        tx.execute(
+            &format!("DELETE FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK}"),
+            [cutoff],
+        )
+        .map_err(classify)?;
         if let Some(report) = evicted_event(&self.origin, evicted, "age") {
             insert(&tx, &self.origin, &report, &mut t).map_err(classify)?;
         }
@@ -784,6 +793,7 @@ mod tests {
         let mut s = open(&dir.path().join("o.db"), 1 << 30).store;
         let mut old = scan("old");
         old.time = SystemTime::now() - Duration::from_secs(7200);
+        old.clocksync = true;
         s.commit_group(&[old, scan("new")], &[]).unwrap();
         assert_eq!(s.expire(SystemTime::now()).unwrap(), 1);
         let v = bodies(&s.fetch_after(0, 10, 1 << 20).unwrap().unwrap());

@@ -100,6 +100,7 @@ fn regression_expired_rows_and_their_report_commit_together() {
     let mut s = open(&dir.path().join("o.db"), 1 << 30);
     let mut old = scan("old", None);
     old.time = SystemTime::now() - Duration::from_secs(7200);
+    old.clocksync = true;
     s.commit_group(&[old, scan("new", None)], &[]).unwrap();
     s.conn
         .execute_batch(
@@ -121,9 +122,12 @@ fn regression_expired_rows_and_their_report_commit_together() {
 #[test]
 fn an_expired_loss_report_passes_its_ranges_on() {
     let dir = tempfile::tempdir().unwrap();
+    // The report is made now: by a clock this test calls synchronised.
+    crate::clock::set_mode(crate::clock::ClockSync::AssumeSynced);
     let mut s = open(&dir.path().join("o.db"), 1 << 30);
     let mut a = scan("a", None);
     a.time = SystemTime::now() - Duration::from_secs(7200);
+    a.clocksync = true;
     s.commit_group(&[a, scan("b", None)], &[]).unwrap();
     s.expire(SystemTime::now()).unwrap();
     // The report (seq 3) ages out in turn, as after a long outage.
@@ -193,4 +197,25 @@ fn regression_two_quarantines_in_one_second_keep_both_files() {
     assert_ne!(moved[0], moved[1]);
     assert_eq!(std::fs::read(&moved[0]).unwrap(), vec![0x5a; 8192]);
     assert_eq!(std::fs::read(&moved[1]).unwrap(), vec![0xa5; 8192]);
+}
+
+#[test]
+fn regression_rows_stamped_by_an_unsynchronised_clock_are_not_aged_out() {
+    // A board without an RTC boots in 1970, buffers through an outage, then NTP steps the
+    // clock forward 56 years: by `time`, every buffered event was decades old, and the next
+    // retention sweep dropped the whole backlog.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir.path().join("o.db"), 1 << 30);
+    let mut booted_in_1970 = scan("before-ntp", None);
+    booted_in_1970.time = SystemTime::UNIX_EPOCH + Duration::from_secs(3600);
+    booted_in_1970.clocksync = false;
+    let mut old_but_true = scan("old", None);
+    old_but_true.time = SystemTime::now() - Duration::from_secs(7200);
+    old_but_true.clocksync = true;
+    s.commit_group(&[booted_in_1970, old_but_true], &[])
+        .unwrap();
+    assert_eq!(s.expire(SystemTime::now()).unwrap(), 1);
+    let rows = rows(&s);
+    assert_eq!(rows[0]["data"]["payload"], "before-ntp");
+    assert_eq!(announced(&rows), BTreeSet::from([2]));
 }
