@@ -14,6 +14,7 @@ mod common;
 mod fault;
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,7 +171,9 @@ fn sigkill_at_random_moments_loses_no_accepted_reading() {
         .collect();
     let delivered_unique = accepted.len() - lost.len();
 
-    println!(
+    // Straight to stderr, past the test harness's capture: the tally shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
         "kills={kills} accepted={} delivered_unique={delivered_unique} lost={} duplicates={}",
         accepted.len(),
         lost.len(),

@@ -456,7 +456,8 @@ pub fn seed(var: &str) -> u64 {
             .unwrap()
             .as_nanos() as u64,
     };
-    eprintln!("seed={seed} (replay with {var}={seed})");
+    // Past the test harness's capture, so a run that fails later can always be replayed.
+    let _ = writeln!(std::io::stderr(), "seed={seed} (replay with {var}={seed})");
     seed
 }
 
