@@ -92,6 +92,10 @@ fn full_filesystem_answers_503_keeps_the_database_whole_and_resumes_when_space_r
         "a full disk is 'try later', not an error: {refused:?}"
     );
     assert_eq!(refused.body["error"], "not_stored", "{refused:?}");
+    assert!(
+        refused.retry_after.is_some(),
+        "the device is told when to retry"
+    );
     // Still full: every post is refused, none half-stored.
     for k in next..next + 5 {
         assert_eq!(store.post_skin(k).unwrap().status, 503);

@@ -197,6 +197,8 @@ pub struct Posted {
     pub status: u16,
     pub ids: Vec<String>,
     pub body: Value,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 /// POSTs like a device on a plain socket; an error when the gateway is not there (killed,
@@ -222,6 +224,11 @@ pub fn try_post(port: u16, path: &str, token: &str, body: &[u8]) -> std::io::Res
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no HTTP status: {head:?}")))?;
+    let retry_after = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().to_owned())
+    });
     let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let ids = body["events"]
         .as_array()
@@ -232,7 +239,12 @@ pub fn try_post(port: u16, path: &str, token: &str, body: &[u8]) -> std::io::Res
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Posted { status, ids, body })
+    Ok(Posted {
+        status,
+        ids,
+        body,
+        retry_after,
+    })
 }
 
 /// One row of an outbox file, as HQ would get it.
