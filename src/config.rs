@@ -72,6 +72,8 @@ pub struct Config {
     /// The local status listener (page, `/metrics`, `/healthz`).
     pub status: StatusConfig,
     pub log: LogConfig,
+    /// Where events' `clocksync` comes from.
+    pub clock_sync: crate::clock::ClockSync,
 }
 
 /// How readings are linked to app users (PROTOCOLS.md §5–6).
@@ -193,6 +195,10 @@ pub struct OutboxConfig {
     pub synchronous: Synchronous,
     pub max_bytes: u64,
     pub max_age: Duration,
+    /// Hard cap on the database file (SQLite `max_page_count`): at the cap, appends are refused
+    /// as on a full disk, while deletes of acknowledged rows still commit (the WAL is outside
+    /// the cap) and make room. None: the file system is the limit.
+    pub max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -333,11 +339,15 @@ impl fmt::Display for Config {
         writeln!(f, "status page on http://{}/", self.status.listen)?;
         writeln!(
             f,
-            "outbox {} (synchronous {:?}, quota {} bytes, max age {})",
+            "outbox {} (synchronous {:?}, quota {} bytes, max age {}{})",
             self.outbox.path.display(),
             self.outbox.synchronous,
             self.outbox.max_bytes,
-            humantime::format_duration(self.outbox.max_age)
+            humantime::format_duration(self.outbox.max_age),
+            self.outbox
+                .max_file_bytes
+                .map(|b| format!(", file capped at {b} bytes"))
+                .unwrap_or_default()
         )?;
         writeln!(
             f,
@@ -390,6 +400,15 @@ struct RawConfig {
     status: ops::RawStatus,
     #[serde(default)]
     log: ops::RawLog,
+    #[serde(default)]
+    clock: RawClock,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClock {
+    #[serde(default)]
+    sync: crate::clock::ClockSync,
 }
 
 #[derive(Deserialize, Default)]
@@ -508,6 +527,8 @@ struct RawOutbox {
     max_bytes: u64,
     #[serde(default = "default_max_age", with = "humantime_serde")]
     max_age: Duration,
+    #[serde(default)]
+    max_file_bytes: Option<u64>,
 }
 
 impl Default for RawOutbox {
@@ -517,9 +538,13 @@ impl Default for RawOutbox {
             synchronous: default_synchronous(),
             max_bytes: default_max_bytes(),
             max_age: default_max_age(),
+            max_file_bytes: None,
         }
     }
 }
+
+/// The smallest file cap: a few dozen SQLite pages, room for the schema and a batch.
+pub const MIN_FILE_BYTES: u64 = 256 * 1024;
 
 fn default_db_path() -> PathBuf {
     PathBuf::from("/var/lib/phygate/phygate.db")
@@ -790,7 +815,15 @@ impl Validator<'_> {
             synchronous: raw.outbox.synchronous,
             max_bytes: raw.outbox.max_bytes,
             max_age: raw.outbox.max_age,
+            max_file_bytes: raw.outbox.max_file_bytes,
         };
+        if outbox.max_file_bytes.is_some_and(|b| b < MIN_FILE_BYTES) {
+            self.problems.push(Problem {
+                line: find_key_line(self.text, "max_file_bytes"),
+                field: "outbox.max_file_bytes".into(),
+                message: format!("must be at least {MIN_FILE_BYTES} (256 KiB)"),
+            });
+        }
         if outbox.max_bytes < 1024 * 1024 {
             self.problems.push(Problem {
                 line: find_key_line(self.text, "max_bytes"),
@@ -903,6 +936,7 @@ impl Validator<'_> {
             ingest,
             status,
             log,
+            clock_sync: raw.clock.sync,
             outbox,
             mqtt: MqttConfig {
                 host: m.host,

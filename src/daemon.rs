@@ -70,6 +70,7 @@ async fn start(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
+    crate::clock::set_mode(config.clock_sync);
     let origin = Origin {
         store: config.store.clone(),
         gateway: config.gateway.clone(),

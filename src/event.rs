@@ -37,6 +37,9 @@ pub struct Event {
     pub anonid: Option<String>,
     pub idsource: IdSource,
     pub stage: Option<&'static str>,
+    /// The wall clock was synchronised when the event was made (`clocksync`): when false,
+    /// `time` may be far off; ordering is by `seq` either way.
+    pub clocksync: bool,
     pub data: EventData,
 }
 
@@ -203,6 +206,7 @@ impl Event {
             anonid: None,
             idsource: IdSource::None,
             stage: None,
+            clocksync: crate::clock::synced(),
             data,
         }
     }
@@ -233,6 +237,7 @@ impl Event {
             anonid: self.anonid.as_deref(),
             idsource: self.idsource,
             stage: self.stage,
+            clocksync: self.clocksync,
             data: &self.data,
         };
         // Serializing plain strings and numbers cannot fail.
@@ -267,6 +272,7 @@ struct Envelope<'a> {
     idsource: IdSource,
     #[serde(skip_serializing_if = "Option::is_none")]
     stage: Option<&'static str>,
+    clocksync: bool,
     data: &'a EventData,
 }
 
@@ -311,6 +317,7 @@ mod tests {
         assert_eq!(v["stationid"], "gate-1");
         assert_eq!(v["gatewayid"], "gw1");
         assert_eq!(v["idsource"], "none");
+        assert!(v["clocksync"].is_boolean());
         assert!(v.get("userid").is_none());
         assert_eq!(v["data"]["payload"], "4006381333931");
         assert_eq!(v["id"].as_str().unwrap().len(), 36);

@@ -18,11 +18,13 @@
 //!   (gate unlocks by station) handed to whoever acts on devices.
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
 //!   watchdog; SIGHUP config reloads; the logger.
+//! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -45,7 +45,12 @@ pub fn token_in_url(s: &str) -> Option<&str> {
 }
 
 pub fn classify_code(payload: &str) -> CodeKind {
-    if looks_like_jwt(payload) || token_in_url(payload).is_some() {
+    // Whatever the token verifier would take for a token is one here too (an unsigned token,
+    // one with spaces around it): the payload of any other kind is forwarded to HQ verbatim.
+    if looks_like_jwt(payload)
+        || token_in_url(payload).is_some()
+        || super::token::extract_token(payload).is_some()
+    {
         CodeKind::AppToken
     } else if payload.starts_with("http://") || payload.starts_with("https://") {
         CodeKind::Url
@@ -75,5 +80,23 @@ mod tests {
         assert_eq!(classify_code("4006381333931"), CodeKind::Product);
         assert_eq!(classify_code("HELLO"), CodeKind::Other);
         assert_eq!(classify_code("eyJ.a.b.c"), CodeKind::Other);
+    }
+
+    #[test]
+    fn regression_every_code_the_verifier_takes_for_a_token_is_withheld() {
+        // Found by the hostile-input property test: these were `other` (payload forwarded to
+        // HQ) while `token::extract_token` took them for tokens.
+        let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl";
+        for code in [
+            format!(" {jwt}\r"),
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.".to_string(),
+            "eyJ.-.".to_string(),
+        ] {
+            assert!(
+                super::super::token::extract_token(&code).is_some(),
+                "{code:?}"
+            );
+            assert_eq!(classify_code(&code), CodeKind::AppToken, "{code:?}");
+        }
     }
 }

@@ -76,6 +76,36 @@ enum Request {
     },
 }
 
+/// The appends of a group in arrival order, with what each carries besides its event.
+#[derive(Default)]
+struct Appends {
+    events: Vec<Event>,
+    states: Vec<Vec<StateWrite>>,
+    dones: Vec<Option<oneshot::Sender<Result<u64, OutboxError>>>>,
+}
+
+impl Appends {
+    /// The state writes that go with appends `from..to`, in arrival order: each append's own,
+    /// and the lone writes (tagged with how many appends came before them) among them; the
+    /// lone writes after the last append go with the range that ends the group.
+    fn state_of(&self, from: usize, to: usize, lone: &[(usize, StateWrite)]) -> Vec<StateWrite> {
+        let ends_group = to == self.events.len();
+        let mut lone = lone
+            .iter()
+            .filter(|(before, _)| *before >= from && (*before < to || ends_group))
+            .peekable();
+        let mut out = Vec::new();
+        for i in from..to {
+            while let Some((_, w)) = lone.next_if(|(before, _)| *before <= i) {
+                out.push(w.clone());
+            }
+            out.extend(self.states[i].iter().cloned());
+        }
+        out.extend(lone.map(|(_, w)| w.clone()));
+        out
+    }
+}
+
 /// A cloneable handle on the outbox with typed requests.
 #[derive(Clone)]
 pub struct OutboxHandle {
@@ -89,6 +119,8 @@ pub struct Outbox {
     rx: flume::Receiver<Request>,
     committed: watch::Sender<u64>,
     pub quarantined: Option<PathBuf>,
+    /// Acknowledged ranges whose delete the disk refused, retried with every group.
+    held_acks: Vec<(u64, u64)>,
 }
 
 impl Outbox {
@@ -104,6 +136,9 @@ impl Outbox {
             config.max_bytes,
             config.max_age,
         )?;
+        if let Some(cap) = config.max_file_bytes {
+            opened.store.cap_file(cap)?;
+        }
         let stats = opened.store.stats()?;
         info!(db = %config.path.display(), depth = stats.depth, last_seq = stats.last_seq, "outbox open");
         let (tx, rx) = flume::bounded(QUEUE);
@@ -114,6 +149,7 @@ impl Outbox {
                 rx,
                 committed,
                 quarantined: opened.quarantined,
+                held_acks: Vec::new(),
             },
             OutboxHandle {
                 tx,
@@ -129,7 +165,7 @@ impl Outbox {
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut last_expire = Instant::now();
         loop {
-            let first = if held.is_empty() {
+            let first = if held.is_empty() && self.held_acks.is_empty() {
                 match self.rx.recv() {
                     Ok(r) => Some(r),
                     Err(_) => break,
@@ -165,7 +201,9 @@ impl Outbox {
                 );
                 break;
             }
-            if last_expire.elapsed() >= EXPIRE_EVERY {
+            // Ages are judged only by a synchronised clock: one stepped far forward (or still
+            // wrong before NTP) would otherwise expire the whole backlog.
+            if last_expire.elapsed() >= EXPIRE_EVERY && crate::clock::synced() {
                 last_expire = Instant::now();
                 if let Err(e) = self.store.expire(SystemTime::now()) {
                     warn!(error = %e, "outbox retention sweep failed");
@@ -181,65 +219,27 @@ impl Outbox {
     /// Commits a group; answers fetches and stats after the commit so they see it. Returns the
     /// fire-and-forget appends to retry when the disk refused them.
     fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
-        let mut events: Vec<Event> = Vec::new();
-        let mut acks: Vec<(u64, u64)> = Vec::new();
-        let mut state: Vec<StateWrite> = Vec::new();
-        // Each append's own state writes, to hold them with the event if the disk refuses.
-        let mut held_state: Vec<Vec<StateWrite>> = Vec::new();
-        let mut dones = Vec::new();
+        let mut appends = Appends::default();
+        // Deletes the disk refused last time go first: they make room.
+        let mut acks = std::mem::take(&mut self.held_acks);
+        let mut lone_state: Vec<(usize, StateWrite)> = Vec::new();
         let mut reads = Vec::new();
         for r in group.drain(..) {
             match r {
-                Request::Append {
-                    event,
-                    state: writes,
-                    done,
-                } => {
-                    events.push(*event);
-                    held_state.push(writes.clone());
-                    state.extend(writes);
-                    dones.push(done);
+                Request::Append { event, state, done } => {
+                    appends.events.push(*event);
+                    appends.states.push(state);
+                    appends.dones.push(done);
                 }
                 Request::Ack { first, last } => acks.push((first, last)),
-                Request::PutState { key, value } => state.push((key, value)),
+                // Placed among the appends as it arrived: a key's writes keep their order.
+                Request::PutState { key, value } => {
+                    lone_state.push((appends.events.len(), (key, value)))
+                }
                 other => reads.push(other),
             }
         }
-        let mut held = Vec::new();
-        if !events.is_empty() || !acks.is_empty() || !state.is_empty() {
-            match self.store.commit_group_with_state(&events, &acks, &state) {
-                Ok(seqs) => {
-                    crate::metrics::EVENTS_ACCEPTED.add(seqs.len() as u64);
-                    for (done, seq) in dones.into_iter().zip(&seqs) {
-                        if let Some(done) = done {
-                            // The appender may have given up waiting; the event is stored either way.
-                            let _ = done.send(Ok(*seq));
-                        }
-                    }
-                    if let Ok(stats) = self.store.stats() {
-                        self.committed.send_replace(stats.last_seq);
-                    }
-                }
-                Err(e) => {
-                    crate::metrics::OUTBOX_WRITE_ERRORS.inc();
-                    error!(error = %e, events = events.len(), "outbox transaction failed; nothing of it was written");
-                    for ((event, writes), done) in events.into_iter().zip(held_state).zip(dones) {
-                        match done {
-                            Some(done) => {
-                                let _ = done.send(Err(OutboxError::NotStored(e.to_string())));
-                            }
-                            None => held.push(Request::Append {
-                                event: Box::new(event),
-                                state: writes,
-                                done: None,
-                            }),
-                        }
-                    }
-                    // Acks are not lost either: the rows stay and are published again later.
-                    // Lone state writes are retried with the next write of the same key.
-                }
-            }
-        }
+        let held = self.commit(appends, acks, lone_state);
         for r in reads {
             match r {
                 Request::Fetch {
@@ -270,6 +270,106 @@ impl Outbox {
             }
         }
         held
+    }
+
+    /// Commits a group in one transaction. When the disk refuses it (full, or at the file
+    /// cap), commits what it can, in order: the acknowledged rows' deletes alone (they make
+    /// room, and rows left behind would wait for the next reconnect to be resent), then the
+    /// longest run of appends from the front that fits. Without this, appends held back by a
+    /// full disk rode in every later group, each group failed whole, and the outbox could
+    /// never shrink again, even with HQ back. Returns the fire-and-forget appends to retry;
+    /// appenders that wait are told theirs was not stored. Lone state writes after the last
+    /// stored append are dropped: a source writes its key again with its next change.
+    fn commit(
+        &mut self,
+        mut appends: Appends,
+        acks: Vec<(u64, u64)>,
+        lone_state: Vec<(usize, StateWrite)>,
+    ) -> Vec<Request> {
+        let n = appends.events.len();
+        if n == 0 && acks.is_empty() && lone_state.is_empty() {
+            return Vec::new();
+        }
+        let state = appends.state_of(0, n, &lone_state);
+        let error = match self
+            .store
+            .commit_group_with_state(&appends.events, &acks, &state)
+        {
+            Ok(seqs) => {
+                self.stored(&mut appends, 0, &seqs);
+                return Vec::new();
+            }
+            Err(e) => e,
+        };
+        crate::metrics::OUTBOX_WRITE_ERRORS.inc();
+        if !acks.is_empty() {
+            let alone =
+                (n > 0 || !lone_state.is_empty()) && self.store.commit_group(&[], &acks).is_ok();
+            if !alone {
+                // Kept, not dropped: retried with every group until the deletes commit.
+                self.held_acks = acks;
+            }
+        }
+        // The longest prefix of appends that fits, found by halving the next try.
+        let (mut stored, mut chunk) = (0, n);
+        while stored < n && chunk > 0 {
+            let end = (stored + chunk).min(n);
+            let state = appends.state_of(stored, end, &lone_state);
+            match self
+                .store
+                .commit_group_with_state(&appends.events[stored..end], &[], &state)
+            {
+                Ok(seqs) => {
+                    self.stored(&mut appends, stored, &seqs);
+                    stored = end;
+                }
+                Err(_) => chunk /= 2,
+            }
+        }
+        let mut held = Vec::new();
+        let mut refused = 0;
+        let rest = appends
+            .events
+            .drain(stored..)
+            .zip(appends.states.drain(stored..))
+            .zip(appends.dones.drain(stored..));
+        for ((event, state), done) in rest {
+            match done {
+                Some(done) => {
+                    refused += 1;
+                    let _ = done.send(Err(OutboxError::NotStored(error.to_string())));
+                }
+                None => held.push(Request::Append {
+                    event: Box::new(event),
+                    state,
+                    done: None,
+                }),
+            }
+        }
+        error!(
+            error = %error,
+            events = n,
+            stored,
+            held = held.len(),
+            refused,
+            acks_held = self.held_acks.len(),
+            "outbox transaction failed; what fits was stored, the rest is held or refused"
+        );
+        held
+    }
+
+    /// Answers the appends from `from` on that `seqs` stored, and tells the uplink.
+    fn stored(&mut self, appends: &mut Appends, from: usize, seqs: &[u64]) {
+        crate::metrics::EVENTS_ACCEPTED.add(seqs.len() as u64);
+        for (done, seq) in appends.dones[from..].iter_mut().zip(seqs) {
+            if let Some(done) = done.take() {
+                // The appender may have given up waiting; the event is stored either way.
+                let _ = done.send(Ok(*seq));
+            }
+        }
+        if let Ok(stats) = self.store.stats() {
+            self.committed.send_replace(stats.last_seq);
+        }
     }
 
     /// Runs the outbox on its own named thread.
@@ -420,5 +520,52 @@ impl OutboxHandle {
     /// Watches the last committed seq: changes whenever new events are durable.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appends(n: usize) -> Appends {
+        let mut a = Appends::default();
+        for i in 0..n {
+            a.events.push(Event::new(
+                "s".into(),
+                SystemTime::now(),
+                crate::event::EventData::OutboxEvicted(crate::event::OutboxEvicted {
+                    ranges: Vec::new(),
+                    count: 0,
+                    policy: "bytes",
+                }),
+            ));
+            a.states.push(vec![(format!("e{i}"), None)]);
+            a.dones.push(None);
+        }
+        a
+    }
+
+    fn keys(w: Vec<StateWrite>) -> Vec<String> {
+        w.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn state_of_a_run_of_appends_keeps_arrival_order_and_each_write_once() {
+        let a = appends(3);
+        // PutState before append 0, between 1 and 2, and after the last append.
+        let lone: Vec<(usize, StateWrite)> = vec![
+            (0, ("l0".into(), None)),
+            (2, ("l2".into(), None)),
+            (3, ("l3".into(), None)),
+        ];
+        assert_eq!(
+            keys(a.state_of(0, 3, &lone)),
+            ["l0", "e0", "e1", "l2", "e2", "l3"]
+        );
+        // Split as the disk-full fallback splits a group: every write lands in one part.
+        assert_eq!(keys(a.state_of(0, 2, &lone)), ["l0", "e0", "e1"]);
+        assert_eq!(keys(a.state_of(2, 3, &lone)), ["l2", "e2", "l3"]);
+        // A group of lone writes only.
+        assert_eq!(keys(appends(0).state_of(0, 0, &lone[..1])), ["l0"]);
     }
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
 ];
 
+/// The rows whose age can be judged: their event's time came from a synchronised clock
+/// (`clocksync`; rows written before it existed count as synchronised). A board that booted in
+/// 1970 and then met NTP would otherwise see its whole backlog as decades old. Such rows are
+/// still bounded by the byte quota.
+const STAMPED_BY_SYNCED_CLOCK: &str = "coalesce(json_extract(body, '$.clocksync'), 1) = 1";
 /// Eviction frees down to this share of the quota, so a full outbox does not evict on every append.
 const EVICT_TO_PERCENT: u64 = 90;
 /// SQLite waits this long for a lock held by an outside reader (e.g. `sqlite3` during support).
@@ -128,7 +133,7 @@ impl Store {
                 r.get(0)
             })?;
         let (depth, bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox",
+            "SELECT count(*), coalesce(sum(octet_length(body)), 0) FROM outbox",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -144,6 +149,22 @@ impl Store {
         };
         store.publish_gauges();
         Ok(Opened { store, quarantined })
+    }
+
+    /// Caps the database file at about `bytes` (SQLite `max_page_count`): past it, a write that
+    /// needs a new page fails as on a full disk ([`StoreError::Full`]). Deletes still commit
+    /// (their pages go to the free list, and the WAL is outside the cap), so acknowledged rows
+    /// make room again.
+    pub fn cap_file(&self, bytes: u64) -> Result<(), StoreError> {
+        let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (bytes / page.max(512) as u64).max(1);
+        // SQLite answers with the cap in force (never below the file's current size).
+        let _: i64 = self
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })?;
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<Stats, StoreError> {
@@ -221,7 +242,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         for &(first, last) in acked {
             let mut delete = tx.prepare_cached(
-                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING length(body)",
+                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING octet_length(body)",
             )?;
             let mut rows = delete.query(params![first as i64, last as i64])?;
             while let Some(row) = rows.next()? {
@@ -258,37 +279,56 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Drops rows older than the retention, reporting the ranges. Called now and then, not per append.
+    /// Drops rows older than the retention and appends the report naming them, in one
+    /// transaction: a crash (or a full disk) between the two would have left a gap nobody
+    /// announced. Called now and then, not per append.
     pub fn expire(&mut self, now: SystemTime) -> Result<u64, StoreError> {
         let cutoff = unix_ms(now) - self.max_age.as_millis() as i64;
-        let old: Vec<(u64, u64)> = {
-            let mut q = self.conn.prepare_cached(
-                "SELECT seq, length(body) FROM outbox WHERE created_ms < ?1 ORDER BY seq",
-            )?;
-            let rows = q.query_map([cutoff], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
+        let mut t = Tally {
+            last_seq: self.last_seq,
+            depth: self.depth,
+            bytes: self.bytes,
         };
+        let tx = self.conn.transaction().map_err(classify)?;
+        let old: Vec<Victim> = tx
+            .prepare_cached(&format!(
+                "SELECT {} FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK} \
+                 ORDER BY seq",
+                victim_columns()
+            ))?
+            .query_map([cutoff], victim)?
+            .collect::<rusqlite::Result<_>>()?;
         if old.is_empty() {
             return Ok(0);
         }
+        let mut evicted = Evicted::default();
+        for v in &old {
+            evicted.push(v);
+            t.depth -= 1;
+            t.bytes -= v.1 as u64;
+        }
         let n = old.len() as u64;
-        let freed: u64 = old.iter().map(|(_, b)| b).sum();
-        let seqs: Vec<u64> = old.iter().map(|(s, _)| *s).collect();
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM outbox WHERE created_ms < ?1", [cutoff])?;
-        tx.commit()?;
-        self.depth -= n;
-        self.bytes -= freed;
+        tx.execute(
+            &format!("DELETE FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK}"),
+            [cutoff],
+        )
+        .map_err(classify)?;
+        if let Some(report) = evicted_event(&self.origin, evicted, "age") {
+            insert(&tx, &self.origin, &report, &mut t).map_err(classify)?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
+            params![t.last_seq as i64],
+        )
+        .map_err(classify)?;
+        tx.commit().map_err(classify)?;
+        (self.last_seq, self.depth, self.bytes) = (t.last_seq, t.depth, t.bytes);
+        self.publish_gauges();
         warn!(
             count = n,
             "outbox rows older than the retention were dropped"
         );
         crate::metrics::EVENTS_EVICTED.add(n);
-        if let Some(report) = evicted_event(&self.origin, seqs, "age") {
-            self.commit_group(std::slice::from_ref(&report), &[])?;
-        }
         Ok(n)
     }
 
@@ -387,63 +427,115 @@ fn insert(
     Ok(seq)
 }
 
-/// Deletes the lowest-priority, oldest rows until `bytes <= target`; returns the evicted seqs.
+/// What an eviction removed: its rows, and the announcements of the loss reports among them,
+/// carried on so a report dropped by a later eviction does not take its ranges with it (HQ
+/// would see a gap nobody announced).
+#[derive(Debug, Default)]
+struct Evicted {
+    seqs: Vec<u64>,
+    carried: Vec<[u64; 2]>,
+    carried_count: u64,
+}
+
+/// A row chosen for eviction: seq, size, and for a loss report its ranges (JSON) and count.
+type Victim = (i64, i64, Option<String>, Option<i64>);
+
+/// The columns of a [`Victim`]. Only identified-priority rows can be loss reports, so the
+/// JSON is read for those alone.
+fn victim_columns() -> String {
+    let report = format!(
+        "priority = {} AND json_extract(body, '$.type') = 'store.outbox.evicted'",
+        Priority::Identified as i64
+    );
+    format!(
+        "seq, octet_length(body), CASE WHEN {report} THEN json_extract(body, '$.data.ranges') END, \
+         CASE WHEN {report} THEN json_extract(body, '$.data.count') END"
+    )
+}
+
+fn victim(r: &rusqlite::Row) -> rusqlite::Result<Victim> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+impl Evicted {
+    fn push(&mut self, (seq, _, ranges, count): &Victim) {
+        self.seqs.push(*seq as u64);
+        if let Some(ranges) = ranges {
+            // Written by `evicted_event`, so it parses; an unreadable one still counts its row.
+            let ranges: Vec<[u64; 2]> = serde_json::from_str(ranges).unwrap_or_default();
+            self.carried.extend(ranges);
+            self.carried_count += count.unwrap_or(0).max(0) as u64;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Counts the dropped rows (metric and log line).
+    fn count_dropped(&self, why: &'static str) {
+        if !self.seqs.is_empty() {
+            warn!(count = self.seqs.len(), "{why}");
+            crate::metrics::EVENTS_EVICTED.add(self.seqs.len() as u64);
+        }
+    }
+}
+
+/// Deletes the lowest-priority, oldest rows until `bytes <= target`.
 fn evict_over_quota(
     tx: &rusqlite::Transaction,
     t: &mut Tally,
     target: u64,
-) -> rusqlite::Result<Vec<u64>> {
+) -> rusqlite::Result<Evicted> {
     let (depth, bytes) = (&mut t.depth, &mut t.bytes);
-    let mut evicted = Vec::new();
+    let mut evicted = Evicted::default();
     // No index on priority: it would slow every append and every ack delete, while eviction
     // is rare and frees 10 % of the quota at once, so a scan in seq order is affordable here.
-    let mut pick = tx.prepare_cached(
-        "SELECT seq, length(body) FROM outbox WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT 512",
-    )?;
+    let mut pick = tx.prepare_cached(&format!(
+        "SELECT {} FROM outbox WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT 512",
+        victim_columns()
+    ))?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
     let (mut priority, mut after) = (Priority::Telemetry as i64, 0i64);
     while *bytes > target && *depth > 0 && priority <= Priority::Identified as i64 {
-        let chunk: Vec<(i64, i64)> = pick
-            .query_map([priority, after], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let chunk: Vec<Victim> = pick
+            .query_map([priority, after], victim)?
             .collect::<rusqlite::Result<_>>()?;
         if chunk.is_empty() {
             (priority, after) = (priority + 1, 0);
             continue;
         }
         after = chunk.last().map_or(after, |c| c.0);
-        for (seq, len) in chunk {
+        for v in chunk {
             if *bytes <= target {
                 break;
             }
-            delete.execute([seq])?;
+            delete.execute([v.0])?;
             *depth -= 1;
-            *bytes -= len as u64;
-            evicted.push(seq as u64);
+            *bytes -= v.1 as u64;
+            evicted.push(&v);
         }
     }
-    evicted.sort_unstable();
-    if !evicted.is_empty() {
-        warn!(
-            count = evicted.len(),
-            "outbox over its byte quota: lowest-priority oldest events dropped"
-        );
-        crate::metrics::EVENTS_EVICTED.add(evicted.len() as u64);
-    }
+    evicted.count_dropped("outbox over its byte quota: lowest-priority oldest events dropped");
     Ok(evicted)
 }
 
-/// The `store.outbox.evicted` report for sorted seqs, as contiguous ranges.
-fn evicted_event(origin: &Origin, seqs: Vec<u64>, policy: &'static str) -> Option<Event> {
-    let count = seqs.len() as u64;
-    let mut ranges: Vec<[u64; 2]> = Vec::new();
-    for s in seqs {
-        match ranges.last_mut() {
-            Some(r) if r[1] + 1 == s => r[1] = s,
-            _ => ranges.push([s, s]),
-        }
-    }
-    if ranges.is_empty() {
+/// The `store.outbox.evicted` report: the dropped seqs and the ranges of dropped reports, as
+/// merged ranges, and how many events they stand for.
+fn evicted_event(origin: &Origin, evicted: Evicted, policy: &'static str) -> Option<Event> {
+    if evicted.is_empty() {
         return None;
+    }
+    let count = evicted.seqs.len() as u64 + evicted.carried_count;
+    let mut all: Vec<[u64; 2]> = evicted.seqs.iter().map(|s| [*s, *s]).collect();
+    all.extend(evicted.carried);
+    all.sort_unstable();
+    let mut ranges: Vec<[u64; 2]> = Vec::with_capacity(all.len());
+    for [first, last] in all {
+        match ranges.last_mut() {
+            Some(r) if first <= r[1].saturating_add(1) => r[1] = r[1].max(last),
+            _ => ranges.push([first, last]),
+        }
     }
     let mut e = Event::new(
         origin.gateway.as_str().into(),
@@ -508,10 +600,20 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Moves the database and its WAL/SHM files aside as `NAME.corrupt-YYYYmmddTHHMMSSZ`.
+/// Moves the database and its WAL/SHM files aside as `NAME.corrupt-YYYYmmddTHHMMSSZ` (with
+/// `.1`, `.2`… after it when that name is taken: a quarantined file is never overwritten).
 fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let moved = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    let taken = |p: &PathBuf| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| PathBuf::from(format!("{}{s}", p.display())).exists())
+    };
+    let moved = std::iter::once(PathBuf::from(&base))
+        .chain((1..).map(|n| PathBuf::from(format!("{base}.{n}"))))
+        .find(|p| !taken(p))
+        .expect("an unused name");
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
         let to = PathBuf::from(format!("{}{suffix}", moved.display()));
@@ -524,6 +626,10 @@ fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+#[path = "store_fault_tests.rs"]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {
@@ -687,6 +793,7 @@ mod tests {
         let mut s = open(&dir.path().join("o.db"), 1 << 30).store;
         let mut old = scan("old");
         old.time = SystemTime::now() - Duration::from_secs(7200);
+        old.clocksync = true;
         s.commit_group(&[old, scan("new")], &[]).unwrap();
         assert_eq!(s.expire(SystemTime::now()).unwrap(), 1);
         let v = bodies(&s.fetch_after(0, 10, 1 << 20).unwrap().unwrap());
