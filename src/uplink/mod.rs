@@ -27,6 +27,8 @@ use crate::sources::Backoff;
 /// A connection that lasted this long was a working one: the next reconnect starts the backoff
 /// from its minimum again.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Pause before reading the outbox again after a refused read.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last acknowledgements and the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -199,9 +201,19 @@ impl Uplink {
                 },
                 batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
                     fetch = None;
-                    match batch? {
-                        Some(batch) => self.publish_batch(batch),
-                        None => caught_up = true,
+                    match batch {
+                        Ok(Some(batch)) => self.publish_batch(batch),
+                        Ok(None) => caught_up = true,
+                        Err(OutboxError::Closed) => return Ok(Mode::ShuttingDown),
+                        // A read the database refused (I/O error, a locked file): the rows are
+                        // still there. Retry after a pause instead of ending the uplink.
+                        Err(e) => {
+                            warn!(error = %e, "could not read the next batch; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(FETCH_RETRY) => {}
+                                _ = self.shutdown.changed() => return Ok(Mode::ShuttingDown),
+                            }
+                        }
                     }
                 }
                 // Cancel-safe: a missed change is seen by the next borrow.
