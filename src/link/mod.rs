@@ -231,8 +231,8 @@ impl Link {
         }
         let mut state = std::mem::take(&mut linked.state);
         if linked.events.is_empty() {
-            for (key, value) in state {
-                self.outbox.put_state(key, value).await?;
+            if !state.is_empty() {
+                self.outbox.put_states(state).await?;
             }
             return Ok(());
         }
@@ -289,10 +289,8 @@ impl Link {
             }
             Update::Members(m) => match self.journey.apply_members(&m) {
                 Ok(writes) => {
-                    // All keys in one group: the outbox commits queued state writes together.
-                    for (key, value) in writes {
-                        self.outbox.put_state(key, value).await?;
-                    }
+                    // One request, one transaction: the map on disk is never half a snapshot.
+                    self.outbox.put_states(writes).await?;
                     crate::metrics::DOWNLINK_APPLIED.inc();
                     info!(
                         scope = m.scope.as_str(),

@@ -66,9 +66,9 @@ enum Request {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// State writes committed together, in one transaction.
     PutState {
-        key: String,
-        value: Option<Vec<u8>>,
+        writes: Vec<StateWrite>,
     },
     GetState {
         prefix: String,
@@ -233,8 +233,9 @@ impl Outbox {
                 }
                 Request::Ack { first, last } => acks.push((first, last)),
                 // Placed among the appends as it arrived: a key's writes keep their order.
-                Request::PutState { key, value } => {
-                    lone_state.push((appends.events.len(), (key, value)))
+                Request::PutState { writes } => {
+                    let at = appends.events.len();
+                    lone_state.extend(writes.into_iter().map(|w| (at, w)));
                 }
                 other => reads.push(other),
             }
@@ -473,8 +474,7 @@ impl OutboxHandle {
     ) -> Result<(), OutboxError> {
         self.tx
             .send(Request::PutState {
-                key: key.into(),
-                value,
+                writes: vec![(key.into(), value)],
             })
             .map_err(|_| OutboxError::Closed)
     }
@@ -486,9 +486,17 @@ impl OutboxHandle {
     ) -> Result<(), OutboxError> {
         self.tx
             .send_async(Request::PutState {
-                key: key.into(),
-                value,
+                writes: vec![(key.into(), value)],
             })
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// Sets or deletes several state keys in one transaction: after a crash all of them are
+    /// there or none (a member map update).
+    pub async fn put_states(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
+        self.tx
+            .send_async(Request::PutState { writes })
             .await
             .map_err(|_| OutboxError::Closed)
     }
