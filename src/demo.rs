@@ -164,6 +164,9 @@ port = {port}
 [uplink]
 backoff_max = "5s"
 
+[status]
+listen = "127.0.0.1:{status_port}"
+
 [identity]
 jwks_file = "{jwks}"
 card_key = "{card_key}"
@@ -177,6 +180,11 @@ session_window = "2m"
         exit = d("exit-scanner"),
         camera = d("kiosk-camera"),
         db = d("phygate.db"),
+        // 8080 if free (easy to remember), else any free port: the demo must start anywhere.
+        status_port = std::net::TcpListener::bind("127.0.0.1:8080")
+            .map(|_| 8080)
+            .or_else(|_| crate::sim::broker::free_port())
+            .unwrap_or(8080),
         jwks = d("keys/jwks.json"),
     )
 }
