@@ -634,7 +634,7 @@ mod fault_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{DeviceStatusData, QrScanned};
+    use crate::event::DeviceStatusData;
 
     fn origin() -> Origin {
         Origin {
@@ -655,20 +655,7 @@ mod tests {
     }
 
     fn scan(payload: &str) -> Event {
-        Event::new(
-            "k1".into(),
-            SystemTime::now(),
-            EventData::QrScanned(QrScanned {
-                kind: "other",
-                symbology: "qr",
-                aim: None,
-                payload: Some(payload.into()),
-                kid: None,
-                jti: None,
-                verdict: None,
-                gate_opened: None,
-            }),
-        )
+        super::fault_tests::scan(payload, None)
     }
 
     fn status() -> Event {

@@ -25,7 +25,8 @@ fn open(path: &Path, max_bytes: u64) -> Store {
     .store
 }
 
-fn scan(payload: &str, user: Option<&str>) -> Event {
+/// An anonymous (or, with `user`, identified) scan event; shared with the store's own tests.
+pub(super) fn scan(payload: &str, user: Option<&str>) -> Event {
     let mut e = Event::new(
         "k1".into(),
         SystemTime::now(),
