@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -365,19 +365,7 @@ fn show_to_camera(dir: &Path, name: &str, content: &str) {
 }
 
 fn demo_token(key: &ed25519_dalek::SigningKey, user: &str, pur: Option<Purpose>) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let claims = Claims {
-        sub: user.into(),
-        aud: vec![TENANT.into()],
-        iat: now,
-        exp: now + 120,
-        nbf: None,
-        jti: format!("{:032x}", fastrand::u128(..)),
-        pur,
-        stores: None,
-    };
+    let claims = Claims::fresh(user, TENANT, pur, None, Duration::from_secs(120));
     let token = mint(key, KID, &claims);
     format!("https://app.example/e?t={token}")
 }

@@ -305,18 +305,7 @@ mod tests {
 
     #[test]
     fn every_token_verdict_has_its_own_counter() {
-        use crate::link::token::Verdict::*;
-        for v in [
-            Valid,
-            Expired,
-            NotYetValid,
-            BadSignature,
-            UnknownKey,
-            WrongAudience,
-            WrongStore,
-            Replayed,
-            Malformed,
-        ] {
+        for v in crate::link::token::Verdict::ALL {
             assert!(
                 TOKEN_VERDICTS.values[..9].contains(&v.as_str()),
                 "{}",

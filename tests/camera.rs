@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use phygate::link::jwks::{generate_key, jwks_json};
@@ -35,20 +35,13 @@ fn camera_rig() -> (Rig, ed25519_dalek::SigningKey, PathBuf) {
 }
 
 fn app_url(key: &ed25519_dalek::SigningKey, user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        sub: user.into(),
-        aud: vec![TENANT.into()],
-        iat: now,
-        exp: now + 120,
-        nbf: None,
-        jti: format!("{:032x}", fastrand::u128(..)),
-        pur: Some(Purpose::Entry),
-        stores: Some(vec![STORE.into()]),
-    };
+    let claims = Claims::fresh(
+        user,
+        TENANT,
+        Some(Purpose::Entry),
+        Some(vec![STORE.into()]),
+        Duration::from_secs(120),
+    );
     format!("https://app.example/e?t={}", mint(key, "k1", &claims))
 }
 

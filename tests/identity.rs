@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use phygate::link::jwks::{generate_key, jwks_json};
@@ -103,20 +103,13 @@ aim = true
 
 /// An app code for `user`, signed with `key` as HQ would.
 fn token(key: &ed25519_dalek::SigningKey, user: &str, pur: Option<Purpose>) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        sub: user.into(),
-        aud: vec![TENANT.into()],
-        iat: now,
-        exp: now + 120,
-        nbf: None,
-        jti: format!("{:032x}", fastrand::u128(..)),
+    let claims = Claims::fresh(
+        user,
+        TENANT,
         pur,
-        stores: Some(vec![STORE.into()]),
-    };
+        Some(vec![STORE.into()]),
+        Duration::from_secs(120),
+    );
     mint(key, "k1", &claims)
 }
 

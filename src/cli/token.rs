@@ -101,21 +101,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", key.display()))?;
             let signing = signing_key_from_base64url(&text)
                 .context("not a key written by `phygate token keygen`")?;
-            let now = unix_now();
-            let claims = Claims {
-                sub: user,
-                aud: vec![tenant],
-                iat: now,
-                exp: now + ttl.as_secs() as i64,
-                nbf: None,
-                jti: format!("{:032x}", fastrand::u128(..)),
-                pur: purpose.map(|p| match p {
-                    PurposeArg::Entry => Purpose::Entry,
-                    PurposeArg::Checkin => Purpose::Checkin,
-                    PurposeArg::Link => Purpose::Link,
-                }),
-                stores: (!stores.is_empty()).then_some(stores),
-            };
+            let pur = purpose.map(|p| match p {
+                PurposeArg::Entry => Purpose::Entry,
+                PurposeArg::Checkin => Purpose::Checkin,
+                PurposeArg::Link => Purpose::Link,
+            });
+            let stores = (!stores.is_empty()).then_some(stores);
+            let claims = Claims::fresh(&user, &tenant, pur, stores, ttl);
             let token = mint(&signing, &kid, &claims);
             let content = match url {
                 Some(u) => format!("{u}{}t={token}", if u.contains('?') { '&' } else { '?' }),

@@ -61,6 +61,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in the order PROTOCOLS.md §5 lists them.
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Valid,
+        Verdict::Expired,
+        Verdict::NotYetValid,
+        Verdict::BadSignature,
+        Verdict::UnknownKey,
+        Verdict::WrongAudience,
+        Verdict::WrongStore,
+        Verdict::Replayed,
+        Verdict::Malformed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Valid => "valid",
@@ -111,6 +124,31 @@ pub struct Claims {
     pub pur: Option<Purpose>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stores: Option<Vec<String>>,
+}
+
+impl Claims {
+    /// Claims for a code an app shows now: valid for `ttl` (at most 5 min), a random `jti`.
+    pub fn fresh(
+        user: &str,
+        tenant: &str,
+        pur: Option<Purpose>,
+        stores: Option<Vec<String>>,
+        ttl: std::time::Duration,
+    ) -> Claims {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Claims {
+            sub: user.into(),
+            aud: vec![tenant.into()],
+            iat: now,
+            exp: now + ttl.as_secs() as i64,
+            nbf: None,
+            jti: format!("{:032x}", fastrand::u128(..)),
+            pur,
+            stores,
+        }
+    }
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
