@@ -237,12 +237,13 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
     std::fs::write(&config_path, config_text(dir.path(), port, &card_key))?;
     let config = Config::load(&config_path)?;
     eprintln!("config: {}", config_path.display());
+    let phygate = self_command();
     eprintln!(
-        "\nTry it: mint an app code and paste it here (it is scanned at the entrance):\n  phygate token mint --key {} --kid {KID} --user you --tenant {TENANT} --purpose entry\n",
+        "\nTry it: mint an app code and paste it here (it is scanned at the entrance):\n  {phygate} token mint --key {} --kid {KID} --user you --tenant {TENANT} --purpose entry\n",
         key_file.display()
     );
     eprintln!(
-        "Or show one to the kiosk camera: drop a QR PNG into\n  {}\ne.g. phygate token mint --key {} --kid {KID} --user you --tenant {TENANT} --png {}\n",
+        "Or show one to the kiosk camera: drop a QR PNG into\n  {}\ne.g. {phygate} token mint --key {} --kid {KID} --user you --tenant {TENANT} --png {}\n",
         devices.camera.display(),
         key_file.display(),
         devices.camera.join("code.png").display()
@@ -277,7 +278,7 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         }
     };
     eprintln!(
-        "status page: http://{}/ (phygate status --url http://{})",
+        "status page: http://{}/ ({phygate} status --url http://{})",
         config.status.listen, config.status.listen
     );
     eprintln!("demo running; Ctrl-C stops it\n");
@@ -292,6 +293,24 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         devices.gate.coil_writes().len()
     );
     Ok(())
+}
+
+/// How to run this very binary from a second terminal, for the hints the demo prints. Under
+/// `cargo run` no `phygate` is on PATH, and a bare `cargo run -- token …` with other flags would
+/// rebuild the release binary; the absolute path of the running executable works as printed.
+fn self_command() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned));
+    let plain = |p: &str| {
+        p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    };
+    match exe {
+        Some(path) if !path.is_empty() && plain(&path) => path,
+        Some(path) => format!("'{}'", path.replace('\'', r"'\''")),
+        None => "phygate".to_owned(),
+    }
 }
 
 /// Customers walking through the store, one step every 1/rate s: entry code at the turnstile,
