@@ -76,7 +76,7 @@ pub struct Config {
     pub clock_sync: crate::clock::ClockSync,
 }
 
-/// How readings are linked to app users (PROTOCOLS.md §5–6).
+/// How readings are linked to app users (docs/protocols.md §5–6).
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     /// The tenant's NFC card key; taps carry no card hash until it is known (config or HQ).
@@ -147,7 +147,7 @@ impl DeviceKind {
     }
 }
 
-/// A serial barcode / QR scanner in line mode (PROTOCOLS.md §1).
+/// A serial barcode / QR scanner in line mode (docs/protocols.md §1).
 #[derive(Debug, Clone)]
 pub struct ScannerConfig {
     pub port: PathBuf,
@@ -158,7 +158,7 @@ pub struct ScannerConfig {
     pub silent_after: Option<Duration>,
 }
 
-/// An NFC reader: NXP PN532 over HSU (PROTOCOLS.md §2).
+/// An NFC reader: NXP PN532 over HSU (docs/protocols.md §2).
 #[derive(Debug, Clone)]
 pub struct NfcConfig {
     pub port: PathBuf,
@@ -426,7 +426,7 @@ struct RawIdentity {
     visit_idle: Option<Duration>,
 }
 
-/// PROTOCOLS.md §5: 30 s of clock skew between the app's phone and the gateway.
+/// docs/protocols.md §5: 30 s of clock skew between the app's phone and the gateway.
 const DEFAULT_TOKEN_SKEW: Duration = Duration::from_secs(30);
 /// Long enough to scan at a kiosk and then sit through a skin diagnosis.
 const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(180);
@@ -496,11 +496,11 @@ struct RawNfc {
 fn default_nfc_baud() -> u32 {
     115_200
 }
-/// PROTOCOLS.md §2: a poll every 100 ms feels instant to a customer holding out a card.
+/// docs/protocols.md §2: a poll every 100 ms feels instant to a customer holding out a card.
 fn default_nfc_poll() -> Duration {
     Duration::from_millis(100)
 }
-/// A card left on the reader must be seen again within the 500 ms tap window (PROTOCOLS.md §2),
+/// A card left on the reader must be seen again within the 500 ms tap window (docs/protocols.md §2),
 /// and a poll with its InRelease can take up to ~2 × 180 ms: slower polling would count it twice.
 const NFC_POLL_MAX: Duration = Duration::from_millis(300);
 /// Faster than this only loads the UART and the reader's RF front end.

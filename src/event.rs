@@ -1,4 +1,4 @@
-//! Journey events: the CloudEvents 1.0 envelope (DESIGN.md "Events") and each type's `data`.
+//! Journey events: the CloudEvents 1.0 envelope (docs/events.md) and each type's `data`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -119,7 +119,7 @@ pub struct DeviceStatusData {
     pub count: Option<u64>,
 }
 
-/// `store.nfc.tapped`: never the raw UID, only its keyed hash (PROTOCOLS.md §6).
+/// `store.nfc.tapped`: never the raw UID, only its keyed hash (docs/protocols.md §6).
 #[derive(Debug, Clone, Serialize)]
 pub struct NfcTapped {
     /// Absent for a random UID, and while the gateway has no card key.
@@ -127,7 +127,7 @@ pub struct NfcTapped {
     pub card_hash: Option<String>,
     /// `mifare_classic_1k`, `mifare_classic_4k`, `ultralight_ntag`, `iso14443_4` or `unknown`.
     pub card_type: &'static str,
-    /// The raw SEL_RES byte, only for an `unknown` card type (PROTOCOLS.md §2).
+    /// The raw SEL_RES byte, only for an `unknown` card type (docs/protocols.md §2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sel_res: Option<u8>,
     pub uid_len: usize,
@@ -148,7 +148,7 @@ pub struct OutboxEvicted {
 #[derive(Debug, Clone, Serialize)]
 pub struct SkinDiagnosed {
     pub model: String,
-    /// Known measures, each within its range (PROTOCOLS.md §4).
+    /// Known measures, each within its range (docs/protocols.md §4).
     pub measures: std::collections::BTreeMap<String, f64>,
     /// Measures of other names, passed on unchecked.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -170,7 +170,7 @@ pub struct GatePassed {
     pub gate: String,
     pub direction: crate::sources::Direction,
     pub count: u64,
-    /// A network counter's own interval (RFC 3339 UTC), beyond DESIGN.md's table: a count
+    /// A network counter's own interval (RFC 3339 UTC), beyond the original design (docs/architecture.md §10): a count
     /// posted late (counter offline) still says when the people passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,

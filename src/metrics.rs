@@ -268,7 +268,7 @@ pub static PUBLISH_LATENCY: Histogram = Histogram::new(&[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ]);
 
-/// App-token verdicts (PROTOCOLS.md §5), incremented by the link's token check with
+/// App-token verdicts (docs/protocols.md §5), incremented by the link's token check with
 /// `Verdict::as_str()`.
 pub static TOKEN_VERDICTS: Labeled<10> = Labeled::new(
     "verdict",

@@ -175,7 +175,7 @@ fn a_customer_journey_reaches_hq_linked_to_the_app_user() {
     assert!(write.on && write.address == 0);
     assert!(
         latency < Duration::from_secs(1),
-        "{latency:?} (DESIGN asks 100 ms; see the bench for the figure)"
+        "{latency:?} (docs/architecture.md §5 asks 100 ms; see the bench for the figure)"
     );
     hq.wait_for(LONG, "visit started", |h| {
         !of_user(h, "store.visit.started", "alice").is_empty()

@@ -1,5 +1,5 @@
 //! The HTTP ingest end to end: a device's POST on a plain socket → phygate binary → SQLite →
-//! mosquitto → HQ. People counters (PROTOCOLS.md §3b) and tablet skin analyzers (§4).
+//! mosquitto → HQ. People counters (docs/protocols.md §3b) and tablet skin analyzers (§4).
 
 mod common;
 

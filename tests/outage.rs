@@ -24,7 +24,7 @@ fn wait_arrivals(hq: &Hq, n: usize, timeout: Duration, what: &str) {
 }
 
 /// The reconnect delay band of attempt `k` after the link went down: uniformly jittered in
-/// `[d/2, d]`, `d = min(min · 2^k, max)` (DESIGN.md "Uplink").
+/// `[d/2, d]`, `d = min(min · 2^k, max)` (docs/architecture.md §6).
 fn band(k: u32, min: Duration, max: Duration) -> (Duration, Duration) {
     let d = min.saturating_mul(2u32.saturating_pow(k)).min(max);
     (d / 2, d)

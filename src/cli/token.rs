@@ -61,7 +61,7 @@ pub enum TokenCommand {
         #[arg(long)]
         store: String,
     },
-    /// The card hash of an NFC UID under the tenant card key (PROTOCOLS.md §6), e.g. to build a
+    /// The card hash of an NFC UID under the tenant card key (docs/protocols.md §6), e.g. to build a
     /// member map at HQ.
     CardHash {
         /// The tenant card key, base64url of 32 bytes.

@@ -1,4 +1,4 @@
-//! `kind = "gate"`: a turnstile through a Modbus RTU I/O module (PROTOCOLS.md §3a). Defaults are
+//! `kind = "gate"`: a turnstile through a Modbus RTU I/O module (docs/protocols.md §3a). Defaults are
 //! the protocol's; `hw/profiles/gate-modbus-io.toml` documents them and how to remap.
 
 use std::fmt;
@@ -114,7 +114,7 @@ pub(super) struct RawGate {
     silent_after: Option<Duration>,
 }
 
-/// PROTOCOLS.md §3a defaults: unit 1, 9600 8N1, timeout 200 ms, poll every 250 ms.
+/// docs/protocols.md §3a defaults: unit 1, 9600 8N1, timeout 200 ms, poll every 250 ms.
 fn default_baud() -> u32 {
     9600
 }

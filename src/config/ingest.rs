@@ -1,5 +1,5 @@
 //! Config of skin analyzers and of the devices that post to the local HTTP ingest listener
-//! (PROTOCOLS.md §3b, §4): serial SKN1 analyzers, tablet analyzers and people counters.
+//! (docs/protocols.md §3b, §4): serial SKN1 analyzers, tablet analyzers and people counters.
 
 use std::net::SocketAddr;
 use std::ops::Range;

@@ -1,4 +1,4 @@
-//! Downlink: what HQ sends the store (DESIGN.md "MQTT topics"). Every message is checked here
+//! Downlink: what HQ sends the store (docs/architecture.md §3). Every message is checked here
 //! (size cap, schema, version) before anything is applied; a bad one is logged, counted and
 //! changes nothing. The uplink owns the MQTT connection and hands each message over; the link,
 //! which owns identity state, applies the result.

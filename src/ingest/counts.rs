@@ -1,4 +1,4 @@
-//! The people-counter push body (PROTOCOLS.md §3b), pure: bytes and a clock reading in, a
+//! The people-counter push body (docs/protocols.md §3b), pure: bytes and a clock reading in, a
 //! validated interval count or the reason it was refused out.
 //!
 //! `{"device":"pc-1","from":"…Z","to":"…Z","in":3,"out":1}`: an RFC 3339 interval with
@@ -8,7 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-/// PROTOCOLS.md §3b.
+/// docs/protocols.md §3b.
 pub const MAX_BODY: usize = 64 * 1024;
 /// More than any doorway passes in one interval: a bigger number is a counter's garbage.
 pub const MAX_COUNT: u64 = 1_000_000;

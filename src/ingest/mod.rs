@@ -1,4 +1,4 @@
-//! Local HTTP ingest: the listener network devices push to (PROTOCOLS.md §3b, §4).
+//! Local HTTP ingest: the listener network devices push to (docs/protocols.md §3b, §4).
 //!
 //! - `POST /v1/stations/{station}/counts`: a people counter's interval counts → one
 //!   `store.gate.passed` per non-zero direction (`gate` = the counter's id).

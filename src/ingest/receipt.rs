@@ -4,7 +4,7 @@
 //!
 //! Keys, all under the device (ids hold no `/`), so one device's receipts are one prefix:
 //! - `ingest/{device}/counts/{from}/{to}`: a counter's interval (canonical RFC 3339 UTC);
-//! - `ingest/{device}/skin/{model}/{seq}`: a tablet analyzer's reading (PROTOCOLS.md §4).
+//! - `ingest/{device}/skin/{model}/{seq}`: a tablet analyzer's reading (docs/protocols.md §4).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! NFC card → member key (PROTOCOLS.md §6): the raw UID never leaves the gateway; only
+//! NFC card → member key (docs/protocols.md §6): the raw UID never leaves the gateway; only
 //! `base64url_nopad(HMAC-SHA256(tenant_card_key, uid_bytes))` does. The key is the same in every
 //! store of a tenant, so a card hashes the same everywhere and HQ can map it to one member.
 

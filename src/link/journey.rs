@@ -2,7 +2,7 @@
 //! visit it joins, what journey stage it marks, and whether it opens a gate. No I/O: the link
 //! stage feeds readings and time in and stores what comes out.
 //!
-//! - An app token (PROTOCOLS.md §5) is verified offline; a valid one identifies its user, opens a
+//! - An app token (docs/protocols.md §5) is verified offline; a valid one identifies its user, opens a
 //!   session at the station and, at an entry gate with purpose `entry` (or none), opens the gate.
 //!   Any other verdict is still an event and links to nobody.
 //! - A tap of a member card (hash → user pushed by HQ) identifies its user the same way. A card

@@ -1,5 +1,5 @@
 //! Token signing keys: the gateway's set of Ed25519 public keys by key id, read from a JWKS
-//! (RFC 7517 / RFC 8037, PROTOCOLS.md §5), and the key generation the CLI and tests use.
+//! (RFC 7517 / RFC 8037, docs/protocols.md §5), and the key generation the CLI and tests use.
 //!
 //! Keys arrive on the retained `keys` topic and in config. A JWKS is validated whole: one bad key
 //! rejects the document, so a half-applied rotation can never leave the gateway with a key set

@@ -40,7 +40,7 @@ const HANDLE_QUEUE: usize = 64;
 const TICK: Duration = Duration::from_secs(5);
 /// Downlink updates waiting for the link.
 const UPDATE_QUEUE: usize = 64;
-/// An entry decision must reach the gate within 100 ms (DESIGN.md); past this the unlock is
+/// An entry decision must reach the gate within 100 ms (docs/architecture.md §5); past this the unlock is
 /// given up and the event says the gate stayed shut.
 const UNLOCK_WAIT: Duration = Duration::from_millis(500);
 /// Command ids remembered (executed at most once) are kept this long.

@@ -1,4 +1,4 @@
-//! NFC taps → `store.nfc.tapped` (PROTOCOLS.md §2, §6). The raw UID ends here: the event carries
+//! NFC taps → `store.nfc.tapped` (docs/protocols.md §2, §6). The raw UID ends here: the event carries
 //! its keyed hash, never the bytes, and a random UID is not hashed at all (it is no identity).
 
 use super::cardhash::{card_hash, CARD_KEY_LEN};

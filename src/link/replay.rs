@@ -1,7 +1,7 @@
-//! Replay rule for app tokens (PROTOCOLS.md §5: `replayed` = same `jti` seen before its `exp`).
+//! Replay rule for app tokens (docs/protocols.md §5: `replayed` = same `jti` seen before its `exp`).
 //!
 //! Kept apart from verification because it is the one stateful check: [`ReplayGuard`] is the
-//! in-memory version; the daemon can back the same rule with SQLite (DESIGN.md: replay cache in
+//! in-memory version; the daemon can back the same rule with SQLite (docs/architecture.md §4: replay cache in
 //! SQLite, pruned after expiry) and use [`Checked::into_replayed`] directly.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! App entry / check-in tokens (PROTOCOLS.md §5): finding the token in a scanned code, verifying
+//! App entry / check-in tokens (docs/protocols.md §5): finding the token in a scanned code, verifying
 //! it offline against the [`KeySet`], and minting for the CLI and tests.
 //!
 //! Pure logic, no I/O: the caller supplies the clock, the keys and the replay memory.
@@ -61,7 +61,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Every verdict, in the order PROTOCOLS.md §5 lists them.
+    /// Every verdict, in the order docs/protocols.md §5 lists them.
     pub const ALL: [Verdict; 9] = [
         Verdict::Valid,
         Verdict::Expired,

@@ -1,4 +1,4 @@
-//! Turnstile I/O module simulator: a Modbus RTU slave on a pty master (PROTOCOLS.md §3a), built
+//! Turnstile I/O module simulator: a Modbus RTU slave on a pty master (docs/protocols.md §3a), built
 //! on the codec's device side. Holding 0–4 hold the pass counters and status bits of the
 //! default map; coils 0–3 are relays, and every write is recorded with the time it arrived.
 //! People pass, counters wrap, the module resets, the alarm input trips, and faults are injected

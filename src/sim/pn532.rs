@@ -1,4 +1,4 @@
-//! PN532 simulator (PROTOCOLS.md §2): a reader on the master side of a pty, answering the host
+//! PN532 simulator (docs/protocols.md §2): a reader on the master side of a pty, answering the host
 //! with the codec's device side. Like a real one it sleeps until the HSU wake-up, ACKs every
 //! well-formed command and ignores damaged ones, resends its last response on NACK, answers "no
 //! card" quickly only once MaxRetries is set, and keeps an activated card silent until

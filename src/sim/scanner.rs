@@ -1,4 +1,4 @@
-//! Serial scanner simulator: writes codes in line mode (PROTOCOLS.md §1).
+//! Serial scanner simulator: writes codes in line mode (docs/protocols.md §1).
 
 use std::io::Write;
 use std::time::Duration;

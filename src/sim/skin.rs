@@ -1,4 +1,4 @@
-//! Skin analyzer simulator: writes SKN1 lines (PROTOCOLS.md §4), good ones and, on purpose,
+//! Skin analyzer simulator: writes SKN1 lines (docs/protocols.md §4), good ones and, on purpose,
 //! each kind of bad one the gateway must survive.
 
 use std::io::{BufRead, Write};

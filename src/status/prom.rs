@@ -83,7 +83,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
         &mut out,
         "phygate_token_verdicts_total",
         "counter",
-        "app tokens checked, by verdict (PROTOCOLS.md §5)",
+        "app tokens checked, by verdict (docs/protocols.md §5)",
     );
     for (v, n) in verdicts.read() {
         let _ = writeln!(

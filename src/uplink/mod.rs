@@ -363,7 +363,7 @@ impl Uplink {
     }
 }
 
-/// `{"state":…,"gateway":…,"version":…,"since":…}` (DESIGN.md "MQTT topics").
+/// `{"state":…,"gateway":…,"version":…,"since":…}` (docs/architecture.md §3).
 fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
     serde_json::json!({
         "state": state,

@@ -94,7 +94,7 @@ fn b64_chars(rng: &mut Rng, n: usize) -> String {
     (0..n).map(|_| B64URL[rng.below(64)] as char).collect()
 }
 
-/// A compact-JWT-shaped string of 180–260 characters: the real EdDSA header of PROTOCOLS.md §5
+/// A compact-JWT-shaped string of 180–260 characters: the real EdDSA header of docs/protocols.md §5
 /// (`{"alg":"EdDSA","typ":"JWT","kid":"k1"}`), a claims segment starting `eyJ`, and an 86-char
 /// segment (the length of a base64url Ed25519 signature). Random base64url stands in for the
 /// claims: the decoder sees the same byte-mode symbol either way.
@@ -129,7 +129,7 @@ fn short_code(rng: &mut Rng) -> String {
     }
 }
 
-/// Payload kind `k % 3`: bare JWT, JWT in the app URL (PROTOCOLS.md §5), short code.
+/// Payload kind `k % 3`: bare JWT, JWT in the app URL (docs/protocols.md §5), short code.
 fn payload(k: usize, rng: &mut Rng) -> String {
     match k % 3 {
         0 => jwt(rng),

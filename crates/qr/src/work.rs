@@ -402,7 +402,7 @@ const MAX_UPSCALE: f32 = 3.0;
 /// for the census' centre error.
 const MARGIN_MODULES: f32 = 9.0;
 /// With fewer than three finders seen, the code may reach this far past them (a version 12
-/// code is 65 modules wide; JWTs of PROTOCOLS.md §5 need version 10–12 at ECC M).
+/// code is 65 modules wide; JWTs of docs/protocols.md §5 need version 10–12 at ECC M).
 const MAX_REACH_MODULES: f32 = 70.0;
 
 /// Maps codes found on a `pw` × `ph` plane covering `rect` of the frame back to frame pixels.

@@ -1,7 +1,7 @@
 //! Camera QR source: frames from a `file:` image, a `dir:` of images or a V4L2 device
 //! (feature `camera`), decoded on the source's own thread by [`phygate_qr::QrDecoder`]. Each
 //! code is a [`ScannedCode`] like a scanner's (symbology `qr`), de-duplicated while it stays in
-//! view with the scanner's sliding [`RepeatFilter`] (PROTOCOLS.md §1); unreadable images are
+//! view with the scanner's sliding [`RepeatFilter`] (docs/protocols.md §1); unreadable images are
 //! throttled `error` reports; a missing directory or device is `down` until it appears.
 
 mod feed;
@@ -23,7 +23,7 @@ use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFla
 use crate::config::CameraConfig;
 
 pub const KIND: &str = "camera";
-/// At most one error report per device per second, as for scanners (PROTOCOLS.md §1).
+/// At most one error report per device per second, as for scanners (docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const REOPEN_MIN: Duration = Duration::from_millis(200);
 const REOPEN_MAX: Duration = Duration::from_secs(5);

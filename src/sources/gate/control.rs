@@ -52,7 +52,7 @@ pub struct UnlockReceipt {
 }
 
 impl UnlockReceipt {
-    /// From the request to the bytes on the wire (DESIGN.md: within 100 ms of the scan).
+    /// From the request to the bytes on the wire (docs/architecture.md §5: within 100 ms of the scan).
     pub fn latency(&self) -> Duration {
         self.on_wire.saturating_duration_since(self.requested)
     }

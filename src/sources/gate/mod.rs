@@ -1,4 +1,4 @@
-//! Entry gate source: a turnstile through a Modbus RTU digital-I/O module (PROTOCOLS.md §3a).
+//! Entry gate source: a turnstile through a Modbus RTU digital-I/O module (docs/protocols.md §3a).
 //!
 //! One thread per gate owns the RS-485 port. It reads holding 0–4 every `poll_interval`; between
 //! polls it waits on its unlock queue, so an unlock goes on the wire as soon as the line is free

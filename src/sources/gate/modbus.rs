@@ -1,4 +1,4 @@
-//! Modbus RTU for the turnstile's RS-485 I/O module (PROTOCOLS.md §3a): CRC-16/MODBUS, the two
+//! Modbus RTU for the turnstile's RS-485 I/O module (docs/protocols.md §3a): CRC-16/MODBUS, the two
 //! requests the gateway sends (fn 03 read holding, fn 05 write single coil), response parsing
 //! incl. exceptions, an incremental response reader, the device side for simulators, and the
 //! pure counting rules (pass-counter deltas, register map, alarm edges). No I/O, no clock.

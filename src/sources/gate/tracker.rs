@@ -9,7 +9,7 @@ use super::{Counters, Direction, KIND};
 use crate::sources::scanner::ErrorThrottle;
 use crate::sources::{DeviceState, DeviceStatus, Observation};
 
-/// PROTOCOLS.md §3a: three failed polls in a row mark the device down.
+/// docs/protocols.md §3a: three failed polls in a row mark the device down.
 pub const FAILS_BEFORE_DOWN: u32 = 3;
 /// Failed polls are reported like the scanner's rejections: at most one report per second per
 /// device, with the count of what it stands for.

@@ -1,4 +1,4 @@
-//! The host side of PN532 exchanges over HSU (PROTOCOLS.md §2): wake-up, command, ACK (resent
+//! The host side of PN532 exchanges over HSU (docs/protocols.md §2): wake-up, command, ACK (resent
 //! once when missing), response (NACKed once when damaged), each within its timeout. The frames
 //! themselves come from the pure codec in `pn532`; this is the thin I/O shell around it.
 

@@ -1,4 +1,4 @@
-//! NFC reader source: NXP PN532 over HSU (PROTOCOLS.md §2). The frames are the pure codec in
+//! NFC reader source: NXP PN532 over HSU (docs/protocols.md §2). The frames are the pure codec in
 //! [`pn532`]; the exchange rules (wake-up, ACK and resend, NACK, timeouts) are `host`; this
 //! module runs the reader's life on its own thread: open the port, initialise the reader, poll
 //! it, turn sightings into taps, re-initialise it when it errs and reopen it when unplugged.
@@ -27,7 +27,7 @@ const REINIT_MIN: Duration = Duration::from_millis(100);
 const REINIT_MAX: Duration = Duration::from_secs(5);
 
 /// A card's UID as read. It identifies a person's card, so it stays in memory: events carry
-/// only its keyed hash (PROTOCOLS.md §6), and `Debug` shows only its length so that it cannot
+/// only its keyed hash (docs/protocols.md §6), and `Debug` shows only its length so that it cannot
 /// reach a log line by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CardUid(Vec<u8>);

@@ -1,4 +1,4 @@
-//! NXP PN532 over HSU (PROTOCOLS.md §2, UM0701-02 §6.2): frame encoding, an incremental
+//! NXP PN532 over HSU (docs/protocols.md §2, UM0701-02 §6.2): frame encoding, an incremental
 //! decoder that resynchronises on garbage, the host commands the gateway sends and the
 //! responses it parses, the device side of the same frames (for simulators), and the tap rule.
 //! Pure: no I/O, no clock (time is passed in).

@@ -1,4 +1,4 @@
-//! Scanner line framing (PROTOCOLS.md §1), pure: bytes in, lines and rejections out.
+//! Scanner line framing (docs/protocols.md §1), pure: bytes in, lines and rejections out.
 //!
 //! `[prefix] [AIM id] payload [suffix] terminator`, one code per line.
 

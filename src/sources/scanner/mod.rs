@@ -1,4 +1,4 @@
-//! Serial barcode / QR scanner source (PROTOCOLS.md §1): reads lines from a serial port on its
+//! Serial barcode / QR scanner source (docs/protocols.md §1): reads lines from a serial port on its
 //! own thread, turns them into codes or throttled error reports, and reopens the port after an
 //! unplug with capped backoff.
 
@@ -21,7 +21,7 @@ use crate::config::ScannerConfig;
 
 /// Scanners send a line at once; a line still unterminated after this is a fragment.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most one error report per device per second (PROTOCOLS.md §1).
+/// At most one error report per device per second (docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct ScannerSource {

@@ -1,4 +1,4 @@
-//! Skin analyzer source: the SKN1 line protocol over serial (PROTOCOLS.md §4). The I/O shell
+//! Skin analyzer source: the SKN1 line protocol over serial (docs/protocols.md §4). The I/O shell
 //! around the pure codec in [`skn1`]: reads the port on its own thread, turns lines into
 //! readings or throttled error reports, drops a `model` + `seq` seen within 24 h, and reopens
 //! the port after an unplug with capped backoff.
@@ -26,7 +26,7 @@ use crate::outbox::{OutboxHandle, StateWrite};
 /// Analyzers write a result at once; a line with no byte for this long is a fragment. Counted
 /// from the last byte, so a 16 KiB line at 9600 baud (17 s) is still whole.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most one error report per device per second (as for scanners, PROTOCOLS.md §1).
+/// At most one error report per device per second (as for scanners, docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often persisted de-duplication keys past the window are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);

@@ -1,4 +1,4 @@
-//! SKN1 skin-analyzer protocol (PROTOCOLS.md §4): one JSON result per line, TAB, CRC-32 (IEEE)
+//! SKN1 skin-analyzer protocol (docs/protocols.md §4): one JSON result per line, TAB, CRC-32 (IEEE)
 //! of the JSON bytes as 8 hex digits, LF. The same JSON arrives over HTTP from tablet analyzers
 //! (`parse_json_body`). Also an incremental line reader, encoders for simulators and the
 //! `model` + `seq` de-duplication rule. No I/O, no clock.

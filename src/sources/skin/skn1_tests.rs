@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-/// The example of PROTOCOLS.md §4 (its `\t` and `\n` written as the real bytes). The CRC
+/// The example of docs/protocols.md §4 (its `\t` and `\n` written as the real bytes). The CRC
 /// `d6db35eb` in the doc is correct: python3 `zlib.crc32` of the JSON gives the same.
 const EXAMPLE: &[u8] = b"{\"v\":1,\"model\":\"AX-200\",\"seq\":812,\"ts\":\"2026-11-23T05:01:02Z\",\"measures\":{\"moisture\":41.5,\"sebum\":22.0,\"pores\":3,\"wrinkles\":2,\"pigmentation\":18.2,\"redness\":7.1},\"skin_type\":\"combination\"}\td6db35eb\n";
 
