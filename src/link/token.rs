@@ -8,8 +8,8 @@
 //! [`verify`] stops at the first failing check, in this order:
 //!
 //! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not three strict base64url segments, header not
-//!    exactly `{"alg":"EdDSA","kid":…}` (+ optional `"typ":"JWT"`), payload not a JSON object,
-//!    signature not 64 bytes. Structure first, because nothing else can be read without it.
+//!    exactly `{"alg":"EdDSA","kid":…}` (+ optional `"typ":"JWT"`), header or payload not a JSON
+//!    object with unique member names (see `json.rs`), signature not 64 bytes. Structure first, because nothing else can be read without it.
 //! 2. `unknown_key`: the kid is not in the key set.
 //! 3. `bad_signature`: `verify_strict` over the ASCII `header.payload`. Claims are judged only
 //!    after this, so nothing below ever looks at content HQ did not sign.
@@ -34,6 +34,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::jwks::KeySet;
+
+mod json;
 
 /// Longest token looked at. A §5 token is ~400 bytes; the cap bounds the work an arbitrary
 /// scanned code can cause before any decoding.
@@ -369,11 +371,9 @@ fn decode_b64(segment: &str) -> Result<Vec<u8>, Verdict> {
         .map_err(|_| Verdict::Malformed)
 }
 
+/// A header or payload: one JSON object, no duplicate member names at any depth (`json.rs`).
 fn decode_object(segment: &str) -> Result<Map<String, Value>, Verdict> {
-    match serde_json::from_slice(&decode_b64(segment)?) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Verdict::Malformed),
-    }
+    json::parse_object(&decode_b64(segment)?).ok_or(Verdict::Malformed)
 }
 
 fn string_field(map: &Map<String, Value>, name: &str) -> Option<String> {

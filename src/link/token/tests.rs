@@ -514,3 +514,51 @@ proptest! {
         prop_assert!(checked.claims.is_none());
     }
 }
+
+// ---- Token strictness (issue 10, item 6) ------------------------------------------------
+
+/// A token signed over exactly these header and payload texts (to write duplicate members,
+/// which no `Value` can hold).
+fn sign_text(key: &SigningKey, header: &str, payload: &str) -> String {
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature = URL_SAFE_NO_PAD.encode(key.sign(signed.as_bytes()).to_bytes());
+    format!("{signed}.{signature}")
+}
+
+#[test]
+fn regression_duplicate_claim_was_accepted() {
+    let (key, keys) = fixture();
+    let header = r#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#;
+    let rest = r#""aud":"acme","iat":1789999990,"exp":1790000290,"jti":"0123456789abcdef""#;
+    let good = format!(r#"{{"sub":"alice",{rest}}}"#);
+    assert_eq!(
+        verify(&sign_text(&key, header, &good), &keys, &CTX).verdict,
+        Verdict::Valid
+    );
+    for payload in [
+        format!(r#"{{"sub":"alice","sub":"bob",{rest}}}"#),
+        // The same name spelled with an escape is the same name.
+        format!(r#"{{"sub":"alice","s\u0075b":"bob",{rest}}}"#),
+        format!(r#"{{"sub":"alice",{rest},"exp":1790000290}}"#),
+        // Nested: nobody reads `x`, but the signed document is still ambiguous.
+        format!(r#"{{"sub":"alice",{rest},"x":{{"a":1,"a":2}}}}"#),
+    ] {
+        let checked = verify(&sign_text(&key, header, &payload), &keys, &CTX);
+        assert_eq!(checked.verdict, Verdict::Malformed, "{payload}");
+        assert_eq!(checked.claims, None);
+    }
+    for header in [
+        r#"{"alg":"EdDSA","kid":"k1","kid":"k2"}"#,
+        r#"{"alg":"none","alg":"EdDSA","kid":"k1"}"#,
+    ] {
+        assert_eq!(
+            verify(&sign_text(&key, header, &good), &keys, &CTX).verdict,
+            Verdict::Malformed,
+            "{header}"
+        );
+    }
+}
