@@ -13,7 +13,8 @@
 //! 2. `unknown_key`: the kid is not in the key set.
 //! 3. `bad_signature`: `verify_strict` over the ASCII `header.payload`. Claims are judged only
 //!    after this, so nothing below ever looks at content HQ did not sign.
-//! 4. `malformed`: the signed claims break §5 (types, `sub` 1–64 chars, `jti` 16–32 chars,
+//! 4. `malformed`: the signed claims break §5 as the gateway reads it (types, `sub` printable
+//!    text of [`SUB_LEN`] characters, `jti` of [`JTI_LEN`] visible ASCII characters,
 //!    `0 < exp − iat ≤ 300`, unknown `pur`). That is an HQ/app bug, not an attack.
 //! 5. `wrong_audience`, then 6. `wrong_store`: before time, because a token for another tenant or
 //!    store is wrong whatever the clock says, and saying so helps whoever debugs the app.
@@ -23,9 +24,10 @@
 //! cache), only for tokens that passed everything else, so invalid tokens cannot fill the
 //! replay memory.
 //!
-//! `Checked::kid` / `jti` are filled whenever they could be read, even for failures (the
-//! `store.qr.scanned` event records them); `Checked::claims` is `Some` only for `valid`, so
-//! nobody links a user from a token that failed.
+//! `Checked::kid` / `jti` are filled whenever they could be read and meet their own rule, even
+//! for failures (the `store.qr.scanned` event records them, so they must be short printable
+//! text even when nobody signed them); `Checked::claims` is `Some` only for `valid`, so nobody
+//! links a user from a token that failed.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -42,10 +44,15 @@ mod json;
 pub const MAX_TOKEN_LEN: usize = 2048;
 /// Longest allowed lifetime, `exp − iat` (§5: apps rotate the code).
 pub const MAX_LIFETIME_S: i64 = 300;
-/// `sub` length bounds in characters (§5).
+/// `sub` (the app user id) length bounds in characters (§5). It must also be printable text
+/// ([`is_printable_text`]): it is shown in events, logs and the status page.
 pub const SUB_LEN: std::ops::RangeInclusive<usize> = 1..=64;
-/// `jti` length bounds in characters (§5).
+/// `jti` length bounds (§5). A jti is a nonce and a storage key, so only visible ASCII
+/// (`!`..=`~`: no space, no control or non-ASCII character) is accepted, and characters are bytes.
 pub const JTI_LEN: std::ops::RangeInclusive<usize> = 16..=32;
+/// `kid` (header) length bounds in characters; printable text like `sub`. §5 sets no limit;
+/// HQ's key ids are short names (`2026-01`) or thumbprints (43 chars).
+pub const KID_LEN: std::ops::RangeInclusive<usize> = 1..=128;
 
 /// The outcome of checking a token, as recorded in `store.qr.scanned` (`verdict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -261,6 +268,32 @@ pub fn looks_like_jwt(s: &str) -> bool {
     }
 }
 
+/// Text a person may be shown (an event, a log line, the status page) and compare by eye:
+/// `len` characters; no control character (Unicode Cc: C0, DEL, C1); none of the invisible
+/// format characters that hide text or reorder how the rest displays ([`is_invisible`]); no
+/// whitespace at either end, so two ids that look the same are the same. Spaces inside are fine.
+pub fn is_printable_text(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.chars().count())
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(|c| c.is_control() || is_invisible(c))
+}
+
+/// Invisible format characters (Unicode Cf, Zl, Zp) that spoof text: soft hyphen, zero-width
+/// characters and joiners, bidirectional marks, embeddings, overrides and isolates, line and
+/// paragraph separators, word joiner and invisible operators, BOM, interlinear annotation, tags.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
+}
+
+/// A `jti` as [`JTI_LEN`] says: visible ASCII only.
+pub fn is_valid_jti(jti: &str) -> bool {
+    JTI_LEN.contains(&jti.len()) && jti.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Verifies a token; see the module doc for the check order. Never panics.
 pub fn verify(token: &str, keys: &KeySet, ctx: &VerifyContext<'_>) -> Checked {
     let mut checked = Checked {
@@ -294,10 +327,10 @@ fn check(
     let (header_b64, payload_b64) = signed.split_once('.').ok_or(Malformed)?;
 
     let header = decode_object(header_b64)?;
-    seen.kid = string_field(&header, "kid");
+    seen.kid = string_field(&header, "kid").filter(|kid| is_printable_text(kid, KID_LEN));
     let kid = check_header(&header)?;
     let payload = decode_object(payload_b64)?;
-    seen.jti = string_field(&payload, "jti");
+    seen.jti = string_field(&payload, "jti").filter(|jti| is_valid_jti(jti));
     let signature: [u8; SIGNATURE_LENGTH] = decode_b64(signature_b64)?
         .try_into()
         .map_err(|_| Malformed)?;
@@ -309,7 +342,7 @@ fn check(
         .map_err(|_| BadSignature)?;
 
     let claims: Claims = serde_json::from_value(Value::Object(payload)).map_err(|_| Malformed)?;
-    check_shape(&claims)?;
+    check_claims(&claims)?;
     if !claims.aud.iter().any(|aud| aud == ctx.tenant) {
         return Err(WrongAudience);
     }
@@ -344,16 +377,16 @@ fn check_header(header: &Map<String, Value>) -> Result<&str, Verdict> {
         .all(|name| matches!(name.as_str(), "alg" | "kid" | "typ"));
     let kid = header.get("kid").and_then(Value::as_str);
     match kid {
-        Some(kid) if alg_ok && typ_ok && only_known && !kid.is_empty() => Ok(kid),
+        Some(kid) if alg_ok && typ_ok && only_known && is_printable_text(kid, KID_LEN) => Ok(kid),
         _ => Err(Verdict::Malformed),
     }
 }
 
-/// The §5 limits on signed claims.
-fn check_shape(claims: &Claims) -> Result<(), Verdict> {
+/// The §5 limits on signed claims, as the gateway reads them.
+fn check_claims(claims: &Claims) -> Result<(), Verdict> {
     let lifetime = i128::from(claims.exp) - i128::from(claims.iat);
-    let ok = SUB_LEN.contains(&claims.sub.chars().count())
-        && JTI_LEN.contains(&claims.jti.chars().count())
+    let ok = is_printable_text(&claims.sub, SUB_LEN)
+        && is_valid_jti(&claims.jti)
         && lifetime > 0
         && lifetime <= i128::from(MAX_LIFETIME_S);
     if ok {

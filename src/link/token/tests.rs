@@ -490,6 +490,7 @@ proptest! {
         jti in "[A-Za-z0-9_-]{16,32}",
         life in 1i64..=300,
     ) {
+        prop_assume!(is_printable_text(&sub, SUB_LEN));
         let (key, keys) = fixture();
         let c = Claims { sub, jti, exp: NOW - 10 + life, ..claims() };
         let ctx = at(NOW - 10);
@@ -560,5 +561,56 @@ fn regression_duplicate_claim_was_accepted() {
             Verdict::Malformed,
             "{header}"
         );
+    }
+}
+
+#[test]
+fn regression_sub_with_control_characters_was_valid() {
+    for sub in [
+        "alice\0",
+        "ali\nce",
+        "alice\r",
+        "\u{1b}[31mred",
+        "tab\there",
+        "del\u{7f}",
+        "c1\u{85}",
+        "\u{202e}ecila",
+        "zero\u{200b}width",
+        "line\u{2028}sep",
+        "\u{feff}bom",
+        " alice",
+        "alice ",
+        "\u{3000}alice",
+    ] {
+        let c = Claims {
+            sub: sub.into(),
+            ..claims()
+        };
+        assert_eq!(verdict(&c, &CTX), Verdict::Malformed, "sub {sub:?}");
+    }
+    for jti in [
+        "0123456789abcde\0",
+        "0123456789abcde\n",
+        " 0123456789abcdef",
+        "0123456789abcdef ",
+        "0123456789 abcdef",
+        "0123456789abcdeé",
+    ] {
+        let c = Claims {
+            jti: jti.into(),
+            ..claims()
+        };
+        let (key, keys) = fixture();
+        let checked = verify(&mint(&key, KID, &c), &keys, &CTX);
+        assert_eq!(checked.verdict, Verdict::Malformed, "jti {jti:?}");
+        assert_eq!(checked.jti, None, "a jti outside the rule is not recorded");
+    }
+    // Printable text inside is fine: spaces between words, accents, symbols.
+    for sub in ["user 7", "Zoë-42", "山田", "a", "mail@example.com"] {
+        let c = Claims {
+            sub: sub.into(),
+            ..claims()
+        };
+        assert_eq!(verdict(&c, &CTX), Verdict::Valid, "sub {sub:?}");
     }
 }
