@@ -3,13 +3,25 @@
 //!
 //! Pure logic, no I/O: the caller supplies the clock, the keys and the replay memory.
 //!
+//! # What is a token attempt
+//!
+//! A scanned code that contains [`JWT_PREFIX`] (`eyJ`, the base64url of `{"` that begins every
+//! compact JWT) anywhere is an app-token attempt ([`extract_token`]): it gets a verdict, and its
+//! text never leaves the gateway, whatever else is wrong with it. Only codes without it may be
+//! forwarded to HQ. Deciding on the prefix, not on the full shape, is what keeps a real token
+//! with a bit of junk around it (a suffix, a scanner prefix left on, a second copy) from being
+//! taken for an ordinary code and published in clear. The full shape is checked once, by
+//! [`has_jwt_shape`], as the first step of [`verify`].
+//!
 //! # Check order
 //!
 //! [`verify`] stops at the first failing check, in this order:
 //!
-//! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not three strict base64url segments, header not
-//!    exactly `{"alg":"EdDSA","kid":…}` (+ optional `"typ":"JWT"`), header or payload not a JSON
-//!    object with unique member names (see `json.rs`), signature not 64 bytes. Structure first, because nothing else can be read without it.
+//! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not the shape of [`has_jwt_shape`] (three
+//!    strict base64url segments), header not exactly `{"alg":"EdDSA","kid":…}` (+ optional
+//!    `"typ":"JWT"`, a `kid` within [`KID_LEN`]), header or payload not a JSON object with unique
+//!    member names (see `json.rs`), signature not 64 bytes. Structure first, because nothing
+//!    else can be read without it.
 //! 2. `unknown_key`: the kid is not in the key set.
 //! 3. `bad_signature`: `verify_strict` over the ASCII `header.payload`. Claims are judged only
 //!    after this, so nothing below ever looks at content HQ did not sign.
@@ -44,6 +56,10 @@ mod json;
 pub const MAX_TOKEN_LEN: usize = 2048;
 /// Longest allowed lifetime, `exp − iat` (§5: apps rotate the code).
 pub const MAX_LIFETIME_S: i64 = 300;
+/// How every compact JWT begins: `eyJ` is the base64url (and base64) of `{"`, the start of its
+/// JSON header. A scanned code containing it anywhere is treated as an app-token attempt (see
+/// the module doc): product codes are digits, and ordinary URLs and text almost never hold it.
+pub const JWT_PREFIX: &str = "eyJ";
 /// `sub` (the app user id) length bounds in characters (§5). It must also be printable text
 /// ([`is_printable_text`]): it is shown in events, logs and the status page.
 pub const SUB_LEN: std::ops::RangeInclusive<usize> = 1..=64;
@@ -214,16 +230,32 @@ impl Checked {
     }
 }
 
-/// Returns the token a scanned code carries: the code itself if it is a compact JWT, or the
-/// `t` query parameter of a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`). `None` means the code
-/// is not an app token (a product code, another URL…). A `t` that does not look like a JWT
-/// also gives `None`, so unrelated URLs (`?t=42`) are not mistaken for failed tokens.
+/// The app-token attempt a scanned code carries, as the text to hand to [`verify`]; `None`
+/// when the code is no attempt (a product code, an ordinary URL…), and only then may the code's
+/// text leave the gateway. The classifier (`classify_code`) calls this, so the two cannot
+/// disagree.
+///
+/// The code is an attempt when it contains [`JWT_PREFIX`] anywhere. The text to verify, on the
+/// code with surrounding whitespace trimmed (scanners may leave a CR or spaces):
+/// - the code itself when it begins with the prefix;
+/// - for a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`), the first `t` query parameter when
+///   it begins with the prefix (where §5 puts the token);
+/// - otherwise the whole code, which fails [`has_jwt_shape`] and so is `malformed`: a token in
+///   the fragment, behind another `t`, in the path, or with junk before it is refused, not
+///   guessed at.
 pub fn extract_token(qr_text: &str) -> Option<&str> {
-    // Scanners may leave a CR or spaces around the code.
     let text = qr_text.trim();
-    if looks_like_jwt(text) {
+    if !text.contains(JWT_PREFIX) {
+        return None;
+    }
+    if text.starts_with(JWT_PREFIX) {
         return Some(text);
     }
+    Some(token_in_url(text).unwrap_or(text))
+}
+
+/// The first `t` query parameter of a URL, if it begins with [`JWT_PREFIX`].
+fn token_in_url(text: &str) -> Option<&str> {
     let (scheme, rest) = text.split_once(':')?;
     if !is_url_scheme(scheme) {
         return None;
@@ -234,7 +266,7 @@ pub fn extract_token(qr_text: &str) -> Option<&str> {
     // base64url needs no percent-encoding, so the raw value is the token. Only the first `t`
     // counts: a code with two would otherwise be ambiguous.
     let value = query.split('&').find_map(|pair| pair.strip_prefix("t="))?;
-    looks_like_jwt(value).then_some(value)
+    value.starts_with(JWT_PREFIX).then_some(value)
 }
 
 /// RFC 3986 scheme: a letter, then letters, digits, `+`, `-`, `.`.
@@ -244,10 +276,12 @@ fn is_url_scheme(scheme: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-/// Three base64url segments, the header starting with `eyJ` (base64 of `{"`). The signature
-/// segment may be empty so that `alg: none` tokens are still recognised, and rejected, as
-/// tokens.
-pub fn looks_like_jwt(s: &str) -> bool {
+/// The one JWT shape rule: exactly three segments of the strict base64url alphabet
+/// (`A–Z a–z 0–9 - _`, no padding `=`, no `+` `/`, no whitespace), the header beginning with
+/// [`JWT_PREFIX`], the payload non-empty. The signature may be empty so that `alg: none`
+/// tokens get as far as their header, which refuses them. [`verify`] calls this first; a code
+/// that fails it is `malformed`.
+pub fn has_jwt_shape(s: &str) -> bool {
     let is_b64url = |seg: &str| {
         seg.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -260,7 +294,7 @@ pub fn looks_like_jwt(s: &str) -> bool {
         segments.next(),
     ) {
         (Some(header), Some(payload), Some(signature), None) => {
-            header.starts_with("eyJ")
+            header.starts_with(JWT_PREFIX)
                 && !payload.is_empty()
                 && [header, payload, signature].into_iter().all(is_b64url)
         }
@@ -320,7 +354,7 @@ fn check(
     seen: &mut Checked,
 ) -> Result<Claims, Verdict> {
     use Verdict::*;
-    if token.len() > MAX_TOKEN_LEN {
+    if token.len() > MAX_TOKEN_LEN || !has_jwt_shape(token) {
         return Err(Malformed);
     }
     let (signed, signature_b64) = token.rsplit_once('.').ok_or(Malformed)?;

@@ -426,17 +426,32 @@ fn extract_from_jwt_and_urls() {
         String::new(),
         "4006381333931".into(),
         "https://www.youtube.com/watch?v=abc&t=42".into(),
+        "abc.def.ghi".into(),
+        "EYJ.a.b".into(),
+    ] {
+        assert_eq!(extract_token(&other), None, "{other}");
+    }
+    // Attempts whose token is not where §5 puts it, or not the shape: the whole code is
+    // handed to the verifier, which refuses it. Nothing is guessed out of them.
+    for attempt in [
         format!("https://app.example.com/e#t={jwt}"),
         format!("https://app.example.com/e?tt={jwt}"),
         format!("https://app.example.com/e?t=nope&t={jwt}"),
         format!("1https://x/?t={jwt}"),
-        "eyJhbGciOi.eyJzdWIi".into(),
-        "eyJ..sig".into(),
-        "abc.def.ghi".into(),
-        "eyJ.a.b.c".into(),
-        "eyJ+.a.b".into(),
+        format!("x{jwt}"),
     ] {
-        assert_eq!(extract_token(&other), None, "{other}");
+        assert_eq!(extract_token(&attempt), Some(attempt.as_str()), "{attempt}");
+        assert!(!has_jwt_shape(&attempt), "{attempt}");
+    }
+    for attempt in [
+        "eyJhbGciOi.eyJzdWIi",
+        "eyJ..sig",
+        "eyJ.a.b.c",
+        "eyJ+.a.b",
+        "eyJ",
+    ] {
+        assert_eq!(extract_token(attempt), Some(attempt), "{attempt}");
+        assert!(!has_jwt_shape(attempt), "{attempt}");
     }
 }
 
@@ -480,7 +495,7 @@ proptest! {
     #[test]
     fn jwt_shaped_noise_never_panics(text in "eyJ[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_=.-]{0,200}") {
         let (_, keys) = fixture();
-        prop_assert_eq!(extract_token(&text).is_some(), looks_like_jwt(&text));
+        prop_assert_eq!(extract_token(&text), Some(text.as_str()));
         prop_assert_ne!(verify(&text, &keys, &CTX).verdict, Verdict::Valid);
     }
 
@@ -612,5 +627,73 @@ fn regression_sub_with_control_characters_was_valid() {
             ..claims()
         };
         assert_eq!(verdict(&c, &CTX), Verdict::Valid, "sub {sub:?}");
+    }
+}
+
+/// Codes that begin like (or carry) a signed, valid token but fail the shape check.
+fn near_misses(jwt: &str) -> Vec<String> {
+    let (signed, _) = jwt.rsplit_once('.').unwrap();
+    let mut codes = vec![
+        format!("{jwt}.x"),
+        format!("{jwt}."),
+        format!("{jwt}.{jwt}"),
+        format!("{jwt}=="),
+        format!("{jwt}x"),
+        format!("{jwt} trailing words"),
+        format!("{jwt}\u{1d}01"),
+        signed.to_string(),
+        format!("{signed}."),
+        format!("]Q1{jwt}"),
+        format!("token:{jwt}"),
+        format!("https://app.example/e?t=nope&t={jwt}"),
+        format!("https://app.example/e#t={jwt}"),
+        format!("https://app.example/e/{jwt}"),
+        format!("https://app.example/e?token={jwt}"),
+    ];
+    let std_alphabet = jwt.replace('-', "+").replace('_', "/");
+    if std_alphabet != jwt {
+        codes.push(std_alphabet);
+    }
+    codes
+}
+
+#[test]
+fn regression_jwt_like_codes_failing_the_shape_were_forwarded_as_other() {
+    use super::super::{classify_code, CodeKind};
+    let (key, keys) = fixture();
+    let jwt = mint(&key, KID, &claims());
+    for code in near_misses(&jwt) {
+        assert_eq!(classify_code(&code), CodeKind::AppToken, "{code:?}");
+        let token = extract_token(&code).unwrap_or_else(|| panic!("an attempt: {code:?}"));
+        let checked = verify(token, &keys, &CTX);
+        assert_eq!(checked.verdict, Verdict::Malformed, "{code:?}");
+        assert_eq!(checked.claims, None);
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_code_containing_the_jwt_prefix_is_always_a_token_attempt(
+        before in "\\PC{0,40}",
+        after in "\\PC{0,200}",
+    ) {
+        use super::super::{classify_code, CodeKind};
+        let code = format!("{before}eyJ{after}");
+        prop_assert_eq!(classify_code(&code), CodeKind::AppToken);
+        let (_, keys) = fixture();
+        let token = extract_token(&code);
+        prop_assert!(token.is_some());
+        prop_assert_ne!(verify(token.unwrap(), &keys, &CTX).verdict, Verdict::Valid);
+    }
+
+    #[test]
+    fn any_suffix_on_a_valid_token_is_malformed(suffix in "\\PC{1,40}") {
+        let (key, keys) = fixture();
+        let jwt = mint(&key, KID, &claims());
+        let code = format!("{jwt}{suffix}");
+        prop_assume!(code.trim() != jwt);
+        let token = extract_token(&code);
+        prop_assert!(token.is_some());
+        prop_assert_eq!(verify(token.unwrap(), &keys, &CTX).verdict, Verdict::Malformed);
     }
 }
