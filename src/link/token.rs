@@ -465,4 +465,6 @@ pub fn mint(signing_key: &SigningKey, kid: &str, claims: &Claims) -> String {
 }
 
 #[cfg(test)]
+mod strictness_tests;
+#[cfg(test)]
 mod tests;
