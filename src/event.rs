@@ -96,7 +96,9 @@ pub struct QrScanned {
     pub symbology: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aim: Option<String>,
-    /// The code's text, for everything but app tokens (a token is a bearer credential).
+    /// The code's text, for every kind but `app_token`. A token is a bearer credential, so a
+    /// code that is any attempt at one (it contains `eyJ`, `link::token::JWT_PREFIX`) never has
+    /// its text here, whatever its verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

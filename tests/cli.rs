@@ -84,3 +84,59 @@ fn run_with_a_missing_config_fails_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
+
+#[test]
+fn token_verify_gives_the_gateways_verdicts_and_refuses_a_suffixed_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(phygate(&["token", "keygen", "--kid", "k1", "--dir", d]));
+    let key = format!("{d}/k1.key");
+    let jwks = format!("{d}/jwks.json");
+    let mint = |user: &str| {
+        ok(phygate(&[
+            "token", "mint", "--key", &key, "--kid", "k1", "--user", user, "--tenant", "acme",
+        ]))
+        .trim()
+        .to_owned()
+    };
+    let verify = |code: &str| {
+        let out = phygate(&[
+            "token", "verify", code, "--jwks", &jwks, "--tenant", "acme", "--store", "s1",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let first = stdout.lines().next().unwrap_or_default().to_owned();
+        (out.status.success(), first)
+    };
+    let token = mint("alice");
+    assert_eq!(verify(&token), (true, "valid".into()));
+    assert_eq!(
+        verify(&format!("https://app.example/e?t={token}")),
+        (true, "valid".into())
+    );
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    for code in [
+        format!("{token}.x"),
+        format!("{token}=="),
+        format!("]Q1{token}"),
+        format!("https://app.example/e#t={token}"),
+        signed.to_owned(),
+    ] {
+        assert_eq!(verify(&code), (true, "malformed".into()), "{code}");
+    }
+    // No JWT prefix: not a token (a gateway forwards it as a plain code).
+    let (success, _) = verify("4006381333931");
+    assert!(!success);
+    // `mint` refuses what `verify` would call malformed.
+    let out = phygate(&[
+        "token", "mint", "--key", &key, "--kid", "k1", "--user", "bob\n", "--tenant", "acme",
+    ]);
+    assert!(!out.status.success(), "a user id with a newline was minted");
+}

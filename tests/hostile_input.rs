@@ -521,11 +521,13 @@ fn qr_payload() -> impl Strategy<Value = String> {
             "(https?|app|HTTPS|x-y\\.z|1a)?",
             "[a-z./]{0,12}",
             "[a-z0-9=&]{0,12}",
-            jwt,
+            jwt.clone(),
             "[#?&a-z=]{0,10}"
         )
             .prop_map(|(scheme, path, q, j, tail)| format!("{scheme}:{path}?{q}&t={j}{tail}")),
         "[0-9]{6,15}",
+        // A token with junk around it: a suffix, a scanner prefix left on, a second segment.
+        ("\\PC{0,8}", jwt, "\\PC{0,8}").prop_map(|(a, j, b)| format!("{a}{j}{b}")),
     ]
 }
 
@@ -539,6 +541,12 @@ proptest! {
         prop_assert!(
             token.is_none() || kind == CodeKind::AppToken,
             "{:?} carries a token but is classified {:?}", payload, kind
+        );
+        // The rule itself: whatever contains the JWT prefix is a token attempt, never forwarded.
+        prop_assert_eq!(
+            payload.contains(phygate::link::token::JWT_PREFIX),
+            kind == CodeKind::AppToken,
+            "{:?} is classified {:?}", payload, kind
         );
     }
 

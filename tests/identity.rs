@@ -338,6 +338,100 @@ fn forged_and_replayed_codes_keep_the_gate_shut() {
 }
 
 #[test]
+fn regression_a_signed_token_with_a_suffix_reached_hq_in_clear() {
+    let s = store();
+    let hq = s.rig.hq("suffix");
+    let (_g, mut gate_scanner) = s.rig.scanner();
+    let gate = s.rig.gate(0, 0);
+    let gw = s.rig.start_gateway();
+    hq.wait_for(LONG, "scanner and gate up", |h| {
+        let st = h.statuses();
+        ["scanner-1", "turnstile"].iter().all(|d| {
+            st.iter()
+                .any(|e| e["data"]["device"] == *d && e["data"]["state"] == "up")
+        })
+    });
+    // A genuine, valid code with something around it: once classified `other`, its text was
+    // published to HQ as the scan's payload, and anyone reading the broker could replay it.
+    let good = s.token("erin", None);
+    let (signed, signature) = good.rsplit_once('.').unwrap();
+    let claims_segment = signed.split_once('.').unwrap().1;
+    for code in [
+        format!("{good}.x"),
+        format!("{good}=="),
+        format!("]Q1{good}"),
+        format!("https://app.example/e#t={good}"),
+        signed.to_owned(),
+    ] {
+        gate_scanner.scan(&code).unwrap();
+    }
+    // A product code after them: plain codes are still forwarded as they are.
+    gate_scanner.scan("4006381333931").unwrap();
+    hq.wait_for(LONG, "six scans", |h| {
+        h.of_type("store.qr.scanned").len() == 6
+    });
+    let scans = hq.of_type("store.qr.scanned");
+    for scan in &scans[..5] {
+        let d = &scan["data"];
+        assert_eq!(d["kind"], "app_token", "{scan}");
+        assert_eq!(d["verdict"], "malformed", "{scan}");
+        assert_eq!(d["gate_opened"], false, "{scan}");
+        assert!(d.get("payload").is_none(), "{scan}");
+        assert!(scan.get("userid").is_none(), "{scan}");
+    }
+    assert_eq!(scans[5]["data"]["payload"], "4006381333931");
+    assert!(gate.coil_writes().is_empty(), "the gate stayed shut");
+
+    // No copy anywhere: not in what HQ received, not on the status page, not in any file the
+    // gateway or the broker wrote (outbox and its WAL, the log, the broker's store).
+    let secret = [signature, claims_segment];
+    let leaks = |what: &str, text: &[u8]| {
+        for part in secret {
+            assert!(
+                !text.windows(part.len()).any(|w| w == part.as_bytes()),
+                "{what} holds a copy of the scanned token"
+            );
+        }
+    };
+    for event in hq.all() {
+        leaks("an event HQ received", event.to_string().as_bytes());
+    }
+    for path in ["/", "/status.json", "/metrics"] {
+        leaks(path, get(s.rig.status_port, path).1.as_bytes());
+    }
+    leaks("the gateway's log", gw.log().as_bytes());
+    let mut dirs = vec![s.rig.dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                // A file may go between the listing and the read (a journal, a temp file).
+                Ok(t) if t.is_file() => {
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        leaks(&path.display().to_string(), &bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // The code itself was never spent by those attempts: it opens the gate now.
+    let coil = gate.watch_coil_writes();
+    gate_scanner.scan(&good).unwrap();
+    coil.recv_timeout(Duration::from_secs(5))
+        .expect("the clean code opens the gate");
+    hq.wait_for(LONG, "the valid scan", |h| {
+        !of_user(h, "store.qr.scanned", "erin").is_empty()
+    });
+    assert_eq!(
+        of_user(&hq, "store.qr.scanned", "erin")[0]["data"]["verdict"],
+        "valid"
+    );
+}
+
+#[test]
 fn with_the_broker_down_the_gate_still_opens_and_everything_arrives_later() {
     let s = store();
     let hq = s.rig.hq("offline");

@@ -11,7 +11,9 @@ use clap::{Subcommand, ValueEnum};
 use crate::link::jwks::{
     generate_key, jwks_json, signing_key_from_base64url, signing_key_to_base64url, KeySet,
 };
-use crate::link::token::{mint, verify, Claims, Purpose, VerifyContext};
+use crate::link::token::{
+    is_printable_text, mint, verify, Claims, Purpose, VerifyContext, SUB_LEN,
+};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
@@ -97,6 +99,14 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             if ttl > Duration::from_secs(300) || ttl.is_zero() {
                 bail!("--ttl must be between 1s and 5m (gateways refuse longer-lived tokens)");
             }
+            if !is_printable_text(&user, SUB_LEN) {
+                bail!(
+                    "--user must be {}-{} characters of printable text, without control \
+                     characters or spaces at either end (gateways refuse other user ids)",
+                    SUB_LEN.start(),
+                    SUB_LEN.end()
+                );
+            }
             let text = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading {}", key.display()))?;
             let signing = signing_key_from_base64url(&text)
@@ -129,8 +139,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&jwks)
                 .with_context(|| format!("reading {}", jwks.display()))?;
             let keys = KeySet::from_jwks_json(&text)?;
+            // The gateway's own rule, so the verdict printed is the one a scan would get.
             let Some(token) = crate::link::token::extract_token(&token) else {
-                bail!("not an app token (a compact JWT, or a URL with it in `t`)");
+                bail!(
+                    "not an app token: it does not contain `{}`, the start of every compact JWT \
+                     (a gateway forwards such a code to HQ as it is)",
+                    crate::link::token::JWT_PREFIX
+                );
             };
             let ctx = VerifyContext {
                 tenant: &tenant,

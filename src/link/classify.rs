@@ -19,38 +19,12 @@ impl CodeKind {
     }
 }
 
-/// A compact JWT: three base64url segments, the header a JSON object (`eyJ` = `{"`).
-pub fn looks_like_jwt(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let segments: [Option<&str>; 3] = [parts.next(), parts.next(), parts.next()];
-    parts.next().is_none()
-        && segments.iter().all(|p| {
-            p.is_some_and(|p| {
-                !p.is_empty()
-                    && p.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-        })
-        && s.starts_with("eyJ")
-}
-
-/// The token in an app URL's `t` query parameter, if any.
-pub fn token_in_url(s: &str) -> Option<&str> {
-    let (_, query) = s.split_once('?')?;
-    let query = query.split('#').next().unwrap_or_default();
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("t="))
-        .filter(|t| looks_like_jwt(t))
-}
-
+/// The kind of a scanned code. `AppToken` is exactly what `token::extract_token` takes for a
+/// token attempt (any code containing `eyJ`, see `token::JWT_PREFIX`): the link forwards the
+/// payload of every other kind to HQ verbatim, so this must never say anything else for a code
+/// the verifier would look at. The token rule lives there alone.
 pub fn classify_code(payload: &str) -> CodeKind {
-    // Whatever the token verifier would take for a token is one here too (an unsigned token,
-    // one with spaces around it): the payload of any other kind is forwarded to HQ verbatim.
-    if looks_like_jwt(payload)
-        || token_in_url(payload).is_some()
-        || super::token::extract_token(payload).is_some()
-    {
+    if super::token::extract_token(payload).is_some() {
         CodeKind::AppToken
     } else if payload.starts_with("http://") || payload.starts_with("https://") {
         CodeKind::Url
@@ -79,7 +53,19 @@ mod tests {
         assert_eq!(classify_code("https://shop.example/p/123"), CodeKind::Url);
         assert_eq!(classify_code("4006381333931"), CodeKind::Product);
         assert_eq!(classify_code("HELLO"), CodeKind::Other);
-        assert_eq!(classify_code("eyJ.a.b.c"), CodeKind::Other);
+        assert_eq!(
+            classify_code("https://www.youtube.com/watch?v=abc&t=42"),
+            CodeKind::Url
+        );
+        // Anything containing the JWT prefix is a token attempt, whatever its shape.
+        for attempt in [
+            "eyJ.a.b.c",
+            "eyJ",
+            "x eyJ y",
+            "https://shop.example/p?s=eyJ9",
+        ] {
+            assert_eq!(classify_code(attempt), CodeKind::AppToken, "{attempt}");
+        }
     }
 
     #[test]

@@ -223,7 +223,9 @@ impl Journey {
                         kind: kind.as_str(),
                         symbology: code.symbology,
                         aim: code.aim,
-                        // A token-like text that is not a token still stays off the wire.
+                        // classify_code says app_token exactly when extract_token finds an
+                        // attempt, so this branch never has one; the check keeps a token's
+                        // text off the wire even if that ever changed.
                         payload: (kind != CodeKind::AppToken).then_some(code.payload),
                         kid: None,
                         jti: None,

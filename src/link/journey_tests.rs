@@ -358,3 +358,36 @@ fn restored_state_still_rejects_a_replay_and_knows_members() {
     let again = restarted.scan("kiosk", 1, &token);
     assert_eq!(data(&again.events[0])["verdict"], "replayed");
 }
+
+#[test]
+fn regression_a_valid_token_with_a_suffix_was_forwarded_raw() {
+    let mut t = setup();
+    let token = t.token("user-1", None, JTI);
+    let signature = token.rsplit_once('.').unwrap().1.to_owned();
+    for (i, code) in [
+        format!("{token}.x"),
+        format!("{token}=="),
+        format!("]Q1{token}"),
+        format!("https://app.example/e#t={token}"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = t.scan("in", i as u64, &code);
+        assert!(out.unlock.is_none(), "{code:?}");
+        assert_eq!(out.events.len(), 1, "{code:?}");
+        let scan = &out.events[0];
+        assert!(scan.userid.is_none(), "{code:?}");
+        let d = data(scan);
+        assert_eq!(d["kind"], "app_token", "{code:?}");
+        assert_eq!(d["verdict"], "malformed", "{code:?}");
+        assert_eq!(d["gate_opened"], false, "{code:?}");
+        // Every field of the event, envelope included.
+        let all = format!("{scan:?}");
+        assert!(!all.contains(&signature), "{code:?}: {all}");
+        // Nothing of it is kept either: no replay entry for a code that was not valid.
+        assert!(out.state.is_empty(), "{code:?}: {:?}", out.state);
+    }
+    // The token itself was never spent: it still opens the gate.
+    assert!(t.scan("in", 9, &token).unlock.is_some());
+}

@@ -3,17 +3,30 @@
 //!
 //! Pure logic, no I/O: the caller supplies the clock, the keys and the replay memory.
 //!
+//! # What is a token attempt
+//!
+//! A scanned code that contains [`JWT_PREFIX`] (`eyJ`, the base64url of `{"` that begins every
+//! compact JWT) anywhere is an app-token attempt ([`extract_token`]): it gets a verdict, and its
+//! text never leaves the gateway, whatever else is wrong with it. Only codes without it may be
+//! forwarded to HQ. Deciding on the prefix, not on the full shape, is what keeps a real token
+//! with a bit of junk around it (a suffix, a scanner prefix left on, a second copy) from being
+//! taken for an ordinary code and published in clear. The full shape is checked once, by
+//! [`has_jwt_shape`], as the first step of [`verify`].
+//!
 //! # Check order
 //!
 //! [`verify`] stops at the first failing check, in this order:
 //!
-//! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not three strict base64url segments, header not
-//!    exactly `{"alg":"EdDSA","kid":…}` (+ optional `"typ":"JWT"`), payload not a JSON object,
-//!    signature not 64 bytes. Structure first, because nothing else can be read without it.
+//! 1. `malformed`: longer than [`MAX_TOKEN_LEN`], not the shape of [`has_jwt_shape`] (three
+//!    strict base64url segments), header not exactly `{"alg":"EdDSA","kid":…}` (+ optional
+//!    `"typ":"JWT"`, a `kid` within [`KID_LEN`]), header or payload not a JSON object with unique
+//!    member names (see `json.rs`), signature not 64 bytes. Structure first, because nothing
+//!    else can be read without it.
 //! 2. `unknown_key`: the kid is not in the key set.
 //! 3. `bad_signature`: `verify_strict` over the ASCII `header.payload`. Claims are judged only
 //!    after this, so nothing below ever looks at content HQ did not sign.
-//! 4. `malformed`: the signed claims break §5 (types, `sub` 1–64 chars, `jti` 16–32 chars,
+//! 4. `malformed`: the signed claims break §5 as the gateway reads it (types, `sub` printable
+//!    text of [`SUB_LEN`] characters, `jti` of [`JTI_LEN`] visible ASCII characters,
 //!    `0 < exp − iat ≤ 300`, unknown `pur`). That is an HQ/app bug, not an attack.
 //! 5. `wrong_audience`, then 6. `wrong_store`: before time, because a token for another tenant or
 //!    store is wrong whatever the clock says, and saying so helps whoever debugs the app.
@@ -23,9 +36,10 @@
 //! cache), only for tokens that passed everything else, so invalid tokens cannot fill the
 //! replay memory.
 //!
-//! `Checked::kid` / `jti` are filled whenever they could be read, even for failures (the
-//! `store.qr.scanned` event records them); `Checked::claims` is `Some` only for `valid`, so
-//! nobody links a user from a token that failed.
+//! `Checked::kid` / `jti` are filled whenever they could be read and meet their own rule, even
+//! for failures (the `store.qr.scanned` event records them, so they must be short printable
+//! text even when nobody signed them); `Checked::claims` is `Some` only for `valid`, so nobody
+//! links a user from a token that failed.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -35,15 +49,26 @@ use serde_json::{Map, Value};
 
 use super::jwks::KeySet;
 
+mod json;
+
 /// Longest token looked at. A §5 token is ~400 bytes; the cap bounds the work an arbitrary
 /// scanned code can cause before any decoding.
 pub const MAX_TOKEN_LEN: usize = 2048;
 /// Longest allowed lifetime, `exp − iat` (§5: apps rotate the code).
 pub const MAX_LIFETIME_S: i64 = 300;
-/// `sub` length bounds in characters (§5).
+/// How every compact JWT begins: `eyJ` is the base64url (and base64) of `{"`, the start of its
+/// JSON header. A scanned code containing it anywhere is treated as an app-token attempt (see
+/// the module doc): product codes are digits, and ordinary URLs and text almost never hold it.
+pub const JWT_PREFIX: &str = "eyJ";
+/// `sub` (the app user id) length bounds in characters (§5). It must also be printable text
+/// ([`is_printable_text`]): it is shown in events, logs and the status page.
 pub const SUB_LEN: std::ops::RangeInclusive<usize> = 1..=64;
-/// `jti` length bounds in characters (§5).
+/// `jti` length bounds (§5). A jti is a nonce and a storage key, so only visible ASCII
+/// (`!`..=`~`: no space, no control or non-ASCII character) is accepted, and characters are bytes.
 pub const JTI_LEN: std::ops::RangeInclusive<usize> = 16..=32;
+/// `kid` (header) length bounds in characters; printable text like `sub`. §5 sets no limit;
+/// HQ's key ids are short names (`2026-01`) or thumbprints (43 chars).
+pub const KID_LEN: std::ops::RangeInclusive<usize> = 1..=128;
 
 /// The outcome of checking a token, as recorded in `store.qr.scanned` (`verdict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -205,16 +230,32 @@ impl Checked {
     }
 }
 
-/// Returns the token a scanned code carries: the code itself if it is a compact JWT, or the
-/// `t` query parameter of a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`). `None` means the code
-/// is not an app token (a product code, another URL…). A `t` that does not look like a JWT
-/// also gives `None`, so unrelated URLs (`?t=42`) are not mistaken for failed tokens.
+/// The app-token attempt a scanned code carries, as the text to hand to [`verify`]; `None`
+/// when the code is no attempt (a product code, an ordinary URL…), and only then may the code's
+/// text leave the gateway. The classifier (`classify_code`) calls this, so the two cannot
+/// disagree.
+///
+/// The code is an attempt when it contains [`JWT_PREFIX`] anywhere. The text to verify, on the
+/// code with surrounding whitespace trimmed (scanners may leave a CR or spaces):
+/// - the code itself when it begins with the prefix;
+/// - for a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`), the first `t` query parameter when
+///   it begins with the prefix (where §5 puts the token);
+/// - otherwise the whole code, which fails [`has_jwt_shape`] and so is `malformed`: a token in
+///   the fragment, behind another `t`, in the path, or with junk before it is refused, not
+///   guessed at.
 pub fn extract_token(qr_text: &str) -> Option<&str> {
-    // Scanners may leave a CR or spaces around the code.
     let text = qr_text.trim();
-    if looks_like_jwt(text) {
+    if !text.contains(JWT_PREFIX) {
+        return None;
+    }
+    if text.starts_with(JWT_PREFIX) {
         return Some(text);
     }
+    Some(token_in_url(text).unwrap_or(text))
+}
+
+/// The first `t` query parameter of a URL, if it begins with [`JWT_PREFIX`].
+fn token_in_url(text: &str) -> Option<&str> {
     let (scheme, rest) = text.split_once(':')?;
     if !is_url_scheme(scheme) {
         return None;
@@ -225,7 +266,7 @@ pub fn extract_token(qr_text: &str) -> Option<&str> {
     // base64url needs no percent-encoding, so the raw value is the token. Only the first `t`
     // counts: a code with two would otherwise be ambiguous.
     let value = query.split('&').find_map(|pair| pair.strip_prefix("t="))?;
-    looks_like_jwt(value).then_some(value)
+    value.starts_with(JWT_PREFIX).then_some(value)
 }
 
 /// RFC 3986 scheme: a letter, then letters, digits, `+`, `-`, `.`.
@@ -235,10 +276,12 @@ fn is_url_scheme(scheme: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-/// Three base64url segments, the header starting with `eyJ` (base64 of `{"`). The signature
-/// segment may be empty so that `alg: none` tokens are still recognised, and rejected, as
-/// tokens.
-pub fn looks_like_jwt(s: &str) -> bool {
+/// The one JWT shape rule: exactly three segments of the strict base64url alphabet
+/// (`A–Z a–z 0–9 - _`, no padding `=`, no `+` `/`, no whitespace), the header beginning with
+/// [`JWT_PREFIX`], the payload non-empty. The signature may be empty so that `alg: none`
+/// tokens get as far as their header, which refuses them. [`verify`] calls this first; a code
+/// that fails it is `malformed`.
+pub fn has_jwt_shape(s: &str) -> bool {
     let is_b64url = |seg: &str| {
         seg.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -251,12 +294,38 @@ pub fn looks_like_jwt(s: &str) -> bool {
         segments.next(),
     ) {
         (Some(header), Some(payload), Some(signature), None) => {
-            header.starts_with("eyJ")
+            header.starts_with(JWT_PREFIX)
                 && !payload.is_empty()
                 && [header, payload, signature].into_iter().all(is_b64url)
         }
         _ => false,
     }
+}
+
+/// Text a person may be shown (an event, a log line, the status page) and compare by eye:
+/// `len` characters; no control character (Unicode Cc: C0, DEL, C1); none of the invisible
+/// format characters that hide text or reorder how the rest displays ([`is_invisible`]); no
+/// whitespace at either end, so two ids that look the same are the same. Spaces inside are fine.
+pub fn is_printable_text(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.chars().count())
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(|c| c.is_control() || is_invisible(c))
+}
+
+/// Invisible format characters (Unicode Cf, Zl, Zp) that spoof text: soft hyphen, zero-width
+/// characters and joiners, bidirectional marks, embeddings, overrides and isolates, line and
+/// paragraph separators, word joiner and invisible operators, BOM, interlinear annotation, tags.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
+}
+
+/// A `jti` as [`JTI_LEN`] says: visible ASCII only.
+pub fn is_valid_jti(jti: &str) -> bool {
+    JTI_LEN.contains(&jti.len()) && jti.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Verifies a token; see the module doc for the check order. Never panics.
@@ -285,17 +354,17 @@ fn check(
     seen: &mut Checked,
 ) -> Result<Claims, Verdict> {
     use Verdict::*;
-    if token.len() > MAX_TOKEN_LEN {
+    if token.len() > MAX_TOKEN_LEN || !has_jwt_shape(token) {
         return Err(Malformed);
     }
     let (signed, signature_b64) = token.rsplit_once('.').ok_or(Malformed)?;
     let (header_b64, payload_b64) = signed.split_once('.').ok_or(Malformed)?;
 
     let header = decode_object(header_b64)?;
-    seen.kid = string_field(&header, "kid");
+    seen.kid = string_field(&header, "kid").filter(|kid| is_printable_text(kid, KID_LEN));
     let kid = check_header(&header)?;
     let payload = decode_object(payload_b64)?;
-    seen.jti = string_field(&payload, "jti");
+    seen.jti = string_field(&payload, "jti").filter(|jti| is_valid_jti(jti));
     let signature: [u8; SIGNATURE_LENGTH] = decode_b64(signature_b64)?
         .try_into()
         .map_err(|_| Malformed)?;
@@ -307,7 +376,7 @@ fn check(
         .map_err(|_| BadSignature)?;
 
     let claims: Claims = serde_json::from_value(Value::Object(payload)).map_err(|_| Malformed)?;
-    check_shape(&claims)?;
+    check_claims(&claims)?;
     if !claims.aud.iter().any(|aud| aud == ctx.tenant) {
         return Err(WrongAudience);
     }
@@ -342,16 +411,16 @@ fn check_header(header: &Map<String, Value>) -> Result<&str, Verdict> {
         .all(|name| matches!(name.as_str(), "alg" | "kid" | "typ"));
     let kid = header.get("kid").and_then(Value::as_str);
     match kid {
-        Some(kid) if alg_ok && typ_ok && only_known && !kid.is_empty() => Ok(kid),
+        Some(kid) if alg_ok && typ_ok && only_known && is_printable_text(kid, KID_LEN) => Ok(kid),
         _ => Err(Verdict::Malformed),
     }
 }
 
-/// The §5 limits on signed claims.
-fn check_shape(claims: &Claims) -> Result<(), Verdict> {
+/// The §5 limits on signed claims, as the gateway reads them.
+fn check_claims(claims: &Claims) -> Result<(), Verdict> {
     let lifetime = i128::from(claims.exp) - i128::from(claims.iat);
-    let ok = SUB_LEN.contains(&claims.sub.chars().count())
-        && JTI_LEN.contains(&claims.jti.chars().count())
+    let ok = is_printable_text(&claims.sub, SUB_LEN)
+        && is_valid_jti(&claims.jti)
         && lifetime > 0
         && lifetime <= i128::from(MAX_LIFETIME_S);
     if ok {
@@ -369,11 +438,9 @@ fn decode_b64(segment: &str) -> Result<Vec<u8>, Verdict> {
         .map_err(|_| Verdict::Malformed)
 }
 
+/// A header or payload: one JSON object, no duplicate member names at any depth (`json.rs`).
 fn decode_object(segment: &str) -> Result<Map<String, Value>, Verdict> {
-    match serde_json::from_slice(&decode_b64(segment)?) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Verdict::Malformed),
-    }
+    json::parse_object(&decode_b64(segment)?).ok_or(Verdict::Malformed)
 }
 
 fn string_field(map: &Map<String, Value>, name: &str) -> Option<String> {
@@ -397,5 +464,7 @@ pub fn mint(signing_key: &SigningKey, kid: &str, claims: &Claims) -> String {
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
 }
 
+#[cfg(test)]
+mod strictness_tests;
 #[cfg(test)]
 mod tests;

@@ -4,22 +4,22 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::json;
 
-const NOW: i64 = 1_790_000_000;
-const KID: &str = "k1";
-const CTX: VerifyContext<'static> = VerifyContext {
+pub(super) const NOW: i64 = 1_790_000_000;
+pub(super) const KID: &str = "k1";
+pub(super) const CTX: VerifyContext<'static> = VerifyContext {
     tenant: "acme",
     store: "s042",
     now_unix: NOW,
     skew_s: 30,
 };
 
-fn fixture() -> (SigningKey, KeySet) {
+pub(super) fn fixture() -> (SigningKey, KeySet) {
     let (key, jwk) = generate_key(KID);
     let keys = KeySet::from_jwks_value(&jwks_json(&[jwk])).expect("fresh key is valid");
     (key, keys)
 }
 
-fn claims() -> Claims {
+pub(super) fn claims() -> Claims {
     Claims {
         sub: "user-123".into(),
         aud: vec!["acme".into()],
@@ -37,7 +37,7 @@ fn at(now_unix: i64) -> VerifyContext<'static> {
 }
 
 /// Verdict of a properly signed token with these claims, checked at `ctx`.
-fn verdict(claims: &Claims, ctx: &VerifyContext<'_>) -> Verdict {
+pub(super) fn verdict(claims: &Claims, ctx: &VerifyContext<'_>) -> Verdict {
     let (key, keys) = fixture();
     verify(&mint(&key, KID, claims), &keys, ctx).verdict
 }
@@ -426,17 +426,32 @@ fn extract_from_jwt_and_urls() {
         String::new(),
         "4006381333931".into(),
         "https://www.youtube.com/watch?v=abc&t=42".into(),
+        "abc.def.ghi".into(),
+        "EYJ.a.b".into(),
+    ] {
+        assert_eq!(extract_token(&other), None, "{other}");
+    }
+    // Attempts whose token is not where §5 puts it, or not the shape: the whole code is
+    // handed to the verifier, which refuses it. Nothing is guessed out of them.
+    for attempt in [
         format!("https://app.example.com/e#t={jwt}"),
         format!("https://app.example.com/e?tt={jwt}"),
         format!("https://app.example.com/e?t=nope&t={jwt}"),
         format!("1https://x/?t={jwt}"),
-        "eyJhbGciOi.eyJzdWIi".into(),
-        "eyJ..sig".into(),
-        "abc.def.ghi".into(),
-        "eyJ.a.b.c".into(),
-        "eyJ+.a.b".into(),
+        format!("x{jwt}"),
     ] {
-        assert_eq!(extract_token(&other), None, "{other}");
+        assert_eq!(extract_token(&attempt), Some(attempt.as_str()), "{attempt}");
+        assert!(!has_jwt_shape(&attempt), "{attempt}");
+    }
+    for attempt in [
+        "eyJhbGciOi.eyJzdWIi",
+        "eyJ..sig",
+        "eyJ.a.b.c",
+        "eyJ+.a.b",
+        "eyJ",
+    ] {
+        assert_eq!(extract_token(attempt), Some(attempt), "{attempt}");
+        assert!(!has_jwt_shape(attempt), "{attempt}");
     }
 }
 
@@ -480,7 +495,7 @@ proptest! {
     #[test]
     fn jwt_shaped_noise_never_panics(text in "eyJ[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_=.-]{0,200}") {
         let (_, keys) = fixture();
-        prop_assert_eq!(extract_token(&text).is_some(), looks_like_jwt(&text));
+        prop_assert_eq!(extract_token(&text), Some(text.as_str()));
         prop_assert_ne!(verify(&text, &keys, &CTX).verdict, Verdict::Valid);
     }
 
@@ -490,6 +505,7 @@ proptest! {
         jti in "[A-Za-z0-9_-]{16,32}",
         life in 1i64..=300,
     ) {
+        prop_assume!(is_printable_text(&sub, SUB_LEN));
         let (key, keys) = fixture();
         let c = Claims { sub, jti, exp: NOW - 10 + life, ..claims() };
         let ctx = at(NOW - 10);
