@@ -1,5 +1,7 @@
 //! The command line as a technician uses it.
 
+mod common;
+
 use std::process::Command;
 
 fn phygate(args: &[&str]) -> std::process::Output {
@@ -68,11 +70,9 @@ fn regression_check_config_into_a_closed_pipe_exits_quietly() {
     let path = dir.path().join("phygate.toml");
     std::fs::write(&path, GOOD).unwrap();
     // `phygate check-config x.toml | head -c 10`, with the reader already gone.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_phygate"))
         .args(["check-config", path.to_str().unwrap()])
-        .stdout(writer)
+        .stdout(common::closed_pipe())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -501,12 +501,10 @@ fn regression_a_device_in_error_makes_banner_cli_and_healthz_say_degraded() {
 
 /// `phygate status ARGS` with its stdout a pipe whose reading end is already closed.
 fn status_into_a_closed_pipe(args: &[&str]) -> (i32, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_phygate"))
         .arg("status")
         .args(args)
-        .stdout(writer)
+        .stdout(closed_pipe())
         .output()
         .unwrap();
     (

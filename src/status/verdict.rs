@@ -202,7 +202,9 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
         _ => String::new(),
     };
     if !hq.connected {
-        let since = i.now.duration_since(hq.since).unwrap_or_default();
+        // Whole seconds: "for 4 s", not "for 4.1 s".
+        let since =
+            Duration::from_secs(i.now.duration_since(hq.since).unwrap_or_default().as_secs());
         let last = match &hq.last_error {
             Some(e) => format!(" (last error: {e})"),
             None => String::new(),

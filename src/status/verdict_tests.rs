@@ -111,7 +111,7 @@ fn regression_a_device_in_error_is_degraded_with_its_reason() {
 fn regression_hq_down_is_degraded_and_says_how_long_and_what_waits() {
     let mut w = World::fine();
     w.hq.connected = false;
-    w.hq.since = now() - Duration::from_secs(180);
+    w.hq.since = now() - Duration::from_millis(180_400);
     w.hq.last_error = Some("connection refused".into());
     w.outbox.depth = Some(12);
     w.outbox.oldest_unsent = Some(now() - Duration::from_secs(170));
@@ -122,6 +122,17 @@ fn regression_hq_down_is_degraded_and_says_how_long_and_what_waits() {
         ["HQ is not connected for 3 min (last error: connection refused); 12 events wait in the outbox"]
     );
     assert_eq!(v.level_of(Part::Hq), Level::Degraded);
+}
+
+#[test]
+fn hq_down_for_seconds_reads_in_whole_seconds() {
+    let mut w = World::fine();
+    w.hq.connected = false;
+    w.hq.since = now() - Duration::from_millis(4_100);
+    assert_eq!(
+        w.judge().to_string(),
+        "degraded: HQ is not connected for 4 s"
+    );
 }
 
 #[test]
