@@ -29,28 +29,42 @@ pub fn set_mode(mode: ClockSync) {
     MODE.store(mode as u8, Ordering::Relaxed);
 }
 
-/// True when the wall clock is synchronised now. An unanswerable kernel (not Linux, a sandbox
-/// refusing the call) counts as not synchronised: the flag claims only what is known.
-pub fn synced() -> bool {
+/// The answer source set at start.
+pub fn mode() -> ClockSync {
     match MODE.load(Ordering::Relaxed) {
-        m if m == ClockSync::AssumeSynced as u8 => true,
-        m if m == ClockSync::AssumeUnsynced as u8 => false,
-        _ => kernel_synced().unwrap_or(false),
+        m if m == ClockSync::AssumeSynced as u8 => ClockSync::AssumeSynced,
+        m if m == ClockSync::AssumeUnsynced as u8 => ClockSync::AssumeUnsynced,
+        _ => ClockSync::Kernel,
     }
 }
 
-/// The kernel's view (`adjtimex` with no modes only reads; no privilege needed).
-#[cfg(target_os = "linux")]
+/// True when the wall clock is synchronised now. An unanswerable kernel (not Linux, a sandbox
+/// refusing the call) counts as not synchronised: the flag claims only what is known.
+pub fn synced() -> bool {
+    match mode() {
+        ClockSync::AssumeSynced => true,
+        ClockSync::AssumeUnsynced => false,
+        ClockSync::Kernel => kernel_synced().unwrap_or(false),
+    }
+}
+
 fn kernel_synced() -> Option<bool> {
+    kernel_reading().map(|(synced, _)| synced)
+}
+
+/// The kernel's view: synchronised, and its estimated error in microseconds (`adjtimex` with
+/// no modes only reads; no privilege needed). `None` when the kernel cannot be asked.
+#[cfg(target_os = "linux")]
+pub fn kernel_reading() -> Option<(bool, i64)> {
     // SAFETY: a zeroed `timex` with `modes == 0` is a valid read-only request; the kernel
     // fills the struct and returns the clock state.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::adjtimex(&mut t) };
-    (state >= 0).then(|| kernel_state_is_synced(state, t.status))
+    (state >= 0).then(|| (kernel_state_is_synced(state, t.status), t.esterror as i64))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn kernel_synced() -> Option<bool> {
+pub fn kernel_reading() -> Option<(bool, i64)> {
     None
 }
 

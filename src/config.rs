@@ -110,6 +110,18 @@ pub enum StationRole {
     Shelf,
 }
 
+impl StationRole {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StationRole::Gate => "gate",
+            StationRole::Kiosk => "kiosk",
+            StationRole::Counter => "counter",
+            StationRole::Shelf => "shelf",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
     pub id: String,
@@ -287,19 +299,19 @@ impl fmt::Display for Config {
             self.tenant, self.store, self.gateway
         )?;
         for s in &self.stations {
-            writeln!(f, "station {} ({:?})", s.id, s.role)?;
+            writeln!(f, "station {} ({})", s.id, s.role.as_str())?;
         }
         for d in &self.devices {
             match &d.kind {
                 DeviceKind::Scanner(s) => writeln!(
                     f,
-                    "device {} at station {}: scanner on {} @ {} baud, terminator {:?}, aim {}",
+                    "device {} at station {}: scanner on {} @ {} baud, terminator {}, AIM ids {}",
                     d.id,
                     d.station,
                     s.port.display(),
                     s.baud,
-                    s.framing.terminator,
-                    s.framing.aim
+                    s.framing.terminator.as_str(),
+                    if s.framing.aim { "on" } else { "off" }
                 )?,
                 DeviceKind::Skin(s) => writeln!(
                     f,
@@ -329,7 +341,7 @@ impl fmt::Display for Config {
                     d.station,
                     n.port.display(),
                     n.baud,
-                    humantime::format_duration(n.poll_interval)
+                    crate::words::duration(n.poll_interval)
                 )?,
             }
         }
@@ -339,14 +351,14 @@ impl fmt::Display for Config {
         writeln!(f, "status page on http://{}/", self.status.listen)?;
         writeln!(
             f,
-            "outbox {} (synchronous {:?}, quota {} bytes, max age {}{})",
+            "outbox {} (synchronous {}, quota {}, max age {}{})",
             self.outbox.path.display(),
-            self.outbox.synchronous,
-            self.outbox.max_bytes,
-            humantime::format_duration(self.outbox.max_age),
+            self.outbox.synchronous.pragma().to_ascii_lowercase(),
+            crate::words::bytes(self.outbox.max_bytes),
+            crate::words::duration(self.outbox.max_age),
             self.outbox
                 .max_file_bytes
-                .map(|b| format!(", file capped at {b} bytes"))
+                .map(|b| format!(", file capped at {}", crate::words::bytes(b)))
                 .unwrap_or_default()
         )?;
         writeln!(
@@ -364,8 +376,10 @@ impl fmt::Display for Config {
         )?;
         write!(
             f,
-            "batches of up to {} events / {} bytes, {} in flight",
-            self.uplink.batch_max_events, self.uplink.batch_max_bytes, self.uplink.inflight
+            "batches of up to {} events / {}, {} in flight",
+            self.uplink.batch_max_events,
+            crate::words::bytes(self.uplink.batch_max_bytes as u64),
+            self.uplink.inflight
         )
     }
 }
@@ -1259,9 +1273,9 @@ port = "/dev/phygate/nfc0"
         assert_eq!(n.baud, 115_200);
         assert_eq!(n.poll_interval, Duration::from_millis(100));
         assert_eq!(n.silent_after, None);
-        assert!(c
-            .to_string()
-            .contains("nfc reader (PN532) on /dev/phygate/nfc0 @ 115200 baud, polled every 100ms"));
+        assert!(c.to_string().contains(
+            "nfc reader (PN532) on /dev/phygate/nfc0 @ 115200 baud, polled every 100 ms"
+        ));
     }
 
     #[test]

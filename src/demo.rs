@@ -406,7 +406,9 @@ async fn hq_view(port: u16, topic: String) {
                     continue;
                 };
                 for e in events {
-                    println!(
+                    // Nobody reads a closed stdout any more: the demo runs on for its
+                    // status page and its Ctrl-C.
+                    let _ = crate::outln!(
                         "{}   [outbox depth {}]",
                         describe(&e),
                         crate::metrics::OUTBOX_DEPTH.get()

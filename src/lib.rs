@@ -20,6 +20,7 @@
 //!   watchdog; SIGHUP config reloads; the logger.
 //! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`).
 //! - [`metrics`]: process-wide counters for the status view.
+//! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
 
@@ -38,3 +39,4 @@ pub mod sim;
 pub mod sources;
 pub mod status;
 pub mod uplink;
+pub mod words;

@@ -27,8 +27,8 @@ enum Command {
         #[arg(short, long, env = "PHYGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Show the running gateway's status: devices, HQ link, outbox, clock (exit 0 healthy,
-    /// 1 needs attention, 2 unreachable).
+    /// Show the running gateway's status: its verdict (ok, degraded or down, with reasons),
+    /// devices, HQ link, outbox, clock (exit 0 ok, 1 degraded or down, 2 unreachable).
     Status {
         /// The gateway's status listener (`[status] listen`).
         #[arg(
@@ -125,10 +125,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
-                println!(
+                phygate::outln!(
                     "{} is valid. phygate run would start:\n{config}",
                     file.display()
-                );
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -147,13 +147,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { url, json } => match phygate::status::cli::fetch(&url) {
-            Ok(report) if json => {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                Ok(ExitCode::from(u8::from(!report.healthy)))
-            }
             Ok(report) => {
-                print!("{report}");
-                Ok(ExitCode::from(u8::from(!report.healthy)))
+                if json {
+                    phygate::outln!("{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    phygate::out!("{report}")?;
+                }
+                // 0 ok; 1 degraded or down: someone should look (2 is unreachable, below).
+                Ok(ExitCode::from(u8::from(report.verdict.needs_attention())))
             }
             Err(e) => {
                 eprintln!("phygate status: {e}");

@@ -1,5 +1,7 @@
 //! The command line as a technician uses it.
 
+mod common;
+
 use std::process::Command;
 
 fn phygate(args: &[&str]) -> std::process::Output {
@@ -40,6 +42,42 @@ fn check_config_accepts_a_good_file_and_says_what_would_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("scanner on /dev/phygate/scanner0"), "{text}");
     assert!(text.contains("phygate/v1/acme/s1/events"), "{text}");
+}
+
+#[test]
+fn regression_check_config_speaks_words_not_rust_debug_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phygate.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = phygate(&["check-config", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for words in [
+        "station gate-1 (gate)",
+        "terminator CR, AIM ids off",
+        "synchronous full, quota 256 MiB, max age 7 days",
+        "batches of up to 500 events / 256 KiB",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+    }
+    for debug in ["Cr,", "(Gate)", "Full", "7days", "Some(", "None"] {
+        assert!(!text.contains(debug), "{debug:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn regression_check_config_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phygate.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    // `phygate check-config x.toml | head -c 10`, with the reader already gone.
+    let out = Command::new(env!("CARGO_BIN_EXE_phygate"))
+        .args(["check-config", path.to_str().unwrap()])
+        .stdout(common::closed_pipe())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }
 
 #[test]

@@ -335,7 +335,7 @@ fn check_config_shows_the_nfc_reader() {
     );
     assert!(
         text.contains(&format!(
-            "device nfc-1 at station kiosk-1: nfc reader (PN532) on {} @ 115200 baud, polled every 100ms",
+            "device nfc-1 at station kiosk-1: nfc reader (PN532) on {} @ 115200 baud, polled every 100 ms",
             link.display()
         )),
         "{text}"

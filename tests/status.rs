@@ -15,6 +15,10 @@ use phygate::sim::Pty;
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// Config that makes the clock synchronized whatever this machine's NTP says, so a test can
+/// expect `ok` (the clock's own rule is unit-tested in `status::verdict`).
+const CLOCK_SYNCED: &str = "\n[clock]\nsync = \"assume_synced\"\n";
+
 /// A second scanner, `scanner-2` at `gate-1`, whose port is not there until the test plugs it.
 fn second_scanner(rig: &Rig) -> PathBuf {
     let link = rig.device_link("scanner2");
@@ -41,6 +45,13 @@ fn device_state(report: &serde_json::Value, id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The staff page's HTML as served (what the browser test renders).
+fn page(port: u16) -> String {
+    let (status, body) = get(port, "/");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 fn phygate_status(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_phygate"))
         .arg("status")
@@ -58,6 +69,7 @@ fn phygate_status(args: &[&str]) -> (i32, String, String) {
 fn healthz_json_metrics_and_cli_follow_a_device_being_plugged_in() {
     let rig = Rig::new();
     let scanner2 = second_scanner(&rig);
+    rig.write_config(CLOCK_SYNCED);
     let (_pty, mut scanner) = rig.scanner();
     let _gw = rig.start_gateway();
     let port = rig.status_port;
@@ -75,13 +87,15 @@ fn healthz_json_metrics_and_cli_follow_a_device_being_plugged_in() {
             && r["hq"]["connected"] == true
     });
 
+    // scanner-2 is required (every device with a port is, by default): down.
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("scanner-2 is unplugged"), "{body}");
+    assert!(body.starts_with("down\nscanner-2 is unplugged"), "{body}");
 
     let r = json(port);
     assert_eq!(r["store"], STORE);
-    assert_eq!(r["healthy"], false);
+    assert_eq!(r["verdict"]["level"], "down");
+    assert_eq!(r["verdict"]["reasons"][0]["device"], "scanner-2");
     assert!(r["devices"][0]["last_reading"]
         .as_str()
         .unwrap()
@@ -112,27 +126,27 @@ fn healthz_json_metrics_and_cli_follow_a_device_being_plugged_in() {
     let url = format!("http://127.0.0.1:{port}");
     let (code, out, err) = phygate_status(&["--url", &url]);
     assert_eq!(code, 1, "needs attention: {out}{err}");
-    assert!(
-        out.contains("NEEDS ATTENTION: scanner-2 is unplugged"),
-        "{out}"
-    );
+    assert!(out.contains("\nDOWN\n  - scanner-2 is unplugged"), "{out}");
     assert!(out.contains("scanner-1") && out.contains("OK"), "{out}");
     assert!(
         out.contains("HQ LINK") && out.contains("connected"),
         "{out}"
     );
 
-    // Plug the second scanner in: healthy.
+    // Plug the second scanner in: ok, everywhere.
     let _pty2 = Pty::open(&scanner2).unwrap();
-    eventually(LONG, "healthz 200", || get(port, "/healthz").0 == 200);
+    eventually(LONG, "healthz ok", || {
+        get(port, "/healthz") == (200, "ok\n".into())
+    });
     let (code, out, _) = phygate_status(&["--url", &url]);
-    assert_eq!((code, out.contains("HEALTHY")), (0, true), "{out}");
+    assert_eq!((code, out.contains("\nOK: ")), (0, true), "{out}");
     let (code, out, _) = phygate_status(&["--url", &url, "--json"]);
     assert_eq!(code, 0);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["healthy"],
-        true
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["verdict"]["level"],
+        "ok"
     );
+    assert!(page(port).contains(r#"data-verdict="ok""#));
 
     let dead = format!(
         "http://127.0.0.1:{}",
@@ -237,7 +251,9 @@ fn staff_page_in_headless_chromium_shows_each_device_state() {
     ] {
         assert!(dom.contains(row), "{row} not in the page:\n{dom}");
     }
-    assert!(dom.contains("Needs attention"), "{dom}");
+    assert!(dom.contains(r#"id="overall" data-verdict="down""#), "{dom}");
+    assert!(dom.contains("Down — needs attention now"), "{dom}");
+    assert!(dom.contains("scanner-2 is unplugged"), "{dom}");
     assert!(dom.contains(r#"id="hq" data-state="ok""#), "{dom}");
     assert!(dom.contains("nothing waiting"), "{dom}");
     assert!(dom.contains("Check its cable and power"), "{dom}");
@@ -364,6 +380,7 @@ impl FakeSystemd {
 #[test]
 fn watchdog_pings_stop_while_the_outbox_is_wedged_and_resume_after() {
     let rig = Rig::new();
+    rig.write_config(CLOCK_SYNCED);
     let hq = rig.hq("watchdog");
     let (_pty, mut scanner) = rig.scanner();
     let systemd = FakeSystemd::new(rig.dir.path());
@@ -380,8 +397,8 @@ fn watchdog_pings_stop_while_the_outbox_is_wedged_and_resume_after() {
     assert!(has("STATUS="), "{:?}", systemd.lines());
     let t = Instant::now();
     eventually(LONG, "pings", || systemd.pings_since(t) >= 4);
-    eventually(LONG, "the STATUS line names the devices and HQ", || {
-        has("STATUS=1 devices up; HQ connected")
+    eventually(LONG, "the STATUS line gives the verdict", || {
+        has("STATUS=ok: 1 device working, HQ connected")
     });
     scanner.scan("BEFORE").unwrap();
     hq.wait_for(LONG, "the first code", |h| {
@@ -404,7 +421,7 @@ fn watchdog_pings_stop_while_the_outbox_is_wedged_and_resume_after() {
             && systemd
                 .lines()
                 .iter()
-                .any(|(_, l)| l.contains("outbox (SQLite) is not answering"))
+                .any(|(_, l)| l.starts_with("STATUS=down: the outbox (SQLite) is not answering"))
     );
     let (status, body) = get(rig.status_port, "/healthz");
     assert_eq!(status, 503, "{body}");
@@ -420,4 +437,130 @@ fn watchdog_pings_stop_while_the_outbox_is_wedged_and_resume_after() {
     });
     assert!(gw.terminate().success());
     assert!(has("STOPPING=1"));
+}
+
+#[test]
+fn regression_a_device_in_error_makes_banner_cli_and_healthz_say_degraded() {
+    let rig = Rig::new();
+    rig.write_config(CLOCK_SYNCED);
+    let (_pty, mut scanner) = rig.scanner();
+    let _gw = rig.start_gateway();
+    let port = rig.status_port;
+    wait_listening(port);
+    eventually(LONG, "all ok", || json(port)["verdict"]["level"] == "ok");
+
+    // The profile sends AIM identifiers; a line without one is rejected: an error, while the
+    // scanner stays connected.
+    use std::io::Write;
+    scanner.port.write_all(b"NO-AIM-HERE\r").unwrap();
+    eventually(LONG, "scanner-1 in error", || {
+        device_state(&json(port), "scanner-1") == "error"
+    });
+    let reason = "scanner-1 reported an error: missing_aim";
+
+    let html = page(port);
+    assert!(
+        html.contains(r#"id="overall" data-verdict="degraded""#),
+        "{html}"
+    );
+    assert!(html.contains("Degraded — needs a look"), "{html}");
+    assert!(html.contains(reason), "{html}");
+    assert!(!html.contains("All good"), "{html}");
+    assert!(!html.contains("every device is working"), "{html}");
+
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = phygate_status(&["--url", &url]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("\nDEGRADED\n  - {reason}\n")),
+        "{out}"
+    );
+    let (code, out, _) = phygate_status(&["--url", &url, "--json"]);
+    assert_eq!(code, 1);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"]["level"], "degraded");
+    assert_eq!(r["verdict"]["reasons"][0]["text"], reason);
+
+    // Degraded still does its job: 200 for probes, the verdict in the body.
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("degraded\n{reason}\n").as_str())
+    );
+
+    // A reader that closes the pipe early (`phygate status | head -c 10`): a quiet exit.
+    for args in [
+        vec!["--url", url.as_str()],
+        vec!["--url", url.as_str(), "--json"],
+    ] {
+        let (code, err) = status_into_a_closed_pipe(&args);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(code, 1, "the verdict's exit code still: {err}");
+    }
+}
+
+/// `phygate status ARGS` with its stdout a pipe whose reading end is already closed.
+fn status_into_a_closed_pipe(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_phygate"))
+        .arg("status")
+        .args(args)
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn regression_hq_down_shows_in_the_banner_healthz_and_status_line() {
+    let mut rig = Rig::new();
+    rig.write_config(CLOCK_SYNCED);
+    rig.broker.stop(true);
+    let (_pty, _scanner) = rig.scanner();
+    let systemd = FakeSystemd::new(rig.dir.path());
+    let sock = systemd.path.to_str().unwrap().to_owned();
+    let _gw = Gateway::start_with_env(
+        &rig.config,
+        &rig.dir.path().join("phygate.log"),
+        &[("NOTIFY_SOCKET", &sock)],
+    );
+    let port = rig.status_port;
+    wait_listening(port);
+    eventually(LONG, "scanner-1 ok", || {
+        device_state(&json(port), "scanner-1") == "ok"
+    });
+
+    let html = page(port);
+    assert!(
+        html.contains(r#"id="overall" data-verdict="degraded""#),
+        "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"degraded\">HQ is not connected for"),
+        "{html}"
+    );
+    assert!(html.contains(r#"id="hq" data-state="degraded""#), "{html}");
+
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(status, 200, "the outbox keeps the events: {body}");
+    assert!(
+        body.starts_with("degraded\nHQ is not connected for"),
+        "{body}"
+    );
+
+    let (code, out, _) = phygate_status(&["--url", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("\nDEGRADED\n  - HQ is not connected for"),
+        "{out}"
+    );
+
+    eventually(LONG, "the STATUS line says so", || {
+        systemd
+            .lines()
+            .iter()
+            .any(|(_, l)| l.starts_with("STATUS=degraded: HQ is not connected for"))
+    });
 }

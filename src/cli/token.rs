@@ -127,7 +127,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 write_qr_png(&content, &png)?;
                 eprintln!("QR code written to {}", png.display());
             }
-            println!("{content}");
+            crate::outln!("{content}")?;
             Ok(())
         }
         TokenCommand::Verify {
@@ -154,21 +154,21 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 skew_s: 30,
             };
             let checked = verify(token, &keys, &ctx);
-            println!("{}", checked.verdict.as_str());
+            crate::outln!("{}", checked.verdict.as_str())?;
             if let Some(c) = checked.claims {
-                println!(
-                    "user {} · expires in {} s · purpose {:?}",
+                crate::outln!(
+                    "user {} · expires in {} s · purpose {}",
                     c.sub,
                     c.exp - ctx.now_unix,
-                    c.pur
-                );
+                    c.pur.map_or("none", Purpose::as_str)
+                )?;
             }
             Ok(())
         }
         TokenCommand::CardHash { card_key, uid } => {
             let key = crate::link::cardhash::parse_card_key(&card_key)?;
             let uid = hex(&uid)?;
-            println!("{}", crate::link::cardhash::card_hash(&key, &uid));
+            crate::outln!("{}", crate::link::cardhash::card_hash(&key, &uid))?;
             Ok(())
         }
     }
@@ -203,12 +203,12 @@ fn keygen(kid: &str, dir: &Path) -> anyhow::Result<()> {
     };
     keys.push(jwk);
     std::fs::write(&jwks_path, serde_json::to_string_pretty(&jwks_json(&keys))?)?;
-    println!("private key: {} (keep it at HQ)", key_path.display());
-    println!(
+    crate::outln!("private key: {} (keep it at HQ)", key_path.display())?;
+    crate::outln!(
         "public keys: {} ({} kid(s))",
         jwks_path.display(),
         keys.len()
-    );
+    )?;
     Ok(())
 }
 

@@ -28,7 +28,7 @@ pub struct CameraConfig {
 
 impl fmt::Display for CameraConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let d = crate::words::duration;
         write!(
             f,
             "camera on {}, a frame every {}, max side {} px, budget {}, dedupe {}",

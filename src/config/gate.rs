@@ -61,7 +61,7 @@ impl fmt::Display for GateConfig {
             StopBits::One => 1,
             StopBits::Two => 2,
         };
-        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let d = crate::words::duration;
         write!(
             f,
             "gate (Modbus RTU unit {}) on {} @ {} 8{parity}{stop}, holding {}-{}, unlock coil {}, \

@@ -130,6 +130,17 @@ pub enum Purpose {
     Link,
 }
 
+impl Purpose {
+    /// As the claim spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Entry => "entry",
+            Purpose::Checkin => "checkin",
+            Purpose::Link => "link",
+        }
+    }
+}
+
 /// The §5 claims. Unknown claims are ignored so HQ can add some without breaking old gateways.
 /// Times are integer Unix seconds; a fractional NumericDate is `malformed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -417,7 +417,8 @@ pub fn run_cli(link: &Path, unit: u8) -> anyhow::Result<()> {
     let started = Instant::now();
     std::thread::spawn(move || {
         for w in writes {
-            println!(
+            // A closed stdout is no reason to stop the simulated module.
+            let _ = crate::outln!(
                 "coil {} written {} at +{:.3}s",
                 w.address,
                 if w.on { "FF00 (unlock)" } else { "0000" },
@@ -427,7 +428,7 @@ pub fn run_cli(link: &Path, unit: u8) -> anyhow::Result<()> {
     });
     for line in std::io::stdin().lines() {
         match parse_command(&line?) {
-            Ok(c) => println!("{}", sim.apply(&c)),
+            Ok(c) => crate::outln!("{}", sim.apply(&c))?,
             Err(e) => eprintln!("{e}"),
         }
     }

@@ -1,8 +1,11 @@
-//! Is the gateway's clock synchronized? Event `time`s and token expiry checks rest on it. Read
-//! from the kernel (adjtimex(2) without changes, allowed to any user): whichever NTP client
-//! disciplines the clock (systemd-timesyncd, chrony, ntpd) clears `STA_UNSYNC` when it is.
+//! Is the gateway's clock synchronized? Event `time`s and token expiry checks rest on it. The
+//! same answer as each event's `clocksync` ([`crate::clock`]): the kernel's (adjtimex(2)
+//! without changes, allowed to any user: whichever NTP client disciplines the clock clears
+//! `STA_UNSYNC` when it is), unless `[clock] sync` says otherwise.
 
 use serde::{Deserialize, Serialize};
+
+use crate::clock::ClockSync;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Clock {
@@ -13,20 +16,28 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// As the events see it: `[clock] sync` decides whether the kernel is asked, so the page
+    /// never calls a clock unsynchronized that the events call synchronized.
     pub fn read() -> Clock {
-        // SAFETY: adjtimex with `modes = 0` only reads; `t` is a zeroed, owned timex.
-        let mut t: libc::timex = unsafe { std::mem::zeroed() };
-        let state = unsafe { libc::adjtimex(&mut t) };
-        if state < 0 {
-            return Clock {
-                synchronized: None,
+        match crate::clock::mode() {
+            ClockSync::AssumeSynced => Clock {
+                synchronized: Some(true),
                 estimated_error_us: None,
-            };
-        }
-        let synced = state != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0;
-        Clock {
-            synchronized: Some(synced),
-            estimated_error_us: synced.then_some(t.esterror as i64),
+            },
+            ClockSync::AssumeUnsynced => Clock {
+                synchronized: Some(false),
+                estimated_error_us: None,
+            },
+            ClockSync::Kernel => match crate::clock::kernel_reading() {
+                Some((synced, esterror)) => Clock {
+                    synchronized: Some(synced),
+                    estimated_error_us: synced.then_some(esterror),
+                },
+                None => Clock {
+                    synchronized: None,
+                    estimated_error_us: None,
+                },
+            },
         }
     }
 

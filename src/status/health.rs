@@ -1,6 +1,8 @@
 //! Is the pipeline alive? The monitor asks the outbox thread for its stats every tick (one
 //! request outstanding at most), watches the link take readings off its queue, and samples the
-//! HQ link. Its verdict feeds `/healthz`, the page, systemd's watchdog and the `STATUS=` line.
+//! HQ link. Its findings are facts for the [`verdict`](super::verdict) (page, `/healthz`,
+//! `phygate status`, the `STATUS=` line this monitor keeps current); its own [`Pipeline::alive`]
+//! drives systemd's watchdog.
 //!
 //! HQ being unreachable never stops the watchdog: restarting the gateway cannot fix a WAN
 //! outage, and the outbox holds the events meanwhile. Only a wedged outbox or link does.
@@ -13,11 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::board::Board;
 use super::notify::Notifier;
-use crate::config::StatusConfig;
+use super::report::{Report, Reporter};
+use super::verdict::Level;
 use crate::outbox::{OutboxError, OutboxHandle, Stats};
 use crate::sources::Reading;
+use crate::words;
 
 /// How often the pipeline is checked without a watchdog (with one: four times per period).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -41,7 +44,7 @@ pub fn hq_last_error() -> Option<(String, SystemTime)> {
     HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// The monitor's latest verdict.
+/// The monitor's latest findings.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     /// The outbox answered its last stats request within the deadline.
@@ -62,27 +65,13 @@ impl Pipeline {
     pub fn alive(&self) -> bool {
         self.outbox_answering && self.link_draining
     }
-
-    /// Why it is not healthy, in words for the page and `/healthz`.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !self.outbox_answering {
-            p.push("the outbox (SQLite) is not answering".to_string());
-        } else if !self.outbox_writable {
-            p.push("the outbox cannot write (disk full or failing?)".to_string());
-        }
-        if !self.link_draining {
-            p.push("readings are not being processed".to_string());
-        }
-        p
-    }
 }
 
 #[derive(Clone)]
 pub struct Health(Arc<Mutex<Pipeline>>);
 
-impl Health {
-    fn new() -> Health {
+impl Default for Health {
+    fn default() -> Health {
         Health(Arc::new(Mutex::new(Pipeline {
             // Innocent until the first check: a page loaded during start says "starting".
             outbox_answering: true,
@@ -93,7 +82,9 @@ impl Health {
             hq_since: SystemTime::now(),
         })))
     }
+}
 
+impl Health {
     pub fn get(&self) -> Pipeline {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -106,23 +97,21 @@ impl Health {
 type StatsFuture = Pin<Box<dyn Future<Output = Result<Stats, OutboxError>> + Send>>;
 
 pub struct Monitor {
-    pub health: Health,
+    /// Where the findings go (its `health`) and the report the `STATUS=` line is made from.
+    reporter: Arc<Reporter>,
     outbox: OutboxHandle,
-    board: Board,
     readings: mpsc::WeakSender<Reading>,
     notifier: Notifier,
-    status: watch::Receiver<StatusConfig>,
     every: Duration,
     deadline: Duration,
 }
 
 impl Monitor {
     pub fn new(
+        reporter: Arc<Reporter>,
         outbox: OutboxHandle,
-        board: Board,
         readings: mpsc::WeakSender<Reading>,
         notifier: Notifier,
-        status: watch::Receiver<StatusConfig>,
     ) -> Monitor {
         // With a watchdog, a wedge must show well within one period so the pings stop in time.
         let (every, deadline) = match notifier.watchdog {
@@ -130,12 +119,10 @@ impl Monitor {
             None => (CHECK_EVERY, ANSWER_WITHIN),
         };
         Monitor {
-            health: Health::new(),
+            reporter,
             outbox,
-            board,
             readings,
             notifier,
-            status,
             every,
             deadline,
         }
@@ -146,11 +133,13 @@ impl Monitor {
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe: Option<(Instant, StatsFuture)> = None;
-        let mut link = (self.board.taken(), None::<Instant>);
+        let health = &self.reporter.health;
+        let mut link = (self.reporter.board.taken(), None::<Instant>);
         let mut write_errors = (crate::metrics::OUTBOX_WRITE_ERRORS.get(), None::<Instant>);
         let mut hq = crate::metrics::MQTT_CONNECTED.get() == 1;
         let mut last_status = String::new();
         let mut was_alive = true;
+        let mut was_level = Level::Ok;
         loop {
             tokio::select! {
                 // Cancel-safe: the probe lives outside the select and is polled again next time.
@@ -158,7 +147,7 @@ impl Monitor {
                     let (sent, _) = probe.take().expect("guarded");
                     let rtt = sent.elapsed();
                     let deadline = self.deadline;
-                    self.health.update(|p| {
+                    health.update(|p| {
                         p.outbox_answering = r.is_ok() && rtt <= deadline;
                         if let Ok(stats) = r {
                             p.stats = Some(stats);
@@ -173,7 +162,7 @@ impl Monitor {
                             probe = Some((now, Box::pin(async move { outbox.stats().await })));
                         }
                         Some((sent, _)) if now - *sent > self.deadline => {
-                            self.health.update(|p| p.outbox_answering = false);
+                            health.update(|p| p.outbox_answering = false);
                         }
                         Some(_) => {}
                     }
@@ -186,7 +175,7 @@ impl Monitor {
                     let connected = crate::metrics::MQTT_CONNECTED.get() == 1;
                     let hq_changed = connected != hq;
                     hq = connected;
-                    self.health.update(|p| {
+                    health.update(|p| {
                         p.link_draining = link_draining;
                         p.outbox_writable = writable;
                         p.hq_connected = connected;
@@ -194,20 +183,30 @@ impl Monitor {
                             p.hq_since = SystemTime::now();
                         }
                     });
-                    let pipeline = self.health.get();
+                    let pipeline = health.get();
                     let alive = pipeline.alive();
                     if alive {
                         self.notifier.watchdog();
                     }
+                    let report = self.reporter.report();
                     if alive != was_alive {
                         if alive {
                             info!("pipeline alive again");
                         } else {
-                            warn!(problems = ?pipeline.problems(), "pipeline wedged; watchdog pings stop");
+                            warn!(verdict = %report.verdict, "pipeline wedged; watchdog pings stop");
                         }
                         was_alive = alive;
                     }
-                    let line = self.status_line(&pipeline);
+                    let level = report.verdict.level;
+                    if level != was_level {
+                        if level > was_level {
+                            warn!(verdict = %report.verdict, "the gateway's verdict worsened");
+                        } else {
+                            info!(verdict = %report.verdict, "the gateway's verdict improved");
+                        }
+                        was_level = level;
+                    }
+                    let line = status_line(&report);
                     if line != last_status {
                         self.notifier.status(&line);
                         last_status = line;
@@ -230,7 +229,7 @@ impl Monitor {
             .upgrade()
             .map(|tx| tx.max_capacity() - tx.capacity())
             .unwrap_or(0);
-        let t = self.board.taken();
+        let t = self.reporter.board.taken();
         if waiting == 0 || t != *taken {
             *stuck_since = None;
         } else if stuck_since.is_none() {
@@ -239,33 +238,16 @@ impl Monitor {
         *taken = t;
         stuck_since.is_none_or(|s| now - s <= self.deadline)
     }
+}
 
-    /// One line for `systemctl status`: what a technician checks first.
-    fn status_line(&self, p: &Pipeline) -> String {
-        let devices = self.board.devices(SystemTime::now());
-        let required = self.status.borrow().required.clone();
-        let down: Vec<&str> = devices
-            .iter()
-            .filter(|d| required.contains(&d.id) && !d.state.is_up())
-            .map(|d| d.id.as_str())
-            .collect();
-        let mut parts = vec![if down.is_empty() {
-            format!(
-                "{} devices up",
-                devices.iter().filter(|d| d.state.is_up()).count()
-            )
-        } else {
-            format!("not up: {}", down.join(", "))
-        }];
-        parts.push(
-            if p.hq_connected {
-                "HQ connected"
-            } else {
-                "HQ not connected"
-            }
-            .into(),
-        );
-        parts.extend(p.problems());
-        parts.join("; ")
+/// One line for `systemctl status`: the verdict, what a technician checks first. When ok, what
+/// is working (`ok: 3 devices working, HQ connected`); otherwise the level and every reason.
+pub fn status_line(report: &Report) -> String {
+    match report.verdict.level {
+        Level::Ok => format!(
+            "ok: {} working, HQ connected",
+            words::count(report.devices.len(), "device", "devices")
+        ),
+        _ => report.verdict.to_string(),
     }
 }

@@ -1,8 +1,11 @@
 //! Status: what staff and technicians see, and what systemd is told.
 //!
 //! - [`board`]: each device's last word, posted by the link for every reading.
-//! - [`health`]: the monitor that checks the outbox answers and the link drains; its verdict
-//!   drives `/healthz`, systemd's watchdog and the `STATUS=` line.
+//! - [`health`]: the monitor that checks the outbox answers and the link drains (systemd's
+//!   watchdog follows it) and keeps the `STATUS=` line current.
+//! - [`report`]: the facts the page shows, gathered per request; [`verdict`]: the one pure
+//!   judgement of them (ok / degraded / down, with reasons) that the banner, `/healthz`,
+//!   `phygate status` and `STATUS=` all say.
 //! - the listener (`[status] listen`, loopback by default): `/` the staff page ([`page`]),
 //!   `/status.json` (what `phygate status` prints, [`cli`]), `/metrics` ([`prom`]), `/healthz`.
 //! - [`notify`]: `READY=1`, `STATUS=`, `WATCHDOG=1`, `RELOADING=1`, `STOPPING=1`.
@@ -21,6 +24,7 @@ pub mod page;
 pub mod prom;
 pub mod reload;
 pub mod report;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,7 +46,8 @@ pub use health::hq_link_failed;
 
 use self::health::{Health, Monitor};
 use self::notify::Notifier;
-use self::report::{Facts, Report};
+use self::report::Reporter;
+use self::verdict::Level;
 use crate::config::{Config, StatusConfig};
 use crate::outbox::OutboxHandle;
 use crate::sources::Reading;
@@ -74,31 +79,18 @@ impl Ops {
         log::apply(&config.log);
         let (stop, stopped) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(config.status.clone());
+        let shared = Arc::new(Reporter::new(
+            config,
+            watched.board,
+            Health::default(),
+            status_rx.clone(),
+        ));
         let monitor = Monitor::new(
+            shared.clone(),
             watched.outbox,
-            watched.board.clone(),
             watched.readings,
             notifier.clone(),
-            status_rx.clone(),
         );
-        let shared = Arc::new(Shared {
-            board: watched.board,
-            health: monitor.health.clone(),
-            status: status_rx.clone(),
-            store: config.store.clone(),
-            gateway: config.gateway.clone(),
-            broker: format!(
-                "{}:{}{}",
-                config.mqtt.host,
-                config.mqtt.port,
-                if config.mqtt.tls.is_some() {
-                    " (TLS)"
-                } else {
-                    ""
-                }
-            ),
-            started: SystemTime::now(),
-        });
         let mut tasks = vec![
             tokio::spawn(monitor.run(stopped.clone())),
             tokio::spawn(serve(shared, status_rx, stopped.clone())),
@@ -129,38 +121,10 @@ impl Ops {
     }
 }
 
-struct Shared {
-    board: Board,
-    health: Health,
-    status: watch::Receiver<StatusConfig>,
-    store: String,
-    gateway: String,
-    broker: String,
-    started: SystemTime,
-}
-
-impl Shared {
-    fn report(&self) -> Report {
-        let required = self.status.borrow().required.clone();
-        let facts = Facts {
-            store: &self.store,
-            gateway: &self.gateway,
-            broker: self.broker.clone(),
-            started: self.started,
-            required: &required,
-        };
-        Report::gather(
-            facts,
-            self.board.devices(SystemTime::now()),
-            &self.health.get(),
-        )
-    }
-}
-
 /// Serves on `[status] listen` until `stop`; moves to a new address when a reload changes it
 /// (bound before the old one is let go, so a bad address keeps the page where it was).
 async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Reporter>,
     mut status: watch::Receiver<StatusConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -230,12 +194,12 @@ async fn next_listener(
     }
 }
 
-async fn page(State(s): State<Arc<Shared>>) -> Response {
+async fn page(State(s): State<Arc<Reporter>>) -> Response {
     let html = page::render(&s.report());
     ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
-async fn json(State(s): State<Arc<Shared>>) -> Response {
+async fn json(State(s): State<Arc<Reporter>>) -> Response {
     let body = serde_json::to_string_pretty(&s.report()).unwrap_or_default();
     (
         [
@@ -247,19 +211,32 @@ async fn json(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<Reporter>>) -> Response {
     let body = prom::render(&s.board.devices(SystemTime::now()), &s.health.get());
     ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], body).into_response()
 }
 
-/// `200 ok` only when the outbox is writable and every required device is up; else `503`
-/// with the reasons, one per line.
-async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let report = s.report();
-    if report.healthy {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        let body = format!("unhealthy\n{}\n", report.problems.join("\n"));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+/// The verdict for probes: the level on the first line (`ok`, `degraded`, `down`), then one
+/// reason per line.
+///
+/// `200` for ok and degraded, `503` for down. A monitoring probe (an uptime checker, a
+/// Prometheus blackbox probe, a load balancer) reads any non-2xx as "this service is failing"
+/// and pages or restarts. A degraded gateway is still doing its job, taking every reading and
+/// keeping it in the outbox, through an HQ outage or a device someone tripped over; paging or
+/// restarting for that would cry wolf and could not fix it. Down means events are being lost
+/// or not taken, which is worth a page. (systemd does not poll this: its watchdog follows the
+/// monitor's own liveness check, see [`health`].) A probe that wants degraded too matches the
+/// body's first line.
+async fn healthz(State(s): State<Arc<Reporter>>) -> Response {
+    let verdict = s.report().verdict;
+    let code = match verdict.level {
+        Level::Ok | Level::Degraded => StatusCode::OK,
+        Level::Down => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = format!("{}\n", verdict.level);
+    for text in verdict.texts() {
+        body.push_str(text);
+        body.push('\n');
     }
+    (code, [(header::CACHE_CONTROL, "no-store")], body).into_response()
 }

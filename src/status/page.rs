@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use super::board::Shown;
 use super::report::{ago, local_time, Report};
+use super::verdict::{Level, Part};
+use crate::words;
 
 /// Seconds between reloads: fresh enough to watch a device come back after replugging it.
 pub const REFRESH_S: u32 = 5;
@@ -22,26 +24,19 @@ pub fn render(r: &Report) -> String {
 <title>{title} — store {store}</title>
 <style>{CSS}</style></head>
 <body>
-<header class="{overall}" id="overall"><h1>{title}</h1><p>{summary}</p></header>
+<header class="{level}" id="overall" data-verdict="{level}"><h1>{title}</h1>{summary}</header>
 <main>
 <h2>Devices</h2>
 <table id="devices"><thead><tr><th>Device</th><th>Where</th><th>State</th><th>Last reading</th><th>Details</th></tr></thead><tbody>
 "#,
-        title = if r.healthy {
-            "All good"
-        } else {
-            "Needs attention"
+        title = match r.verdict.level {
+            Level::Ok => "All good",
+            Level::Degraded => "Degraded — needs a look",
+            Level::Down => "Down — needs attention now",
         },
         store = esc(&r.store),
-        overall = if r.healthy { "ok" } else { "bad" },
-        summary = if r.healthy {
-            format!(
-                "Store {} — every device is working and HQ gets the data.",
-                esc(&r.store)
-            )
-        } else {
-            esc(&r.problems.join(" · "))
-        },
+        level = r.verdict.level,
+        summary = summary(r),
     );
     for d in &r.devices {
         let v = &d.view;
@@ -63,10 +58,13 @@ pub fn render(r: &Report) -> String {
     }
     h.push_str("</tbody></table>\n<div class=\"cards\">\n");
 
-    let (hq_class, hq_state) = if r.hq.connected {
-        ("ok", "connected")
+    // Each card takes its colour from the verdict's reasons about it: never greener or
+    // redder than the banner says.
+    let hq_class = r.verdict.level_of(Part::Hq);
+    let hq_state = if r.hq.connected {
+        "connected"
     } else {
-        ("bad", "not connected")
+        "not connected"
     };
     let hq_error = match (&r.hq.last_error, r.hq.last_error_at, r.hq.connected) {
         (Some(e), Some(at), false) => format!(
@@ -85,12 +83,21 @@ pub fn render(r: &Report) -> String {
     );
 
     let o = &r.outbox;
-    let (outbox_class, waiting) = match (o.answering, o.writable, o.depth) {
-        (false, _, _) => ("bad", "not answering".to_string()),
-        (_, false, _) => ("bad", "cannot write".to_string()),
-        (_, _, Some(0)) => ("ok", "nothing waiting".to_string()),
-        (_, _, Some(n)) => ("warn", format!("{n} events waiting")),
-        (_, _, None) => ("warn", "starting".to_string()),
+    let outbox_class = r.verdict.level_of(Part::Outbox);
+    let waiting = match (o.answering, o.writable, o.depth) {
+        (false, _, _) => "not answering".to_string(),
+        (_, false, _) => "cannot write".to_string(),
+        (_, _, Some(0)) => "nothing waiting".to_string(),
+        (_, _, Some(n)) => words::count(n as usize, "event", "events") + " waiting",
+        (_, _, None) => "starting".to_string(),
+    };
+    let used = match o.bytes {
+        Some(b) => format!(
+            "<p><small>{} of the {} quota used</small></p>",
+            words::bytes(b),
+            words::bytes(o.quota_bytes)
+        ),
+        None => String::new(),
     };
     let oldest = match o.oldest_unsent {
         Some(t) if o.depth != Some(0) => format!("<p>Oldest unsent: {} ago</p>", ago(now, t)),
@@ -106,13 +113,13 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(
         h,
-        r#"<section class="card" id="outbox" data-state="{outbox_class}"><h2>Events to send</h2><p><span class="badge {outbox_class}">{waiting}</span></p>{oldest}{evicted}</section>"#
+        r#"<section class="card" id="outbox" data-state="{outbox_class}"><h2>Events to send</h2><p><span class="badge {outbox_class}">{waiting}</span></p>{oldest}{used}{evicted}</section>"#
     );
 
+    // Unknown is no reason in the verdict, and shows grey rather than green.
     let clock_class = match r.clock.synchronized {
-        Some(true) => "ok",
-        Some(false) => "bad",
-        None => "warn",
+        None => "waiting",
+        Some(_) => r.verdict.level_of(Part::Clock).as_str(),
     };
     let _ = writeln!(
         h,
@@ -135,6 +142,27 @@ pub fn render(r: &Report) -> String {
         up = ago(now, r.started),
         updated = local_time(SystemTime::now()),
     );
+    h
+}
+
+/// Under the banner: what is fine, or every reason, worst first.
+fn summary(r: &Report) -> String {
+    if r.verdict.reasons.is_empty() {
+        return format!(
+            "<p>Store {} — every device is working and HQ gets the data.</p>",
+            esc(&r.store)
+        );
+    }
+    let mut h = String::from("<ul id=\"reasons\">");
+    for reason in &r.verdict.reasons {
+        let _ = write!(
+            h,
+            r#"<li class="{}">{}</li>"#,
+            reason.level,
+            esc(&reason.text)
+        );
+    }
+    h.push_str("</ul>");
     h
 }
 
@@ -170,14 +198,15 @@ fn esc(s: &str) -> String {
 const CSS: &str = "
 body{font:18px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d1f23}
 header{padding:1em 1.5em;color:#fff}header h1{margin:0;font-size:2em}header p{margin:.3em 0 0}
-header.ok{background:#1e7d3a}header.bad{background:#b3261e}
+header.ok{background:#1e7d3a}header.degraded{background:#b86e00}header.down{background:#b3261e}
+header ul{margin:.3em 0 0;padding-left:1.2em}
 main{padding:1em 1.5em}h2{margin:.6em 0 .4em}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:.6em .8em;border-bottom:1px solid #dde;vertical-align:top}
 th{background:#e8eaef;font-size:.85em;text-transform:uppercase;letter-spacing:.04em}
 small{color:#5a5f69}
 .badge{display:inline-block;padding:.15em .7em;border-radius:1em;font-weight:700;color:#fff;text-transform:uppercase;font-size:.9em}
-.badge.ok{background:#1e7d3a}.badge.silent,.badge.warn{background:#b86e00}.badge.error,.badge.bad{background:#b3261e}
+.badge.ok{background:#1e7d3a}.badge.silent,.badge.degraded{background:#b86e00}.badge.error,.badge.down{background:#b3261e}
 .badge.unplugged{background:#6b1d1d}.badge.waiting{background:#6b7280}
 .cards{display:flex;flex-wrap:wrap;gap:1em;margin-top:1em}
 .card{background:#fff;padding:.4em 1.2em;flex:1 1 16em;border-radius:.4em}

@@ -5,9 +5,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::board::DeviceView;
+use tokio::sync::watch;
+
+use super::board::{Board, DeviceView};
 use super::clock::Clock;
-use super::health::{hq_last_error, Pipeline};
+use super::health::{hq_last_error, Health, Pipeline};
+use super::verdict::{self, Inputs, Level, Verdict};
+use crate::config::{Config, StatusConfig};
+use crate::words;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -18,21 +23,22 @@ pub struct Report {
     pub now: SystemTime,
     #[serde(with = "rfc3339")]
     pub started: SystemTime,
-    /// Every required device is up and the outbox is writable (what `/healthz` answers).
-    pub healthy: bool,
-    /// Why not, in words.
-    pub problems: Vec<String>,
+    /// Ok, degraded or down, and why: what the banner, `/healthz`, `phygate status` and
+    /// systemd's `STATUS=` line say.
+    pub verdict: Verdict,
     pub devices: Vec<Device>,
     pub hq: Hq,
     pub outbox: Outbox,
     pub clock: Clock,
+    /// The link takes readings off its queue (or has none waiting).
+    pub link_draining: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {
     #[serde(flatten)]
     pub view: DeviceView,
-    /// `/healthz` fails while this device is not up.
+    /// The gateway is down while this device is not connected (`[status] required`).
     pub required: bool,
 }
 
@@ -55,6 +61,8 @@ pub struct Outbox {
     /// Events waiting for HQ's acknowledgement.
     pub depth: Option<u64>,
     pub bytes: Option<u64>,
+    /// `[outbox] max_bytes`: past it the oldest events are dropped.
+    pub quota_bytes: u64,
     /// Event time of the oldest event not yet acknowledged.
     #[serde(default, with = "rfc3339::option")]
     pub oldest_unsent: Option<SystemTime>,
@@ -68,6 +76,7 @@ pub struct Facts<'a> {
     pub broker: String,
     pub started: SystemTime,
     pub required: &'a [String],
+    pub quota_bytes: u64,
 }
 
 impl Report {
@@ -80,56 +89,115 @@ impl Report {
                 view,
             })
             .collect();
-        let mut problems: Vec<String> = devices
-            .iter()
-            .filter(|d| d.required && !d.view.state.is_up())
-            .map(|d| format!("{} is {}", d.view.id, d.view.state.as_str()))
-            .collect();
-        problems.extend(pipeline.problems());
-        let healthy = problems.is_empty();
         let (last_error, last_error_at) = hq_last_error().unzip();
         let stats = pipeline.stats.as_ref();
+        let hq = Hq {
+            broker: facts.broker,
+            connected: pipeline.hq_connected,
+            since: pipeline.hq_since,
+            reconnects: crate::metrics::MQTT_RECONNECTS.get(),
+            last_error,
+            last_error_at,
+        };
+        let outbox = Outbox {
+            answering: pipeline.outbox_answering,
+            writable: pipeline.outbox_writable,
+            depth: stats.map(|s| s.depth),
+            bytes: stats.map(|s| s.bytes),
+            quota_bytes: facts.quota_bytes,
+            oldest_unsent: stats
+                .and_then(|s| s.oldest_ms)
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)),
+            evicted_total: crate::metrics::EVENTS_EVICTED.get(),
+        };
+        let clock = Clock::read();
+        let verdict = verdict::judge(&Inputs {
+            now,
+            devices: &devices,
+            hq: &hq,
+            outbox: &outbox,
+            link_draining: pipeline.link_draining,
+            clock: &clock,
+        });
         Report {
             store: facts.store.into(),
             gateway: facts.gateway.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             now,
             started: facts.started,
-            healthy,
-            problems,
+            verdict,
             devices,
-            hq: Hq {
-                broker: facts.broker,
-                connected: pipeline.hq_connected,
-                since: pipeline.hq_since,
-                reconnects: crate::metrics::MQTT_RECONNECTS.get(),
-                last_error,
-                last_error_at,
-            },
-            outbox: Outbox {
-                answering: pipeline.outbox_answering,
-                writable: pipeline.outbox_writable,
-                depth: stats.map(|s| s.depth),
-                bytes: stats.map(|s| s.bytes),
-                oldest_unsent: stats
-                    .and_then(|s| s.oldest_ms)
-                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)),
-                evicted_total: crate::metrics::EVENTS_EVICTED.get(),
-            },
-            clock: Clock::read(),
+            hq,
+            outbox,
+            clock,
+            link_draining: pipeline.link_draining,
         }
     }
 }
 
-/// "3 s", "4 min", "2 h 5 min", "3 d": how long ago, at a glance.
+/// Gathers a [`Report`] on demand: for each page, JSON or `/healthz` request, and for the
+/// monitor's `STATUS=` line, so all of them judge the same facts the same way.
+pub struct Reporter {
+    pub board: Board,
+    pub health: Health,
+    status: watch::Receiver<StatusConfig>,
+    store: String,
+    gateway: String,
+    broker: String,
+    quota_bytes: u64,
+    started: SystemTime,
+}
+
+impl Reporter {
+    pub fn new(
+        config: &Config,
+        board: Board,
+        health: Health,
+        status: watch::Receiver<StatusConfig>,
+    ) -> Reporter {
+        Reporter {
+            board,
+            health,
+            status,
+            store: config.store.clone(),
+            gateway: config.gateway.clone(),
+            broker: format!(
+                "{}:{}{}",
+                config.mqtt.host,
+                config.mqtt.port,
+                if config.mqtt.tls.is_some() {
+                    " (TLS)"
+                } else {
+                    ""
+                }
+            ),
+            quota_bytes: config.outbox.max_bytes,
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let required = self.status.borrow().required.clone();
+        let facts = Facts {
+            store: &self.store,
+            gateway: &self.gateway,
+            broker: self.broker.clone(),
+            started: self.started,
+            required: &required,
+            quota_bytes: self.quota_bytes,
+        };
+        Report::gather(
+            facts,
+            self.board.devices(SystemTime::now()),
+            &self.health.get(),
+        )
+    }
+}
+
+/// "3 s", "4 min", "2 h 5 min", "3 days": how long ago, at a glance (whole seconds).
 pub fn ago(now: SystemTime, then: SystemTime) -> String {
     let s = now.duration_since(then).unwrap_or_default().as_secs();
-    match s {
-        0..=59 => format!("{s} s"),
-        60..=3599 => format!("{} min", s / 60),
-        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        _ => format!("{} d", s / 86_400),
-    }
+    words::duration(Duration::from_secs(s))
 }
 
 /// The local wall-clock time, for people in the store.
@@ -151,10 +219,14 @@ impl fmt::Display for Report {
             self.gateway,
             ago(now, self.started)
         )?;
-        if self.healthy {
-            writeln!(f, "HEALTHY")?;
-        } else {
-            writeln!(f, "NEEDS ATTENTION: {}", self.problems.join("; "))?;
+        match self.verdict.level {
+            Level::Ok => writeln!(f, "OK: every device is working and HQ gets the data")?,
+            level => {
+                writeln!(f, "{}", level.as_str().to_uppercase())?;
+                for text in self.verdict.texts() {
+                    writeln!(f, "  - {text}")?;
+                }
+            }
         }
         writeln!(f, "\nDEVICES")?;
         let width = self

@@ -521,3 +521,11 @@ pub fn wait_listening(port: u16) {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
 }
+
+/// A stdout for a child whose reader is already gone (`… | head -c 10` after head quit):
+/// every write gets `EPIPE`. (`std::io::pipe` needs Rust 1.87; the MSRV is 1.85.)
+pub fn closed_pipe() -> Stdio {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    Stdio::from(writer)
+}

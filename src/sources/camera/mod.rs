@@ -221,7 +221,7 @@ impl Sightings {
         if let Some(after) = self.silent_after {
             if !self.silent && now.duration_since(self.last_code) >= after {
                 self.silent = true;
-                let reason = format!("no code for {}", humantime::format_duration(after));
+                let reason = format!("no code for {}", crate::words::duration(after));
                 out.push(Emit::Status(DeviceState::Silent, reason, None));
             }
         }

@@ -141,7 +141,11 @@ impl GateTracker {
         }
         if self.failures >= FAILS_BEFORE_DOWN && self.health != Health::Down {
             self.health = Health::Down;
-            let reason = format!("{} failed polls in a row (last: {error})", self.failures);
+            let reason = format!(
+                "{} failed polls in a row (last: {error}){}",
+                self.failures,
+                wire_hint(error)
+            );
             out.push(status(DeviceState::Down, reason, None));
         }
         out
@@ -159,7 +163,7 @@ impl GateTracker {
                 && now.saturating_duration_since(self.last_pass) >= after
             {
                 self.silent = true;
-                let reason = format!("no passage for {}", humantime::format_duration(after));
+                let reason = format!("no passage for {}", crate::words::duration(after));
                 out.push(status(DeviceState::Silent, reason, None));
             }
         }
@@ -174,6 +178,19 @@ impl GateTracker {
         }
         self.health = Health::Down;
         Some(status(DeviceState::Down, reason, None))
+    }
+}
+
+/// What to check when the module does not answer, or answers garbled: nothing (or noise)
+/// comes back when the unit address, the speed or the parity differ from the module's, or a
+/// wire is loose or swapped. Other failures are the module's own words and need no hint.
+fn wire_hint(error: &ModbusError) -> &'static str {
+    match error {
+        ModbusError::NoResponse
+        | ModbusError::CrcMismatch { .. }
+        | ModbusError::Truncated { .. }
+        | ModbusError::WrongUnit { .. } => ": check unit address, baud, parity, wiring",
+        _ => "",
     }
 }
 

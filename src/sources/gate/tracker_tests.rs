@@ -125,6 +125,11 @@ fn three_failures_in_a_row_are_down_until_a_poll_succeeds() {
         matches!(&third[..], [O::S(Down, r)] if r.starts_with("3 failed polls in a row")),
         "{third:?}"
     );
+    // A module that never answers: the reason says what to check.
+    assert!(
+        matches!(&third[..], [O::S(Down, r)] if r.ends_with("(last: no response): check unit address, baud, parity, wiring")),
+        "{third:?}"
+    );
     assert_eq!(
         view(t.failed(&ModbusError::NoResponse, ms(1500))),
         [],
@@ -175,7 +180,7 @@ fn alarm_edges_and_silence() {
         [s(Up, "alarm cleared")]
     );
     assert_eq!(view(t.tick(secs(59))), []);
-    assert_eq!(view(t.tick(secs(60))), [s(Silent, "no passage for 1m")]);
+    assert_eq!(view(t.tick(secs(60))), [s(Silent, "no passage for 1 min")]);
     assert_eq!(view(t.tick(secs(61))), [], "silent once");
     assert_eq!(
         view(t.polled(&regs(1, 0, false), secs(62))),

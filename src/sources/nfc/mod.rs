@@ -270,7 +270,7 @@ impl NfcSource {
     fn check_silent(&self, told: &mut Told, last_tap: Instant) -> Result<(), SourceError> {
         match self.config.silent_after {
             Some(after) if *told == Told::Up && last_tap.elapsed() >= after => {
-                let reason = format!("no tap for {}", humantime::format_duration(after));
+                let reason = format!("no tap for {}", crate::words::duration(after));
                 self.tell(told, DeviceState::Silent, reason)
             }
             _ => Ok(()),

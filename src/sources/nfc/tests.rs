@@ -185,7 +185,7 @@ fn hung_reader_is_an_error_then_reinitialised_with_wakeup() {
 fn idle_reader_goes_silent_and_a_tap_brings_it_back() {
     let mut h = Harness::start_with(Some(Duration::from_millis(300)));
     h.wait_for("silent", |h| h.count(DeviceState::Silent) == 1);
-    assert_eq!(h.states()[1].1, "no tap for 300ms");
+    assert_eq!(h.states()[1].1, "no tap for 300 ms");
     h.sim.place(SimCard::new(&UID7, 0x00));
     h.wait_for("a tap", |h| h.taps().len() == 1);
     let states = h.states();

@@ -18,6 +18,17 @@ pub enum Terminator {
     Crlf,
 }
 
+impl Terminator {
+    /// "CR", "LF", "CRLF": as a scanner manual names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Terminator::Cr => "CR",
+            Terminator::Lf => "LF",
+            Terminator::Crlf => "CRLF",
+        }
+    }
+}
+
 /// A scanner profile's framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Framing {

@@ -95,8 +95,7 @@ impl ScannerSource {
                     if let Some(after) = self.config.silent_after {
                         if !silent && now.duration_since(last_code) >= after {
                             silent = true;
-                            let reason =
-                                format!("no code for {}", humantime::format_duration(after));
+                            let reason = format!("no code for {}", crate::words::duration(after));
                             self.sink.status(DeviceState::Silent, reason, None)?;
                         }
                     }

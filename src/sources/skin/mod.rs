@@ -183,7 +183,7 @@ impl SkinSource {
         if let Some(after) = self.config.silent_after {
             if !s.silent && now.duration_since(s.last_reading) >= after {
                 s.silent = true;
-                let reason = format!("no reading for {}", humantime::format_duration(after));
+                let reason = format!("no reading for {}", crate::words::duration(after));
                 self.sink.status(DeviceState::Silent, reason, None)?;
             }
         }
