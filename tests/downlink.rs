@@ -221,3 +221,134 @@ fn member_maps_apply_whole_survive_a_restart_and_refuse_stale_or_broken_updates(
         gw.log()
     );
 }
+
+/// A member snapshot at version 5 with card `a` → `u-a`, stored: proves the downlink session
+/// exists on the broker (it subscribed), so what HQ sends later is kept for it.
+fn establish_session(hq_pub: &Client, db: &std::path::Path) {
+    let snapshot = format!(
+        r#"{{"type":"snapshot","version":5,"members":[{{"card_hash":"{}","userid":"u-a"}}]}}"#,
+        "a".repeat(43)
+    );
+    // Sent again until stored: one sent before the first subscription reaches nobody.
+    eventually(LONG, "snapshot stored", || {
+        hq_pub
+            .publish(topic("members"), QoS::AtLeastOnce, false, snapshot.clone())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        outbox_state(db, "members.version/store").as_deref() == Some(b"5".as_slice())
+    });
+}
+
+/// A delta 5 → 6 adding card `c` → `u-c`.
+fn delta_6() -> String {
+    format!(
+        r#"{{"type":"delta","version":6,"base":5,"upsert":[{{"card_hash":"{}","userid":"u-c"}}]}}"#,
+        "c".repeat(43)
+    )
+}
+
+/// Waits until the delta and command `open-1` are applied, then checks each was applied once:
+/// the map holds the delta, the gate opened once, one result, one "member map updated" at 6.
+fn assert_applied_once(
+    rig: &Rig,
+    hq: &Hq,
+    gw: &mut Gateway,
+    gate: &phygate::sim::modbus_gate::GateSim,
+) {
+    let db = rig.db_path();
+    eventually(LONG, "delta applied", || {
+        outbox_state(&db, "members.version/store").as_deref() == Some(b"6".as_slice())
+    });
+    hq.wait_for(LONG, "the command's result", |h| !results(h).is_empty());
+    // Time for a second application, if there were one.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(gw.terminate().success());
+    assert_eq!(
+        outbox_state(&db, &format!("member/store/{}", "c".repeat(43))).as_deref(),
+        Some(b"u-c".as_slice())
+    );
+    assert_eq!(results(hq), [("open-1".into(), "done".into())]);
+    assert_eq!(gate.coil_writes().len(), 1, "the gate opened exactly once");
+    let log = gw.log();
+    let applied_6 = log
+        .lines()
+        .filter(|l| l.contains("member map updated") && l.contains("version=6"))
+        .count();
+    assert_eq!(applied_6, 1, "{log}");
+}
+
+#[test]
+fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_once_when_it_is_back(
+) {
+    let rig = Rig::new();
+    rig.write_config_with(&rig.gate_device(""), "");
+    let hq = rig.hq("offline");
+    let (_pty, _scanner) = rig.scanner();
+    let gate = rig.gate(0, 0);
+    let mut gw = rig.start_gateway();
+    let hq_pub = hq_publisher(rig.broker.port);
+    establish_session(&hq_pub, &rig.db_path());
+    assert!(gw.terminate().success());
+
+    // The gateway is down, the broker up: HQ sends a delta and a command.
+    hq_pub
+        .publish(topic("members"), QoS::AtLeastOnce, false, delta_6())
+        .unwrap();
+    hq_pub
+        .publish(
+            topic("commands"),
+            QoS::AtLeastOnce,
+            false,
+            command("open-1", 120),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    gw.restart();
+    assert_applied_once(&rig, &hq, &mut gw, &gate);
+}
+
+#[test]
+fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once() {
+    let rig = Rig::new();
+    rig.write_config_with(&rig.gate_device(""), "");
+    let hq = rig.hq("killed");
+    let (_pty, _scanner) = rig.scanner();
+    let gate = rig.gate(0, 0);
+    let log = rig.dir.path().join("phygate.log");
+    let mut gw = rig.start_gateway();
+    let hq_pub = hq_publisher(rig.broker.port);
+    establish_session(&hq_pub, &rig.db_path());
+    assert!(gw.terminate().success());
+
+    // Every downlink message now waits 30 s between receipt and commit (debug builds only).
+    let mut paused = Gateway::start_with_env(
+        &rig.config,
+        &log,
+        &[("PHYGATE_TEST_DOWNLINK_PAUSE_MS", "30000")],
+    );
+    hq_pub
+        .publish(topic("members"), QoS::AtLeastOnce, false, delta_6())
+        .unwrap();
+    hq_pub
+        .publish(
+            topic("commands"),
+            QoS::AtLeastOnce,
+            false,
+            command("open-1", 120),
+        )
+        .unwrap();
+    eventually(LONG, "the delta received and paused", || {
+        paused
+            .log()
+            .contains("test pause before applying a downlink message")
+    });
+    paused.kill9();
+    assert_eq!(
+        outbox_state(&rig.db_path(), "members.version/store").as_deref(),
+        Some(b"5".as_slice()),
+        "nothing committed"
+    );
+
+    let mut gw = Gateway::start(&rig.config, &log);
+    assert_applied_once(&rig, &hq, &mut gw, &gate);
+}
