@@ -352,3 +352,83 @@ fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_appli
     let mut gw = Gateway::start(&rig.config, &log);
     assert_applied_once(&rig, &hq, &mut gw, &gate);
 }
+
+/// `sha256:` and the first 16 hex digits of the text's digest: how HQ names a config.
+fn config_version(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn regression_a_retained_config_from_hq_is_applied_reported_and_kept_and_a_bad_one_rejected_whole()
+{
+    let rig = Rig::new();
+    let hq = rig.hq("config");
+    let (_pty, _scanner) = rig.scanner();
+    let mut gw = rig.start_gateway();
+    hq.wait_for(LONG, "scanner up", |h| !h.statuses().is_empty());
+    wait_listening(rig.status_port);
+    let hq_pub = hq_publisher(rig.broker.port);
+    let local = std::fs::read_to_string(&rig.config).unwrap();
+    let listen = |port: u16| format!("listen = \"127.0.0.1:{port}\"");
+    let applied = |h: &Hq| h.of_type("store.config.applied");
+
+    // HQ's config moves the status page (live) and changes a batch size (next start).
+    let hq_port = phygate::sim::broker::free_port().unwrap();
+    let good = format!(
+        "{}\n[uplink]\nbatch_max_events = 50\n",
+        local.replace(&listen(rig.status_port), &listen(hq_port))
+    );
+    hq_pub
+        .publish(topic("config"), QoS::AtLeastOnce, true, good.clone())
+        .unwrap();
+    hq.wait_for(LONG, "store.config.applied", |h| !applied(h).is_empty());
+    let report = &applied(&hq)[0]["data"];
+    assert_eq!(report["version"], config_version(&good));
+    assert_eq!(report["live"], serde_json::json!(["status"]));
+    assert_eq!(report["restart"], serde_json::json!(["uplink"]));
+    wait_listening(hq_port);
+    assert_eq!(
+        get(hq_port, "/healthz").0,
+        200,
+        "the status page moved at once"
+    );
+
+    // One that does not validate (another store, a bad inflight) is rejected whole: its status
+    // port is not taken, and every problem is reported.
+    let bad_port = phygate::sim::broker::free_port().unwrap();
+    let bad = good
+        .replace(&listen(hq_port), &listen(bad_port))
+        .replace(&format!("store = \"{STORE}\""), "store = \"s2\"")
+        .replace(
+            "batch_max_events = 50",
+            "batch_max_events = 50\ninflight = 999",
+        );
+    hq_pub
+        .publish(topic("config"), QoS::AtLeastOnce, true, bad.clone())
+        .unwrap();
+    hq.wait_for(LONG, "store.config.rejected", |h| {
+        !h.of_type("store.config.rejected").is_empty()
+    });
+    let rejected = &hq.of_type("store.config.rejected")[0]["data"];
+    assert_eq!(rejected["version"], config_version(&bad));
+    let reasons = rejected["reasons"].to_string();
+    assert!(
+        reasons.contains("uplink.inflight") && reasons.contains("store"),
+        "{reasons}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", bad_port)).is_err());
+    assert_eq!(get(hq_port, "/healthz").0, 200);
+
+    // After a restart the applied config is in force (the local file still names the old port).
+    assert!(gw.terminate().success());
+    gw.restart();
+    wait_listening(hq_port);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", rig.status_port)).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", bad_port)).is_err());
+    assert!(gw.log().contains("HQ's config is in force"), "{}", gw.log());
+    assert!(gw.terminate().success());
+}

@@ -40,34 +40,34 @@ pub fn version(text: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// Validates HQ's config for the running store; every problem on failure.
+/// Validates HQ's config for the running store; every problem on failure (the file's own, and
+/// a tenant or store that is not this gateway's).
 pub fn check(text: &str, stored: &Path, running: &Config) -> Result<Config, Vec<String>> {
-    let config = Config::parse(text, stored).map_err(|e| {
-        e.problems
+    let parsed = Config::parse(text, stored);
+    let mut problems: Vec<String> = match &parsed {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
             .iter()
             .map(|p| match p.line {
                 Some(line) => format!("line {line}: field `{}`: {}", p.field, p.message),
                 None => format!("field `{}`: {}", p.field, p.message),
             })
-            .collect::<Vec<_>>()
-    })?;
-    let mut problems = Vec::new();
-    if config.tenant != running.tenant {
-        problems.push(format!(
-            "field `tenant`: {:?} is not this gateway's tenant {:?}",
-            config.tenant, running.tenant
-        ));
+            .collect(),
+    };
+    // Read from the TOML as written, so they are reported along with any other problem.
+    let table: toml::Table = toml::from_str(text).unwrap_or_default();
+    for (field, ours) in [("tenant", &running.tenant), ("store", &running.store)] {
+        match table.get(field).and_then(|v| v.as_str()) {
+            Some(theirs) if theirs != ours => problems.push(format!(
+                "field `{field}`: {theirs:?} is not this gateway's {field} {ours:?}"
+            )),
+            _ => {}
+        }
     }
-    if config.store != running.store {
-        problems.push(format!(
-            "field `store`: {:?} is not this gateway's store {:?}",
-            config.store, running.store
-        ));
-    }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
+    match parsed {
+        Ok(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems),
     }
 }
 
