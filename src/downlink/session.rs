@@ -27,6 +27,11 @@
 //! replace whole), which makes the effect exactly once. The session lives on the broker: a
 //! message published before the store's very first connection, or after the broker dropped
 //! the session (expiry, a broker without persistence restarted), reaches it only if retained.
+//!
+//! Test hook: in debug builds only, `PHYGATE_TEST_DOWNLINK_PAUSE_MS=N` makes every received
+//! message wait N ms before it is handed on (logged as "test pause before applying a downlink
+//! message"), so a test can `kill -9` the daemon between receipt and commit. Release builds
+//! never read the variable.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
