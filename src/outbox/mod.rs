@@ -608,4 +608,34 @@ mod tests {
         // A group of lone writes only.
         assert_eq!(keys(appends(0).state_of(0, 0, &lone[..1])), ["l0"]);
     }
+
+    #[tokio::test]
+    async fn put_states_durable_answers_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutboxConfig {
+            path: dir.path().join("o.db"),
+            synchronous: crate::config::Synchronous::Full,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            max_file_bytes: None,
+        };
+        let origin = crate::event::Origin {
+            store: "s".into(),
+            gateway: "g".into(),
+        };
+        let (outbox, handle) = Outbox::open(&config, origin).unwrap();
+        let thread = outbox.spawn().unwrap();
+        handle
+            .put_states_durable(vec![("k".into(), Some(b"v".to_vec()))])
+            .await
+            .unwrap();
+        // Another connection sees it at once: committed, not merely queued.
+        let other = rusqlite::Connection::open(&config.path).unwrap();
+        let v: Vec<u8> = other
+            .query_row("SELECT value FROM state WHERE key = 'k'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, b"v");
+        drop(handle);
+        thread.join().unwrap();
+    }
 }
