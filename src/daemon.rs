@@ -1,6 +1,8 @@
 //! The wiring: who spawns what, and which channel goes where. Reads top to bottom as the flow:
-//! sources → link → outbox → uplink. Shutdown runs the same way: sources stop, the link hands on
-//! what it holds, the outbox commits, the uplink says goodbye.
+//! sources → link → outbox → uplink, and HQ's downlink back into the link (keys, members,
+//! commands) and the config reloader. Shutdown runs the same way: sources stop, the link hands on
+//! what it holds, the outbox commits, the uplink says goodbye; the downlink stops with the link,
+//! leaving what was not committed un-acknowledged for the next start.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::config::{Config, DeviceKind};
+use crate::downlink::session::Downlink;
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::ingest::Ingest;
 use crate::link::journey::Journey;
@@ -32,6 +35,9 @@ use crate::uplink::Uplink;
 const READING_QUEUE: usize = 1024;
 /// How long shutdown waits for HTTP posts in progress (a stuck client must not hold it).
 const INGEST_GRACE: Duration = Duration::from_secs(5);
+/// Configs from HQ waiting for the reloader; when full, the downlink waits (it is one retained
+/// topic: more than one waiting is rare).
+const HQ_CONFIG_QUEUE: usize = 4;
 
 /// Handles for acting on devices, for whoever decides to act: the link's entry-token decisions
 /// and HQ's commands (to come), tests.
@@ -46,13 +52,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     run_with(config, shutdown, |_| {}).await
 }
 
-/// As [`run`], for a service: SIGHUP re-reads `config_path` (see `status::reload`).
+/// As [`run`], for a service: `config` is what `downlink::hqconfig::effective` chose (HQ's
+/// stored config or the local file), and SIGHUP re-reads it (see `status::reload`).
 pub async fn run_service(
-    config: Config,
+    config: crate::downlink::hqconfig::Effective,
     config_path: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    start(config, Some(config_path), shutdown, |_| {}).await
+    let source = (Some(config_path), config.text);
+    start(config.config, source, shutdown, |_| {}).await
 }
 
 /// As [`run`], handing `ready` the device controls once the sources are started.
@@ -61,12 +69,12 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
-    start(config, None, shutdown, ready).await
+    start(config, (None, String::new()), shutdown, ready).await
 }
 
 async fn start(
     config: Config,
-    config_path: Option<PathBuf>,
+    (config_path, config_text): (Option<PathBuf>, String),
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
@@ -179,14 +187,14 @@ async fn start(
     link.set_gates(gates.clone());
     ready(Controls { gates });
 
-    // Link → outbox → uplink.
+    // Link → outbox → uplink; HQ → downlink → link and reloader.
     let link = tokio::spawn(link.run());
     let (stop_uplink, uplink_stopped) = watch::channel(false);
-    let uplink = tokio::spawn(
-        Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?
-            .with_downlink(downlink)
-            .run(),
-    );
+    let uplink = tokio::spawn(Uplink::new(&config, outbox_handle.clone(), uplink_stopped)?.run());
+    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
+    let (stop_downlink, downlink_stopped) = watch::channel(false);
+    let downlink =
+        tokio::spawn(Downlink::new(&config, downlink, hq_config, downlink_stopped)?.run());
     // Status last: READY=1 means everything above is running.
     let ops = Ops::start(
         &config,
@@ -194,7 +202,11 @@ async fn start(
             board,
             outbox: outbox_handle.clone(),
             readings: readings_probe,
-            config_path,
+            configs: crate::status::reload::Sources {
+                local: config_path,
+                text: config_text,
+                hq: Some(hq_configs),
+            },
         },
     );
     drop(outbox_handle);
@@ -223,6 +235,8 @@ async fn start(
     })
     .await?;
     link.await?.context("link")?;
+    stop_downlink.send_replace(true);
+    downlink.await?.context("downlink")?;
     stop_uplink.send_replace(true);
     uplink.await?.context("uplink")?;
     tokio::task::spawn_blocking(move || outbox_thread.join())

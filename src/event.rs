@@ -57,6 +57,26 @@ pub enum EventData {
     VisitStarted(VisitStarted),
     VisitEnded(VisitEnded),
     CommandResult(CommandResult),
+    ConfigApplied(ConfigApplied),
+    ConfigRejected(ConfigRejected),
+}
+
+/// `store.config.applied`: HQ's config (the `config` topic) is stored and in force; `live`
+/// sections changed at once, `restart` ones change at the next start.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigApplied {
+    /// `sha256:` and the first 16 hex digits of the config text's digest.
+    pub version: String,
+    pub live: Vec<String>,
+    pub restart: Vec<String>,
+}
+
+/// `store.config.rejected`: HQ's config was refused whole; nothing of it applies.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigRejected {
+    pub version: String,
+    /// Every problem, as `line N: field `f`: message`.
+    pub reasons: Vec<String>,
 }
 
 /// `store.nfc.linked`: a member registered a card at a kiosk (the user is in the envelope).
@@ -193,6 +213,8 @@ impl EventData {
             EventData::VisitStarted(_) => "store.visit.started",
             EventData::VisitEnded(_) => "store.visit.ended",
             EventData::CommandResult(_) => "store.command.result",
+            EventData::ConfigApplied(_) => "store.config.applied",
+            EventData::ConfigRejected(_) => "store.config.rejected",
         }
     }
 }

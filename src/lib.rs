@@ -11,7 +11,9 @@
 //!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.
 //! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
-//! - [`downlink`]: HQ → store messages (keys, members, commands, config), checked before use.
+//! - [`downlink`]: HQ → store messages (keys, members, commands, config), checked before use, on
+//!   their own persistent MQTT session, acknowledged to the broker only once applied and committed;
+//!   HQ's config is kept next to the outbox and applied like a SIGHUP reload.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls

@@ -138,7 +138,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Run { config } => {
             let loaded = Config::load(&config)?;
-            let service = phygate::daemon::run_service(loaded, config, shutdown_signal());
+            // What load just read; HQ's stored config, when valid, takes precedence over it.
+            let text = std::fs::read_to_string(&config)?;
+            let effective = phygate::downlink::hqconfig::effective(loaded, text);
+            let service = phygate::daemon::run_service(effective, config, shutdown_signal());
             runtime()?.block_on(service)?;
             Ok(ExitCode::SUCCESS)
         }

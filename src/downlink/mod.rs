@@ -1,7 +1,9 @@
 //! Downlink: what HQ sends the store (docs/architecture.md §3). Every message is checked here
 //! (size cap, schema, version) before anything is applied; a bad one is logged, counted and
-//! changes nothing. The uplink owns the MQTT connection and hands each message over; the link,
-//! which owns identity state, applies the result.
+//! changes nothing. [`session::Downlink`] owns the downlink's own MQTT connection (a persistent
+//! session) and hands each message over with a [`Receipt`]; the link (keys, members, commands)
+//! or the config applier (`status::reload`) applies it and settles the receipt once the effect
+//! is committed, and only then is the message acknowledged to the broker.
 //!
 //! | topic | payload |
 //! |---|---|
@@ -10,9 +12,13 @@
 //! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` |
 //! | `…/{tenant}/{store}/config` (retained) | a phygate TOML config, checked like a local one |
 
+pub mod hqconfig;
+pub mod session;
+
 use std::time::SystemTime;
 
 use serde::Deserialize;
+use tokio::sync::oneshot;
 
 use crate::link::jwks::KeySet;
 
@@ -45,6 +51,34 @@ pub enum Update {
     Members(Members),
     Command(Command),
     Config(String),
+}
+
+/// A checked message on its way to whoever applies it.
+#[derive(Debug)]
+pub struct Delivery<T = Update> {
+    pub update: T,
+    pub receipt: Receipt,
+}
+
+/// The broker's copy of a message is released only through this: [`Receipt::settle`] once the
+/// message is handled for good (its effect committed to disk, or refused for a reason a
+/// redelivery would not change). Dropping it unsettled (the commit failed, or the daemon is
+/// stopping) leaves the message un-acknowledged, and the broker sends it again on the next
+/// connection of the downlink's persistent session.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Sender<()>);
+
+impl Receipt {
+    pub fn new() -> (Receipt, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Receipt(tx), rx)
+    }
+
+    pub fn settle(self) {
+        // Gone when the connection that received the message dropped: its acknowledgement
+        // would be meaningless on a new one, and the broker redelivers the message instead.
+        let _ = self.0.send(());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,8 @@
 //! durable in its next group), and through a [`LinkHandle`] from a caller that must know the
 //! event before it answers its device (HTTP ingest: `202` only once durable, idempotent replays).
 //! HQ's downlink updates (keys, members, commands) arrive on a third queue: the link owns the
-//! identity state they change.
+//! identity state they change. Each comes with a receipt, settled only once the update's effect
+//! is committed (then the broker gets its acknowledgement, see `downlink::session`).
 
 pub mod cardhash;
 mod classify;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::downlink::{Action, Command, Update};
+use crate::downlink::{Action, Command, Delivery, Receipt, Update};
 use crate::event::{CommandResult, Event, EventData, QrScanned};
 use crate::outbox::{OutboxError, OutboxHandle};
 use crate::sources::gate::GateRegistry;
@@ -51,14 +52,12 @@ pub struct Link {
     readings: mpsc::Receiver<Reading>,
     outbox: OutboxHandle,
     requests: Option<mpsc::Receiver<Request>>,
-    updates: Option<mpsc::Receiver<Update>>,
+    updates: Option<mpsc::Receiver<Delivery>>,
     journey: Journey,
     gates: GateRegistry,
     gateway: Arc<str>,
     /// Downlink command ids already run.
     commands_seen: HashSet<String>,
-    /// A config from HQ must be for this tenant.
-    tenant: String,
     board: crate::status::Board,
 }
 
@@ -108,7 +107,6 @@ impl Link {
             gates: GateRegistry::default(),
             gateway: config.gateway.as_str().into(),
             commands_seen: HashSet::new(),
-            tenant: config.tenant.clone(),
             board: Default::default(),
         }
     }
@@ -133,7 +131,7 @@ impl Link {
     }
 
     /// Where the downlink sends checked updates.
-    pub fn updates(&mut self) -> mpsc::Sender<Update> {
+    pub fn updates(&mut self) -> mpsc::Sender<Delivery> {
         let (tx, rx) = mpsc::channel(UPDATE_QUEUE);
         self.updates = Some(rx);
         tx
@@ -181,7 +179,7 @@ impl Link {
                     None => requests = None,
                 },
                 u = recv_opt(&mut updates), if updates.is_some() => match u {
-                    Some(update) => self.apply(update).await?,
+                    Some(Delivery { update, receipt }) => self.apply(update, receipt).await?,
                     None => updates = None,
                 },
                 _ = tick.tick() => {
@@ -275,30 +273,43 @@ impl Link {
         }
     }
 
-    async fn apply(&mut self, update: Update) -> Result<(), OutboxError> {
-        match update {
+    /// Applies an update and settles its receipt once the effect is committed. A commit the
+    /// disk refused leaves the receipt unsettled (the broker sends the message again); only a
+    /// closed outbox (shutdown) ends the link.
+    async fn apply(&mut self, update: Update, receipt: Receipt) -> Result<(), OutboxError> {
+        let committed = match update {
             Update::Keys(keys) => {
                 let kids: Vec<String> = keys.kids().map(str::to_owned).collect();
                 let jwks = keys.to_jwks_json();
                 self.journey.set_downlink_keys(keys);
-                self.outbox
-                    .put_state(journey::KEYS_JWKS, Some(jwks.into_bytes()))
-                    .await?;
-                crate::metrics::DOWNLINK_APPLIED.inc();
-                info!(?kids, "token keys from HQ applied");
+                let r = self
+                    .outbox
+                    .put_states_durable(vec![(journey::KEYS_JWKS.into(), Some(jwks.into_bytes()))])
+                    .await;
+                if r.is_ok() {
+                    crate::metrics::DOWNLINK_APPLIED.inc();
+                    info!(?kids, "token keys from HQ applied");
+                }
+                r
             }
             Update::Members(m) => match self.journey.apply_members(&m) {
+                // One request, one transaction: the map on disk is never half a snapshot. (If
+                // the disk refuses it, memory is ahead of disk until the redelivery or a restart:
+                // the redelivered update is then refused as already held, or applied after the
+                // restart reloads the map from disk.)
                 Ok(writes) => {
-                    // One request, one transaction: the map on disk is never half a snapshot.
-                    self.outbox.put_states(writes).await?;
-                    crate::metrics::DOWNLINK_APPLIED.inc();
-                    info!(
-                        scope = m.scope.as_str(),
-                        version = m.version,
-                        upserts = m.upsert.len(),
-                        deletes = m.delete.len(),
-                        "member map updated"
-                    );
+                    let r = self.outbox.put_states_durable(writes).await;
+                    if r.is_ok() {
+                        crate::metrics::DOWNLINK_APPLIED.inc();
+                        info!(
+                            scope = m.scope.as_str(),
+                            version = m.version,
+                            upserts = m.upsert.len(),
+                            deletes = m.delete.len(),
+                            "member map updated"
+                        );
+                    }
+                    r
                 }
                 Err(why) => {
                     crate::metrics::DOWNLINK_REFUSED.inc();
@@ -307,31 +318,37 @@ impl Link {
                         version = m.version,
                         "member update refused: {why}"
                     );
+                    Ok(())
                 }
             },
-            Update::Command(c) => self.command(c).await?,
-            Update::Config(text) => {
-                match crate::config::Config::parse(&text, std::path::Path::new("downlink:config")) {
-                    Ok(c) if c.tenant == self.tenant => {
-                        crate::metrics::DOWNLINK_APPLIED.inc();
-                        info!("a valid config arrived from HQ; it takes effect when written to the config file and reloaded");
-                    }
-                    Ok(_) => {
-                        crate::metrics::DOWNLINK_REFUSED.inc();
-                        warn!("config from HQ is for another tenant; ignored");
-                    }
-                    Err(e) => {
-                        crate::metrics::DOWNLINK_REFUSED.inc();
-                        warn!("config from HQ refused: {e}");
-                    }
-                }
+            Update::Command(c) => self.command(c).await,
+            Update::Config(_) => {
+                // Routed to the config applier by the downlink; never sent here.
+                warn!("a config update reached the link; ignored");
+                Ok(())
+            }
+        };
+        match committed {
+            Ok(()) => receipt.settle(),
+            Err(OutboxError::Closed) => return Err(OutboxError::Closed),
+            Err(e) => {
+                warn!(error = %e, "downlink update not committed; HQ's broker will send it again")
             }
         }
         Ok(())
     }
 
-    /// Runs a command at most once (its id is stored with its result) and reports the outcome.
+    /// Runs a command at most once and reports the outcome. Its id is committed before the
+    /// command runs: a crash in between makes the redelivered command a `duplicate`, never a
+    /// second gate opening. The outcome is committed with the id's final record.
     async fn command(&mut self, c: Command) -> Result<(), OutboxError> {
+        let remember = |id: &str| {
+            let until = SystemTime::now() + COMMAND_MEMORY;
+            vec![(
+                format!("{COMMAND_PREFIX}{id}"),
+                Some(crate::event::format_time(until).into_bytes()),
+            )]
+        };
         let (outcome, detail) = if self.commands_seen.contains(&c.id) {
             ("duplicate", "already received; not run again".to_owned())
         } else if SystemTime::now() > c.expires_at {
@@ -340,10 +357,15 @@ impl Link {
             match &c.action {
                 Action::OpenGate { station } => match self.gates.get(station) {
                     None => ("refused", format!("no gate at station {station:?}")),
-                    Some(_) if self.unlock(station).await => {
-                        ("done", format!("gate at {station} opened"))
+                    Some(_) => {
+                        self.outbox.put_states_durable(remember(&c.id)).await?;
+                        self.commands_seen.insert(c.id.clone());
+                        if self.unlock(station).await {
+                            ("done", format!("gate at {station} opened"))
+                        } else {
+                            ("failed", format!("gate at {station} did not open"))
+                        }
                     }
-                    Some(_) => ("failed", format!("gate at {station} did not open")),
                 },
             }
         };
@@ -361,13 +383,9 @@ impl Link {
             Vec::new()
         } else {
             self.commands_seen.insert(c.id.clone());
-            let until = SystemTime::now() + COMMAND_MEMORY;
-            vec![(
-                format!("{COMMAND_PREFIX}{}", c.id),
-                Some(crate::event::format_time(until).into_bytes()),
-            )]
+            remember(&c.id)
         };
-        self.outbox.submit_with_state(event, state).await
+        self.outbox.append_with_state(event, state).await.map(drop)
     }
 }
 

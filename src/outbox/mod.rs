@@ -69,6 +69,9 @@ enum Request {
     /// State writes committed together, in one transaction.
     PutState {
         writes: Vec<StateWrite>,
+        /// Told when the transaction committed (or did not): for writes that something
+        /// outside waits on, e.g. a downlink message acknowledged to the broker only then.
+        done: Option<oneshot::Sender<Result<(), OutboxError>>>,
     },
     GetState {
         prefix: String,
@@ -223,6 +226,7 @@ impl Outbox {
         // Deletes the disk refused last time go first: they make room.
         let mut acks = std::mem::take(&mut self.held_acks);
         let mut lone_state: Vec<(usize, StateWrite)> = Vec::new();
+        let mut state_dones = Vec::new();
         let mut reads = Vec::new();
         for r in group.drain(..) {
             match r {
@@ -233,14 +237,26 @@ impl Outbox {
                 }
                 Request::Ack { first, last } => acks.push((first, last)),
                 // Placed among the appends as it arrived: a key's writes keep their order.
-                Request::PutState { writes } => {
+                Request::PutState { writes, done } => {
                     let at = appends.events.len();
                     lone_state.extend(writes.into_iter().map(|w| (at, w)));
+                    state_dones.extend(done);
                 }
                 other => reads.push(other),
             }
         }
-        let held = self.commit(appends, acks, lone_state);
+        let (held, failed) = self.commit(appends, acks, lone_state);
+        for done in state_dones {
+            // When the group failed, some lone writes may still have gone in with a shorter
+            // run; "not stored" is then only "not known to be stored", and the waiter (the
+            // downlink) gets the message again, which it applies idempotently.
+            let answer = match &failed {
+                None => Ok(()),
+                Some(e) => Err(OutboxError::NotStored(e.clone())),
+            };
+            // The waiter may have gone (shutdown); the writes are committed or not either way.
+            let _ = done.send(answer);
+        }
         for r in reads {
             match r {
                 Request::Fetch {
@@ -280,16 +296,17 @@ impl Outbox {
     /// full disk rode in every later group, each group failed whole, and the outbox could
     /// never shrink again, even with HQ back. Returns the fire-and-forget appends to retry;
     /// appenders that wait are told theirs was not stored. Lone state writes after the last
-    /// stored append are dropped: a source writes its key again with its next change.
+    /// stored append are dropped: a source writes its key again with its next change. Also
+    /// returns the whole-group error, if the group did not commit in one piece.
     fn commit(
         &mut self,
         mut appends: Appends,
         acks: Vec<(u64, u64)>,
         lone_state: Vec<(usize, StateWrite)>,
-    ) -> Vec<Request> {
+    ) -> (Vec<Request>, Option<String>) {
         let n = appends.events.len();
         if n == 0 && acks.is_empty() && lone_state.is_empty() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let state = appends.state_of(0, n, &lone_state);
         let error = match self
@@ -298,7 +315,7 @@ impl Outbox {
         {
             Ok(seqs) => {
                 self.stored(&mut appends, 0, &seqs);
-                return Vec::new();
+                return (Vec::new(), None);
             }
             Err(e) => e,
         };
@@ -356,7 +373,7 @@ impl Outbox {
             acks_held = self.held_acks.len(),
             "outbox transaction failed; what fits was stored, the rest is held or refused"
         );
-        held
+        (held, Some(error.to_string()))
     }
 
     /// Answers the appends from `from` on that `seqs` stored, and tells the uplink.
@@ -475,6 +492,7 @@ impl OutboxHandle {
         self.tx
             .send(Request::PutState {
                 writes: vec![(key.into(), value)],
+                done: None,
             })
             .map_err(|_| OutboxError::Closed)
     }
@@ -487,6 +505,7 @@ impl OutboxHandle {
         self.tx
             .send_async(Request::PutState {
                 writes: vec![(key.into(), value)],
+                done: None,
             })
             .await
             .map_err(|_| OutboxError::Closed)
@@ -496,9 +515,22 @@ impl OutboxHandle {
     /// there or none (a member map update).
     pub async fn put_states(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
         self.tx
-            .send_async(Request::PutState { writes })
+            .send_async(Request::PutState { writes, done: None })
             .await
             .map_err(|_| OutboxError::Closed)
+    }
+
+    /// As [`OutboxHandle::put_states`], and waits until the transaction has committed.
+    pub async fn put_states_durable(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::PutState {
+                writes,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// Every state entry under `prefix`. Blocking: for source threads at start.
@@ -575,5 +607,35 @@ mod tests {
         assert_eq!(keys(a.state_of(2, 3, &lone)), ["l2", "e2", "l3"]);
         // A group of lone writes only.
         assert_eq!(keys(appends(0).state_of(0, 0, &lone[..1])), ["l0"]);
+    }
+
+    #[tokio::test]
+    async fn put_states_durable_answers_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutboxConfig {
+            path: dir.path().join("o.db"),
+            synchronous: crate::config::Synchronous::Full,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            max_file_bytes: None,
+        };
+        let origin = crate::event::Origin {
+            store: "s".into(),
+            gateway: "g".into(),
+        };
+        let (outbox, handle) = Outbox::open(&config, origin).unwrap();
+        let thread = outbox.spawn().unwrap();
+        handle
+            .put_states_durable(vec![("k".into(), Some(b"v".to_vec()))])
+            .await
+            .unwrap();
+        // Another connection sees it at once: committed, not merely queued.
+        let other = rusqlite::Connection::open(&config.path).unwrap();
+        let v: Vec<u8> = other
+            .query_row("SELECT value FROM state WHERE key = 'k'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, b"v");
+        drop(handle);
+        thread.join().unwrap();
     }
 }

@@ -27,7 +27,6 @@ pub mod report;
 pub mod verdict;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -68,8 +67,8 @@ pub struct Watched {
     pub outbox: OutboxHandle,
     /// The link's queue, to see it drain (weak: it must not keep the link running).
     pub readings: mpsc::WeakSender<Reading>,
-    /// The config file, for SIGHUP reloads (`None`: no reloads, e.g. tests and the demo).
-    pub config_path: Option<PathBuf>,
+    /// Where configs come from: the file for SIGHUP reloads, HQ's from the downlink.
+    pub configs: reload::Sources,
 }
 
 impl Ops {
@@ -87,7 +86,7 @@ impl Ops {
         ));
         let monitor = Monitor::new(
             shared.clone(),
-            watched.outbox,
+            watched.outbox.clone(),
             watched.readings,
             notifier.clone(),
         );
@@ -95,8 +94,14 @@ impl Ops {
             tokio::spawn(monitor.run(stopped.clone())),
             tokio::spawn(serve(shared, status_rx, stopped.clone())),
         ];
-        if let Some(path) = watched.config_path {
-            let reloader = reload::Reloader::new(path, status_tx, notifier.clone());
+        if watched.configs.local.is_some() || watched.configs.hq.is_some() {
+            let reloader = reload::Reloader::new(
+                watched.configs,
+                config,
+                status_tx,
+                notifier.clone(),
+                watched.outbox,
+            );
             tasks.push(tokio::spawn(reloader.run(stopped)));
         }
         if let Some(w) = notifier.watchdog {

@@ -1,24 +1,32 @@
-//! SIGHUP: re-read the config file, validate it, and apply what can change live.
+//! Config reloads: SIGHUP re-reads the config file, and HQ's `config` topic sends a whole
+//! config (see `downlink::hqconfig` for where it is kept and its precedence over the local
+//! file). Both are validated and applied the same way.
 //!
-//! An invalid file is rejected with every problem logged, and the running config stays in
-//! force. A valid one is compared with the running one table by table:
+//! An invalid config is rejected with every problem logged (and, from HQ, reported as
+//! `store.config.rejected`), and the running config stays in force. A valid one is compared with
+//! the running one table by table:
 //!
 //! - applied live: `[status]` (listen address, required devices) and `[log]` (level);
 //! - everything else (stations, devices, outbox, mqtt, uplink, identity, ingest, ids) needs a
 //!   restart: those shape threads, ports, the database and the HQ session that are opened once.
-//!   The log says which sections changed and that the old values stay in force until then.
+//!   The log (and HQ's `store.config.applied`) says which sections changed and that the old
+//!   values stay in force until then.
 //!
 //! Files the config names (TLS certificates, the JWKS file) are read at start: replacing them
 //! needs a restart too.
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::notify::Notifier;
 use crate::config::{Config, StatusConfig};
+use crate::downlink::{hqconfig, Delivery};
+use crate::event::{ConfigApplied, ConfigRejected, Event, EventData};
+use crate::outbox::OutboxHandle;
 
 /// Top-level tables a reload applies without a restart.
 const LIVE: &[&str] = &["status", "log"];
@@ -48,55 +56,98 @@ pub fn plan(running: &toml::Table, new: &toml::Table) -> Plan {
     plan
 }
 
+/// Where configs come from, for the reloader.
+pub struct Sources {
+    /// The local file (`--config`), re-read on SIGHUP; `None`: no SIGHUP (tests, the demo).
+    pub local: Option<PathBuf>,
+    /// The text of the config in force at start (HQ's stored one, or the local file's).
+    pub text: String,
+    /// HQ's configs from the downlink.
+    pub hq: Option<mpsc::Receiver<Delivery<String>>>,
+}
+
 pub struct Reloader {
-    path: PathBuf,
+    local: Option<PathBuf>,
+    /// Where HQ's config is kept; while it exists it is what SIGHUP re-reads.
+    stored: PathBuf,
     /// The config in force: live tables as last applied, the others as at start.
     running: toml::Table,
+    /// The config at start: HQ's must name the same tenant and store.
+    started: Config,
     status: watch::Sender<StatusConfig>,
     notifier: Notifier,
     hup: Option<Signal>,
+    hq: Option<mpsc::Receiver<Delivery<String>>>,
+    /// Where HQ's configs are reported.
+    outbox: OutboxHandle,
 }
 
 impl Reloader {
-    /// Takes over SIGHUP at once (its default action ends the process), so a reload sent right
-    /// after start is a reload. Call within the runtime.
-    pub fn new(path: PathBuf, status: watch::Sender<StatusConfig>, notifier: Notifier) -> Self {
-        let running = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| toml::from_str(&t).ok())
-            .unwrap_or_default();
-        let hup = signal(SignalKind::hangup())
-            .inspect_err(
-                |e| error!(error = %e, "cannot listen for SIGHUP; config reloads need a restart"),
-            )
-            .ok();
+    /// Takes over SIGHUP at once when there is a local file (its default action ends the
+    /// process), so a reload sent right after start is a reload. Call within the runtime.
+    pub fn new(
+        sources: Sources,
+        started: &Config,
+        status: watch::Sender<StatusConfig>,
+        notifier: Notifier,
+        outbox: OutboxHandle,
+    ) -> Self {
+        let running = toml::from_str(&sources.text).unwrap_or_default();
+        let hup = sources.local.as_ref().and_then(|_| {
+            signal(SignalKind::hangup())
+                .inspect_err(
+                    |e| error!(error = %e, "cannot listen for SIGHUP; config reloads need a restart"),
+                )
+                .ok()
+        });
         Reloader {
-            path,
+            local: sources.local,
+            stored: hqconfig::stored_path(&started.outbox.path),
             running,
+            started: started.clone(),
             status,
             notifier,
             hup,
+            hq: sources.hq,
+            outbox,
         }
     }
 
-    /// Reloads on every SIGHUP until `stop`.
+    /// Reloads on every SIGHUP and HQ config until `stop`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let Some(mut hup) = self.hup.take() else {
-            return;
-        };
+        let mut hup = self.hup.take();
+        let mut hq = self.hq.take();
         loop {
             tokio::select! {
                 // Cancel-safe: a signal that arrives meanwhile is kept for the next recv.
-                _ = hup.recv() => self.reload(),
+                _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => self.reload(),
+                // Cancel-safe: mpsc::Receiver::recv loses nothing.
+                d = async { hq.as_mut().expect("guarded").recv().await }, if hq.is_some() => match d {
+                    Some(d) => {
+                        if self.apply_hq(d).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => hq = None,
+                },
                 _ = stop.changed() => return,
             }
         }
     }
 
     fn reload(&mut self) {
-        info!(config = %self.path.display(), "SIGHUP: reloading the config");
+        // HQ's stored config, while there is one, is the config in force (hqconfig).
+        let path = if self.stored.exists() {
+            self.stored.clone()
+        } else {
+            match &self.local {
+                Some(p) => p.clone(),
+                None => return,
+            }
+        };
+        info!(config = %path.display(), "SIGHUP: reloading the config");
         self.notifier.reloading();
-        match self.try_reload() {
+        match self.try_reload(&path) {
             Ok(()) => self.notifier.ready("running; config reloaded"),
             Err(e) => {
                 error!("config reload rejected; the running config stays in force. {e}");
@@ -106,15 +157,76 @@ impl Reloader {
         }
     }
 
-    fn try_reload(&mut self) -> Result<(), String> {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-        let config = Config::parse(&text, &self.path).map_err(|e| e.to_string())?;
+    fn try_reload(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config = Config::parse(&text, path).map_err(|e| e.to_string())?;
         let new: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
+        self.apply(&config, new);
+        Ok(())
+    }
+
+    /// Checks, stores, applies and reports a config from HQ; the receipt is settled once the
+    /// report is committed (an outcome HQ will hear of). Err: the outbox closed (shutdown).
+    async fn apply_hq(&mut self, d: Delivery<String>) -> Result<(), crate::outbox::OutboxError> {
+        let Delivery {
+            update: text,
+            receipt,
+        } = d;
+        let version = hqconfig::version(&text);
+        let checked = hqconfig::check(&text, &self.stored, &self.started).and_then(|c| {
+            let table = toml::from_str::<toml::Table>(&text).map_err(|e| vec![e.to_string()])?;
+            Ok((c, table))
+        });
+        let data = match checked {
+            Err(reasons) => {
+                crate::metrics::DOWNLINK_REFUSED.inc();
+                error!(
+                    version,
+                    "config from HQ rejected whole; the running config stays in force. {}",
+                    reasons.join("; ")
+                );
+                EventData::ConfigRejected(ConfigRejected { version, reasons })
+            }
+            Ok((config, table)) => {
+                if let Err(e) = hqconfig::persist(&self.stored, &text) {
+                    // Not applied and not acknowledged: the broker sends it again.
+                    error!(version, file = %self.stored.display(), error = %e, "cannot store HQ's config; not applied");
+                    return Ok(());
+                }
+                info!(version, file = %self.stored.display(), "config from HQ stored; it is the config in force from now on");
+                let plan = self.apply(&config, table);
+                crate::metrics::DOWNLINK_APPLIED.inc();
+                EventData::ConfigApplied(ConfigApplied {
+                    version,
+                    live: plan.live,
+                    restart: plan.restart,
+                })
+            }
+        };
+        let event = Event::new(
+            self.started.gateway.as_str().into(),
+            SystemTime::now(),
+            data,
+        );
+        match self.outbox.append(event).await {
+            Ok(_) => receipt.settle(),
+            Err(crate::outbox::OutboxError::Closed) => {
+                return Err(crate::outbox::OutboxError::Closed)
+            }
+            Err(e) => {
+                warn!(error = %e, "the config report was not stored; HQ's broker will send the config again")
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the live tables of a valid config and says what waits for a restart.
+    fn apply(&mut self, config: &Config, new: toml::Table) -> Plan {
         let plan = plan(&self.running, &new);
         if plan.live.is_empty() && plan.restart.is_empty() {
             info!("config reloaded: nothing changed");
-            return Ok(());
+            return plan;
         }
         super::log::apply(&config.log);
         self.status.send_if_modified(|s| {
@@ -138,7 +250,7 @@ impl Reloader {
                  (systemctl restart phygate); their old values stay in force until then"
             );
         }
-        Ok(())
+        plan
     }
 }
 

@@ -7,6 +7,9 @@
 //! PUBACK is matched through `Outgoing::Publish(pkid)` events, which come in the order the
 //! publishes were queued. That order is only reliable within one connection, and this task is
 //! the only one queueing publishes, only while connected, so it holds.
+//!
+//! HQ's messages to the store do not come in here: they need the opposite session (persistent,
+//! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -83,10 +86,6 @@ pub struct Uplink {
     sent_through: u64,
     /// When the current connection's CONNACK came.
     connected_at: Option<std::time::Instant>,
-    /// Where checked downlink messages go (the link); none: not subscribed.
-    downlink: Option<tokio::sync::mpsc::Sender<crate::downlink::Update>>,
-    tenant: String,
-    store: String,
 }
 
 impl Uplink {
@@ -113,20 +112,7 @@ impl Uplink {
             inflight: HashMap::new(),
             sent_through: 0,
             connected_at: None,
-            downlink: None,
-            tenant: config.tenant.clone(),
-            store: config.store.clone(),
         })
-    }
-
-    /// Subscribes to HQ's downlink topics on every connection and hands checked messages to
-    /// `updates`.
-    pub fn with_downlink(
-        mut self,
-        updates: tokio::sync::mpsc::Sender<crate::downlink::Update>,
-    ) -> Self {
-        self.downlink = Some(updates);
-        self
     }
 
     pub async fn run(mut self) -> Result<(), UplinkError> {
@@ -161,16 +147,6 @@ impl Uplink {
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.sent_through = 0;
                         self.publish_status("online");
-                        if self.downlink.is_some() {
-                            // A clean session forgets subscriptions: subscribe on every connect.
-                            // Retained keys and config come again, and applying them is idempotent.
-                            let filters = crate::downlink::topics(&self.tenant, &self.store)
-                                .into_iter()
-                                .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
-                            if let Err(e) = self.client.try_subscribe_many(filters) {
-                                warn!(error = %e, "could not subscribe to the downlink topics");
-                            }
-                        }
                         return Mode::Live;
                     }
                     Ok(_) => {}
@@ -292,34 +268,9 @@ impl Uplink {
                 Some(Sent::Status) => {}
                 None => debug!(pkid = ack.pkid, "PUBACK for no publish of this connection"),
             },
-            MqttEvent::Incoming(Packet::Publish(p)) => self.on_downlink(&p.topic, &p.payload).await,
             _ => {}
         }
         Ok(())
-    }
-
-    /// Checks a downlink message and hands it to the link; a bad one is logged and counted.
-    async fn on_downlink(&mut self, topic: &str, payload: &[u8]) {
-        let Some(updates) = &self.downlink else {
-            return;
-        };
-        match crate::downlink::parse(&self.tenant, &self.store, topic, payload) {
-            Ok(update) => {
-                // The link applies updates quickly; waiting here briefly holds the MQTT loop,
-                // which is better than dropping an acknowledged message.
-                if updates.send(update).await.is_err() {
-                    debug!(topic, "downlink message after the link stopped; ignored");
-                }
-            }
-            Err(e) => {
-                crate::metrics::DOWNLINK_REFUSED.inc();
-                warn!(
-                    topic,
-                    bytes = payload.len(),
-                    "downlink message refused: {e}"
-                );
-            }
-        }
     }
 
     fn batches_in_flight(&self) -> usize {
@@ -381,30 +332,33 @@ fn mqtt_options(
     status_topic: &str,
     gateway: &str,
 ) -> Result<MqttOptions, UplinkError> {
-    let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
-    o.set_keep_alive(m.keepalive);
+    let mut o = connect_options(m, &m.client_id).map_err(UplinkError::Settings)?;
     // The outbox is the session: a broker-side session would only replay what we resend anyway.
     o.set_clean_session(true);
     o.set_inflight((u.inflight + 2) as u16);
     // Outgoing: a batch, or one event larger than a batch (a long scanner line). Incoming:
-    // downlink documents such as a member snapshot.
-    o.set_max_packet_size(
-        crate::downlink::MAX_MEMBERS_BYTES + 1024,
-        (u.batch_max_bytes * 2).max(4 * 1024 * 1024),
-    );
+    // nothing but acknowledgements (the downlink has its own connection).
+    o.set_max_packet_size(64 * 1024, (u.batch_max_bytes * 2).max(4 * 1024 * 1024));
     o.set_last_will(LastWill::new(
         status_topic,
         status_payload("offline", gateway),
         QoS::AtLeastOnce,
         true,
     ));
+    Ok(o)
+}
+
+/// Broker address, keepalive, credentials and TLS: what both of the store's connections (the
+/// uplink's, the downlink's) share. An error says which file could not be read.
+pub fn connect_options(m: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(client_id, &m.host, m.port);
+    o.set_keep_alive(m.keepalive);
     if let Some(user) = &m.username {
         o.set_credentials(user, m.password.clone().unwrap_or_default());
     }
     if let Some(tls) = &m.tls {
         let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| UplinkError::Settings(format!("cannot read {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
         };
         let ca = read(&tls.ca)?;
         let client_auth = match (&tls.cert, &tls.key) {

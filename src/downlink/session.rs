@@ -1,0 +1,296 @@
+//! The downlink's own MQTT connection: HQ → store messages are acknowledged to the broker only
+//! once what they change is committed, and none is lost while the store is offline.
+//!
+//! Why a second client instead of subscribing on the uplink's:
+//!
+//! - The downlink needs a persistent session (`clean_session = false`, a stable client id): the
+//!   broker then keeps the subscriptions while the store is offline, queues the QoS 1 messages
+//!   sent meanwhile (a member delta, a command), and sends again any message it delivered but
+//!   never got a PUBACK for (the daemon was killed before committing it).
+//! - The uplink wants the opposite. Its durable copy is the outbox, and it republishes from the
+//!   oldest un-acked row after every CONNACK; with a persistent session rumqttc would also replay
+//!   its own pending queue (`eventloop.rs`, the `session_present` branch), doubling every resend,
+//!   and a fresh session per connection is what lets it map PUBACKs to rows by queue order.
+//! - One event loop per direction also keeps a slow apply (a 16 MiB member snapshot committing)
+//!   from holding the uplink's PUBACKs, and vice versa.
+//!
+//! Acknowledgements are manual (`set_manual_acks`): rumqttc would otherwise PUBACK a message on
+//! receipt. Each message goes on with a [`Receipt`]; PUBACKs go out in the order the messages
+//! came (MQTT 3.1.1 §4.6.0), each when its receipt is settled. A receipt dropped unsettled (the
+//! commit failed) drops the connection: the broker redelivers the message on the resumed
+//! session, and until then it would hold the broker's in-flight window. Receipts of a connection
+//! that ended are forgotten: a PUBACK for a packet id of an old connection could acknowledge a
+//! different message on the new one, and the broker redelivers the old one anyway.
+//!
+//! So the guarantee is at-least-once delivery into a committed transaction; every apply is
+//! idempotent (a command id runs once, a member update carries its version, keys and config
+//! replace whole), which makes the effect exactly once. The session lives on the broker: a
+//! message published before the store's very first connection, or after the broker dropped
+//! the session (expiry, a broker without persistence restarted), reaches it only if retained.
+//!
+//! Test hook: in debug builds only, `PHYGATE_TEST_DOWNLINK_PAUSE_MS=N` makes every received
+//! message wait N ms before it is handed on (logged as "test pause before applying a downlink
+//! message"), so a test can `kill -9` the daemon between receipt and commit. Release builds
+//! never read the variable.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS, SubscribeReasonCode,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::{Delivery, Receipt, Update};
+use crate::config::Config;
+use crate::sources::Backoff;
+
+/// A connection that lasted this long was a working one: the backoff starts over.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Requests the client may queue: acknowledgements, at most one per message in flight.
+const REQUESTS: usize = 256;
+/// Debug builds only: sleep this many milliseconds after receiving a downlink message and before
+/// handing it on, so a test can `kill -9` the daemon between receipt and commit.
+pub const TEST_PAUSE_ENV: &str = "PHYGATE_TEST_DOWNLINK_PAUSE_MS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownlinkError {
+    /// The MQTT settings cannot work (e.g. unreadable TLS files): fix the config.
+    #[error("MQTT settings: {0}")]
+    Settings(String),
+}
+
+type Pending = VecDeque<(Publish, oneshot::Receiver<()>)>;
+
+pub struct Downlink {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    tenant: String,
+    store: String,
+    /// Keys, members and commands: the link applies them.
+    link: mpsc::Sender<Delivery>,
+    /// Config documents: the config applier (`status::reload`) takes them.
+    config: mpsc::Sender<Delivery<String>>,
+    /// Messages of this connection not yet acknowledged, in arrival order.
+    pending: Pending,
+    backoff: Backoff,
+    connected_at: Option<Instant>,
+    shutdown: watch::Receiver<bool>,
+    pause: Option<Duration>,
+}
+
+impl Downlink {
+    pub fn new(
+        config: &Config,
+        link: mpsc::Sender<Delivery>,
+        config_updates: mpsc::Sender<Delivery<String>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, DownlinkError> {
+        let mut o = crate::uplink::connect_options(&config.mqtt, &client_id(config))
+            .map_err(DownlinkError::Settings)?;
+        o.set_clean_session(false);
+        o.set_manual_acks(true);
+        // Incoming: a member snapshot is the largest document; outgoing: only small packets.
+        o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
+        let (client, eventloop) = AsyncClient::new(o, REQUESTS);
+        Ok(Downlink {
+            client,
+            eventloop,
+            tenant: config.tenant.clone(),
+            store: config.store.clone(),
+            link,
+            config: config_updates,
+            pending: VecDeque::new(),
+            backoff: Backoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            connected_at: None,
+            shutdown,
+            pause: test_pause(),
+        })
+    }
+
+    pub async fn run(mut self) -> Result<(), DownlinkError> {
+        loop {
+            tokio::select! {
+                // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
+                ev = self.eventloop.poll() => match ev {
+                    Ok(ev) => self.on_event(ev).await,
+                    Err(e) => {
+                        if self.back_off(e).await {
+                            break;
+                        }
+                    }
+                },
+                // Cancel-safe: the receiver is polled by reference and stays at the front.
+                settled = front(&mut self.pending), if !self.pending.is_empty() => {
+                    let (publish, _) = self.pending.pop_front().expect("guarded");
+                    match settled {
+                        Ok(()) => self.ack(&publish),
+                        Err(_) if self.link.is_closed() || self.config.is_closed() => {
+                            debug!(topic = %publish.topic, "downlink message left for the next start");
+                        }
+                        Err(_) => {
+                            warn!(
+                                topic = %publish.topic,
+                                "downlink message not applied; reconnecting so the broker sends it again"
+                            );
+                            self.eventloop.clean();
+                            if self.back_off("a downlink message was not applied").await {
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = self.shutdown.changed() => break,
+            }
+        }
+        self.shut_down().await;
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: MqttEvent) {
+        match ev {
+            MqttEvent::Incoming(Packet::ConnAck(c)) => {
+                info!(
+                    session_present = c.session_present,
+                    "downlink connected to HQ"
+                );
+                self.connected_at = Some(Instant::now());
+                self.pending.clear();
+                // The broker keeps the subscriptions with the session; a new session (the first
+                // start, or the broker lost it) subscribes, and the retained keys and config
+                // then come again (applying them is idempotent).
+                if !c.session_present {
+                    let filters = super::topics(&self.tenant, &self.store)
+                        .into_iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        warn!(error = %e, "could not subscribe to the downlink topics");
+                    }
+                }
+            }
+            MqttEvent::Incoming(Packet::SubAck(s))
+                if s.return_codes.contains(&SubscribeReasonCode::Failure) =>
+            {
+                warn!("the broker refused a downlink subscription (ACL?); HQ's messages on it will not arrive");
+            }
+            MqttEvent::Incoming(Packet::Publish(p)) => self.receive(p).await,
+            _ => {}
+        }
+    }
+
+    /// Checks a message and hands it on; a refused one is settled at once (a redelivery would
+    /// be refused again).
+    async fn receive(&mut self, publish: Publish) {
+        if let Some(pause) = self.pause {
+            info!(topic = %publish.topic, ms = pause.as_millis() as u64, "test pause before applying a downlink message");
+            tokio::time::sleep(pause).await;
+        }
+        let (receipt, settled) = Receipt::new();
+        self.pending.push_back((publish, settled));
+        let publish = &self.pending.back().expect("just pushed").0;
+        let (topic, payload) = (publish.topic.clone(), publish.payload.clone());
+        // The appliers are quick; waiting here briefly holds the MQTT loop, which is better than
+        // dropping a message. A closed queue (shutdown) drops the receipt: redelivered next start.
+        let handed = match super::parse(&self.tenant, &self.store, &topic, &payload) {
+            Ok(Update::Config(text)) => self
+                .config
+                .send(Delivery {
+                    update: text,
+                    receipt,
+                })
+                .await
+                .is_ok(),
+            Ok(update) => self.link.send(Delivery { update, receipt }).await.is_ok(),
+            Err(e) => {
+                crate::metrics::DOWNLINK_REFUSED.inc();
+                warn!(
+                    topic,
+                    bytes = payload.len(),
+                    "downlink message refused: {e}"
+                );
+                receipt.settle();
+                true
+            }
+        };
+        if !handed {
+            debug!(
+                topic,
+                "downlink message after its applier stopped; left for the next start"
+            );
+        }
+    }
+
+    fn ack(&mut self, publish: &Publish) {
+        // The request queue holds one acknowledgement per message in flight at most; if it
+        // were full the message would simply come again on the next connection.
+        if let Err(e) = self.client.try_ack(publish) {
+            warn!(error = %e, topic = %publish.topic, "could not queue a downlink acknowledgement");
+        }
+    }
+
+    /// Forgets this connection's receipts and waits before the next attempt; true on shutdown.
+    async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
+        self.pending.clear();
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+        {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.next_delay();
+        debug!(error = %error, retry_in = ?delay, "downlink connection down");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    /// Acknowledges what was settled by now, then disconnects; the rest comes again next start.
+    async fn shut_down(&mut self) {
+        while let Some((publish, settled)) = self.pending.front_mut() {
+            if settled.try_recv().is_err() {
+                break;
+            }
+            let publish = publish.clone();
+            self.pending.pop_front();
+            self.ack(&publish);
+        }
+        let _ = self.client.try_disconnect();
+        // Sends the acknowledgements and the DISCONNECT; the broker keeps the session either way.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+            if matches!(ev, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    }
+}
+
+/// The downlink session's client id: stable (the broker finds the session by it) and not the
+/// uplink's (a second connection with one id would take the first one over).
+pub fn client_id(config: &Config) -> String {
+    format!("{}-downlink", config.mqtt.client_id)
+}
+
+/// Resolves when the oldest pending message is settled (or its receipt dropped).
+async fn front(pending: &mut Pending) -> Result<(), oneshot::error::RecvError> {
+    match pending.front_mut() {
+        Some((_, settled)) => settled.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The test pause (see [`TEST_PAUSE_ENV`]); release builds never read it.
+fn test_pause() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let ms: u64 = std::env::var(TEST_PAUSE_ENV).ok()?.parse().ok()?;
+    warn!(
+        ms,
+        "{TEST_PAUSE_ENV} is set: every downlink message waits before it is applied (test hook)"
+    );
+    Some(Duration::from_millis(ms))
+}
