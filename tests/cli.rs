@@ -58,7 +58,10 @@ fn check_config_names_file_line_and_field_of_each_error() {
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains(&format!("{}:13: field `buad`", path.display())),
+        text.contains(&format!(
+            "{}:13:1: field `device[0].buad`: unknown key `buad`; did you mean `baud`?",
+            path.display()
+        )),
         "{text}"
     );
 
@@ -72,7 +75,7 @@ fn check_config_names_file_line_and_field_of_each_error() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("2 errors"), "{text}");
     assert!(
-        text.contains(":8: field `device[0].station`: no station \"gate-2\""),
+        text.contains(":11:1: field `device[0].station`: no station \"gate-2\""),
         "{text}"
     );
     assert!(text.contains("field `mqtt.host`"), "{text}");
