@@ -1,18 +1,23 @@
 //! Configuration: TOML parsed into raw structs that reject unknown keys, then validated into
 //! types the pipeline can trust (no `Option` checks deep in the flow).
 //!
-//! Every problem is reported with the file, the line and the field, and validation collects all
-//! of them at once so a technician fixes a config in one pass.
+//! Every problem is reported with the file, the line and column of its key, and the key's full
+//! path (`device[2].baud`, `mqtt.tls.ca`), and validation collects all of them at once so a
+//! technician fixes a config in one pass. `load` (what `run` and `check-config` use) also checks
+//! what `run` needs of the machine: the TLS files parse, the outbox directory can be written.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use toml::Spanned;
+use toml::de::DeValue;
 
 mod camera;
+mod doc;
 mod gate;
+mod host;
 mod ingest;
 mod ops;
 pub use camera::CameraConfig;
@@ -30,7 +35,11 @@ pub struct ConfigErrors {
 /// One problem: where it is and what is wrong.
 #[derive(Debug, Clone)]
 pub struct Problem {
+    /// 1-based line of the key (or of the table that lacks it); None when not in the file.
     pub line: Option<usize>,
+    /// 1-based column, in characters, on `line`.
+    pub col: Option<usize>,
+    /// The key's path: `device[2].baud`, `mqtt.tls.ca`.
     pub field: String,
     pub message: String,
 }
@@ -49,7 +58,13 @@ impl fmt::Display for ConfigErrors {
             if let Some(line) = p.line {
                 write!(f, ":{line}")?;
             }
-            write!(f, ": field `{}`: {}", p.field, p.message)?;
+            if let Some(col) = p.col {
+                write!(f, ":{col}")?;
+            }
+            match p.field.as_str() {
+                "-" => write!(f, ": {}", p.message)?,
+                field => write!(f, ": field `{field}`: {}", p.message)?,
+            }
         }
         Ok(())
     }
@@ -254,38 +269,46 @@ impl Config {
         format!("{}/status", self.topic_prefix())
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, and checks the machine can run it (the outbox
+    /// directory can be created and written): what `run` and `check-config` do.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: path.to_owned(),
             problems: vec![Problem {
                 line: None,
+                col: None,
                 field: "-".into(),
                 message: format!("cannot read the file: {e}"),
             }],
         })?;
-        Config::parse(&text, path)
+        Config::validate(&text, path, true)
     }
 
-    /// Parses and validates config text; `path` names the file in errors and anchors relative paths.
+    /// Parses and validates config text; `path` names the file in errors and anchors relative
+    /// paths. Files the config names are read (TLS, JWKS); nothing is written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let fail = |problems| ConfigErrors {
-            file: path.to_owned(),
-            problems,
+        Config::validate(text, path, false)
+    }
+
+    fn validate(text: &str, path: &Path, host: bool) -> Result<Config, ConfigErrors> {
+        let fail = |mut problems: Vec<Problem>| {
+            // In the file's order; problems with no place in it (a missing table) last.
+            problems.sort_by_key(|p| (p.line.is_none(), p.line, p.col));
+            ConfigErrors {
+                file: path.to_owned(),
+                problems,
+            }
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| fail(vec![parse_problem(text, &e)]))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let doc = doc::Doc::parse(text).map_err(fail)?;
         let mut v = Validator {
-            text,
-            base,
+            doc: &doc,
+            base: path.parent().unwrap_or(Path::new(".")),
+            host,
             problems: Vec::new(),
         };
-        let config = v.config(raw);
-        if v.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(v.problems))
+        match v.config() {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => Err(fail(v.problems)),
         }
     }
 }
@@ -387,36 +410,8 @@ impl fmt::Display for Config {
 // ---------------------------------------------------------------------------------------------
 // Raw, as written in the file.
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    tenant: Spanned<String>,
-    store: Spanned<String>,
-    gateway: Option<Spanned<String>>,
-    #[serde(default)]
-    station: Vec<Spanned<RawStation>>,
-    /// Each device is parsed on its own (into `RawDevice`) so that an error names its own
-    /// table: serde reports every error in an array of tagged tables at the array's first one.
-    #[serde(default)]
-    device: Vec<Spanned<toml::Table>>,
-    #[serde(default)]
-    outbox: RawOutbox,
-    mqtt: Spanned<RawMqtt>,
-    #[serde(default)]
-    uplink: RawUplink,
-    #[serde(default)]
-    identity: RawIdentity,
-    ingest: Option<ingest::RawIngest>,
-    /// The journey-stage rule table; the built-in one when absent.
-    #[serde(default)]
-    stage: Vec<crate::link::stage::StageRule>,
-    #[serde(default)]
-    status: ops::RawStatus,
-    #[serde(default)]
-    log: ops::RawLog,
-    #[serde(default)]
-    clock: RawClock,
-}
+// Each top-level table, and each `[[device]]` and `[[station]]`, is deserialized on its own
+// (`Validator::config`), so a mistake in one hides nothing in the others.
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -454,18 +449,6 @@ struct RawStation {
     role: StationRole,
     #[serde(default)]
     direction: Option<crate::sources::Direction>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum RawDevice {
-    Scanner(RawScanner),
-    Skin(ingest::RawSkin),
-    SkinHttp(ingest::RawHttpDevice),
-    PeopleCounter(ingest::RawHttpDevice),
-    Gate(gate::RawGate),
-    Nfc(RawNfc),
-    Camera(camera::RawCamera),
 }
 
 #[derive(Deserialize)]
@@ -609,11 +592,11 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawUplink {
     #[serde(default = "default_batch_events")]
-    batch_max_events: Spanned<usize>,
+    batch_max_events: usize,
     #[serde(default = "default_batch_bytes")]
-    batch_max_bytes: Spanned<usize>,
+    batch_max_bytes: usize,
     #[serde(default = "default_inflight")]
-    inflight: Spanned<usize>,
+    inflight: usize,
     #[serde(default = "default_backoff_min", with = "humantime_serde")]
     backoff_min: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
@@ -632,15 +615,15 @@ impl Default for RawUplink {
     }
 }
 
-fn default_batch_events() -> Spanned<usize> {
-    Spanned::new(0..0, 500)
+fn default_batch_events() -> usize {
+    500
 }
 /// 256 KiB keeps a batch well under every broker's default packet limit.
-fn default_batch_bytes() -> Spanned<usize> {
-    Spanned::new(0..0, 256 * 1024)
+fn default_batch_bytes() -> usize {
+    256 * 1024
 }
-fn default_inflight() -> Spanned<usize> {
-    Spanned::new(0..0, 8)
+fn default_inflight() -> usize {
+    8
 }
 fn default_backoff_min() -> Duration {
     Duration::from_millis(500)
@@ -654,9 +637,38 @@ fn default_backoff_max() -> Duration {
 // Validation.
 
 struct Validator<'a> {
-    text: &'a str,
+    doc: &'a doc::Doc<'a>,
     base: &'a Path,
+    /// Also check the machine: the outbox directory can be created and written. `load` does;
+    /// `parse` (tests, reloads, configs from HQ) checks only the file and the files it names.
+    host: bool,
     problems: Vec<Problem>,
+}
+
+/// The keys a config file may have at its top level.
+const TOP_LEVEL: [&str; 14] = [
+    "tenant", "store", "gateway", "station", "device", "outbox", "mqtt", "uplink", "identity",
+    "ingest", "stage", "status", "log", "clock",
+];
+
+/// The values of a device's `kind`.
+const KINDS: [&str; 7] = [
+    "scanner",
+    "skin",
+    "skin_http",
+    "people_counter",
+    "gate",
+    "nfc",
+    "camera",
+];
+
+/// What the file declares, whether or not its table parsed: cross-references are checked
+/// against these, so a station or device with a mistake of its own causes no second error
+/// ("no device X is declared") elsewhere.
+struct Declared<'a> {
+    stations: Vec<&'a str>,
+    /// Each `[[device]]`'s id, where it is a string.
+    devices: Vec<Option<&'a str>>,
 }
 
 /// Ids end up in MQTT topics and CloudEvents `source` paths: no wildcards, slashes or spaces.
@@ -669,30 +681,68 @@ fn valid_id(s: &str) -> bool {
 
 const ID_RULE: &str = "must be 1-64 characters of letters, digits, '-', '_' or '.'";
 
-impl Validator<'_> {
-    fn line_of(&self, span: &std::ops::Range<usize>) -> Option<usize> {
-        line_of(self.text, span.start, span.end)
+/// The string at `key` of a table, as written.
+fn string_in<'a>(node: &'a doc::Node<'a>, key: &str) -> Option<&'a str> {
+    match node.get_ref() {
+        DeValue::Table(t) => t.get(key)?.get_ref().as_str(),
+        _ => None,
     }
+}
 
-    fn problem(
-        &mut self,
-        span: &std::ops::Range<usize>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        let line = self.line_of(span);
-        self.problems.push(Problem {
-            line,
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    fn id(&mut self, s: &Spanned<String>, field: &str) -> String {
-        if !valid_id(s.get_ref()) {
-            self.problem(&s.span(), field, format!("{:?} {ID_RULE}", s.get_ref()));
+impl<'a> Validator<'a> {
+    /// A problem at the key `field` (a path such as `device[2].baud`). One problem per key:
+    /// a key whose value did not parse has a stand-in value, and checks of it say nothing.
+    fn problem(&mut self, field: impl AsRef<str>, message: impl Into<String>) {
+        if self.problems.iter().any(|p| p.field == field.as_ref()) {
+            return;
         }
-        s.get_ref().clone()
+        let problem = self.doc.problem(field.as_ref(), message);
+        self.problems.push(problem);
+    }
+
+    /// The table (or value) at `key`, or its default when the file does not have it; `None`
+    /// when it has mistakes that leave nothing to check (they are reported).
+    fn part<T: DeserializeOwned + Default>(&mut self, key: &str) -> Option<T> {
+        let doc = self.doc;
+        match doc.get(key) {
+            None => Some(T::default()),
+            Some(node) => doc.take(key, node, &mut self.problems),
+        }
+    }
+
+    fn required<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        let doc = self.doc;
+        match doc.get(key) {
+            None => {
+                self.problem(key, "is required");
+                None
+            }
+            Some(node) => doc.take(key, node, &mut self.problems),
+        }
+    }
+
+    /// The tables written as `[[key]]`, each with its path (`device[2]`).
+    fn tables(&mut self, key: &str) -> Vec<(String, &'a doc::Node<'a>)> {
+        match self.doc.get(key).map(|n| n.get_ref()) {
+            None => Vec::new(),
+            Some(DeValue::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("{key}[{i}]"), n))
+                .collect(),
+            Some(_) => {
+                self.problem(key, format!("expected tables, each under a [[{key}]] line"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn id(&mut self, key: &str) -> Option<String> {
+        let id: String = self.required(key)?;
+        if !valid_id(&id) {
+            self.problem(key, format!("{id:?} {ID_RULE}"));
+        }
+        Some(id)
     }
 
     fn path(&self, p: PathBuf) -> PathBuf {
@@ -703,175 +753,300 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
-        let tenant = self.id(&raw.tenant, "tenant");
-        let store = self.id(&raw.store, "store");
-        let gateway = match &raw.gateway {
-            Some(g) => self.id(g, "gateway"),
-            None => format!("{store}-gw"),
+    /// Checks the whole file; `None` only when mistakes (all reported) leave no config.
+    fn config(&mut self) -> Option<Config> {
+        if let DeValue::Table(root) = self.doc.root.get_ref() {
+            for key in root.keys().map(|k| k.get_ref()) {
+                if !TOP_LEVEL.contains(&key.as_ref()) {
+                    self.problem(key, doc::unknown(key, &TOP_LEVEL, "key"));
+                }
+            }
+        }
+        let tenant = self.id("tenant");
+        let store = self.id("store");
+        let gateway = match self.doc.get("gateway") {
+            Some(_) => self.id("gateway"),
+            None => store.as_ref().map(|s| format!("{s}-gw")),
+        };
+
+        let station_tables = self.tables("station");
+        let device_tables = self.tables("device");
+        let declared = Declared {
+            stations: station_tables
+                .iter()
+                .filter_map(|(_, n)| string_in(n, "id"))
+                .collect(),
+            devices: device_tables
+                .iter()
+                .map(|(_, n)| string_in(n, "id"))
+                .collect(),
         };
 
         let mut stations: Vec<Station> = Vec::new();
-        for (i, s) in raw.station.iter().enumerate() {
-            let span = s.span();
-            let s = s.get_ref();
-            let field = format!("station[{i}].id");
-            if !valid_id(&s.id) {
-                self.problem(&span, &field, format!("{:?} {ID_RULE}", s.id));
-            } else if stations.iter().any(|o| o.id == s.id) {
-                self.problem(
-                    &span,
-                    &field,
-                    format!("station {:?} is declared twice", s.id),
-                );
+        let mut seen: Vec<&str> = Vec::new();
+        for (path, node) in &station_tables {
+            let field = format!("{path}.id");
+            if let Some(id) = string_in(node, "id") {
+                if !valid_id(id) {
+                    self.problem(&field, format!("{id:?} {ID_RULE}"));
+                } else if seen.contains(&id) {
+                    self.problem(&field, format!("station {id:?} is declared twice"));
+                }
+                seen.push(id);
             }
+            let doc = self.doc;
+            let Some(s) = doc.take::<RawStation>(path, node, &mut self.problems) else {
+                continue;
+            };
             if s.direction.is_some() && s.role != StationRole::Gate {
                 self.problem(
-                    &span,
-                    format!("station[{i}].direction"),
+                    format!("{path}.direction"),
                     "only a gate station has a direction",
                 );
             }
             stations.push(Station {
-                id: s.id.clone(),
+                id: s.id,
                 role: s.role,
                 direction: s.direction.unwrap_or(crate::sources::Direction::In),
             });
         }
 
         let mut devices: Vec<DeviceConfig> = Vec::new();
-        for (i, d) in raw.device.into_iter().enumerate() {
-            let span = d.span();
-            let d = match toml::Value::Table(d.into_inner()).try_into::<RawDevice>() {
-                Ok(d) => d,
-                Err(e) => {
-                    let problem = problem_at(self.text, e.message(), Some(span));
-                    self.problems.push(problem);
-                    continue;
+        for (i, (path, node)) in device_tables.iter().enumerate() {
+            if let Some(device) = self.device(i, path, node, &declared, &devices) {
+                devices.push(device);
+            }
+        }
+
+        let outbox = self.part::<RawOutbox>("outbox").map(|o| self.outbox(o));
+        let mqtt = self.required::<RawMqtt>("mqtt").map(|m| {
+            let client_id = m.client_id.clone().unwrap_or_else(|| {
+                format!(
+                    "phygate-{}-{}",
+                    tenant.as_deref().unwrap_or_default(),
+                    gateway.as_deref().unwrap_or_default()
+                )
+            });
+            self.mqtt(m, client_id)
+        });
+        let uplink = self.part::<RawUplink>("uplink").map(|u| self.uplink(u));
+        let mut identity = self
+            .part::<RawIdentity>("identity")
+            .map(|i| self.identity(i));
+        let stage_tables = self.tables("stage");
+        let doc = self.doc;
+        let before = self.problems.len();
+        let stages: Vec<Option<crate::link::stage::StageRule>> = stage_tables
+            .iter()
+            .map(|(path, node)| doc.take(path, node, &mut self.problems))
+            .collect();
+        // Rules with mistakes (and stand-ins for them) are not checked against each other.
+        if !stages.is_empty() && self.problems.len() == before {
+            match crate::link::stage::StageRules::new(stages.into_iter().flatten().collect()) {
+                Ok(rules) => {
+                    if let Some(identity) = &mut identity {
+                        identity.stages = rules;
+                    }
                 }
-            };
-            let s = match d {
-                RawDevice::Scanner(s) => s,
-                RawDevice::Skin(r) => {
-                    devices.push(self.skin_device(i, &span, r, &stations, &devices));
-                    continue;
-                }
-                RawDevice::SkinHttp(r) => {
-                    let kind = DeviceKind::SkinHttp;
-                    devices.push(self.http_device(i, &span, r, kind, &stations, &devices));
-                    continue;
-                }
-                RawDevice::PeopleCounter(r) => {
-                    let kind = DeviceKind::PeopleCounter;
-                    devices.push(self.http_device(i, &span, r, kind, &stations, &devices));
-                    continue;
-                }
-                RawDevice::Gate(g) => {
-                    self.device_identity(i, &span, (&g.id, &g.station), &stations, &devices);
-                    let gate = self.gate(&span, i, g, &devices);
-                    devices.push(gate);
-                    continue;
-                }
-                RawDevice::Nfc(n) => {
-                    let device = self.nfc(i, &span, n, &devices, &stations);
-                    devices.push(device);
-                    continue;
-                }
-                RawDevice::Camera(c) => {
-                    let device = self.camera(&span, i, c, &stations, &devices);
-                    devices.push(device);
-                    continue;
-                }
-            };
-            let at = |f: &str| format!("device[{i}].{f}");
-            self.device_identity(i, &span, (&s.id, &s.station), &stations, &devices);
-            self.serial_port(&span, i, &s.port, s.baud, "scanner0");
-            if !(16..=1024 * 1024).contains(&s.max_line) {
+                Err(e) => self.problem("stage", e),
+            }
+        }
+        let ingest = match doc.get("ingest") {
+            None => self.ingest(None, &devices),
+            Some(node) => {
+                let raw = doc.take::<ingest::RawIngest>("ingest", node, &mut self.problems);
+                raw.and_then(|raw| self.ingest(Some(raw), &devices))
+            }
+        };
+        let status = self
+            .part::<ops::RawStatus>("status")
+            .map(|s| self.status(s, &devices, &declared));
+        let log = self.part::<ops::RawLog>("log").map(|l| self.log(l));
+        let clock = self.part::<RawClock>("clock");
+
+        Some(Config {
+            tenant: tenant?,
+            store: store?,
+            gateway: gateway?,
+            stations,
+            devices,
+            identity: identity?,
+            ingest,
+            status: status?,
+            log: log?,
+            clock_sync: clock?.sync,
+            outbox: outbox?,
+            mqtt: mqtt?,
+            uplink: uplink?,
+        })
+    }
+
+    /// One `[[device]]`: its identity as written, then its kind's keys and values.
+    fn device(
+        &mut self,
+        i: usize,
+        path: &str,
+        node: &doc::Node<'a>,
+        declared: &Declared<'_>,
+        devices: &[DeviceConfig],
+    ) -> Option<DeviceConfig> {
+        if !matches!(node.get_ref(), DeValue::Table(_)) {
+            self.problem(path, "expected a table under a [[device]] line");
+            return None;
+        }
+        if let Some(id) = declared.devices[i] {
+            if !valid_id(id) {
+                self.problem(format!("{path}.id"), format!("{id:?} {ID_RULE}"));
+            } else if declared.devices[..i].contains(&Some(id)) {
                 self.problem(
-                    &span,
-                    at("max_line"),
-                    "must be between 16 and 1048576 bytes",
+                    format!("{path}.id"),
+                    format!("device {id:?} is declared twice"),
                 );
             }
-            if s.dedupe_window > Duration::from_secs(60) {
-                self.problem(&span, at("dedupe_window"), "must be at most 60s");
-            }
-            for (name, v) in [("prefix", &s.prefix), ("suffix", &s.suffix)] {
-                if v.contains(['\r', '\n']) {
-                    self.problem(
-                        &span,
-                        at(name),
-                        "must not contain CR or LF (those are terminators)",
-                    );
-                }
-            }
-            devices.push(DeviceConfig {
-                id: s.id,
-                station: s.station,
-                kind: DeviceKind::Scanner(ScannerConfig {
-                    port: s.port,
-                    baud: s.baud,
-                    framing: crate::sources::scanner::Framing {
-                        terminator: s.terminator,
-                        prefix: s.prefix.into_bytes(),
-                        suffix: s.suffix.into_bytes(),
-                        aim: s.aim,
-                        max_line: s.max_line,
-                    },
-                    dedupe_window: s.dedupe_window,
-                    silent_after: s.silent_after,
-                }),
-            });
         }
+        if let Some(station) = string_in(node, "station") {
+            if !declared.stations.contains(&station) {
+                self.problem(
+                    format!("{path}.station"),
+                    format!(
+                        "no station {station:?} is declared (known: {})",
+                        declared.stations.join(", ")
+                    ),
+                );
+            }
+        }
+        let kind_path = format!("{path}.kind");
+        let kind = match node.get_ref() {
+            DeValue::Table(t) => t.get("kind").map(|k| k.get_ref().as_str()),
+            _ => None,
+        };
+        let kind = match kind {
+            None => {
+                self.problem(
+                    &kind_path,
+                    format!("is required: one of {}", KINDS.join(", ")),
+                );
+                return None;
+            }
+            Some(None) => {
+                self.problem(
+                    &kind_path,
+                    format!("expected a string: one of {}", KINDS.join(", ")),
+                );
+                return None;
+            }
+            Some(Some(kind)) => kind,
+        };
+        // The kind's own keys, without `kind`: each kind is deserialized straight into its raw
+        // struct (not through a tagged enum, which buffers the table and loses every key's span).
+        let mut body = node.clone();
+        if let DeValue::Table(t) = body.get_mut() {
+            t.remove("kind");
+        }
+        let doc = self.doc;
+        let problems = &mut self.problems;
+        match kind {
+            "scanner" => doc.take(path, &body, problems).map(|s| self.scanner(i, s)),
+            "skin" => doc
+                .take(path, &body, problems)
+                .map(|s| self.skin_device(i, s)),
+            "skin_http" => doc
+                .take(path, &body, problems)
+                .map(|h| self.http_device(i, h, DeviceKind::SkinHttp, devices)),
+            "people_counter" => doc
+                .take(path, &body, problems)
+                .map(|h| self.http_device(i, h, DeviceKind::PeopleCounter, devices)),
+            "gate" => doc
+                .take(path, &body, problems)
+                .map(|g| self.gate(i, g, devices)),
+            "nfc" => doc.take(path, &body, problems).map(|n| self.nfc(i, n)),
+            "camera" => doc.take(path, &body, problems).map(|c| self.camera(i, c)),
+            other => {
+                self.problem(&kind_path, doc::unknown(other, &KINDS, "device kind"));
+                None
+            }
+        }
+    }
 
+    fn scanner(&mut self, i: usize, s: RawScanner) -> DeviceConfig {
+        let at = |f: &str| format!("device[{i}].{f}");
+        self.serial_port(i, &s.port, s.baud, "scanner0");
+        if !(16..=1024 * 1024).contains(&s.max_line) {
+            self.problem(at("max_line"), "must be between 16 and 1048576 bytes");
+        }
+        if s.dedupe_window > Duration::from_secs(60) {
+            self.problem(at("dedupe_window"), "must be at most 60s");
+        }
+        for (name, v) in [("prefix", &s.prefix), ("suffix", &s.suffix)] {
+            if v.contains(['\r', '\n']) {
+                self.problem(
+                    at(name),
+                    "must not contain CR or LF (those are terminators)",
+                );
+            }
+        }
+        DeviceConfig {
+            id: s.id,
+            station: s.station,
+            kind: DeviceKind::Scanner(ScannerConfig {
+                port: s.port,
+                baud: s.baud,
+                framing: crate::sources::scanner::Framing {
+                    terminator: s.terminator,
+                    prefix: s.prefix.into_bytes(),
+                    suffix: s.suffix.into_bytes(),
+                    aim: s.aim,
+                    max_line: s.max_line,
+                },
+                dedupe_window: s.dedupe_window,
+                silent_after: s.silent_after,
+            }),
+        }
+    }
+
+    fn outbox(&mut self, raw: RawOutbox) -> OutboxConfig {
         let outbox = OutboxConfig {
-            path: self.path(raw.outbox.path),
-            synchronous: raw.outbox.synchronous,
-            max_bytes: raw.outbox.max_bytes,
-            max_age: raw.outbox.max_age,
-            max_file_bytes: raw.outbox.max_file_bytes,
+            path: self.path(raw.path),
+            synchronous: raw.synchronous,
+            max_bytes: raw.max_bytes,
+            max_age: raw.max_age,
+            max_file_bytes: raw.max_file_bytes,
         };
         if outbox.max_file_bytes.is_some_and(|b| b < MIN_FILE_BYTES) {
-            self.problems.push(Problem {
-                line: find_key_line(self.text, "max_file_bytes"),
-                field: "outbox.max_file_bytes".into(),
-                message: format!("must be at least {MIN_FILE_BYTES} (256 KiB)"),
-            });
+            self.problem(
+                "outbox.max_file_bytes",
+                format!("must be at least {MIN_FILE_BYTES} (256 KiB)"),
+            );
         }
         if outbox.max_bytes < 1024 * 1024 {
-            self.problems.push(Problem {
-                line: find_key_line(self.text, "max_bytes"),
-                field: "outbox.max_bytes".into(),
-                message: "must be at least 1048576 (1 MiB)".into(),
-            });
+            self.problem("outbox.max_bytes", "must be at least 1048576 (1 MiB)");
         }
         if outbox.max_age < Duration::from_secs(60) {
-            self.problems.push(Problem {
-                line: find_key_line(self.text, "max_age"),
-                field: "outbox.max_age".into(),
-                message: "must be at least 1m".into(),
-            });
+            self.problem("outbox.max_age", "must be at least 1m");
         }
+        if self.host {
+            if let Err(e) = host::outbox_writable(&outbox.path) {
+                self.problem("outbox.path", e);
+            }
+        }
+        outbox
+    }
 
-        let mspan = raw.mqtt.span();
-        let m = raw.mqtt.into_inner();
+    fn mqtt(&mut self, m: RawMqtt, client_id: String) -> MqttConfig {
         if m.host.trim().is_empty() {
-            self.problem(&mspan, "mqtt.host", "must name the HQ broker");
+            self.problem("mqtt.host", "must name the HQ broker");
         }
         if m.port == 0 {
-            self.problem(&mspan, "mqtt.port", "must be 1-65535");
+            self.problem("mqtt.port", "must be 1-65535");
         }
         if !(Duration::from_secs(5)..=Duration::from_secs(65_535)).contains(&m.keepalive) {
-            self.problem(&mspan, "mqtt.keepalive", "must be between 5s and 65535s");
+            self.problem("mqtt.keepalive", "must be between 5s and 65535s");
         }
-        let client_id = m
-            .client_id
-            .unwrap_or_else(|| format!("phygate-{tenant}-{gateway}"));
         if client_id.is_empty() || client_id.len() > 128 {
-            self.problem(&mspan, "mqtt.client_id", "must be 1-128 characters");
+            self.problem("mqtt.client_id", "must be 1-128 characters");
         }
         if m.password.is_some() && m.username.is_none() {
-            self.problem(&mspan, "mqtt.password", "a password needs a username");
+            self.problem("mqtt.password", "a password needs a username");
         }
         let tls = m.tls.map(|t| TlsConfig {
             ca: self.path(t.ca),
@@ -881,168 +1056,71 @@ impl Validator<'_> {
         if let Some(t) = &tls {
             if t.cert.is_some() != t.key.is_some() {
                 self.problem(
-                    &mspan,
                     "mqtt.tls",
                     "a client certificate needs its key, and a key its certificate",
                 );
             }
-            for (f, p) in [
-                ("ca", Some(&t.ca)),
-                ("cert", t.cert.as_ref()),
-                ("key", t.key.as_ref()),
-            ] {
-                if let Some(p) = p {
-                    if !p.is_file() {
-                        self.problem(
-                            &mspan,
-                            format!("mqtt.tls.{f}"),
-                            format!("{} is not a readable file", p.display()),
-                        );
-                    }
-                }
+            for (key, message) in host::tls_problems(t) {
+                self.problem(format!("mqtt.tls.{key}"), message);
             }
         }
-
-        let u = raw.uplink;
-        if !(1..=10_000).contains(u.batch_max_events.get_ref()) {
-            self.problem(
-                &u.batch_max_events.span(),
-                "uplink.batch_max_events",
-                "must be 1-10000",
-            );
-        }
-        if !(1024..=16 * 1024 * 1024).contains(u.batch_max_bytes.get_ref()) {
-            self.problem(
-                &u.batch_max_bytes.span(),
-                "uplink.batch_max_bytes",
-                "must be 1 KiB - 16 MiB",
-            );
-        }
-        if !(1..=64).contains(u.inflight.get_ref()) {
-            self.problem(&u.inflight.span(), "uplink.inflight", "must be 1-64");
-        }
-        if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
-            self.problems.push(Problem {
-                line: find_key_line(self.text, "backoff_min"),
-                field: "uplink.backoff_min".into(),
-                message: "must be above zero and not above backoff_max".into(),
-            });
-        }
-
-        let mut identity = self.identity(raw.identity);
-        if !raw.stage.is_empty() {
-            match crate::link::stage::StageRules::new(raw.stage) {
-                Ok(rules) => identity.stages = rules,
-                Err(e) => self.keyed("stage", "stage", e),
-            }
-        }
-        let ingest = self.ingest(raw.ingest, &devices);
-        let status = self.status(raw.status, &devices);
-        let log = self.log(raw.log);
-
-        Config {
-            tenant,
-            store,
-            gateway,
-            stations,
-            devices,
-            identity,
-            ingest,
-            status,
-            log,
-            clock_sync: raw.clock.sync,
-            outbox,
-            mqtt: MqttConfig {
-                host: m.host,
-                port: m.port,
-                client_id,
-                username: m.username,
-                password: m.password,
-                keepalive: m.keepalive,
-                tls,
-            },
-            uplink: UplinkConfig {
-                batch_max_events: *u.batch_max_events.get_ref(),
-                batch_max_bytes: *u.batch_max_bytes.get_ref(),
-                inflight: *u.inflight.get_ref(),
-                backoff_min: u.backoff_min,
-                backoff_max: u.backoff_max,
-            },
+        MqttConfig {
+            host: m.host,
+            port: m.port,
+            client_id,
+            username: m.username,
+            password: m.password,
+            keepalive: m.keepalive,
+            tls,
         }
     }
-}
 
-impl Validator<'_> {
-    /// The id and station every device has: a valid, unique id at a declared station.
-    pub(super) fn device_identity(
-        &mut self,
-        i: usize,
-        span: &std::ops::Range<usize>,
-        (id, station): (&str, &str),
-        stations: &[Station],
-        devices: &[DeviceConfig],
-    ) {
-        if !valid_id(id) {
-            self.problem(span, format!("device[{i}].id"), format!("{id:?} {ID_RULE}"));
-        } else if devices.iter().any(|o| o.id == id) {
+    fn uplink(&mut self, u: RawUplink) -> UplinkConfig {
+        if !(1..=10_000).contains(&u.batch_max_events) {
+            self.problem("uplink.batch_max_events", "must be 1-10000");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&u.batch_max_bytes) {
+            self.problem("uplink.batch_max_bytes", "must be 1 KiB - 16 MiB");
+        }
+        if !(1..=64).contains(&u.inflight) {
+            self.problem("uplink.inflight", "must be 1-64");
+        }
+        if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
             self.problem(
-                span,
-                format!("device[{i}].id"),
-                format!("device {id:?} is declared twice"),
+                "uplink.backoff_min",
+                "must be above zero and not above backoff_max",
             );
         }
-        if !stations.iter().any(|st| st.id == station) {
-            let known: Vec<&str> = stations.iter().map(|s| s.id.as_str()).collect();
-            self.problem(
-                span,
-                format!("device[{i}].station"),
-                format!(
-                    "no station {station:?} is declared (known: {})",
-                    known.join(", ")
-                ),
-            );
+        UplinkConfig {
+            batch_max_events: u.batch_max_events,
+            batch_max_bytes: u.batch_max_bytes,
+            inflight: u.inflight,
+            backoff_min: u.backoff_min,
+            backoff_max: u.backoff_max,
         }
     }
 
     /// Checks every serial device shares: a port named, a real speed.
-    fn serial_port(
-        &mut self,
-        span: &std::ops::Range<usize>,
-        i: usize,
-        port: &Path,
-        baud: u32,
-        example: &str,
-    ) {
+    fn serial_port(&mut self, i: usize, port: &Path, baud: u32, example: &str) {
         let at = |f: &str| format!("device[{i}].{f}");
         if port.as_os_str().is_empty() {
             self.problem(
-                span,
                 at("port"),
                 format!("must name the serial device, e.g. /dev/phygate/{example}"),
             );
         }
         if !(300..=4_000_000).contains(&baud) {
             self.problem(
-                span,
                 at("baud"),
                 format!("{baud} is not a serial speed (300-4000000)"),
             );
         }
     }
 
-    fn nfc(
-        &mut self,
-        i: usize,
-        span: &std::ops::Range<usize>,
-        n: RawNfc,
-        devices: &[DeviceConfig],
-        stations: &[Station],
-    ) -> DeviceConfig {
-        self.device_identity(i, span, (&n.id, &n.station), stations, devices);
-        self.serial_port(span, i, &n.port, n.baud, "nfc0");
+    fn nfc(&mut self, i: usize, n: RawNfc) -> DeviceConfig {
+        self.serial_port(i, &n.port, n.baud, "nfc0");
         if !(NFC_POLL_MIN..=NFC_POLL_MAX).contains(&n.poll_interval) {
             self.problem(
-                span,
                 format!("device[{i}].poll_interval"),
                 format!(
                     "must be between {} and {} (a card left on the reader is seen again within the 500ms tap window)",
@@ -1064,59 +1142,45 @@ impl Validator<'_> {
     }
 
     fn identity(&mut self, raw: RawIdentity) -> IdentityConfig {
-        let card_key = raw
-            .card_key
-            .and_then(|k| match crate::link::cardhash::parse_card_key(&k) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    self.keyed(
-                        "card_key",
-                        "identity.card_key",
-                        format!("{e} (expected base64url of 32 bytes)"),
-                    );
-                    None
-                }
-            });
+        use crate::link::cardhash::{parse_card_key, CardKeyError};
+        let card_key = raw.card_key.and_then(|k| match parse_card_key(&k) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                let message = match e {
+                    CardKeyError::Hex => e.to_string(),
+                    e => format!("{e} (expected base64url of 32 bytes)"),
+                };
+                self.problem("identity.card_key", message);
+                None
+            }
+        });
         let keys = match raw.jwks_file.map(|p| self.path(p)) {
             None => crate::link::jwks::KeySet::default(),
             Some(p) => match std::fs::read_to_string(&p) {
                 Err(e) => {
-                    self.keyed(
-                        "jwks_file",
+                    self.problem(
                         "identity.jwks_file",
                         format!("cannot read {}: {e}", p.display()),
                     );
                     Default::default()
                 }
                 Ok(text) => crate::link::jwks::KeySet::from_jwks_json(&text).unwrap_or_else(|e| {
-                    self.keyed(
-                        "jwks_file",
-                        "identity.jwks_file",
-                        format!("{}: {e}", p.display()),
-                    );
+                    self.problem("identity.jwks_file", format!("{}: {e}", p.display()));
                     Default::default()
                 }),
             },
         };
         let token_skew = raw.token_skew.unwrap_or(DEFAULT_TOKEN_SKEW);
         if token_skew > Duration::from_secs(300) {
-            self.keyed(
-                "token_skew",
-                "identity.token_skew",
-                "must be at most 5m (tokens live 5m)",
-            );
+            self.problem("identity.token_skew", "must be at most 5m (tokens live 5m)");
         }
         let session_window = raw.session_window.unwrap_or(DEFAULT_SESSION_WINDOW);
         if session_window.is_zero() || session_window > Duration::from_secs(3600) {
-            self.keyed(
-                "session_window",
-                "identity.session_window",
-                "must be between 1s and 1h",
-            );
+            self.problem("identity.session_window", "must be between 1s and 1h");
         }
         let visit_idle = raw.visit_idle.unwrap_or(DEFAULT_VISIT_IDLE);
         if visit_idle < Duration::from_secs(60) {
-            self.keyed("visit_idle", "identity.visit_idle", "must be at least 1m");
+            self.problem("identity.visit_idle", "must be at least 1m");
         }
         IdentityConfig {
             card_key,
@@ -1126,84 +1190,6 @@ impl Validator<'_> {
             visit_idle,
             stages: Default::default(),
         }
-    }
-
-    /// A problem on the line where `key = …` is written.
-    fn keyed(&mut self, key: &str, field: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            line: find_key_line(self.text, key),
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-}
-
-/// 1-based line of a byte offset; None for the synthetic spans of defaults.
-fn line_of(text: &str, start: usize, end: usize) -> Option<usize> {
-    if start == 0 && end == 0 {
-        return None;
-    }
-    let start = start.min(text.len());
-    Some(
-        text.as_bytes()[..start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1,
-    )
-}
-
-/// The line where `key = …` is first written (for values serde gives no span for).
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
-}
-
-/// Turns a TOML/serde error into a problem naming the line and, where the line shows it, the key.
-fn parse_problem(text: &str, e: &toml::de::Error) -> Problem {
-    problem_at(text, e.message(), e.span())
-}
-
-/// A problem `message` about the TOML at `span` (a whole table, or a key or value).
-fn problem_at(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> Problem {
-    let message = message.trim().replace('\n', " ");
-    let mut line = span.and_then(|s| line_of(text, s.start, s.end.max(s.start + 1)));
-    // Tagged tables (devices) are buffered before serde sees them, so the span is the whole
-    // table: find the line of the key or value the message names inside it.
-    if let (Some(start), Some(word)) = (line, message.split('`').nth(1)) {
-        let inside = text
-            .lines()
-            .enumerate()
-            .skip(start)
-            .take_while(|(_, l)| !l.trim_start().starts_with('['));
-        for (i, l) in inside {
-            let (key, value) = l.split_once('=').unwrap_or((l, ""));
-            if key.trim() == word || value.contains(&format!("\"{word}\"")) {
-                line = Some(i + 1);
-                break;
-            }
-        }
-    }
-    let field = line
-        .and_then(|l| text.lines().nth(l - 1))
-        .and_then(|l| {
-            let l = l.trim();
-            if l.starts_with('[') {
-                Some(l.trim_matches(['[', ']']).to_string())
-            } else {
-                l.split_once('=').map(|(k, _)| k.trim().to_string())
-            }
-        })
-        .unwrap_or_else(|| "-".into());
-    Problem {
-        line,
-        field,
-        message,
     }
 }
 
@@ -1287,18 +1273,22 @@ port = "/dev/phygate/nfc0"
                 "port = \"\"\npoll_interval = \"600ms\"\nbaud = 5",
             );
         let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
-        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        // Each on its own key's line, in the file's order.
+        let found: Vec<(&str, Option<usize>)> = err
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.line))
+            .collect();
         assert_eq!(
-            fields,
+            found,
             [
-                "device[1].id",
-                "device[1].port",
-                "device[1].baud",
-                "device[1].poll_interval"
+                ("device[1].id", Some(29)),
+                ("device[1].port", Some(31)),
+                ("device[1].poll_interval", Some(32)),
+                ("device[1].baud", Some(33)),
             ],
             "{err}"
         );
-        assert!(err.problems.iter().all(|p| p.line == Some(27)), "{err}");
 
         let unknown = format!("{GOOD}{NFC}").replace(
             "port = \"/dev/phygate/nfc0\"",
@@ -1306,8 +1296,8 @@ port = "/dev/phygate/nfc0"
         );
         let err = Config::parse(&unknown, Path::new("x.toml")).unwrap_err();
         assert_eq!(err.problems[0].line, Some(32), "{err}");
-        assert_eq!(err.problems[0].field, "terminator", "{err}");
-        assert!(err.problems[0].message.contains("unknown field"), "{err}");
+        assert_eq!(err.problems[0].field, "device[1].terminator", "{err}");
+        assert!(err.problems[0].message.contains("unknown key"), "{err}");
     }
 
     #[test]
@@ -1326,7 +1316,11 @@ port = "/dev/phygate/nfc0"
         let second = "\n[[device]]\nkind = \"scanner\"\nid = \"scanner-2\"\nstation = \"gate-1\"\nport = \"/dev/ttyUSB1\"\nparity = \"even\"\n";
         let err = Config::parse(&format!("{GOOD}{second}"), Path::new("x.toml")).unwrap_err();
         let p = &err.problems[0];
-        assert_eq!((p.line, p.field.as_str()), (Some(28), "parity"), "{err}");
+        assert_eq!(
+            (p.line, p.field.as_str()),
+            (Some(28), "device[1].parity"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1335,7 +1329,7 @@ port = "/dev/phygate/nfc0"
         let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
         let p = &err.problems[0];
         assert_eq!(p.line, Some(14), "{err}");
-        assert_eq!(p.field, "terminator");
+        assert_eq!(p.field, "device[0].terminator");
     }
 
     #[test]
@@ -1354,11 +1348,7 @@ port = "/dev/phygate/nfc0"
             .iter()
             .find(|p| p.field == "device[0].station")
             .unwrap();
-        assert_eq!(
-            station.line,
-            Some(9),
-            "the device table starts on line 9: {err}"
-        );
+        assert_eq!(station.line, Some(12), "the station key's line: {err}");
     }
 
     #[test]

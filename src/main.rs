@@ -137,7 +137,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run { config } => {
-            let loaded = Config::load(&config)?;
+            // The same checks as check-config, and the same list: nothing starts on a config
+            // that check-config would refuse.
+            let loaded = match Config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("phygate: refusing to start: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             // What load just read; HQ's stored config, when valid, takes precedence over it.
             let text = std::fs::read_to_string(&config)?;
             let effective = phygate::downlink::hqconfig::effective(loaded, text);

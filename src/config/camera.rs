@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{DeviceConfig, DeviceKind, Station, Validator};
+use super::{DeviceConfig, DeviceKind, Validator};
 use crate::sources::camera::CameraUrl;
 
 /// A validated camera.
@@ -81,30 +81,22 @@ fn default_budget() -> Duration {
 }
 
 impl Validator<'_> {
-    pub(super) fn camera(
-        &mut self,
-        span: &std::ops::Range<usize>,
-        i: usize,
-        c: RawCamera,
-        stations: &[Station],
-        devices: &[DeviceConfig],
-    ) -> DeviceConfig {
+    pub(super) fn camera(&mut self, i: usize, c: RawCamera) -> DeviceConfig {
         let at = |f: &str| format!("device[{i}].{f}");
-        self.device_identity(i, span, (&c.id, &c.station), stations, devices);
         let url = match CameraUrl::parse(&c.url) {
             Ok(u) => u,
             Err(e) => {
-                self.problem(span, at("url"), e.to_string());
+                self.problem(at("url"), e.to_string());
                 CameraUrl::Dir(Default::default())
             }
         };
         #[cfg(not(feature = "camera"))]
         if matches!(url, CameraUrl::V4l2(_)) {
-            self.problem(span, at("url"), crate::sources::camera::NO_V4L2);
+            self.problem(at("url"), crate::sources::camera::NO_V4L2);
         }
         let ms = Duration::from_millis;
         if !(ms(10)..=ms(60_000)).contains(&c.interval) {
-            self.problem(span, at("interval"), "must be between 10ms and 60s");
+            self.problem(at("interval"), "must be between 10ms and 60s");
         }
         let roi = c.roi.map(|[x, y, width, height]| phygate_qr::Rect {
             x,
@@ -113,23 +105,19 @@ impl Validator<'_> {
             height,
         });
         if roi.is_some_and(|r| r.width == 0 || r.height == 0) {
-            self.problem(
-                span,
-                at("roi"),
-                "[x, y, w, h] needs a width and a height above 0",
-            );
+            self.problem(at("roi"), "[x, y, w, h] needs a width and a height above 0");
         }
         if !(64..=16_384).contains(&c.max_side) {
-            self.problem(span, at("max_side"), "must be 64-16384 pixels");
+            self.problem(at("max_side"), "must be 64-16384 pixels");
         }
         if c.budget > ms(5_000) {
-            self.problem(span, at("budget"), "must be at most 5s");
+            self.problem(at("budget"), "must be at most 5s");
         }
         if c.dedupe_window > Duration::from_secs(60) {
-            self.problem(span, at("dedupe_window"), "must be at most 60s");
+            self.problem(at("dedupe_window"), "must be at most 60s");
         }
         if c.silent_after.is_some_and(|d| d < Duration::from_secs(1)) {
-            self.problem(span, at("silent_after"), "must be at least 1s");
+            self.problem(at("silent_after"), "must be at least 1s");
         }
         DeviceConfig {
             id: c.id,

@@ -87,8 +87,8 @@ impl fmt::Display for GateConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGate {
-    pub id: String,
-    pub station: String,
+    id: String,
+    station: String,
     port: PathBuf,
     #[serde(default = "default_baud")]
     baud: u32,
@@ -96,8 +96,9 @@ pub(super) struct RawGate {
     parity: Parity,
     #[serde(default = "default_stop_bits")]
     stop_bits: u8,
+    /// Wider than a unit address, so that 300 is reported as out of 1-247 like 0 is.
     #[serde(default = "default_unit")]
-    unit: u8,
+    unit: u32,
     #[serde(default)]
     first_register: u16,
     #[serde(default)]
@@ -121,7 +122,7 @@ fn default_baud() -> u32 {
 fn default_stop_bits() -> u8 {
     1
 }
-fn default_unit() -> u8 {
+fn default_unit() -> u32 {
     1
 }
 fn default_poll_interval() -> Duration {
@@ -145,51 +146,51 @@ pub fn frame_silence(baud: u32) -> Duration {
 }
 
 impl Validator<'_> {
-    pub(super) fn gate(
-        &mut self,
-        span: &std::ops::Range<usize>,
-        i: usize,
-        g: RawGate,
-        devices: &[DeviceConfig],
-    ) -> DeviceConfig {
+    pub(super) fn gate(&mut self, i: usize, g: RawGate, devices: &[DeviceConfig]) -> DeviceConfig {
         let at = |f: &str| format!("device[{i}].{f}");
-        self.serial_port(span, i, &g.port, g.baud, "gate0");
+        self.serial_port(i, &g.port, g.baud, "gate0");
         let stop_bits = match g.stop_bits {
             2 => StopBits::Two,
             1 => StopBits::One,
             n => {
-                self.problem(span, at("stop_bits"), format!("{n} is not 1 or 2"));
+                self.problem(at("stop_bits"), format!("{n} is not 1 or 2"));
                 StopBits::One
             }
         };
         // 0 is broadcast (never answered), 248-255 are reserved.
-        if !(1..=247).contains(&g.unit) {
-            self.problem(span, at("unit"), "must be a Modbus unit address 1-247");
-        }
+        let unit = match u8::try_from(g.unit) {
+            Ok(unit @ 1..=247) => unit,
+            _ => {
+                self.problem(
+                    at("unit"),
+                    format!("{} is not a Modbus unit address (1-247)", g.unit),
+                );
+                1
+            }
+        };
         if g.first_register > u16::MAX - (GATE_REGISTER_COUNT - 1) {
             self.problem(
-                span,
                 at("first_register"),
                 format!("the {GATE_REGISTER_COUNT}-register block must fit below 65536"),
             );
         }
         let ms = Duration::from_millis;
         if !(ms(10)..=ms(60_000)).contains(&g.poll_interval) {
-            self.problem(span, at("poll_interval"), "must be between 10ms and 60s");
+            self.problem(at("poll_interval"), "must be between 10ms and 60s");
         }
         if !(ms(10)..=ms(5_000)).contains(&g.timeout) {
-            self.problem(span, at("timeout"), "must be between 10ms and 5s");
+            self.problem(at("timeout"), "must be between 10ms and 5s");
         }
         if g.gap.is_some_and(|gap| gap > ms(1_000)) {
-            self.problem(span, at("gap"), "must be at most 1s");
+            self.problem(at("gap"), "must be at most 1s");
         }
         // A busy gate sees a few people a second; 1e6 per poll is no gate, and far from the
         // 2^31 where a wrap and a reset could no longer be told apart.
         if !(1..=1_000_000).contains(&g.max_plausible) {
-            self.problem(span, at("max_plausible"), "must be 1-1000000");
+            self.problem(at("max_plausible"), "must be 1-1000000");
         }
         if g.silent_after.is_some_and(|d| d < Duration::from_secs(1)) {
-            self.problem(span, at("silent_after"), "must be at least 1s");
+            self.problem(at("silent_after"), "must be at least 1s");
         }
         // The registry of gates is by station: an entry token at a station opens its gate.
         if let Some(other) = devices
@@ -197,7 +198,6 @@ impl Validator<'_> {
             .find(|d| d.station == g.station && matches!(d.kind, DeviceKind::Gate(_)))
         {
             self.problem(
-                span,
                 at("station"),
                 format!(
                     "station {:?} already has gate {:?}; give each gate its own station",
@@ -214,7 +214,7 @@ impl Validator<'_> {
                 baud: g.baud,
                 parity: g.parity,
                 stop_bits,
-                unit: g.unit,
+                unit,
                 first_register: g.first_register,
                 unlock_coil: g.unlock_coil,
                 poll_interval: g.poll_interval,

@@ -2,7 +2,6 @@
 //! (docs/protocols.md §3b, §4): serial SKN1 analyzers, tablet analyzers and people counters.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 
 use super::*;
 
@@ -89,35 +88,10 @@ pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:8088";
 const TOKEN_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
 
 impl Validator<'_> {
-    pub(super) fn skin_device(
-        &mut self,
-        i: usize,
-        span: &Range<usize>,
-        s: RawSkin,
-        stations: &[Station],
-        devices: &[DeviceConfig],
-    ) -> DeviceConfig {
-        self.device_identity(i, span, (&s.id, &s.station), stations, devices);
-        if s.port.as_os_str().is_empty() {
-            self.problem(
-                span,
-                format!("device[{i}].port"),
-                "must name the serial device, e.g. /dev/phygate/skin0",
-            );
-        }
-        if !(300..=4_000_000).contains(&s.baud) {
-            self.problem(
-                span,
-                format!("device[{i}].baud"),
-                format!("{} is not a serial speed (300-4000000)", s.baud),
-            );
-        }
+    pub(super) fn skin_device(&mut self, i: usize, s: RawSkin) -> DeviceConfig {
+        self.serial_port(i, &s.port, s.baud, "skin0");
         if s.silent_after.is_some_and(|d| d < Duration::from_secs(1)) {
-            self.problem(
-                span,
-                format!("device[{i}].silent_after"),
-                "must be at least 1s",
-            );
+            self.problem(format!("device[{i}].silent_after"), "must be at least 1s");
         }
         DeviceConfig {
             id: s.id,
@@ -134,17 +108,13 @@ impl Validator<'_> {
     pub(super) fn http_device(
         &mut self,
         i: usize,
-        span: &Range<usize>,
         d: RawHttpDevice,
         kind: fn(HttpDeviceConfig) -> DeviceKind,
-        stations: &[Station],
         devices: &[DeviceConfig],
     ) -> DeviceConfig {
-        self.device_identity(i, span, (&d.id, &d.station), stations, devices);
         let field = format!("device[{i}].token");
         if !TOKEN_CHARS.contains(&d.token.len()) || !d.token.bytes().all(|b| b.is_ascii_graphic()) {
             self.problem(
-                span,
                 &field,
                 "must be 16-256 visible ASCII characters (no spaces)",
             );
@@ -154,7 +124,7 @@ impl Validator<'_> {
             .any(|o| o.token.matches(d.token.as_bytes()))
         {
             // The token says which device is posting, so two devices cannot share one.
-            self.problem(span, &field, "is already the token of another device");
+            self.problem(&field, "is already the token of another device");
         }
         DeviceConfig {
             id: d.id,
@@ -177,8 +147,7 @@ impl Validator<'_> {
         match text.parse::<SocketAddr>() {
             Ok(listen) => wanted.then_some(IngestConfig { listen }),
             Err(_) => {
-                self.keyed(
-                    "listen",
+                self.problem(
                     "ingest.listen",
                     format!("{text:?} is not an address:port, e.g. \"127.0.0.1:8088\""),
                 );

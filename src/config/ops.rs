@@ -39,11 +39,17 @@ pub(super) struct RawLog {
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8080";
 
 impl Validator<'_> {
-    pub(super) fn status(&mut self, raw: RawStatus, devices: &[DeviceConfig]) -> StatusConfig {
+    /// `required` names declared devices: a device with mistakes of its own still counts, so
+    /// it is reported once, at its table.
+    pub(super) fn status(
+        &mut self,
+        raw: RawStatus,
+        devices: &[DeviceConfig],
+        declared: &Declared<'_>,
+    ) -> StatusConfig {
         let text = raw.listen.as_deref().unwrap_or(DEFAULT_STATUS_LISTEN);
         let listen = text.parse::<SocketAddr>().unwrap_or_else(|_| {
-            self.keyed(
-                "listen",
+            self.problem(
                 "status.listen",
                 format!("{text:?} is not an address:port, e.g. \"127.0.0.1:8080\""),
             );
@@ -56,11 +62,10 @@ impl Validator<'_> {
                 .map(|d| d.id.clone())
                 .collect(),
             Some(ids) => {
-                for id in &ids {
-                    if !devices.iter().any(|d| &d.id == id) {
-                        self.keyed(
-                            "required",
-                            "status.required",
+                for (i, id) in ids.iter().enumerate() {
+                    if !declared.devices.contains(&Some(id.as_str())) {
+                        self.problem(
+                            format!("status.required[{i}]"),
                             format!("no device {id:?} is declared"),
                         );
                     }
@@ -74,8 +79,7 @@ impl Validator<'_> {
     pub(super) fn log(&mut self, raw: RawLog) -> LogConfig {
         if let Some(level) = &raw.level {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
-                self.keyed(
-                    "level",
+                self.problem(
                     "log.level",
                     format!("{level:?} is not a log filter ({e}); e.g. \"info\" or \"phygate=debug,info\""),
                 );
@@ -130,7 +134,7 @@ host = "127.0.0.1"
         let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["status.listen", "status.required", "log.level"],
+            ["status.listen", "status.required[0]", "log.level"],
             "{err}"
         );
         assert_eq!(err.problems[0].line, Some(25), "{err}");
@@ -142,13 +146,22 @@ mod shipped {
     use super::*;
 
     /// The config the package installs as /etc/phygate/phygate.toml parses, once the TLS files
-    /// it names exist (validation checks they are readable).
+    /// it names exist (validation checks they parse as a CA, a certificate and its key).
     #[test]
     fn the_example_config_in_hw_is_valid() {
         let text = include_str!("../../hw/phygate.example.toml");
         let dir = tempfile::tempdir().unwrap();
-        for f in ["ca.pem", "client.pem", "client.key"] {
-            std::fs::write(dir.path().join(f), "test").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["paris-01".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (f, pem) in [
+            ("ca.pem", cert.pem()),
+            ("client.pem", cert.pem()),
+            ("client.key", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(f), pem).unwrap();
         }
         let here = format!("{}/", dir.path().display());
         let text = text.replace("/etc/phygate/", &here);

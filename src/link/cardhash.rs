@@ -18,6 +18,9 @@ pub enum CardKeyError {
     NotBase64,
     #[error("card key is {0} bytes, expected {CARD_KEY_LEN}")]
     WrongLength(usize),
+    /// 64 hex digits decode as base64url too, to 48 bytes: say what was meant instead.
+    #[error("this looks like hex; give base64url (the same 32 bytes as 43 characters)")]
+    Hex,
 }
 
 /// The card hash of a UID, over its raw bytes as read (4, 7 or 10 bytes).
@@ -30,8 +33,12 @@ pub fn card_hash(key: &[u8; CARD_KEY_LEN], uid: &[u8]) -> String {
 
 /// Reads the key as written in config and on the keys topic; surrounding whitespace is ignored.
 pub fn parse_card_key(text: &str) -> Result<[u8; CARD_KEY_LEN], CardKeyError> {
+    let text = text.trim();
+    if text.len() == 2 * CARD_KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CardKeyError::Hex);
+    }
     let bytes = URL_SAFE_NO_PAD
-        .decode(text.trim())
+        .decode(text)
         .map_err(|_| CardKeyError::NotBase64)?;
     let len = bytes.len();
     bytes.try_into().map_err(|_| CardKeyError::WrongLength(len))
@@ -72,5 +79,16 @@ mod tests {
             Err(CardKeyError::NotBase64)
         );
         assert!(parse_card_key(&format!(" {KEY_B64}\n")).is_ok());
+    }
+
+    /// Regression: a key written as 64 hex digits was refused as "48 bytes", which tells a
+    /// technician nothing about what to write instead.
+    #[test]
+    fn a_hex_key_is_named_as_hex() {
+        let hex: String = (0..32u8).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_card_key(&hex), Err(CardKeyError::Hex));
+        assert!(CardKeyError::Hex
+            .to_string()
+            .contains("looks like hex; give base64url"));
     }
 }
