@@ -92,8 +92,9 @@ fn backlog_of_100k_drains_in_seq_order_after_a_long_outage_with_spaced_reconnect
     // Reconnect spacing, seen from the network: every attempt the proxy accepted while the
     // broker was down, and what phygate logged it would wait.
     let proxy = store.proxy.as_ref().unwrap();
+    // The uplink's attempts only: the downlink's own session backs off on its own.
     let attempts: Vec<Instant> = proxy
-        .accepts()
+        .accepts_of(|id| !id.ends_with("-downlink"))
         .into_iter()
         .filter(|t| *t > down_at && *t < up_at)
         .collect();

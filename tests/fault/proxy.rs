@@ -35,6 +35,9 @@ struct Control {
     cuts: AtomicUsize,
     /// When each connection attempt was accepted.
     accepts: Mutex<Vec<Instant>>,
+    /// When each connection attempt was accepted, with the MQTT client id its CONNECT named
+    /// (phygate opens two sessions, the uplink's and the downlink's, each with its own backoff).
+    connects: Mutex<Vec<(Instant, String)>>,
     /// Bytes forwarded phygate → broker.
     upstream_bytes: AtomicU64,
     /// Bumped to sever every open connection.
@@ -60,6 +63,7 @@ impl Proxy {
             cut_next: Mutex::new(None),
             cuts: AtomicUsize::new(0),
             accepts: Mutex::new(Vec::new()),
+            connects: Mutex::new(Vec::new()),
             upstream_bytes: AtomicU64::new(0),
             generation: watch::channel(0).0,
         });
@@ -119,6 +123,18 @@ impl Proxy {
         self.control.accepts.lock().unwrap().clone()
     }
 
+    /// When each attempt of the client whose id `keep` accepts was accepted (see `connects`).
+    pub fn accepts_of(&self, keep: impl Fn(&str) -> bool) -> Vec<Instant> {
+        let connects = self.control.connects.lock().unwrap();
+        let mut times: Vec<Instant> = connects
+            .iter()
+            .filter(|(_, id)| keep(id))
+            .map(|(t, _)| *t)
+            .collect();
+        times.sort();
+        times
+    }
+
     pub fn upstream_bytes(&self) -> u64 {
         self.control.upstream_bytes.load(Ordering::SeqCst)
     }
@@ -140,13 +156,26 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, c: Arc<Control
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
-        c.accepts.lock().unwrap().push(Instant::now());
+        let accepted = Instant::now();
+        c.accepts.lock().unwrap().push(accepted);
         if *c.mode.borrow() == Mode::Refuse {
             drop(client);
             continue;
         }
         let c = c.clone();
         tokio::spawn(async move {
+            let mut client = client;
+            // The client speaks first (CONNECT): read it to learn who is calling, then forward
+            // it ahead of everything else.
+            let mut first = vec![0u8; 1024];
+            let first_len =
+                match tokio::time::timeout(Duration::from_secs(5), client.read(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => return,
+                };
+            first.truncate(first_len);
+            let id = mqtt_client_id(&first).unwrap_or_default();
+            c.connects.lock().unwrap().push((accepted, id));
             let mut severed = c.generation.subscribe();
             severed.borrow_and_update();
             // In a blackhole the connection attempt itself hangs, as SYNs into a dead route do.
@@ -160,7 +189,12 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, c: Arc<Control
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
+            let (sr, mut sw) = server.into_split();
+            c.upstream_bytes
+                .fetch_add(first.len() as u64, Ordering::SeqCst);
+            if sw.write_all(&first).await.is_err() {
+                return;
+            }
             tokio::select! {
                 _ = pump(cr, sw, c.clone(), true) => {}
                 _ = pump(sr, cw, c.clone(), false) => {}
@@ -169,6 +203,40 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, c: Arc<Control
             // Dropping both halves of both sockets closes them.
         });
     }
+}
+
+/// The client id of an MQTT 3.1.1 / 5 CONNECT packet at the start of `bytes`.
+fn mqtt_client_id(bytes: &[u8]) -> Option<String> {
+    if bytes.first()? >> 4 != 1 {
+        return None;
+    }
+    // Remaining length: a varint of up to four bytes.
+    let mut at = 1;
+    while bytes.get(at)? & 0x80 != 0 {
+        at += 1;
+    }
+    at += 1;
+    let name_len = u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize;
+    at += 2 + name_len;
+    let level = *bytes.get(at)?;
+    at += 1 + 1 + 2; // level, flags, keep-alive
+    if level == 5 {
+        // MQTT 5: properties, their length a varint.
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = *bytes.get(at)?;
+            at += 1;
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        at += len;
+    }
+    let id_len = u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize;
+    let id = bytes.get(at + 2..at + 2 + id_len)?;
+    Some(String::from_utf8_lossy(id).into_owned())
 }
 
 /// Moves bytes one way until EOF, an error, or a cut.
