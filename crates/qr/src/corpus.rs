@@ -459,7 +459,11 @@ pub fn read_manifest(path: &Path) -> io::Result<Vec<Entry>> {
         out.push(Entry {
             file: file.to_string(),
             class: class.to_string(),
-            texts: parts.map(str::to_string).collect(),
+            // A code-free frame's row ends in an empty field.
+            texts: parts
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
         });
     }
     Ok(out)

@@ -239,7 +239,10 @@ fn run_phygate(
             .count();
         let wrong = codes.iter().filter(|c| !e.texts.contains(&c.text)).count();
         for c in &codes {
-            *by_pass.entry(pass_name(c.pass).to_string()).or_default() += 1;
+            let polarity = if c.inverted { "inverted_" } else { "" };
+            *by_pass
+                .entry(format!("{polarity}{}", pass_name(c.pass)))
+                .or_default() += 1;
         }
         out.insert(
             e.file.clone(),
@@ -258,7 +261,6 @@ fn pass_name(p: Pass) -> &'static str {
     match p {
         Pass::Plain => "plain",
         Pass::Adaptive => "adaptive",
-        Pass::Inverted => "inverted",
         Pass::Stretched => "stretched",
         Pass::Upscaled => "upscaled",
     }
