@@ -37,13 +37,15 @@ const MARGIN_MODULES: f32 = 9.0;
 
 /// A region of the plane to decode, and its polarity (light-on-dark codes are decoded from the
 /// negative of their region).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Region {
     pub x0: usize,
     pub y0: usize,
     pub x1: usize,
     pub y1: usize,
     pub inverted: bool,
+    /// The candidates that made it (plane pixels).
+    pub finders: Vec<Candidate>,
 }
 
 impl Region {
@@ -333,8 +335,7 @@ const MAX_GROUPED: usize = 24;
 /// then, for candidates in no triple (a finder lost to glare or blur), the box of every pair of
 /// one polarity and similar size at a finder distance, large enough for any code the pair can
 /// belong to (as two adjacent finders or as the diagonal pair).
-pub(crate) fn regions(cands: &[Candidate], w: usize, h: usize) -> Vec<Region> {
-    let mut cands = cands.to_vec();
+pub(crate) fn regions(mut cands: Vec<Candidate>, w: usize, h: usize) -> Vec<Region> {
     cands.sort_by_key(|c| std::cmp::Reverse(c.rows));
     cands.truncate(MAX_GROUPED);
     let mut out: Vec<Region> = Vec::new();
@@ -352,6 +353,7 @@ pub(crate) fn regions(cands: &[Candidate], w: usize, h: usize) -> Vec<Region> {
             x1: clamp(x1 + m + 1.0, w),
             y1: clamp(y1 + m + 1.0, h),
             inverted,
+            finders: Vec::new(),
         };
         add(&mut out, r);
     };
@@ -394,6 +396,17 @@ pub(crate) fn regions(cands: &[Candidate], w: usize, h: usize) -> Vec<Region> {
             push(&pts, max_module(&[a, b]), a.inverted);
         }
     }
+    for r in &mut out {
+        r.finders = cands
+            .iter()
+            .filter(|c| {
+                c.inverted == r.inverted
+                    && (r.x0 as f32..r.x1 as f32).contains(&c.x)
+                    && (r.y0 as f32..r.y1 as f32).contains(&c.y)
+            })
+            .copied()
+            .collect();
+    }
     out
 }
 
@@ -434,6 +447,7 @@ fn add(out: &mut Vec<Region>, mut r: Region) {
             x1: r.x1.max(o.x1),
             y1: r.y1.max(o.y1),
             inverted: r.inverted,
+            finders: Vec::new(),
         };
     }
     out.push(r);

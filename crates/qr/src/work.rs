@@ -39,6 +39,10 @@ pub(crate) struct Work<'f> {
     /// it would be in the frame (a window sized by the region would shrink with it).
     radius: usize,
     noisy: bool,
+    /// The screen's finder candidates in this region (region pixels): measured on every line
+    /// through the finder and cross-checked, they locate a blurred code's finders where the
+    /// census' stricter run test on the local-mean binary image misses them.
+    screened: Vec<Candidate>,
     /// `base` is the negative of the frame (a light-on-dark code); the upscaled pass negates
     /// the frame pixels it reads too.
     invert: bool,
@@ -127,7 +131,7 @@ impl<'f> Base<'f> {
     pub(crate) fn regions(&self) -> Vec<Region> {
         let p = &self.plane;
         let cands = screen::candidates(p, window_radius(p.w, p.h), self.min_delta);
-        screen::regions(&cands, p.w, p.h)
+        screen::regions(cands, p.w, p.h)
     }
 
     /// The working state of one screened region (see [`crate::screen`]).
@@ -155,10 +159,22 @@ impl<'f> Base<'f> {
             height: ((h as f32 * sy) as u32).max(1),
         }
         .clamp_to(self.frame.width(), self.frame.height())?;
+        // The screen's finders, in region pixels and the region's polarity.
+        let screened = r
+            .finders
+            .iter()
+            .map(|c| Candidate {
+                x: c.x - r.x0 as f32,
+                y: c.y - r.y0 as f32,
+                inverted: false,
+                ..*c
+            })
+            .collect();
         Some(Work {
             frame: self.frame,
             roi,
             base,
+            screened,
             min_delta: self.min_delta,
             radius: window_radius(self.plane.w, self.plane.h),
             noisy: self.noisy,
@@ -268,7 +284,14 @@ impl<'f> Work<'f> {
                 let r = self.radius;
                 let dark =
                     |x, y, rs| is_dark_module(&self.base, &sh.integral, (r, rs), false, (x, y));
-                scan_census_then_rqrr(w, h, &sh.binary, &sh.census, false, dark)
+                // The screen's finders first, then census candidates not already among them.
+                let mut pool = self.screened.clone();
+                pool.extend(sh.census.iter().filter(|c| {
+                    !self.screened.iter().any(|s| {
+                        (s.x - c.x).abs().max((s.y - c.y).abs()) <= 2.0 * s.module.max(c.module)
+                    })
+                }));
+                scan_census_then_rqrr(w, h, &sh.binary, &pool, false, dark)
             }
             Pass::Stretched => scan_gray(&contrast_stretch(&self.base)?),
             Pass::Upscaled => {
@@ -280,7 +303,36 @@ impl<'f> Work<'f> {
                     invert: false,
                 };
                 let bin = adaptive_threshold(&big, &ii, t);
-                let cands = census(&bin, big.w, big.h, true);
+                // The screen's finders, mapped into the enlarged plane, then the census'.
+                let (sx, sy) = (
+                    self.roi.width as f32 / w as f32,
+                    self.roi.height as f32 / h as f32,
+                );
+                let (kx, ky) = (
+                    big.w as f32 / rect.width as f32,
+                    big.h as f32 / rect.height as f32,
+                );
+                let mut cands: Vec<Candidate> = self
+                    .screened
+                    .iter()
+                    .map(|c| Candidate {
+                        x: (self.roi.x as f32 + c.x * sx - rect.x as f32) * kx,
+                        y: (self.roi.y as f32 + c.y * sy - rect.y as f32) * ky,
+                        module: c.module * sx * kx,
+                        ..*c
+                    })
+                    .filter(|c| (0.0..big.w as f32).contains(&c.x))
+                    .filter(|c| (0.0..big.h as f32).contains(&c.y))
+                    .collect();
+                let screened = cands.len();
+                for c in census(&bin, big.w, big.h, true) {
+                    let near = |s: &Candidate| {
+                        (s.x - c.x).abs().max((s.y - c.y).abs()) <= 2.0 * s.module.max(c.module)
+                    };
+                    if !cands[..screened].iter().any(near) {
+                        cands.push(c);
+                    }
+                }
                 let dark = |x, y, rs| is_dark_module(&big, &ii, (t.radius, rs), false, (x, y));
                 let found = scan_census_then_rqrr(big.w, big.h, &bin, &cands, false, dark);
                 let mut codes = to_frame_coords(found, rect, big.w, big.h, &self.frame, pass);
