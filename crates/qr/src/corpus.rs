@@ -5,6 +5,7 @@
 //! them with a manifest (`manifest.tsv`: file, class, then each expected text, TAB-separated —
 //! payloads never contain TABs).
 
+pub mod clutter;
 pub mod render;
 
 use std::fs;
@@ -38,10 +39,27 @@ pub enum Class {
     TwoCodes,
     Inverted,
     Small720p,
+    /// 1.0–2.0 px per module.
+    Tiny,
+    /// Token codes (V9–V13) streaked over 0.8–1.5 modules.
+    MotionToken,
+    /// Gaussian blur of σ 0.25–0.45 module.
+    GaussModule,
+    /// Light-on-dark token codes (V9–V13), slightly soft.
+    InvertedToken,
+    /// A ~14-level code on a phone whose dark bezel, against a bright store, spans the frame's
+    /// 1–99 % range over 180 levels.
+    LowContrastBezel,
+    /// Glare that saturates a disc of the data area to white; the finders survive.
+    GlareData,
+    /// Shelves, labels, text and barcodes, no code (640×480).
+    NoCode,
+    /// The same at 1280×720.
+    NoCode720p,
 }
 
 impl Class {
-    pub const ALL: [Class; 12] = [
+    pub const ALL: [Class; 20] = [
         Class::Clean,
         Class::Scale,
         Class::Rotation,
@@ -54,6 +72,14 @@ impl Class {
         Class::TwoCodes,
         Class::Inverted,
         Class::Small720p,
+        Class::Tiny,
+        Class::MotionToken,
+        Class::GaussModule,
+        Class::InvertedToken,
+        Class::LowContrastBezel,
+        Class::GlareData,
+        Class::NoCode,
+        Class::NoCode720p,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,7 +96,36 @@ impl Class {
             Class::TwoCodes => "two_codes",
             Class::Inverted => "inverted",
             Class::Small720p => "small_720p",
+            Class::Tiny => "tiny_1to2px",
+            Class::MotionToken => "motion_token",
+            Class::GaussModule => "gauss_module",
+            Class::InvertedToken => "inverted_token",
+            Class::LowContrastBezel => "lowcontrast_bezel",
+            Class::GlareData => "glare_data",
+            Class::NoCode => "nocode_640x480",
+            Class::NoCode720p => "nocode_720p",
         }
+    }
+
+    /// Frame size in pixels.
+    pub fn size(self) -> (usize, usize) {
+        match self {
+            Class::Small720p | Class::NoCode720p => (1280, 720),
+            _ => (W, H),
+        }
+    }
+
+    /// Whether the class's frames hold no code (they measure rejection cost).
+    pub fn code_free(self) -> bool {
+        matches!(self, Class::NoCode | Class::NoCode720p)
+    }
+
+    /// Whether the class's codes are app tokens (versions 9–13 at ECC M), not the payload mix.
+    fn tokens_only(self) -> bool {
+        matches!(
+            self,
+            Class::MotionToken | Class::InvertedToken | Class::GlareData
+        )
     }
 }
 
@@ -162,12 +217,18 @@ fn fit_scale(want: f32, n: usize, room: f32, rotation: f32) -> f32 {
 /// Renders sample `index` of `class`; the same `(class, index, seed)` gives the same frame.
 pub fn generate(class: Class, index: usize, seed: u64) -> Sample {
     let mut rng = Rng::new(seed ^ ((class as u64 + 1) << 32) ^ index as u64);
-    let (w, h) = if class == Class::Small720p {
-        (1280, 720)
+    let (w, h) = class.size();
+    if class.code_free() {
+        let mut canvas = clutter::scene(w, h, &mut rng);
+        return camera(&mut canvas, &mut rng, Vec::new());
+    }
+    // Token classes: a bare JWT (V9–V12) or the app URL around one (V11–V13).
+    let kind = if class.tokens_only() {
+        index % 2
     } else {
-        (W, H)
+        index
     };
-    let text = payload(index, &mut rng);
+    let text = payload(kind, &mut rng);
     let (modules, n) = encode(&text);
     let mut texts = vec![text];
     let (mut dark, mut light) = (rng.range(15.0, 45.0), rng.range(215.0, 245.0));
@@ -178,10 +239,16 @@ pub fn generate(class: Class, index: usize, seed: u64) -> Sample {
             dark = light - rng.range(15.0, 40.0);
             scene_level = light - 10.0;
         }
-        Class::Inverted => {
+        Class::Inverted | Class::InvertedToken => {
             // Dark-mode app: light modules on a dark screen, a darker phone around it.
             std::mem::swap(&mut dark, &mut light);
             scene_level = rng.range(20.0, 90.0);
+        }
+        Class::LowContrastBezel => {
+            light = rng.range(110.0, 170.0);
+            dark = light - rng.range(12.0, 16.0);
+            // A bright store: with the bezel, the frame spans well over 180 levels.
+            scene_level = rng.range(205.0, 235.0);
         }
         _ => {}
     }
@@ -202,12 +269,21 @@ pub fn generate(class: Class, index: usize, seed: u64) -> Sample {
             tilt_y = rng.sign() * rng.range(0.2, 0.6);
         }
         Class::Small720p => scale = rng.range(2.0, 3.0),
+        Class::Tiny => {
+            // 1.0, 1.1, … 2.0 px/module, cycled.
+            scale = 1.0 + (index % 11) as f32 * 0.1;
+            rotation = rng.range(-0.05, 0.05);
+        }
+        Class::InvertedToken => scale = rng.range(3.0, 6.0),
+        // Streaks and blur hurt most where modules are few pixels: a phone held at arm's length.
+        Class::MotionToken | Class::GaussModule => scale = rng.range(2.5, 5.0),
+        Class::LowContrastBezel => rotation = rng.range(-0.05, 0.05),
         _ => {}
     }
     let sym = Symbol {
         modules: &modules,
         n,
-        quiet: if class == Class::Inverted {
+        quiet: if matches!(class, Class::Inverted | Class::InvertedToken) {
             QUIET + 2
         } else {
             QUIET
@@ -254,20 +330,76 @@ pub fn generate(class: Class, index: usize, seed: u64) -> Sample {
             tilt_x,
             tilt_y,
         };
+        if class == Class::LowContrastBezel {
+            phone(&mut canvas, &at, light, &mut rng);
+        }
         canvas.draw(&sym, &at);
-        apply_damage(class, &mut canvas, &at, &mut rng);
+        apply_damage(class, &mut canvas, &at, scale, &mut rng);
     }
-    // Every frame goes through the same camera: slight optics blur and sensor noise.
+    camera(&mut canvas, &mut rng, texts)
+}
+
+/// Every frame goes through the same camera: slight optics blur and sensor noise.
+fn camera(canvas: &mut Canvas, rng: &mut Rng, texts: Vec<String>) -> Sample {
     canvas.gaussian_blur(0.5);
-    canvas.noise(2.0, &mut rng);
+    canvas.noise(2.0, rng);
     Sample {
         image: canvas.to_image(),
         texts,
     }
 }
 
-fn apply_damage(class: Class, canvas: &mut Canvas, at: &Placement, rng: &mut Rng) {
+/// A phone around the code at `at`: its screen (at the code's light level) and a dark bezel.
+fn phone(canvas: &mut Canvas, at: &Placement, screen: f32, rng: &mut Rng) {
+    let (sw, sh) = (
+        at.side * rng.range(1.05, 1.2),
+        at.side * rng.range(1.3, 1.7),
+    );
+    let bezel = at.side * rng.range(0.06, 0.14);
+    let level = rng.range(8.0, 25.0);
+    // The code sits in the upper part of the screen, as apps show it.
+    let top = at.cy - at.side * rng.range(0.55, 0.7);
+    let rect = |c: &mut Canvas, x0: f32, y0: f32, x1: f32, y1: f32, v: f32| {
+        let cx = |x: f32| (x.max(0.0) as usize).min(c.w);
+        let cy = |y: f32| (y.max(0.0) as usize).min(c.h);
+        for y in cy(y0)..cy(y1) {
+            c.px[y * c.w + cx(x0)..y * c.w + cx(x1)].fill(v);
+        }
+    };
+    let (x0, x1) = (at.cx - sw / 2.0, at.cx + sw / 2.0);
+    rect(
+        canvas,
+        x0 - bezel,
+        top - bezel,
+        x1 + bezel,
+        top + sh + bezel,
+        level,
+    );
+    rect(canvas, x0, top, x1, top + sh, screen);
+}
+
+fn apply_damage(class: Class, canvas: &mut Canvas, at: &Placement, module: f32, rng: &mut Rng) {
     match class {
+        Class::MotionToken => canvas.motion_blur(
+            module * rng.range(0.8, 1.5),
+            rng.range(0.0, std::f32::consts::PI),
+        ),
+        Class::GaussModule => canvas.gaussian_blur(module * rng.range(0.25, 0.45)),
+        Class::InvertedToken => canvas.gaussian_blur(module * rng.range(0.1, 0.3)),
+        Class::GlareData => {
+            // Over the data area, between the finders (which sit in the outer ~16 % of the
+            // symbol square with its quiet zone).
+            let c = project(at);
+            let (u, v) = (rng.range(0.4, 0.7), rng.range(0.4, 0.7));
+            let x = c[0].0 + (c[1].0 - c[0].0) * u + (c[3].0 - c[0].0) * v;
+            let y = c[0].1 + (c[1].1 - c[0].1) * u + (c[3].1 - c[0].1) * v;
+            canvas.glare(
+                x,
+                y,
+                at.side * rng.range(0.08, 0.16),
+                rng.range(300.0, 500.0),
+            );
+        }
         Class::GaussianBlur => canvas.gaussian_blur(rng.range(1.0, 2.2)),
         Class::MotionBlur => {
             canvas.motion_blur(rng.range(4.0, 12.0), rng.range(0.0, std::f32::consts::PI))
@@ -327,7 +459,11 @@ pub fn read_manifest(path: &Path) -> io::Result<Vec<Entry>> {
         out.push(Entry {
             file: file.to_string(),
             class: class.to_string(),
-            texts: parts.map(str::to_string).collect(),
+            // A code-free frame's row ends in an empty field.
+            texts: parts
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
         });
     }
     Ok(out)

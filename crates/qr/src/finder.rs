@@ -177,7 +177,12 @@ pub(crate) fn refine(
 
 /// Along a line (`dark(i)` for `i` in `0..len`), the centre of the core run of a 1:1:3:1:1
 /// pattern whose core contains position `at`, searching `reach` pixels either side.
-fn core_centre(dark: impl Fn(usize) -> bool, at: usize, reach: usize, len: usize) -> Option<f32> {
+pub(crate) fn core_centre(
+    dark: impl Fn(usize) -> bool,
+    at: usize,
+    reach: usize,
+    len: usize,
+) -> Option<f32> {
     if !dark(at) {
         return None;
     }
@@ -231,7 +236,7 @@ fn is_finder_run(r: &[usize; 5]) -> bool {
 /// The same tolerance on 4× the lengths, without the truncation, for the cross-check of a
 /// candidate already found: truncation rejects real finders at 3–4 px per module (runs
 /// 4,3,12,3,5 have a mean of 3.75, truncated to 3, which allows a core of 11 at most).
-fn is_finder_run_exact(r: &[usize; 5]) -> bool {
+pub(crate) fn is_finder_run_exact(r: &[usize; 5]) -> bool {
     let sum4 = r[0] + r[1] + r[3] + r[4]; // 4 × the mean 1-run
     if sum4 == 0 {
         return false;

@@ -11,22 +11,43 @@ use crate::preprocess::{
     noise_level, window_radius,
 };
 use crate::scan::{Found, MIN_FINDERS, scan_census_then_rqrr, scan_gray};
+use crate::screen::{self, Region};
 
 /// The largest plane the upscaled pass builds (pixels). 2× a 1280×960 working frame is 4.9 MP;
 /// beyond that the pass would take seconds on a Pi, far outside any sensible frame budget.
 const MAX_UPSCALED_PIXELS: usize = 5_000_000;
 
-/// Per-frame working state: the base plane and what passes share.
-pub(crate) struct Work<'f> {
+/// The frame as every region sees it: the ROI, downscaled once, smoothed when noisy.
+pub(crate) struct Base<'f> {
     frame: GrayFrame<'f>,
     roi: Rect,
-    base: Plane,
+    pub plane: Plane,
     /// Threshold floor for this frame's noise (see [`Threshold::min_delta`]).
-    min_delta: u32,
-    /// The frame was smoothed for noise: weak census candidates are mostly residual speckle.
+    pub min_delta: u32,
+    /// The plane was smoothed for noise: weak census candidates are mostly residual speckle.
     noisy: bool,
+}
+
+/// Per-region working state: the region's plane and what passes share.
+pub(crate) struct Work<'f> {
+    frame: GrayFrame<'f>,
+    /// The frame pixels `base` covers.
+    roi: Rect,
+    base: Plane,
+    min_delta: u32,
+    /// The local-mean window radius of the whole frame's plane: a region is thresholded as
+    /// it would be in the frame (a window sized by the region would shrink with it).
+    radius: usize,
+    noisy: bool,
+    /// The screen's finder candidates in this region (region pixels): measured on every line
+    /// through the finder and cross-checked, they locate a blurred code's finders where the
+    /// census' stricter run test on the local-mean binary image misses them.
+    screened: Vec<Candidate>,
+    /// `base` is the negative of the frame (a light-on-dark code); the upscaled pass negates
+    /// the frame pixels it reads too.
+    invert: bool,
     /// Local-mean binarization of `base` and its finder census, built by the first pass that
-    /// needs them and shared by the adaptive, inverted and upscaled passes.
+    /// needs them and shared by the adaptive and upscaled passes.
     shared: Option<Shared>,
     /// Frame boxes of the codes decoded so far.
     found: Vec<Rect>,
@@ -46,11 +67,15 @@ impl Shared {
 }
 
 /// The shared binarization of `base`, computed on first use.
-fn shared<'s>(base: &Plane, min_delta: u32, slot: &'s mut Option<Shared>) -> &'s Shared {
+fn shared<'s>(
+    base: &Plane,
+    (radius, min_delta): (usize, u32),
+    slot: &'s mut Option<Shared>,
+) -> &'s Shared {
     slot.get_or_insert_with(|| {
         let integral = Integral::new(base);
         let t = Threshold {
-            radius: window_radius(base.w, base.h),
+            radius,
             min_delta,
             invert: false,
         };
@@ -69,7 +94,7 @@ fn shared<'s>(base: &Plane, min_delta: u32, slot: &'s mut Option<Shared>) -> &'s
 /// A camera in good light sits at 1–3.
 const NOISY: u8 = 6;
 
-impl<'f> Work<'f> {
+impl<'f> Base<'f> {
     pub(crate) fn new(frame: GrayFrame<'f>, cfg: &DecodeConfig) -> Option<Self> {
         let full = Rect {
             x: 0,
@@ -86,26 +111,88 @@ impl<'f> Work<'f> {
             return None;
         }
         let (w, h) = fit(roi.width, roi.height, cfg.max_side);
-        let mut base = Plane::from_frame(&frame, roi, w, h);
-        let mut noise = noise_level(&base);
+        let mut plane = Plane::from_frame(&frame, roi, w, h);
+        let mut noise = noise_level(&plane);
         let noisy = noise >= NOISY;
         if noisy {
-            base = box3(&base);
-            noise = noise_level(&base);
+            plane = box3(&plane);
+            noise = noise_level(&plane);
         }
-        Some(Work {
+        Some(Base {
             frame,
             roi,
-            base,
+            plane,
             min_delta: min_delta(noise),
             noisy,
+        })
+    }
+
+    /// The regions worth decoding (see [`crate::screen`]); none on most frames.
+    pub(crate) fn regions(&self) -> Vec<Region> {
+        let p = &self.plane;
+        let cands = screen::candidates(p, window_radius(p.w, p.h), self.min_delta);
+        screen::regions(cands, p.w, p.h)
+    }
+
+    /// The working state of one screened region (see [`crate::screen`]).
+    pub(crate) fn region(&self, r: &Region) -> Option<Work<'f>> {
+        let (w, h) = (r.x1 - r.x0, r.y1 - r.y0);
+        if w < 21 || h < 21 {
+            return None;
+        }
+        let mut px = Vec::with_capacity(w * h);
+        for row in self.plane.px.chunks_exact(self.plane.w).skip(r.y0).take(h) {
+            px.extend_from_slice(&row[r.x0..r.x1]);
+        }
+        let mut base = Plane { w, h, px };
+        if r.inverted {
+            negate(&mut base);
+        }
+        let (sx, sy) = (
+            self.roi.width as f32 / self.plane.w as f32,
+            self.roi.height as f32 / self.plane.h as f32,
+        );
+        let roi = Rect {
+            x: self.roi.x + (r.x0 as f32 * sx) as u32,
+            y: self.roi.y + (r.y0 as f32 * sy) as u32,
+            width: ((w as f32 * sx) as u32).max(1),
+            height: ((h as f32 * sy) as u32).max(1),
+        }
+        .clamp_to(self.frame.width(), self.frame.height())?;
+        // The screen's finders, in region pixels and the region's polarity.
+        let screened = r
+            .finders
+            .iter()
+            .map(|c| Candidate {
+                x: c.x - r.x0 as f32,
+                y: c.y - r.y0 as f32,
+                inverted: false,
+                ..*c
+            })
+            .collect();
+        Some(Work {
+            frame: self.frame,
+            roi,
+            base,
+            screened,
+            min_delta: self.min_delta,
+            radius: window_radius(self.plane.w, self.plane.h),
+            noisy: self.noisy,
+            invert: r.inverted,
             shared: None,
             found: Vec::new(),
         })
     }
+}
 
+/// Replaces every pixel by its negative.
+fn negate(p: &mut Plane) {
+    p.px.iter_mut().for_each(|v| *v = 255 - *v);
+}
+
+impl<'f> Work<'f> {
     fn shared(&mut self) -> &Shared {
-        shared(&self.base, self.min_delta, &mut self.shared)
+        shared(&self.base, (self.radius, self.min_delta), &mut self.shared)
     }
 
     /// Whether the base plane was smoothed for sensor noise.
@@ -193,27 +280,18 @@ impl<'f> Work<'f> {
                 scan_gray(&self.base)
             }
             Pass::Adaptive => {
-                let sh = shared(&self.base, self.min_delta, &mut self.shared);
-                let r = window_radius(w, h);
+                let sh = shared(&self.base, (self.radius, self.min_delta), &mut self.shared);
+                let r = self.radius;
                 let dark =
                     |x, y, rs| is_dark_module(&self.base, &sh.integral, (r, rs), false, (x, y));
-                scan_census_then_rqrr(w, h, &sh.binary, &sh.census, false, dark)
-            }
-            Pass::Inverted => {
-                if self.gate(true) < MIN_FINDERS {
-                    return None;
-                }
-                let sh = shared(&self.base, self.min_delta, &mut self.shared);
-                let t = Threshold {
-                    radius: window_radius(w, h),
-                    min_delta: self.min_delta,
-                    invert: true,
-                };
-                let bin = adaptive_threshold(&self.base, &sh.integral, t);
-                let dark = |x, y, rs| {
-                    is_dark_module(&self.base, &sh.integral, (t.radius, rs), true, (x, y))
-                };
-                scan_census_then_rqrr(w, h, &bin, &sh.census, true, dark)
+                // The screen's finders first, then census candidates not already among them.
+                let mut pool = self.screened.clone();
+                pool.extend(sh.census.iter().filter(|c| {
+                    !self.screened.iter().any(|s| {
+                        (s.x - c.x).abs().max((s.y - c.y).abs()) <= 2.0 * s.module.max(c.module)
+                    })
+                }));
+                scan_census_then_rqrr(w, h, &sh.binary, &pool, false, dark)
             }
             Pass::Stretched => scan_gray(&contrast_stretch(&self.base)?),
             Pass::Upscaled => {
@@ -225,20 +303,46 @@ impl<'f> Work<'f> {
                     invert: false,
                 };
                 let bin = adaptive_threshold(&big, &ii, t);
-                let cands = census(&bin, big.w, big.h, true);
+                // The screen's finders, mapped into the enlarged plane, then the census'.
+                let (sx, sy) = (
+                    self.roi.width as f32 / w as f32,
+                    self.roi.height as f32 / h as f32,
+                );
+                let (kx, ky) = (
+                    big.w as f32 / rect.width as f32,
+                    big.h as f32 / rect.height as f32,
+                );
+                let mut cands: Vec<Candidate> = self
+                    .screened
+                    .iter()
+                    .map(|c| Candidate {
+                        x: (self.roi.x as f32 + c.x * sx - rect.x as f32) * kx,
+                        y: (self.roi.y as f32 + c.y * sy - rect.y as f32) * ky,
+                        module: c.module * sx * kx,
+                        ..*c
+                    })
+                    .filter(|c| (0.0..big.w as f32).contains(&c.x))
+                    .filter(|c| (0.0..big.h as f32).contains(&c.y))
+                    .collect();
+                let screened = cands.len();
+                for c in census(&bin, big.w, big.h, true) {
+                    let near = |s: &Candidate| {
+                        (s.x - c.x).abs().max((s.y - c.y).abs()) <= 2.0 * s.module.max(c.module)
+                    };
+                    if !cands[..screened].iter().any(near) {
+                        cands.push(c);
+                    }
+                }
                 let dark = |x, y, rs| is_dark_module(&big, &ii, (t.radius, rs), false, (x, y));
                 let found = scan_census_then_rqrr(big.w, big.h, &bin, &cands, false, dark);
-                return Some(to_frame_coords(
-                    found,
-                    rect,
-                    big.w,
-                    big.h,
-                    &self.frame,
-                    pass,
-                ));
+                let mut codes = to_frame_coords(found, rect, big.w, big.h, &self.frame, pass);
+                codes.iter_mut().for_each(|c| c.inverted = self.invert);
+                return Some(codes);
             }
         };
-        Some(to_frame_coords(found, self.roi, w, h, &self.frame, pass))
+        let mut codes = to_frame_coords(found, self.roi, w, h, &self.frame, pass);
+        codes.iter_mut().for_each(|c| c.inverted = self.invert);
+        Some(codes)
     }
 
     /// The region the upscaled pass reads (frame coordinates) and its enlarged plane.
@@ -248,13 +352,16 @@ impl<'f> Work<'f> {
     /// too small for the census at base resolution).
     fn upscaled(&mut self) -> Option<(Rect, Plane)> {
         let (rect, nw, nh) = self.plan_upscale()?;
-        let plane = if rect.width as usize >= nw && rect.height as usize >= nh {
+        let mut plane = if rect.width as usize >= nw && rect.height as usize >= nh {
             Plane::from_frame(&self.frame, rect, nw, nh)
         } else {
             let crop =
                 Plane::from_frame(&self.frame, rect, rect.width as usize, rect.height as usize);
             crop.resize_bilinear(nw, nh)
         };
+        if self.invert {
+            negate(&mut plane);
+        }
         Some((rect, plane))
     }
 
@@ -448,6 +555,7 @@ fn to_frame_coords(
             corners,
             bbox,
             pass,
+            inverted: false,
         });
     }
     out

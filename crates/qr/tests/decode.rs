@@ -65,12 +65,13 @@ fn decodes_a_clean_jwt_code() {
 }
 
 #[test]
-fn decodes_an_inverted_code_in_the_inverted_pass() {
+fn decodes_an_inverted_code_from_the_negative_of_its_region() {
     let img = frame_with("https://app.example/s/Ab12Cd", 6, 230, 25, 15);
     let report = decoder().decode_report(&img);
     assert_eq!(report.codes.len(), 1, "{report:?}");
     assert_eq!(report.codes[0].text, "https://app.example/s/Ab12Cd");
-    assert_eq!(report.codes[0].pass, Pass::Inverted);
+    assert!(report.codes[0].inverted);
+    assert_eq!(report.codes[0].pass, Pass::Adaptive);
 }
 
 #[test]
@@ -149,10 +150,27 @@ fn degenerate_frames_decode_to_nothing() {
     assert!(GrayFrame::new(&[0; 10], 4, 4).is_err());
 }
 
+/// A code whose finders survive and whose data area is noise: the screen finds a region, and
+/// no pass decodes, so only the budget stops the cascade.
+fn unreadable_code() -> GrayImage {
+    let mut img = frame_with(JWT, 5, 20, 235, 160);
+    let noise = noise_frame(200, 200, 3);
+    for y in 130..330 {
+        for x in 140..340 {
+            let v = if noise.get_pixel(x - 140, y - 130).0[0] < 128 {
+                20
+            } else {
+                235
+            };
+            img.put_pixel(x, y, image::Luma([v]));
+        }
+    }
+    img
+}
+
 #[test]
 fn a_zero_budget_runs_the_first_pass_only() {
-    // Noise frame: no pass decodes, so only the budget can stop the cascade.
-    let img = noise_frame(320, 240, 1);
+    let img = unreadable_code();
     let dec = QrDecoder::new(DecodeConfig {
         budget: Duration::ZERO,
         ..DecodeConfig::default()
@@ -167,6 +185,21 @@ fn a_zero_budget_runs_the_first_pass_only() {
         passes.len() >= 3,
         "an ample budget runs the applicable passes: {passes:?}"
     );
+}
+
+/// Issue 14: a frame with no finder pattern must not pay for the cascade (a store camera's
+/// frames are mostly code-free).
+#[test]
+fn a_code_free_frame_runs_no_pass() {
+    let dec = decoder();
+    for img in [
+        noise_frame(1280, 720, 1),
+        GrayImage::from_fn(1280, 720, |x, y| image::Luma([(x / 5 + y / 3) as u8])),
+    ] {
+        let report = dec.decode_report(&img);
+        assert!(report.passes_run.is_empty(), "{:?}", report.passes_run);
+        assert!(report.codes.is_empty());
+    }
 }
 
 #[test]
