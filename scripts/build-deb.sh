@@ -6,9 +6,9 @@
 #   scripts/build-deb.sh armhf   # 32-bit Raspberry Pi OS on ARMv7 (Pi 2/3/4), i.MX6/7
 #   scripts/build-deb.sh amd64   # x86_64 store PCs
 #
-# The binary is built with cargo-zigbuild against glibc $PHYGATE_GLIBC (default 2.31: Debian 11
-# and Raspberry Pi OS Bullseye, the oldest still in the field; Bookworm has 2.36, Trixie 2.41),
-# so one package installs on all of them. The bundled SQLite and ring's C and assembly are
+# The binary is built with cargo-zigbuild against glibc 2.31 (Debian 11 and Raspberry Pi OS
+# Bullseye, the oldest still in the field; Bookworm has 2.36, Trixie 2.41), so one package
+# installs on all of them. The bundled SQLite and ring's C and assembly are
 # compiled by `zig cc` for the same target. Then crates/gen renders the man pages and shell
 # completions (on this machine, from the same command-line definition), and cargo-deb packages
 # everything ([package.metadata.deb] in Cargo.toml). Missing tools are installed first: the
@@ -19,7 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-glibc="${PHYGATE_GLIBC:-2.31}"
+# The oldest glibc the binary may need: the package's `libc6 (>= 2.31)` in Cargo.toml says the
+# same, so change both together.
+glibc=2.31
 # Pinned: the versions this script was last checked with.
 zigbuild_version=0.24.1
 deb_version=3.8.0
@@ -48,9 +50,9 @@ if ! command -v zig >/dev/null 2>&1 && ! python3 -m ziglang version >/dev/null 2
   export PYTHONPATH="$zigdir${PYTHONPATH:+:$PYTHONPATH}"
 fi
 echo "zig $(command -v zig >/dev/null 2>&1 && zig version || python3 -m ziglang version)" >&2
-cargo zigbuild --version >/dev/null 2>&1 ||
+cargo-zigbuild --version >/dev/null 2>&1 ||
   cargo install --locked "cargo-zigbuild@$zigbuild_version"
-cargo deb --version >/dev/null 2>&1 || cargo install --locked "cargo-deb@$deb_version"
+cargo-deb --version >/dev/null 2>&1 || cargo install --locked "cargo-deb@$deb_version"
 
 step "binary: $target, glibc $glibc"
 # The `.2.31` suffix pins the glibc zig links against; the output still goes to
@@ -60,6 +62,14 @@ cargo zigbuild --locked --release --target "$target.$glibc"
 step "man pages and completions"
 rm -rf target/gen
 cargo run --locked --quiet -p phygate-gen -- target/gen >/dev/null
+
+bin="target/$target/release/phygate"
+needed=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -1)
+if [ "$(printf '%s\n' "${needed#GLIBC_}" "$glibc" | sort -V | tail -1)" != "$glibc" ]; then
+  echo "$0: $bin needs $needed, above the package's libc6 (>= $glibc)" >&2
+  exit 1
+fi
+echo "$bin: $(stat -c %s "$bin") bytes, needs $needed" >&2
 
 step "package"
 # --no-build: package what was just built. cargo-deb maps the target to the Debian
