@@ -88,9 +88,12 @@ for arch in "${archs[@]}"; do
   else
     fail "token mint: '$token'"
   fi
-  verdict=$(run token verify "$token" --jwks "$work/jwks.json" --tenant acme --store paris-01 | head -1) || verdict=""
+  # The verdict is the first line (not `| head -1`: phygate would meet a closed pipe).
+  out=$(run token verify "$token" --jwks "$work/jwks.json" --tenant acme --store paris-01) || out=""
+  verdict=${out%%$'\n'*}
   if [ "$verdict" = valid ]; then ok "token verify: $verdict"; else fail "token verify: '$verdict', expected valid"; fi
-  verdict=$(run token verify "$token" --jwks "$work/jwks.json" --tenant acme --store lyon-02 | head -1) || verdict=""
+  out=$(run token verify "$token" --jwks "$work/jwks.json" --tenant acme --store lyon-02) || out=""
+  verdict=${out%%$'\n'*}
   if [ "$verdict" = wrong_store ]; then ok "token verify, other store: $verdict"; else fail "token verify, other store: '$verdict', expected wrong_store"; fi
 
   # The SQLite outbox and MQTT: the demo, against the host's mosquitto (a separate process).
