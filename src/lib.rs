@@ -25,6 +25,8 @@
 //! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
 //! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
+//! - [`cli`]: the command line's definition (also rendered as the package's man pages and shell
+//!   completions by `crates/gen`) and the token tools.
 
 pub mod cli;
 pub mod clock;

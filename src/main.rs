@@ -1,103 +1,10 @@
 //! The `phygate` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use phygate::cli::{Cli, Command, SimKind};
 use phygate::config::Config;
-
-#[derive(Parser)]
-#[command(
-    name = "phygate",
-    version,
-    about = "Store edge gateway: reads scanners and other store devices, buffers every event in SQLite, syncs to HQ over MQTT",
-    long_about = None,
-    after_help = "Start with `phygate demo` to see the whole flow, `phygate check-config FILE` before installing a config.\nLogs go to stderr; set RUST_LOG=debug for more."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway with a config file (what the systemd unit runs).
-    Run {
-        /// The TOML config, e.g. /etc/phygate/phygate.toml.
-        #[arg(short, long, env = "PHYGATE_CONFIG")]
-        config: PathBuf,
-    },
-    /// Show the running gateway's status: its verdict (ok, degraded or down, with reasons),
-    /// devices, HQ link, outbox, clock (exit 0 ok, 1 degraded or down, 2 unreachable).
-    Status {
-        /// The gateway's status listener (`[status] listen`).
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:8080",
-            env = "PHYGATE_STATUS_URL"
-        )]
-        url: String,
-        /// Print the raw JSON (`/status.json`) instead.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate a config file: prints what `run` would start, or every error with its line and field.
-    CheckConfig {
-        /// The TOML config to check.
-        file: PathBuf,
-    },
-    /// One-command demo: a simulated scanner, a local SQLite outbox, a local broker, and HQ's view.
-    Demo {
-        /// Stop after this many seconds (default: run until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<u64>,
-        /// Codes the simulated scanner sends per second.
-        #[arg(long, default_value_t = 2.0)]
-        rate: f64,
-    },
-    /// App tokens and card hashes: keygen, mint (with a QR PNG), verify, card-hash.
-    #[command(subcommand)]
-    Token(phygate::cli::token::TokenCommand),
-    /// Play a device on a pseudo-terminal, for bench work and tests. Prints the port to configure.
-    Simulate {
-        #[arg(value_enum)]
-        kind: SimKind,
-        /// Stable path to create as a symlink to the simulated port.
-        #[arg(long)]
-        link: PathBuf,
-        /// Line terminator the simulated scanner sends.
-        #[arg(long, default_value = "cr")]
-        terminator: String,
-        /// Send AIM symbology identifiers (]Q1).
-        #[arg(long)]
-        aim: bool,
-        /// Codes per second when generating codes (with no --stdin).
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
-        /// Send each line read from standard input instead of generated codes (skin: each
-        /// line is the JSON, framed with its CRC).
-        #[arg(long)]
-        stdin: bool,
-        /// (skin) Mix a bad line of each kind in turn (bad CRC, out of range, oversize,
-        /// garbage, truncated) into the generated readings.
-        #[arg(long)]
-        faults: bool,
-        /// (gate) Modbus unit address of the simulated gate I/O module.
-        #[arg(long, default_value_t = 1)]
-        unit: u8,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum SimKind {
-    Scanner,
-    /// A skin analyzer speaking SKN1.
-    Skin,
-    /// A turnstile's Modbus RTU I/O module, driven by commands on stdin (`in 3`, `alarm on`, `help`).
-    Gate,
-    /// A PN532 NFC reader, driven by stdin: `tap 04A1B2C3`, `remove`, `random`, `fault drop-ack`…
-    Nfc,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
