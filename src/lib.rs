@@ -15,7 +15,9 @@
 //!   their own persistent MQTT session, acknowledged to the broker only once applied and committed;
 //!   HQ's config is kept next to the outbox and applied like a SIGHUP reload.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
-//! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
+//! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
+//!   book (packet id → rows, resend from the oldest after CONNACK) is pure state in
+//!   `uplink/book.rs`; `uplink/mod.rs` is the MQTT shell around it.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
 //!   (gate unlocks by station) handed to whoever acts on devices.
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
