@@ -26,9 +26,9 @@ use rumqttc::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::{Config, MqttConfig, UplinkConfig};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
-use crate::sources::Backoff;
 
 /// A connection that lasted this long was a working one: the next reconnect starts the backoff
 /// from its minimum again.

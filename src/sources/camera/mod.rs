@@ -18,8 +18,11 @@ use image::GrayImage;
 use phygate_qr::{DecodeConfig, QrDecoder};
 use tracing::{debug, info, warn};
 
-use super::scanner::{ErrorThrottle, RepeatFilter, ScannedCode};
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::repeat::RepeatFilter;
+use super::scanner::ScannedCode;
+use super::throttle::ErrorThrottle;
+use super::{DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use crate::backoff::Backoff;
 use crate::config::CameraConfig;
 
 pub const KIND: &str = "camera";

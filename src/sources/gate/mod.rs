@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use self::control::{UnlockRequest, Wake};
 use self::modbus::{GateRegisters, ModbusError, Request, Response, ResponseReader};
-use super::{Backoff, ReadingSink, SourceError, StopFlag};
+use super::{ReadingSink, SourceError, StopFlag};
+use crate::backoff::Backoff;
 use crate::config::{GateConfig, Parity, StopBits};
 use crate::outbox::OutboxHandle;
 

@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use self::host::{ExchangeError, Host};
 use self::pn532::TapTracker;
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::{DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use crate::backoff::Backoff;
 use crate::config::NfcConfig;
 
 const REOPEN_MIN: Duration = Duration::from_millis(200);

@@ -5,8 +5,7 @@
 mod framing;
 
 pub use framing::{
-    decode_line, symbology, ErrorThrottle, Framing, Line, LineSplitter, Rejection, RepeatFilter,
-    ScannedCode, Terminator,
+    decode_line, symbology, Framing, Line, LineSplitter, Rejection, ScannedCode, Terminator,
 };
 
 use std::io::{self, Read};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::repeat::RepeatFilter;
+use super::throttle::ErrorThrottle;
 use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };

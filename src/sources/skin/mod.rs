@@ -16,10 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, warn};
 
 use self::skn1::{LineReader, SeqDeduper, SkinReading};
-use super::scanner::ErrorThrottle;
+use super::throttle::ErrorThrottle;
 use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
+use crate::clock::unix_ms;
 use crate::config::SkinConfig;
 use crate::outbox::{OutboxHandle, StateWrite};
 
@@ -44,11 +45,6 @@ pub fn seen_state(device: &str, reading: &SkinReading, at: SystemTime) -> Option
     let seq = reading.seq?;
     let key = format!("{}{}/{seq}", seen_prefix(device), reading.model);
     Some((key, Some(unix_ms(at).to_string().into_bytes())))
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct SkinSource {
