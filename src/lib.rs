@@ -7,7 +7,8 @@
 //! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
 //! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
 //!   Cameras decode QR frames on their own thread with the `phygate_qr` crate. Shared by the
-//!   kinds: the repeat window (`repeat.rs`) and the error-report throttle (`throttle.rs`).
+//!   kinds: one port-supervision loop (`supervise.rs`: open, serve, report down, back off,
+//!   reopen), the repeat window (`repeat.rs`) and the error-report throttle (`throttle.rs`).
 //! - [`ingest`]: the local HTTP listener network devices push to (people counters, tablet skin
 //!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.

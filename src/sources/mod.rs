@@ -1,6 +1,9 @@
 //! Device sources: one module per device kind. Each owns its port, speaks the device's real
 //! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
 //! SQLite or MQTT.
+//!
+//! Shared by the kinds: the one open → serve → down → back off → reopen loop ([`supervise`]),
+//! the repeat window ([`repeat`]) and rate-limited error reports ([`throttle`]).
 
 pub mod camera;
 pub mod gate;
@@ -8,7 +11,10 @@ pub mod nfc;
 pub mod repeat;
 pub mod scanner;
 pub mod skin;
+pub mod supervise;
 pub mod throttle;
+
+pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -181,66 +187,4 @@ impl StopFlag {
         }
         true
     }
-}
-
-use crate::backoff::Backoff;
-
-/// How a port session ended.
-pub enum Ended {
-    Stopped,
-    Lost(std::io::Error),
-}
-
-/// How long a blocking read waits before a source checks its stop flag and timers.
-pub const READ_TICK: Duration = Duration::from_millis(100);
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
-
-/// The open → read → reopen loop of a line-oriented serial source: `up` when the port opens,
-/// `down` once per outage (an unplug, or a port that will not open), and reopening with capped,
-/// jittered backoff until stopped. `session` reads the open port until it is lost.
-pub fn serve_serial_port(
-    sink: &ReadingSink,
-    stop: &StopFlag,
-    path: &std::path::Path,
-    baud: u32,
-    mut session: impl FnMut(Box<dyn serialport::SerialPort>) -> Result<Ended, SourceError>,
-) -> Result<(), SourceError> {
-    let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-    let mut reported_down = false;
-    while !stop.is_stopped() {
-        match serialport::new(path.to_string_lossy(), baud)
-            .timeout(READ_TICK)
-            .open()
-        {
-            Ok(port) => {
-                tracing::info!(device = sink.device(), port = %path.display(), "{} up", sink.kind);
-                sink.status(DeviceState::Up, "opened", None)?;
-                backoff.reset();
-                match session(port)? {
-                    Ended::Stopped => break,
-                    Ended::Lost(e) => {
-                        tracing::warn!(device = sink.device(), error = %e, "{} port lost", sink.kind);
-                        sink.status(DeviceState::Down, format!("port lost: {e}"), None)?;
-                        reported_down = true;
-                    }
-                }
-            }
-            Err(e) => {
-                let reason = format!("cannot open {}: {e}", path.display());
-                // One report per outage, not one per retry.
-                if !reported_down {
-                    tracing::warn!(device = sink.device(), "{reason}");
-                    sink.status(DeviceState::Down, &reason, None)?;
-                    reported_down = true;
-                } else {
-                    tracing::debug!(device = sink.device(), "{reason}");
-                }
-            }
-        }
-        if stop.sleep(backoff.next_delay()) {
-            break;
-        }
-    }
-    Ok(())
 }
