@@ -2,8 +2,9 @@
 //! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
 //! SQLite or MQTT.
 //!
-//! Shared by the kinds: the one open → serve → down → back off → reopen loop ([`supervise`]),
-//! the repeat window ([`repeat`]) and rate-limited error reports ([`throttle`]).
+//! Shared by the kinds: the one open → serve → down → back off → reopen loop
+//! ([`supervise`](mod@supervise)), the repeat window ([`repeat`]) and rate-limited error
+//! reports ([`throttle`]).
 
 pub mod camera;
 pub mod gate;
