@@ -161,6 +161,14 @@ impl ReadingSink {
             count,
         }))
     }
+
+    /// Emits a throttled error report, when one is due ([`throttle::ErrorThrottle`]).
+    pub fn error_report(&self, due: Option<(&'static str, u64)>) -> Result<(), SourceError> {
+        match due {
+            Some((reason, count)) => self.status(DeviceState::Error, reason, Some(count)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One stop signal shared by every source thread (blocking code polls it between reads).

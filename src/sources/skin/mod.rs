@@ -132,11 +132,12 @@ impl SkinSource {
                         self.reject(&mut s.throttle, PARTIAL, now)?;
                     }
                     // The port is gone: report what the throttle still holds now.
-                    self.flush_errors(&mut s.throttle, now + ERROR_REPORT_INTERVAL)?;
+                    self.sink
+                        .error_report(s.throttle.due(now + ERROR_REPORT_INTERVAL))?;
                     return Ok(Ended::Lost(e));
                 }
             }
-            self.flush_errors(&mut s.throttle, now)?;
+            self.sink.error_report(s.throttle.due(now))?;
         }
     }
 
@@ -193,17 +194,7 @@ impl SkinSource {
         now: Instant,
     ) -> Result<(), SourceError> {
         crate::metrics::SKIN_REJECTED.inc();
-        match throttle.record(reason, now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
-    }
-
-    fn flush_errors(&self, throttle: &mut ErrorThrottle, now: Instant) -> Result<(), SourceError> {
-        match throttle.due(now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
+        self.sink.error_report(throttle.record(reason, now))
     }
 
     /// The persisted sightings still within the window; older ones are deleted.
