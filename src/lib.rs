@@ -25,7 +25,7 @@
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
 //!   watchdog; SIGHUP config reloads; the logger.
 //! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`, the status
-//!   page's clock card; the one caller of `adjtimex`), and `unix_ms`.
+//!   page's clock card; the only file that asks the kernel), and `unix_ms`.
 //! - [`backoff`]: capped, jittered exponential backoff (port reopens, MQTT reconnects).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
