@@ -4,8 +4,9 @@
 //! learns from each event's `clocksync` whether its `time` came from a synchronised clock.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the answer comes from (`[clock] sync` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -48,6 +49,13 @@ pub fn synced() -> bool {
     }
 }
 
+/// Milliseconds since the Unix epoch; 0 for a clock set before 1970. The unit of the
+/// de-duplication keys, receipts and visits kept in the outbox's state table.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn kernel_synced() -> Option<bool> {
     kernel_reading().map(|(synced, _)| synced)
 }
@@ -55,7 +63,7 @@ fn kernel_synced() -> Option<bool> {
 /// The kernel's view: synchronised, and its estimated error in microseconds (`adjtimex` with
 /// no modes only reads; no privilege needed). `None` when the kernel cannot be asked.
 #[cfg(target_os = "linux")]
-pub fn kernel_reading() -> Option<(bool, i64)> {
+fn kernel_reading() -> Option<(bool, i64)> {
     // SAFETY: a zeroed `timex` with `modes == 0` is a valid read-only request; the kernel
     // fills the struct and returns the clock state.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
@@ -64,14 +72,66 @@ pub fn kernel_reading() -> Option<(bool, i64)> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn kernel_reading() -> Option<(bool, i64)> {
+fn kernel_reading() -> Option<(bool, i64)> {
     None
 }
 
 /// `adjtimex`'s answer read as "synchronised": not `TIME_ERROR`, and `STA_UNSYNC` clear.
 #[cfg(target_os = "linux")]
-pub fn kernel_state_is_synced(state: i32, status: i32) -> bool {
+fn kernel_state_is_synced(state: i32, status: i32) -> bool {
     state != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0
+}
+
+/// The clock as the status page, `/status.json` and the verdict show it. The same answer as each
+/// event's `clocksync`: the kernel's (adjtimex(2) without changes, allowed to any user: whichever
+/// NTP client disciplines the clock clears `STA_UNSYNC` when it is), unless `[clock] sync` says
+/// otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Clock {
+    /// `None` when the kernel could not be asked.
+    pub synchronized: Option<bool>,
+    /// The kernel's estimated error, in microseconds (meaningful when synchronized).
+    pub estimated_error_us: Option<i64>,
+}
+
+impl Clock {
+    /// As the events see it: `[clock] sync` decides whether the kernel is asked, so the page
+    /// never calls a clock unsynchronized that the events call synchronized.
+    pub fn read() -> Clock {
+        match mode() {
+            ClockSync::AssumeSynced => Clock {
+                synchronized: Some(true),
+                estimated_error_us: None,
+            },
+            ClockSync::AssumeUnsynced => Clock {
+                synchronized: Some(false),
+                estimated_error_us: None,
+            },
+            ClockSync::Kernel => match kernel_reading() {
+                Some((synced, esterror)) => Clock {
+                    synchronized: Some(synced),
+                    estimated_error_us: synced.then_some(esterror),
+                },
+                None => Clock {
+                    synchronized: None,
+                    estimated_error_us: None,
+                },
+            },
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        match (self.synchronized, self.estimated_error_us) {
+            (Some(true), Some(us)) if us >= 1000 => {
+                format!("synchronized (within about {} ms)", us / 1000)
+            }
+            (Some(true), _) => "synchronized".into(),
+            (Some(false), _) => {
+                "NOT synchronized: event times and token checks may be off (check NTP)".into()
+            }
+            (None, _) => "unknown (cannot ask the kernel)".into(),
+        }
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

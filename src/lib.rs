@@ -6,7 +6,9 @@
 //!
 //! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
 //! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
-//!   Cameras decode QR frames on their own thread with the `phygate_qr` crate.
+//!   Cameras decode QR frames on their own thread with the `phygate_qr` crate. Shared by the
+//!   kinds: one port-supervision loop (`supervise.rs`: open, serve, report down, back off,
+//!   reopen), the repeat window (`repeat.rs`) and the error-report throttle (`throttle.rs`).
 //! - [`ingest`]: the local HTTP listener network devices push to (people counters, tablet skin
 //!   analyzers); answers `202` only once the post's events are durable.
 //! - [`link`]: readings → journey [`event::Event`]s; identity is attached here.
@@ -15,12 +17,16 @@
 //!   their own persistent MQTT session, acknowledged to the broker only once applied and committed;
 //!   HQ's config is kept next to the outbox and applied like a SIGHUP reload.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
-//! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK.
+//! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
+//!   book (packet id → rows, resend from the oldest after CONNACK) is pure state in
+//!   `uplink/book.rs`; `uplink/mod.rs` is the MQTT shell around it.
 //! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
 //!   (gate unlocks by station) handed to whoever acts on devices.
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
 //!   watchdog; SIGHUP config reloads; the logger.
-//! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`).
+//! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`, the status
+//!   page's clock card; the only file that asks the kernel), and `unix_ms`.
+//! - [`backoff`]: capped, jittered exponential backoff (port reopens, MQTT reconnects).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
@@ -28,6 +34,7 @@
 //! - [`cli`]: the command line's definition (also rendered as the package's man pages and shell
 //!   completions by `crates/gen`) and the token tools.
 
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -43,8 +43,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::{Delivery, Receipt, Update};
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::sources::Backoff;
 
 /// A connection that lasted this long was a working one: the backoff starts over.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);

@@ -42,11 +42,12 @@ use tracing::{debug, info, warn};
 
 use self::counts::CountsPost;
 use self::receipt::{Created, Receipt};
+use crate::clock::unix_ms;
 use crate::config::{Config, DeviceKind, Token};
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::outbox::{OutboxHandle, StateWrite};
-use crate::sources::skin::{skn1, unix_ms};
+use crate::sources::skin::skn1;
 use crate::sources::{Direction, Observation, Passage, Reading};
 
 /// How often receipts past their time are deleted.

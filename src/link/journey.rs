@@ -23,6 +23,7 @@ use super::replay::{apply_replay, ReplayGuard};
 use super::stage::StageRules;
 use super::token::{extract_token, verify, Purpose, Verdict, VerifyContext};
 use super::{classify_code, CodeKind};
+use crate::clock::unix_ms;
 use crate::config::{Config, StationRole};
 use crate::downlink::{MemberScope, Members};
 use crate::event::*;
@@ -587,11 +588,6 @@ fn scope_index(s: &str) -> Option<usize> {
         "all" => Some(MemberScope::Fleet as usize),
         _ => None,
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_s(t: SystemTime) -> i64 {

@@ -1,12 +1,21 @@
 //! Device sources: one module per device kind. Each owns its port, speaks the device's real
 //! protocol, reconnects after an unplug, and emits [`Reading`]s. A source knows nothing of users,
 //! SQLite or MQTT.
+//!
+//! Shared by the kinds: the one open → serve → down → back off → reopen loop
+//! ([`supervise`](mod@supervise)), the repeat window ([`repeat`]) and rate-limited error
+//! reports ([`throttle`]).
 
 pub mod camera;
 pub mod gate;
 pub mod nfc;
+pub mod repeat;
 pub mod scanner;
 pub mod skin;
+pub mod supervise;
+pub mod throttle;
+
+pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -152,6 +161,14 @@ impl ReadingSink {
             count,
         }))
     }
+
+    /// Emits a throttled error report, when one is due ([`throttle::ErrorThrottle`]).
+    pub fn error_report(&self, due: Option<(&'static str, u64)>) -> Result<(), SourceError> {
+        match due {
+            Some((reason, count)) => self.status(DeviceState::Error, reason, Some(count)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One stop signal shared by every source thread (blocking code polls it between reads).
@@ -178,115 +195,5 @@ impl StopFlag {
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
         true
-    }
-}
-
-/// How a port session ended.
-pub enum Ended {
-    Stopped,
-    Lost(std::io::Error),
-}
-
-/// How long a blocking read waits before a source checks its stop flag and timers.
-pub const READ_TICK: Duration = Duration::from_millis(100);
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
-
-/// The open → read → reopen loop of a line-oriented serial source: `up` when the port opens,
-/// `down` once per outage (an unplug, or a port that will not open), and reopening with capped,
-/// jittered backoff until stopped. `session` reads the open port until it is lost.
-pub fn serve_serial_port(
-    sink: &ReadingSink,
-    stop: &StopFlag,
-    path: &std::path::Path,
-    baud: u32,
-    mut session: impl FnMut(Box<dyn serialport::SerialPort>) -> Result<Ended, SourceError>,
-) -> Result<(), SourceError> {
-    let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-    let mut reported_down = false;
-    while !stop.is_stopped() {
-        match serialport::new(path.to_string_lossy(), baud)
-            .timeout(READ_TICK)
-            .open()
-        {
-            Ok(port) => {
-                tracing::info!(device = sink.device(), port = %path.display(), "{} up", sink.kind);
-                sink.status(DeviceState::Up, "opened", None)?;
-                backoff.reset();
-                match session(port)? {
-                    Ended::Stopped => break,
-                    Ended::Lost(e) => {
-                        tracing::warn!(device = sink.device(), error = %e, "{} port lost", sink.kind);
-                        sink.status(DeviceState::Down, format!("port lost: {e}"), None)?;
-                        reported_down = true;
-                    }
-                }
-            }
-            Err(e) => {
-                let reason = format!("cannot open {}: {e}", path.display());
-                // One report per outage, not one per retry.
-                if !reported_down {
-                    tracing::warn!(device = sink.device(), "{reason}");
-                    sink.status(DeviceState::Down, &reason, None)?;
-                    reported_down = true;
-                } else {
-                    tracing::debug!(device = sink.device(), "{reason}");
-                }
-            }
-        }
-        if stop.sleep(backoff.next_delay()) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Capped exponential backoff for reopening a port, with jitter so replugged devices do not
-/// retry in lockstep.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// The next delay: uniformly jittered in [next/2, next], then doubled up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = d / 2;
-        half + Duration::from_nanos(fastrand::u64(0..=(d - half).as_nanos() as u64))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(
-            delays[9] >= Duration::from_secs(1),
-            "reaches the cap band: {delays:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -16,7 +16,6 @@
 
 pub mod board;
 pub mod cli;
-pub mod clock;
 pub mod health;
 pub mod log;
 pub mod notify;

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::board::{Board, DeviceView};
-use super::clock::Clock;
 use super::health::{hq_last_error, Health, Pipeline};
 use super::verdict::{self, Inputs, Level, Verdict};
+use crate::clock::Clock;
 use crate::config::{Config, StatusConfig};
 use crate::words;
 

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::board::Shown;
-use super::clock::Clock;
 use super::report::{Device, Hq, Outbox};
+use crate::clock::Clock;
 use crate::words;
 
 /// Outbox bytes at or above this share of `[outbox] max_bytes` are degraded: the quota drops

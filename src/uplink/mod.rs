@@ -11,7 +11,10 @@
 //! HQ's messages to the store do not come in here: they need the opposite session (persistent,
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
-use std::collections::{HashMap, VecDeque};
+mod book;
+
+use book::{Book, Sent};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,9 +26,9 @@ use rumqttc::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::{Config, MqttConfig, UplinkConfig};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
-use crate::sources::Backoff;
 
 /// A connection that lasted this long was a working one: the next reconnect starts the backoff
 /// from its minimum again.
@@ -43,19 +46,6 @@ pub enum UplinkError {
     /// The outbox stopped under the uplink: the daemon is going down.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-}
-
-/// A publish queued in the client, waiting for its packet id or its PUBACK.
-#[derive(Debug, Clone, Copy)]
-enum Sent {
-    Batch {
-        first: u64,
-        last: u64,
-        count: usize,
-        /// When it was queued: publish → PUBACK is the latency metric.
-        queued: Instant,
-    },
-    Status,
 }
 
 /// The uplink's modes; each `async fn` runs one and returns the next.
@@ -79,11 +69,9 @@ pub struct Uplink {
     status_topic: String,
     gateway: String,
     backoff: Backoff,
-    /// Queued publishes not yet given a packet id, in queue order.
-    unassigned: VecDeque<Sent>,
-    inflight: HashMap<u16, Sent>,
-    /// Highest seq handed to a publish on this connection.
-    sent_through: u64,
+    /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
+    /// publish → PUBACK is the latency metric.
+    book: Book<Instant>,
     /// When the current connection's CONNACK came.
     connected_at: Option<std::time::Instant>,
 }
@@ -108,9 +96,7 @@ impl Uplink {
             status_topic,
             gateway: config.gateway.clone(),
             backoff: Backoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
-            unassigned: VecDeque::new(),
-            inflight: HashMap::new(),
-            sent_through: 0,
+            book: Book::new(),
             connected_at: None,
         })
     }
@@ -142,10 +128,8 @@ impl Uplink {
                         // a stable connection): a broker that accepts and then drops us (an ACL
                         // denial, an overloaded cluster node) keeps getting a growing delay.
                         self.connected_at = Some(std::time::Instant::now());
-                        self.unassigned.clear();
-                        self.inflight.clear();
                         // Resend every un-acked row: the outbox still has exactly those.
-                        self.sent_through = 0;
+                        self.book.connected();
                         self.publish_status("online");
                         return Mode::Live;
                     }
@@ -161,9 +145,13 @@ impl Uplink {
         let mut fetch: Option<FetchFuture> = None;
         let mut caught_up = false;
         loop {
-            if fetch.is_none() && !caught_up && self.batches_in_flight() < self.settings.inflight {
+            let wanted = match (&fetch, caught_up) {
+                (None, false) => self.book.next_fetch(self.settings.inflight),
+                _ => None,
+            };
+            if let Some(after) = wanted {
                 self.committed.borrow_and_update();
-                let (h, after) = (self.outbox.clone(), self.sent_through);
+                let h = self.outbox.clone();
                 let (n, b) = (
                     self.settings.batch_max_events,
                     self.settings.batch_max_bytes,
@@ -207,8 +195,7 @@ impl Uplink {
     async fn back_off(&mut self, error: ConnectionError) -> Mode {
         crate::metrics::MQTT_CONNECTED.set(0);
         crate::metrics::MQTT_RECONNECTS.inc();
-        self.unassigned.clear();
-        self.inflight.clear();
+        self.book.disconnected();
         if self
             .connected_at
             .take()
@@ -232,7 +219,7 @@ impl Uplink {
         }
         self.publish_status("offline");
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while !self.unassigned.is_empty() || !self.inflight.is_empty() {
+        while !self.book.is_empty() {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
                 Ok(Ok(ev)) => self.on_event(ev).await?,
                 Ok(Err(_)) | Err(_) => break,
@@ -247,17 +234,13 @@ impl Uplink {
 
     async fn on_event(&mut self, ev: MqttEvent) -> Result<(), UplinkError> {
         match ev {
-            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(sent) = self.unassigned.pop_front() {
-                    self.inflight.insert(pkid, sent);
-                }
-            }
-            MqttEvent::Incoming(Packet::PubAck(ack)) => match self.inflight.remove(&ack.pkid) {
+            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => self.book.assigned(pkid),
+            MqttEvent::Incoming(Packet::PubAck(ack)) => match self.book.acked(ack.pkid) {
                 Some(Sent::Batch {
                     first,
                     last,
                     count,
-                    queued,
+                    tag: queued,
                 }) => {
                     crate::metrics::PUBLISH_LATENCY.observe(queued.elapsed());
                     self.backoff.reset();
@@ -273,31 +256,17 @@ impl Uplink {
         Ok(())
     }
 
-    fn batches_in_flight(&self) -> usize {
-        self.unassigned
-            .iter()
-            .chain(self.inflight.values())
-            .filter(|s| matches!(s, Sent::Batch { .. }))
-            .count()
-    }
-
     fn publish_batch(&mut self, batch: Batch) {
-        let sent = Sent::Batch {
-            first: batch.first,
-            last: batch.last,
-            count: batch.count,
-            queued: Instant::now(),
-        };
+        let queued = Instant::now();
         // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
         // a full channel cannot happen; if it did, the batch is simply fetched again.
         match self
             .client
             .try_publish(&self.events_topic, QoS::AtLeastOnce, false, batch.payload)
         {
-            Ok(()) => {
-                self.unassigned.push_back(sent);
-                self.sent_through = batch.last;
-            }
+            Ok(()) => self
+                .book
+                .queued_batch(batch.first, batch.last, batch.count, queued),
             Err(e) => warn!(error = %e, "could not queue a batch; it stays in the outbox"),
         }
     }
@@ -308,7 +277,7 @@ impl Uplink {
             .client
             .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
         {
-            Ok(()) => self.unassigned.push_back(Sent::Status),
+            Ok(()) => self.book.queued_status(),
             Err(e) => warn!(error = %e, "could not queue the status message"),
         }
     }

@@ -18,15 +18,18 @@ use image::GrayImage;
 use phygate_qr::{DecodeConfig, QrDecoder};
 use tracing::{debug, info, warn};
 
-use super::scanner::{ErrorThrottle, RepeatFilter, ScannedCode};
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::repeat::RepeatFilter;
+use super::scanner::ScannedCode;
+use super::throttle::ErrorThrottle;
+use super::{
+    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, StopFlag,
+    Supervised,
+};
 use crate::config::CameraConfig;
 
 pub const KIND: &str = "camera";
 /// At most one error report per device per second, as for scanners (docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// Larger images are refused before decoding: 16k × 16k luma is 256 MiB, more than a gateway
 /// should spend on one frame, and no camera produces it.
 const MAX_IMAGE_SIDE: u32 = 16_384;
@@ -74,58 +77,14 @@ impl CameraSource {
                 return self.sink.status(DeviceState::Down, NO_V4L2, None);
             }
         };
-        self.serve(feed)
-    }
-
-    /// The poll → decode → wait loop, with `up`/`down` once per change and capped backoff
-    /// while the feed is gone.
-    fn serve(&self, mut feed: Box<dyn Feed>) -> Result<(), SourceError> {
-        let mut sightings = Sightings::new(&self.config);
-        let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-        let mut up: Option<bool> = None;
-        while !self.stop.is_stopped() {
-            let started = Instant::now();
-            match feed.poll() {
-                Ok(frames) => {
-                    if up != Some(true) {
-                        info!(device = self.sink.device(), url = %self.config.url, "camera up");
-                        self.sink.status(
-                            DeviceState::Up,
-                            format!("reading {}", self.config.url),
-                            None,
-                        )?;
-                        backoff.reset();
-                        sightings.restart(Instant::now());
-                        up = Some(true);
-                    }
-                    for frame in frames {
-                        if self.stop.is_stopped() {
-                            break;
-                        }
-                        let out = sightings.frame(frame, Instant::now());
-                        self.emit_all(out)?;
-                    }
-                    let out = sightings.tick(Instant::now());
-                    self.emit_all(out)?;
-                    let wait = self.config.interval.saturating_sub(started.elapsed());
-                    if self.stop.sleep(wait) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    if up != Some(false) {
-                        let reason = format!("cannot read {}: {e}", self.config.url);
-                        warn!(device = self.sink.device(), "{reason}");
-                        self.sink.status(DeviceState::Down, reason, None)?;
-                        up = Some(false);
-                    }
-                    if self.stop.sleep(backoff.next_delay()) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let mut camera = Camera {
+            sightings: Sightings::new(&self.config),
+            source: &self,
+            feed,
+            polled_at: Instant::now(),
+            down: false,
+        };
+        supervise(&mut camera, &self.stop)
     }
 
     fn emit_all(&self, out: Vec<Emit>) -> Result<(), SourceError> {
@@ -135,6 +94,77 @@ impl CameraSource {
                 Emit::Status(state, reason, count) => self.sink.status(state, reason, count)?,
             }
         }
+        Ok(())
+    }
+}
+
+/// A camera's part in the supervision loop. A feed has no port to hold open: a poll that
+/// succeeds after none did opens it, its frames are served first, and the next poll that fails
+/// loses it.
+struct Camera<'a> {
+    source: &'a CameraSource,
+    feed: Box<dyn Feed>,
+    sightings: Sightings,
+    /// When the last poll started: the interval runs from there.
+    polled_at: Instant,
+    /// `down` was reported and no poll has succeeded since.
+    down: bool,
+}
+
+impl Supervised for Camera<'_> {
+    /// The first poll's frames.
+    type Port = Vec<Frame>;
+
+    fn open(&mut self) -> io::Result<Self::Port> {
+        self.polled_at = Instant::now();
+        self.feed.poll()
+    }
+
+    fn opened(&mut self) -> Result<(), SourceError> {
+        let s = self.source;
+        info!(device = s.sink.device(), url = %s.config.url, "camera up");
+        let reason = format!("reading {}", s.config.url);
+        s.sink.status(DeviceState::Up, reason, None)?;
+        self.sightings.restart(Instant::now());
+        self.down = false;
+        Ok(())
+    }
+
+    /// The poll → decode → wait loop.
+    fn serve(&mut self, mut frames: Self::Port) -> Result<Ended, SourceError> {
+        let s = self.source;
+        loop {
+            for frame in frames {
+                if s.stop.is_stopped() {
+                    break;
+                }
+                let out = self.sightings.frame(frame, Instant::now());
+                s.emit_all(out)?;
+            }
+            let out = self.sightings.tick(Instant::now());
+            s.emit_all(out)?;
+            let wait = s.config.interval.saturating_sub(self.polled_at.elapsed());
+            if s.stop.sleep(wait) {
+                return Ok(Ended::Stopped);
+            }
+            frames = match self.open() {
+                Ok(frames) => frames,
+                Err(e) => return Ok(Ended::Lost(e)),
+            };
+        }
+    }
+
+    fn down(&mut self, outage: Outage) -> Result<(), SourceError> {
+        // One report per outage, not one per retry.
+        if self.down {
+            return Ok(());
+        }
+        let s = self.source;
+        let (Outage::CannotOpen(e) | Outage::Lost(e)) = outage;
+        let reason = format!("cannot read {}: {e}", s.config.url);
+        warn!(device = s.sink.device(), "{reason}");
+        s.sink.status(DeviceState::Down, reason, None)?;
+        self.down = true;
         Ok(())
     }
 }

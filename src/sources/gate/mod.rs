@@ -26,14 +26,12 @@ use tracing::{debug, info, warn};
 
 use self::control::{UnlockRequest, Wake};
 use self::modbus::{GateRegisters, ModbusError, Request, Response, ResponseReader};
-use super::{Backoff, ReadingSink, SourceError, StopFlag};
+use super::{supervise, Ended, Outage, ReadingSink, SourceError, StopFlag, Supervised};
 use crate::config::{GateConfig, Parity, StopBits};
 use crate::outbox::OutboxHandle;
 
 /// The device kind in status events.
 pub const KIND: &str = "gate";
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 /// PASS A is `In` (into the store), PASS B is `Out`.
 pub use crate::sources::Direction;
@@ -86,12 +84,6 @@ pub struct GateSource {
     unlocks: UnlockQueue,
 }
 
-/// How a port session ended.
-enum Ended {
-    Stopped,
-    Lost(io::Error),
-}
-
 impl GateSource {
     pub fn new(
         config: GateConfig,
@@ -117,46 +109,19 @@ impl GateSource {
     pub fn run(self) -> Result<(), SourceError> {
         let baseline = self.load_baseline()?;
         info!(device = self.sink.device(), ?baseline, "gate baseline");
-        let mut tracker = GateTracker::new(
+        let tracker = GateTracker::new(
             baseline,
             self.config.max_plausible,
             self.config.silent_after,
             Instant::now(),
         );
-        let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-        while !self.stop.is_stopped() {
-            let why = match self.open() {
-                Ok(port) => {
-                    info!(device = self.sink.device(), port = %self.config.port.display(), "gate port open");
-                    backoff.reset();
-                    match self.serve(port, &mut tracker)? {
-                        Ended::Stopped => break,
-                        Ended::Lost(e) => format!("port lost: {e}"),
-                    }
-                }
-                Err(e) => format!("cannot open {}: {e}", self.config.port.display()),
-            };
-            // One report per outage, not one per retry.
-            match tracker.down(why.clone()) {
-                Some(report) => {
-                    warn!(device = self.sink.device(), "{why}");
-                    self.sink.emit(report)?;
-                }
-                None => debug!(device = self.sink.device(), "{why}"),
-            }
-            let reopen = Instant::now() + backoff.next_delay();
-            loop {
-                match self.unlocks.wait(reopen, &self.stop) {
-                    Wake::Stop => return Ok(()),
-                    Wake::Due => break,
-                    Wake::Unlock(r) => {
-                        warn!(device = self.sink.device(), "unlock refused: port closed");
-                        r.answer(Err(GateError::NotConnected(self.sink.device().into())));
-                    }
-                }
-            }
-        }
-        Ok(())
+        supervise(
+            &mut GatePort {
+                source: &self,
+                tracker,
+            },
+            &self.stop,
+        )
     }
 
     fn load_baseline(&self) -> Result<Option<Counters>, SourceError> {
@@ -185,9 +150,9 @@ impl GateSource {
         }))
     }
 
-    fn open(&self) -> serialport::Result<Box<dyn SerialPort>> {
+    fn open(&self) -> io::Result<Box<dyn SerialPort>> {
         let c = &self.config;
-        serialport::new(c.port.to_string_lossy(), c.baud)
+        Ok(serialport::new(c.port.to_string_lossy(), c.baud)
             .data_bits(serialport::DataBits::Eight)
             .parity(match c.parity {
                 Parity::None => serialport::Parity::None,
@@ -199,7 +164,7 @@ impl GateSource {
                 StopBits::Two => serialport::StopBits::Two,
             })
             .timeout(c.timeout)
-            .open()
+            .open()?)
     }
 
     /// Polls and unlocks on an open port until it fails or the source stops.
@@ -301,6 +266,64 @@ impl GateSource {
                     error: e.to_string(),
                 }));
                 Err(e)
+            }
+        }
+    }
+}
+
+/// A gate's part in the supervision loop: the tracker lives as long as the source, so a replug
+/// keeps the counts; `up` is reported once the module answers a poll, not on open.
+struct GatePort<'a> {
+    source: &'a GateSource,
+    tracker: GateTracker,
+}
+
+impl Supervised for GatePort<'_> {
+    type Port = Box<dyn SerialPort>;
+
+    fn open(&mut self) -> io::Result<Self::Port> {
+        self.source.open()
+    }
+
+    fn opened(&mut self) -> Result<(), SourceError> {
+        let s = self.source;
+        info!(device = s.sink.device(), port = %s.config.port.display(), "gate port open");
+        Ok(())
+    }
+
+    fn serve(&mut self, port: Self::Port) -> Result<Ended, SourceError> {
+        self.source.serve(port, &mut self.tracker)
+    }
+
+    fn down(&mut self, outage: Outage) -> Result<(), SourceError> {
+        let device = self.source.sink.device();
+        let why = outage.reason(&self.source.config.port);
+        // One report per outage, not one per retry: the tracker knows.
+        match self.tracker.down(why.clone()) {
+            Some(report) => {
+                warn!(device, "{why}");
+                self.source.sink.emit(report)
+            }
+            None => {
+                debug!(device, "{why}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Unlocks asked for while the port is closed are refused at once, not held until it
+    /// reopens: the customer has walked on by then.
+    fn wait(&mut self, stop: &StopFlag, delay: Duration) -> bool {
+        let reopen = Instant::now() + delay;
+        loop {
+            match self.source.unlocks.wait(reopen, stop) {
+                Wake::Stop => return true,
+                Wake::Due => return false,
+                Wake::Unlock(r) => {
+                    let device = self.source.sink.device();
+                    warn!(device, "unlock refused: port closed");
+                    r.answer(Err(GateError::NotConnected(device.into())));
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::modbus::{AlarmTracker, CountOutcome, Edge, GateRegisters, ModbusError, PassCounter};
 use super::{Counters, Direction, KIND};
-use crate::sources::scanner::ErrorThrottle;
+use crate::sources::throttle::ErrorThrottle;
 use crate::sources::{DeviceState, DeviceStatus, Observation};
 
 /// docs/protocols.md §3a: three failed polls in a row mark the device down.

@@ -16,11 +16,13 @@ use tracing::{debug, info, warn};
 
 use self::host::{ExchangeError, Host};
 use self::pn532::TapTracker;
-use super::{Backoff, DeviceState, Observation, ReadingSink, SourceError, StopFlag};
+use super::{
+    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, StopFlag,
+    Supervised,
+};
+use crate::backoff::Backoff;
 use crate::config::NfcConfig;
 
-const REOPEN_MIN: Duration = Duration::from_millis(200);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// Re-initialisation while the reader keeps failing (§2: capped backoff). The first retry is
 /// quick: most failures are one lost frame.
 const REINIT_MIN: Duration = Duration::from_millis(100);
@@ -88,12 +90,6 @@ enum Told {
     Silent,
 }
 
-/// How a port session ended.
-enum Ended {
-    Stopped,
-    Lost(io::Error),
-}
-
 /// Why a step of the reader's life did not complete.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -111,6 +107,50 @@ pub struct NfcSource {
     stop: StopFlag,
 }
 
+/// A reader's part in the supervision loop: `up` is reported once the reader answers its
+/// initialisation, not when the port opens.
+struct Reader<'a> {
+    source: &'a NfcSource,
+    taps: TapTracker,
+    told: Told,
+}
+
+impl Supervised for Reader<'_> {
+    type Port = Box<dyn serialport::SerialPort>;
+
+    fn open(&mut self) -> io::Result<Self::Port> {
+        let c = &self.source.config;
+        Ok(serialport::new(c.port.to_string_lossy(), c.baud)
+            .timeout(host::RESPONSE_TIMEOUT)
+            .open()?)
+    }
+
+    fn opened(&mut self) -> Result<(), SourceError> {
+        let s = self.source;
+        debug!(device = s.sink.device(), port = %s.config.port.display(), "nfc port open");
+        Ok(())
+    }
+
+    fn serve(&mut self, port: Self::Port) -> Result<Ended, SourceError> {
+        self.source
+            .session(Host::new(port), &mut self.taps, &mut self.told)
+    }
+
+    fn down(&mut self, outage: Outage) -> Result<(), SourceError> {
+        let s = self.source;
+        let reason = outage.reason(&s.config.port);
+        match &outage {
+            Outage::Lost(e) => warn!(device = s.sink.device(), error = %e, "nfc reader port lost"),
+            // One report per outage, not one per retry (`tell` says each change once).
+            Outage::CannotOpen(_) if self.told != Told::Down => {
+                warn!(device = s.sink.device(), "{reason}")
+            }
+            Outage::CannotOpen(_) => {}
+        }
+        s.tell(&mut self.told, DeviceState::Down, reason)
+    }
+}
+
 impl NfcSource {
     pub fn new(config: NfcConfig, sink: ReadingSink, stop: StopFlag) -> Self {
         NfcSource { config, sink, stop }
@@ -118,43 +158,13 @@ impl NfcSource {
 
     /// Runs until stopped or the pipeline closes. Blocking: call on a dedicated thread.
     pub fn run(self) -> Result<(), SourceError> {
-        // One tracker for the reader's life: a card held through a quick replug is one tap.
-        let mut taps = TapTracker::default();
-        let mut told = Told::Nothing;
-        let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
-        while !self.stop.is_stopped() {
-            match self.open() {
-                Ok(port) => {
-                    debug!(device = self.sink.device(), port = %self.config.port.display(), "nfc port open");
-                    backoff.reset();
-                    match self.session(Host::new(port), &mut taps, &mut told)? {
-                        Ended::Stopped => break,
-                        Ended::Lost(e) => {
-                            warn!(device = self.sink.device(), error = %e, "nfc reader port lost");
-                            self.tell(&mut told, DeviceState::Down, format!("port lost: {e}"))?;
-                        }
-                    }
-                }
-                Err(e) => {
-                    // One report per outage, not one per retry.
-                    let reason = format!("cannot open {}: {e}", self.config.port.display());
-                    if told != Told::Down {
-                        warn!(device = self.sink.device(), "{reason}");
-                    }
-                    self.tell(&mut told, DeviceState::Down, reason)?;
-                }
-            }
-            if self.stop.sleep(backoff.next_delay()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn open(&self) -> serialport::Result<Box<dyn serialport::SerialPort>> {
-        serialport::new(self.config.port.to_string_lossy(), self.config.baud)
-            .timeout(host::RESPONSE_TIMEOUT)
-            .open()
+        let mut reader = Reader {
+            source: &self,
+            // One tracker for the reader's life: a card held through a quick replug is one tap.
+            taps: TapTracker::default(),
+            told: Told::Nothing,
+        };
+        supervise(&mut reader, &self.stop)
     }
 
     /// One open port: initialise, poll every interval, re-initialise after failures with

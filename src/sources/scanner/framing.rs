@@ -2,9 +2,6 @@
 //!
 //! `[prefix] [AIM id] payload [suffix] terminator`, one code per line.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
 use serde::Deserialize;
 
 /// What ends a line, as set in the scanner's profile.
@@ -250,94 +247,6 @@ pub fn symbology(aim: &str) -> &'static str {
     }
 }
 
-/// Continuous-mode repeat filter: the same payload within `window` of its last repeat is the
-/// same sighting (a sliding window, so a code held in view for 5 s is one event).
-#[derive(Debug)]
-pub struct RepeatFilter {
-    window: Duration,
-    last_seen: HashMap<String, Instant>,
-    /// Size at which stale sightings are swept next: twice what the last sweep kept (at least
-    /// [`REPEAT_SWEEP_MIN`]), so a burst of distinct codes costs amortized O(1) per code.
-    sweep_at: usize,
-}
-
-/// Sightings held before the first sweep: more than a scanner has in view at once.
-const REPEAT_SWEEP_MIN: usize = 64;
-
-impl RepeatFilter {
-    pub fn new(window: Duration) -> Self {
-        RepeatFilter {
-            window,
-            last_seen: HashMap::new(),
-            sweep_at: REPEAT_SWEEP_MIN,
-        }
-    }
-
-    /// True when `payload` is a repeat of a sighting still in view.
-    pub fn is_repeat(&mut self, payload: &str, now: Instant) -> bool {
-        if self.last_seen.len() > self.sweep_at {
-            let window = self.window;
-            self.last_seen
-                .retain(|_, t| now.saturating_duration_since(*t) <= window);
-            self.sweep_at = (self.last_seen.len() * 2).max(REPEAT_SWEEP_MIN);
-        }
-        match self.last_seen.get_mut(payload) {
-            Some(t) if now.saturating_duration_since(*t) <= self.window => {
-                *t = now;
-                true
-            }
-            Some(t) => {
-                *t = now;
-                false
-            }
-            None => {
-                self.last_seen.insert(payload.to_owned(), now);
-                false
-            }
-        }
-    }
-}
-
-/// At most one error report per device per `interval`, each with the count it stands for.
-#[derive(Debug)]
-pub struct ErrorThrottle {
-    interval: Duration,
-    last_report: Option<Instant>,
-    pending: u64,
-    pending_reason: &'static str,
-}
-
-impl ErrorThrottle {
-    pub fn new(interval: Duration) -> Self {
-        ErrorThrottle {
-            interval,
-            last_report: None,
-            pending: 0,
-            pending_reason: "",
-        }
-    }
-
-    /// Records one rejection; returns `(reason, count)` when a report is due now.
-    pub fn record(&mut self, reason: &'static str, now: Instant) -> Option<(&'static str, u64)> {
-        self.pending += 1;
-        self.pending_reason = reason;
-        self.due(now)
-    }
-
-    /// Returns the report held back by the rate limit once its interval has passed.
-    pub fn due(&mut self, now: Instant) -> Option<(&'static str, u64)> {
-        let open = self
-            .last_report
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.interval);
-        if self.pending == 0 || !open {
-            return None;
-        }
-        self.last_report = Some(now);
-        let count = std::mem::take(&mut self.pending);
-        Some((self.pending_reason, count))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,61 +348,6 @@ mod tests {
         assert_eq!(symbology("]E4"), "ean8");
         assert_eq!(symbology("]C0"), "code128");
         assert_eq!(symbology("]?0"), "unknown");
-    }
-
-    #[test]
-    fn regression_a_burst_of_distinct_codes_is_not_quadratic() {
-        // Sweeping stale sightings on every code once 64 were held made a fast scanner's
-        // burst O(n²): the 100k-code backlog test filled at 3k codes/s in a debug build.
-        let mut r = RepeatFilter::new(Duration::from_millis(1500));
-        let t0 = Instant::now();
-        let started = Instant::now();
-        for i in 0..100_000u32 {
-            assert!(!r.is_repeat(&format!("C-{i}"), t0));
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
-        assert!(r.is_repeat("C-99999", t0 + Duration::from_millis(10)));
-        // Stale sightings still go: a later burst sweeps them.
-        let later = t0 + Duration::from_secs(10);
-        for i in 0..40_000u32 {
-            r.is_repeat(&format!("D-{i}"), later);
-        }
-        assert!(r.last_seen.len() <= 40_000, "{}", r.last_seen.len());
-    }
-
-    #[test]
-    fn repeats_slide_with_the_last_sighting() {
-        let mut r = RepeatFilter::new(Duration::from_millis(1500));
-        let t0 = Instant::now();
-        assert!(!r.is_repeat("A", t0));
-        // Held in view for 5 s, repeated every 500 ms: one sighting.
-        for i in 1..=10 {
-            assert!(r.is_repeat("A", t0 + Duration::from_millis(500 * i)));
-        }
-        assert!(!r.is_repeat("B", t0 + Duration::from_millis(5100)));
-        assert!(!r.is_repeat("A", t0 + Duration::from_millis(5000 + 1600)));
-    }
-
-    #[test]
-    fn errors_are_throttled_with_counts() {
-        let mut t = ErrorThrottle::new(Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert_eq!(t.record("empty", t0), Some(("empty", 1)));
-        assert_eq!(t.record("too_long", t0 + Duration::from_millis(10)), None);
-        assert_eq!(
-            t.record("invalid_utf8", t0 + Duration::from_millis(20)),
-            None
-        );
-        assert_eq!(t.due(t0 + Duration::from_millis(500)), None);
-        assert_eq!(
-            t.due(t0 + Duration::from_millis(1000)),
-            Some(("invalid_utf8", 2))
-        );
-        assert_eq!(t.due(t0 + Duration::from_millis(3000)), None);
     }
 
     proptest! {

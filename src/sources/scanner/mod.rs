@@ -5,8 +5,7 @@
 mod framing;
 
 pub use framing::{
-    decode_line, symbology, ErrorThrottle, Framing, Line, LineSplitter, Rejection, RepeatFilter,
-    ScannedCode, Terminator,
+    decode_line, symbology, Framing, Line, LineSplitter, Rejection, ScannedCode, Terminator,
 };
 
 use std::io::{self, Read};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::repeat::RepeatFilter;
+use super::throttle::ErrorThrottle;
 use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
@@ -104,11 +105,12 @@ impl ScannerSource {
                     if let Some(why) = splitter.discard_partial() {
                         self.reject(&mut throttle, why, now)?;
                     }
-                    self.flush_errors(&mut throttle, now + ERROR_REPORT_INTERVAL)?;
+                    self.sink
+                        .error_report(throttle.due(now + ERROR_REPORT_INTERVAL))?;
                     return Ok(Ended::Lost(e));
                 }
             }
-            self.flush_errors(&mut throttle, now)?;
+            self.sink.error_report(throttle.due(now))?;
         }
     }
 
@@ -124,16 +126,6 @@ impl ScannerSource {
             "scanner line rejected"
         );
         crate::metrics::SCANNER_REJECTED.inc();
-        match throttle.record(why.reason(), now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
-    }
-
-    fn flush_errors(&self, throttle: &mut ErrorThrottle, now: Instant) -> Result<(), SourceError> {
-        match throttle.due(now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
+        self.sink.error_report(throttle.record(why.reason(), now))
     }
 }

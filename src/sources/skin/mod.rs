@@ -16,10 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, warn};
 
 use self::skn1::{LineReader, SeqDeduper, SkinReading};
-use super::scanner::ErrorThrottle;
+use super::throttle::ErrorThrottle;
 use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
+use crate::clock::unix_ms;
 use crate::config::SkinConfig;
 use crate::outbox::{OutboxHandle, StateWrite};
 
@@ -44,11 +45,6 @@ pub fn seen_state(device: &str, reading: &SkinReading, at: SystemTime) -> Option
     let seq = reading.seq?;
     let key = format!("{}{}/{seq}", seen_prefix(device), reading.model);
     Some((key, Some(unix_ms(at).to_string().into_bytes())))
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct SkinSource {
@@ -136,11 +132,12 @@ impl SkinSource {
                         self.reject(&mut s.throttle, PARTIAL, now)?;
                     }
                     // The port is gone: report what the throttle still holds now.
-                    self.flush_errors(&mut s.throttle, now + ERROR_REPORT_INTERVAL)?;
+                    self.sink
+                        .error_report(s.throttle.due(now + ERROR_REPORT_INTERVAL))?;
                     return Ok(Ended::Lost(e));
                 }
             }
-            self.flush_errors(&mut s.throttle, now)?;
+            self.sink.error_report(s.throttle.due(now))?;
         }
     }
 
@@ -197,17 +194,7 @@ impl SkinSource {
         now: Instant,
     ) -> Result<(), SourceError> {
         crate::metrics::SKIN_REJECTED.inc();
-        match throttle.record(reason, now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
-    }
-
-    fn flush_errors(&self, throttle: &mut ErrorThrottle, now: Instant) -> Result<(), SourceError> {
-        match throttle.due(now) {
-            Some((reason, count)) => self.sink.status(DeviceState::Error, reason, Some(count)),
-            None => Ok(()),
-        }
+        self.sink.error_report(throttle.record(reason, now))
     }
 
     /// The persisted sightings still within the window; older ones are deleted.

@@ -1,0 +1,133 @@
+//! The uplink's in-flight book: which outbox rows are on their way to the broker, and which
+//! PUBACK settles which of them. Pure state (no I/O, no clock, no runtime): the MQTT shell in
+//! [`super`] feeds it what the client and the broker said and acts on what it answers, in the
+//! style of rumqttc's own `state.rs`.
+//!
+//! Two facts about rumqttc shape it (docs/architecture.md §6):
+//!
+//! - `publish` does not return the packet id. The client reports `Outgoing::Publish(pkid)` in
+//!   the order the publishes were queued, so the book keeps a queue of publishes still waiting
+//!   for their id ([`Book::assigned`] pops its front) and a map from id to publish.
+//! - With a clean session the client forgets every unacknowledged publish at each CONNACK.
+//!   The outbox still holds exactly those rows, so on [`Book::connected`] the book forgets too
+//!   and the next batch is read from the oldest unacknowledged row (`after == 0`).
+//!
+//! The invariants, checked by the proptest below against a model of the client, the broker
+//! and the outbox: a batch's rows are acknowledged only by the PUBACK of the publish that
+//! carried them (never a row the broker did not get), and every row is eventually published
+//! again until one is (none is lost).
+
+use std::collections::{HashMap, VecDeque};
+
+/// A publish queued in the client, waiting for its packet id or its PUBACK. `T` is what the
+/// shell wants back with a batch's PUBACK (the time it was queued, for the latency metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent<T> {
+    /// Outbox rows `first..=last`, `count` of them.
+    Batch {
+        first: u64,
+        last: u64,
+        count: usize,
+        tag: T,
+    },
+    /// The retained status message: nothing to acknowledge in the outbox.
+    Status,
+}
+
+/// The book of one connection's publishes (see the module doc).
+#[derive(Debug)]
+pub struct Book<T> {
+    /// Queued publishes not yet given a packet id, in queue order.
+    unassigned: VecDeque<Sent<T>>,
+    /// Publishes on the wire, by packet id.
+    inflight: HashMap<u16, Sent<T>>,
+    /// Highest seq handed to a publish on this connection: the next batch starts after it.
+    sent_through: u64,
+}
+
+impl<T> Default for Book<T> {
+    fn default() -> Self {
+        Book {
+            unassigned: VecDeque::new(),
+            inflight: HashMap::new(),
+            sent_through: 0,
+        }
+    }
+}
+
+impl<T> Book<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CONNACK: the client has forgotten every earlier publish (clean session), so the book
+    /// does too, and the next batch starts again from the oldest unacknowledged row.
+    pub fn connected(&mut self) {
+        self.forget();
+        self.sent_through = 0;
+    }
+
+    /// The connection is gone: no PUBACK of it will come. What was in flight stays in the
+    /// outbox and is sent again after the next CONNACK.
+    pub fn disconnected(&mut self) {
+        self.forget();
+    }
+
+    fn forget(&mut self) {
+        self.unassigned.clear();
+        self.inflight.clear();
+    }
+
+    /// Where the next batch starts (`fetch_after`), while fewer than `max_batches` batches are
+    /// out; `None` when the window is full.
+    pub fn next_fetch(&self, max_batches: usize) -> Option<u64> {
+        (self.batches_in_flight() < max_batches).then_some(self.sent_through)
+    }
+
+    /// Batches queued or on the wire.
+    pub fn batches_in_flight(&self) -> usize {
+        self.unassigned
+            .iter()
+            .chain(self.inflight.values())
+            .filter(|s| matches!(s, Sent::Batch { .. }))
+            .count()
+    }
+
+    /// The client accepted the publish of rows `first..=last`.
+    pub fn queued_batch(&mut self, first: u64, last: u64, count: usize, tag: T) {
+        self.unassigned.push_back(Sent::Batch {
+            first,
+            last,
+            count,
+            tag,
+        });
+        self.sent_through = last;
+    }
+
+    /// The client accepted the publish of a status message.
+    pub fn queued_status(&mut self) {
+        self.unassigned.push_back(Sent::Status);
+    }
+
+    /// `Outgoing::Publish(pkid)`: the oldest queued publish went on the wire with this id.
+    pub fn assigned(&mut self, pkid: u16) {
+        if let Some(sent) = self.unassigned.pop_front() {
+            self.inflight.insert(pkid, sent);
+        }
+    }
+
+    /// A PUBACK: the publish it settles, if it is one of this connection's (a batch's rows may
+    /// now be deleted from the outbox).
+    pub fn acked(&mut self, pkid: u16) -> Option<Sent<T>> {
+        self.inflight.remove(&pkid)
+    }
+
+    /// Nothing queued or on the wire.
+    pub fn is_empty(&self) -> bool {
+        self.unassigned.is_empty() && self.inflight.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[path = "book_tests.rs"]
+mod tests;
