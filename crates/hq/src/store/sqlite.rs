@@ -290,3 +290,83 @@ impl JourneyStore for SqliteStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::Accepted;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn event(gateway: &str, seq: u64) -> Accepted {
+        Accepted {
+            gateway: GatewayKey {
+                tenant: "t".into(),
+                store: "s".into(),
+                gateway: gateway.into(),
+            },
+            // Two gateways may use the same id: the key is (gateway, id).
+            id: format!("00000000-0000-7000-8000-{seq:012}"),
+            seq,
+            ty: "store.qr.scanned".into(),
+            time: format!("2026-11-23T05:00:{:02}.{:03}Z", seq / 1000 % 60, seq % 1000),
+            userid: Some("u".into()),
+            stage: Some("browse".into()),
+            evicted: None,
+            data: serde_json::json!({}),
+            body: "{}".into(),
+        }
+    }
+
+    proptest! {
+        /// The de-duplication rule: whatever the repeats and however they are grouped into
+        /// commits, each (gateway, id) is stored once, and every repeat is counted.
+        #[test]
+        fn each_gateway_and_id_is_stored_once(
+            arrivals in proptest::collection::vec((0u8..2, 1u64..30), 1..120),
+            cuts in proptest::collection::btree_set(0usize..120, 0..10),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = SqliteStore::open(&dir.path().join("hq.db"), Synchronous::Normal).unwrap();
+            let events: Vec<Accepted> = arrivals
+                .iter()
+                .map(|(g, seq)| event(if *g == 0 { "gw-a" } else { "gw-b" }, *seq))
+                .collect();
+            let mut bounds: Vec<usize> = cuts.into_iter().filter(|c| *c < events.len()).collect();
+            bounds.push(events.len());
+            let (mut from, mut total) = (0, Committed::default());
+            for to in bounds {
+                let done = store
+                    .commit(&Group { accepted: &events[from..to], parked: &[], gateways: vec![], now_ms: 0 })
+                    .unwrap();
+                total.fresh += done.fresh;
+                total.duplicates += done.duplicates;
+                from = to;
+            }
+            let unique: BTreeSet<(u8, u64)> = arrivals.iter().copied().collect();
+            let rows: i64 = store.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+            prop_assert_eq!(rows as usize, unique.len());
+            prop_assert_eq!(total.fresh as usize, unique.len());
+            prop_assert_eq!((total.fresh + total.duplicates) as usize, arrivals.len());
+        }
+    }
+
+    #[test]
+    fn the_accounting_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.db");
+        let key = event("gw", 1).gateway;
+        let mut g = GatewaySeq::default();
+        for s in [1, 4, 9] {
+            g.receive(s, 10);
+        }
+        g.announce(&[[2, 2]]);
+        g.expire(100, 50);
+        {
+            let mut store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+            store.save_gateways(&[(&key, &g)]).unwrap();
+        }
+        let mut store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+        assert_eq!(store.load_gateways().unwrap(), vec![(key, g)]);
+    }
+}
