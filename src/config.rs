@@ -258,15 +258,15 @@ pub struct UplinkConfig {
 
 impl Config {
     pub fn topic_prefix(&self) -> String {
-        format!("phygate/v1/{}/{}", self.tenant, self.store)
+        phygate_proto::topic::store_prefix(&self.tenant, &self.store)
     }
 
     pub fn events_topic(&self) -> String {
-        format!("{}/events", self.topic_prefix())
+        phygate_proto::topic::events(&self.tenant, &self.store)
     }
 
     pub fn status_topic(&self) -> String {
-        format!("{}/status", self.topic_prefix())
+        phygate_proto::topic::status(&self.tenant, &self.store)
     }
 
     /// Reads and validates a config file, and checks the machine can run it (the outbox

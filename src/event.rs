@@ -1,10 +1,14 @@
-//! Journey events: the CloudEvents 1.0 envelope (docs/events.md) and each type's `data`.
+//! Journey events: each type's `data`, put into the CloudEvents 1.0 envelope (docs/events.md)
+//! that `phygate_proto::envelope` defines for both the gateway and HQ.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use phygate_proto::envelope::{self as wire, types, Envelope};
 use serde::Serialize;
 use uuid::Uuid;
+
+pub use phygate_proto::envelope::{format_time, IdSource};
 
 /// Eviction priority when the outbox is over quota: lowest goes first. Never the publish order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -15,16 +19,6 @@ pub enum Priority {
     Anonymous = 1,
     /// Journey events of a known app user, and the outbox's own loss reports.
     Identified = 2,
-}
-
-/// How the event's user was identified (`idsource`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdSource {
-    QrToken,
-    NfcMember,
-    Session,
-    None,
 }
 
 /// An event before the outbox gives it its `seq`.
@@ -203,18 +197,18 @@ pub struct GatePassed {
 impl EventData {
     pub fn type_name(&self) -> &'static str {
         match self {
-            EventData::QrScanned(_) => "store.qr.scanned",
-            EventData::DeviceStatus(_) => "store.device.status",
-            EventData::OutboxEvicted(_) => "store.outbox.evicted",
-            EventData::SkinDiagnosed(_) => "store.skin.diagnosed",
-            EventData::GatePassed(_) => "store.gate.passed",
-            EventData::NfcTapped(_) => "store.nfc.tapped",
-            EventData::NfcLinked(_) => "store.nfc.linked",
-            EventData::VisitStarted(_) => "store.visit.started",
-            EventData::VisitEnded(_) => "store.visit.ended",
-            EventData::CommandResult(_) => "store.command.result",
-            EventData::ConfigApplied(_) => "store.config.applied",
-            EventData::ConfigRejected(_) => "store.config.rejected",
+            EventData::QrScanned(_) => types::QR_SCANNED,
+            EventData::DeviceStatus(_) => types::DEVICE_STATUS,
+            EventData::OutboxEvicted(_) => types::OUTBOX_EVICTED,
+            EventData::SkinDiagnosed(_) => types::SKIN_DIAGNOSED,
+            EventData::GatePassed(_) => types::GATE_PASSED,
+            EventData::NfcTapped(_) => types::NFC_TAPPED,
+            EventData::NfcLinked(_) => types::NFC_LINKED,
+            EventData::VisitStarted(_) => types::VISIT_STARTED,
+            EventData::VisitEnded(_) => types::VISIT_ENDED,
+            EventData::CommandResult(_) => types::COMMAND_RESULT,
+            EventData::ConfigApplied(_) => types::CONFIG_APPLIED,
+            EventData::ConfigRejected(_) => types::CONFIG_REJECTED,
         }
     }
 }
@@ -247,20 +241,20 @@ impl Event {
     /// The structured-mode CloudEvents JSON, with the gateway's identity and the event's `seq`.
     pub fn to_json(&self, origin: &Origin, seq: u64) -> String {
         let envelope = Envelope {
-            specversion: "1.0",
-            id: self.id.hyphenated().to_string(),
-            source: format!("/stores/{}/stations/{}", origin.store, self.station),
-            ty: self.data.type_name(),
-            time: format_time(self.time),
-            datacontenttype: "application/json",
-            storeid: &origin.store,
-            stationid: &self.station,
-            gatewayid: &origin.gateway,
+            specversion: wire::SPECVERSION.into(),
+            id: self.id.hyphenated().to_string().into(),
+            source: wire::source(&origin.store, &self.station).into(),
+            ty: self.data.type_name().into(),
+            time: format_time(self.time).into(),
+            datacontenttype: wire::DATACONTENTTYPE.into(),
+            storeid: origin.store.as_str().into(),
+            stationid: (*self.station).into(),
+            gatewayid: origin.gateway.as_str().into(),
             seq,
-            userid: self.userid.as_deref(),
-            anonid: self.anonid.as_deref(),
+            userid: self.userid.as_deref().map(Into::into),
+            anonid: self.anonid.as_deref().map(Into::into),
             idsource: self.idsource,
-            stage: self.stage,
+            stage: self.stage.map(Into::into),
             clocksync: self.clocksync,
             data: &self.data,
         };
@@ -274,35 +268,6 @@ impl Event {
 pub struct Origin {
     pub store: String,
     pub gateway: String,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    specversion: &'static str,
-    id: String,
-    source: String,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    time: String,
-    datacontenttype: &'static str,
-    storeid: &'a str,
-    stationid: &'a str,
-    gatewayid: &'a str,
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    userid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    anonid: Option<&'a str>,
-    idsource: IdSource,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stage: Option<&'static str>,
-    clocksync: bool,
-    data: &'a EventData,
-}
-
-/// RFC 3339 UTC with exactly three fractional digits and `Z`.
-pub fn format_time(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -375,5 +340,30 @@ mod tests {
         let mut identified = status.clone();
         identified.userid = Some("u1".into());
         assert!(status.priority() < identified.priority());
+    }
+
+    #[test]
+    fn hq_reads_what_the_gateway_writes() {
+        let mut e = Event::new(
+            "gw1".into(),
+            SystemTime::now(),
+            EventData::OutboxEvicted(OutboxEvicted {
+                ranges: vec![[3, 5], [9, 9]],
+                count: 4,
+                policy: "bytes",
+            }),
+        );
+        e.userid = Some("u1".into());
+        let origin = Origin {
+            store: "s1".into(),
+            gateway: "gw1".into(),
+        };
+        let back: Envelope<'static, phygate_proto::envelope::Evicted> =
+            serde_json::from_str(&e.to_json(&origin, 7)).unwrap();
+        assert_eq!(back.ty, types::OUTBOX_EVICTED);
+        assert_eq!(back.seq, 7);
+        assert_eq!(back.userid.as_deref(), Some("u1"));
+        assert_eq!(back.data.ranges, vec![[3, 5], [9, 9]]);
+        assert_eq!((back.data.count, back.data.policy.as_str()), (4, "bytes"));
     }
 }

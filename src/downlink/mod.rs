@@ -17,16 +17,15 @@ pub mod session;
 
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use phygate_proto::downlink::{CommandMessage as RawCommand, MembersMessage as RawMembers};
 use tokio::sync::oneshot;
 
 use crate::link::jwks::KeySet;
 
 /// Largest downlink message accepted, per kind (the client's packet limit is the largest).
-pub const MAX_KEYS_BYTES: usize = 64 * 1024;
-pub const MAX_MEMBERS_BYTES: usize = 16 * 1024 * 1024;
-pub const MAX_COMMAND_BYTES: usize = 4 * 1024;
-pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+pub use phygate_proto::downlink::{
+    MAX_COMMAND_BYTES, MAX_CONFIG_BYTES, MAX_KEYS_BYTES, MAX_MEMBERS_BYTES,
+};
 
 /// Which member map a message edits: this store's, or the tenant's fleet-wide one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,19 +119,12 @@ pub enum Refused {
 
 /// The topics this store subscribes to, all QoS 1.
 pub fn topics(tenant: &str, store: &str) -> Vec<String> {
-    let p = format!("phygate/v1/{tenant}");
-    vec![
-        format!("{p}/keys"),
-        format!("{p}/{store}/members"),
-        format!("{p}/all/members"),
-        format!("{p}/{store}/commands"),
-        format!("{p}/{store}/config"),
-    ]
+    phygate_proto::topic::downlink(tenant, store)
 }
 
 /// Checks one message from `topic`.
 pub fn parse(tenant: &str, store: &str, topic: &str, payload: &[u8]) -> Result<Update, Refused> {
-    let p = format!("phygate/v1/{tenant}/");
+    let p = format!("{}/{tenant}/", phygate_proto::topic::ROOT);
     let rest = topic
         .strip_prefix(&p)
         .ok_or_else(|| Refused::UnknownTopic(topic.into()))?;
@@ -177,30 +169,6 @@ pub fn parse(tenant: &str, store: &str, topic: &str, payload: &[u8]) -> Result<U
         }
         _ => Err(Refused::UnknownTopic(topic.into())),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMember {
-    card_hash: String,
-    userid: String,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum RawMembers {
-    Snapshot {
-        version: u64,
-        members: Vec<RawMember>,
-    },
-    Delta {
-        version: u64,
-        base: u64,
-        #[serde(default)]
-        upsert: Vec<RawMember>,
-        #[serde(default)]
-        delete: Vec<String>,
-    },
 }
 
 /// A card hash is base64url of 32 bytes (43 characters); a user id is 1-64 characters.
@@ -257,16 +225,6 @@ fn members(scope: MemberScope, payload: &[u8]) -> Result<Members, Refused> {
             .collect(),
         delete,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCommand {
-    id: String,
-    expires_at: String,
-    command: String,
-    #[serde(default)]
-    station: Option<String>,
 }
 
 fn command(payload: &[u8]) -> Result<Command, Refused> {

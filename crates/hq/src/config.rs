@@ -1,0 +1,315 @@
+//! `hq.toml`: parsed into raw structs (unknown keys refused), then validated into [`Config`],
+//! which the rest of the program trusts. Every error names the file, and the line and key
+//! when the TOML parser knows them.
+//!
+//! ```toml
+//! [mqtt]
+//! host = "127.0.0.1"
+//! port = 1883
+//! client_id = "phygate-hq-1"   # stable: the broker keeps the session under it
+//! group = "journey"            # the share group: consumers of one group split the stream
+//! session_expiry = "1d"        # how long the broker keeps the session while we are away
+//! keepalive = "30s"
+//! receive_maximum = 256        # unacknowledged messages the broker may send us at once
+//! max_packet_bytes = 16777216
+//!
+//! [store]
+//! path = "hq.db"               # SQLite, created if missing
+//! synchronous = "full"         # or "normal"
+//!
+//! [loss]
+//! grace = "60s"                # how long a seq hole may wait for late events
+//!
+//! [status]
+//! listen = "127.0.0.1:9480"    # /metrics and /healthz; omit the table for none
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::sqlite::Synchronous;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub store: StoreConfig,
+    pub loss_grace: Duration,
+    pub status: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub group: String,
+    pub session_expiry: Duration,
+    pub keepalive: Duration,
+    pub receive_maximum: u16,
+    pub max_packet_bytes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    mqtt: RawMqtt,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    loss: RawLoss,
+    status: Option<RawStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    #[serde(default = "default_host")]
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_client_id")]
+    client_id: String,
+    #[serde(default = "default_group")]
+    group: String,
+    #[serde(default = "default_session_expiry", with = "humantime_serde")]
+    session_expiry: Duration,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    keepalive: Duration,
+    #[serde(default = "default_receive_maximum")]
+    receive_maximum: u16,
+    #[serde(default = "default_max_packet")]
+    max_packet_bytes: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_store_path")]
+    path: PathBuf,
+    #[serde(default = "default_synchronous")]
+    synchronous: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: default_store_path(),
+            synchronous: default_synchronous(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoss {
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    grace: Duration,
+}
+
+impl Default for RawLoss {
+    fn default() -> Self {
+        RawLoss {
+            grace: default_grace(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: String,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "phygate-hq".into()
+}
+fn default_group() -> String {
+    "journey".into()
+}
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+/// Enough to keep a commit group full (`writer::MAX_GROUP`) while the previous one commits.
+fn default_receive_maximum() -> u16 {
+    256
+}
+/// A gateway's largest batch is far below this (`[uplink] batch_max_bytes`).
+fn default_max_packet() -> u32 {
+    16 * 1024 * 1024
+}
+fn default_store_path() -> PathBuf {
+    "hq.db".into()
+}
+fn default_synchronous() -> String {
+    "full".into()
+}
+/// A minute: far more than a batch takes between two consumers of a group, short enough
+/// for an alarm.
+fn default_grace() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors and anchors a relative
+    /// store path.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.to_owned(),
+            message,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let m = raw.mqtt;
+        let mut problems = Vec::new();
+        if m.group.is_empty() || m.group.contains(['/', '+', '#']) {
+            problems.push(format!(
+                "mqtt.group {:?}: must be non-empty, without '/', '+' or '#'",
+                m.group
+            ));
+        }
+        if m.client_id.is_empty() {
+            problems.push(
+                "mqtt.client_id: must not be empty (the broker keeps the session under it)".into(),
+            );
+        }
+        if m.host.is_empty() {
+            problems.push("mqtt.host: must not be empty".into());
+        }
+        let expiry = m.session_expiry.as_secs();
+        if expiry == 0 || expiry > u32::MAX as u64 {
+            problems.push(format!(
+                "mqtt.session_expiry: {expiry} s; between 1 s and {} s, or the broker forgets what it queued for us",
+                u32::MAX
+            ));
+        }
+        if m.keepalive < Duration::from_secs(1)
+            || m.keepalive > Duration::from_secs(u16::MAX as u64)
+        {
+            problems.push("mqtt.keepalive: between 1 s and 65535 s".into());
+        }
+        if m.receive_maximum == 0 {
+            problems.push("mqtt.receive_maximum: at least 1".into());
+        }
+        let synchronous = match raw.store.synchronous.as_str() {
+            "full" => Synchronous::Full,
+            "normal" => Synchronous::Normal,
+            other => {
+                problems.push(format!(
+                    "store.synchronous {other:?}: \"full\" or \"normal\""
+                ));
+                Synchronous::Full
+            }
+        };
+        let status = match raw.status {
+            None => None,
+            Some(s) => match s.listen.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(format!(
+                        "status.listen {:?}: {e} (e.g. \"127.0.0.1:9480\")",
+                        s.listen
+                    ));
+                    None
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(err(problems.join("\n  ")));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Config {
+            mqtt: MqttConfig {
+                host: m.host,
+                port: m.port,
+                client_id: m.client_id,
+                group: m.group,
+                session_expiry: m.session_expiry,
+                keepalive: m.keepalive,
+                receive_maximum: m.receive_maximum,
+                max_packet_bytes: m.max_packet_bytes,
+            },
+            store: StoreConfig {
+                path: base.join(raw.store.path),
+                synchronous,
+            },
+            loss_grace: raw.loss.grace,
+            status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/phygate/hq.toml"))
+    }
+
+    #[test]
+    fn the_smallest_config_takes_the_defaults() {
+        let c = parse("[mqtt]\n").unwrap();
+        assert_eq!(c.mqtt.group, "journey");
+        assert_eq!(c.store.path, Path::new("/etc/phygate/hq.db"));
+        assert_eq!(c.loss_grace, Duration::from_secs(60));
+        assert!(c.status.is_none());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = parse("[mqtt]\nhost = \"h\"\ngroupe = \"g\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hq.toml") && e.contains("line 3") && e.contains("groupe"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let e = parse("[mqtt]\ngroup = \"a/b\"\nclient_id = \"\"\n[store]\nsynchronous = \"off\"\n[status]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "mqtt.group",
+            "mqtt.client_id",
+            "store.synchronous",
+            "status.listen",
+        ] {
+            assert!(e.contains(key), "{key} missing from {e}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The consumer: one MQTT 5 connection with a persistent session, subscribed to every store's
+//! events through the share group, acknowledging each message only once the writer has
+//! committed it.
+//!
+//! - **Shared subscription** `$share/{group}/phygate/v1/+/+/events`: the consumers of one group
+//!   split the fleet's stream; the broker sends each message to one of them.
+//! - **Persistent session**: clean start off and a session expiry, under a stable client id.
+//!   While this consumer restarts (or is killed), the broker keeps its subscription and queues
+//!   what arrives for it, and sends again what it delivered but never got a PUBACK for.
+//! - **Manual acks** (`set_manual_acks`): rumqttc would otherwise PUBACK on receipt, before the
+//!   events are stored. Each message goes to the writer with a receipt; PUBACKs go out in
+//!   arrival order, each once its receipt is settled (the commit is durable). A receipt dropped
+//!   unsettled (the commit failed) drops the connection, so the broker sends the message
+//!   again. Receipts of a connection that ended are forgotten: a packet id of an old connection
+//!   could name another message on the new one, and the broker redelivers the old one anyway.
+//! - **Flow control**: `receive_maximum` caps the messages the broker sends before our
+//!   PUBACKs; that bounds what waits here and in the writer's queue.
+//!
+//! So every event is stored at least once, and de-duplication by (gateway, id) makes it once.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::MqttConfig;
+use crate::writer::Delivery;
+
+/// A connection that lasted this long was a working one: the backoff starts over.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+type Pending = VecDeque<(Publish, oneshot::Receiver<()>)>;
+
+pub struct Consumer {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filter: String,
+    writer: flume::Sender<Delivery>,
+    /// Messages of this connection not yet acknowledged, in arrival order.
+    pending: Pending,
+    delay: Duration,
+    connected_at: Option<Instant>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Consumer {
+    pub fn new(
+        m: &MqttConfig,
+        writer: flume::Sender<Delivery>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Consumer {
+        let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
+        o.set_keep_alive(m.keepalive);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(m.session_expiry.as_secs() as u32));
+        o.set_receive_maximum(Some(m.receive_maximum));
+        o.set_max_packet_size(Some(m.max_packet_bytes));
+        o.set_manual_acks(true);
+        // Requests: the PUBACKs, at most one per message in flight, and the subscription.
+        let (client, eventloop) = AsyncClient::new(o, m.receive_maximum as usize + 8);
+        Consumer {
+            client,
+            eventloop,
+            filter: phygate_proto::topic::shared_events(&m.group),
+            writer,
+            pending: VecDeque::new(),
+            delay: BACKOFF_MIN,
+            connected_at: None,
+            shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
+                ev = self.eventloop.poll() => match ev {
+                    Ok(ev) => self.on_event(ev).await,
+                    Err(e) => {
+                        if self.back_off(e).await {
+                            break;
+                        }
+                    }
+                },
+                // Cancel-safe: the receiver is polled by reference and stays at the front.
+                settled = front(&mut self.pending), if !self.pending.is_empty() => {
+                    let (publish, _) = self.pending.pop_front().expect("guarded");
+                    match settled {
+                        Ok(()) => self.ack(&publish),
+                        Err(_) => {
+                            warn!(topic = ?publish.topic, "batch not committed; reconnecting so the broker sends it again");
+                            self.eventloop.clean();
+                            if self.back_off("a batch was not committed").await {
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = self.shutdown.changed() => break,
+            }
+        }
+        self.shut_down().await;
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(c)) => {
+                info!(session_present = c.session_present, filter = %self.filter, "connected to the broker");
+                self.connected_at = Some(Instant::now());
+                self.pending.clear();
+                // The broker keeps the subscription with the session; a new session subscribes.
+                if !c.session_present {
+                    if let Err(e) = self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
+                        warn!(error = %e, "could not subscribe");
+                    }
+                }
+            }
+            Event::Incoming(Packet::SubAck(s)) => {
+                info!(reasons = ?s.return_codes, "subscribed");
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let (done, settled) = oneshot::channel();
+                let delivery = Delivery {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    done,
+                };
+                self.pending.push_back((p, settled));
+                // The writer's queue holds `receive_maximum` messages and more; waiting here
+                // when it is full holds the MQTT loop briefly, which beats dropping a message.
+                // A closed queue (shutdown) drops the receipt: the message comes again next start.
+                let _ = self.writer.send_async(delivery).await;
+            }
+            Event::Incoming(Packet::Disconnect(d)) => {
+                warn!(reason = ?d.reason_code, "the broker disconnected us");
+            }
+            _ => {}
+        }
+    }
+
+    fn ack(&mut self, publish: &Publish) {
+        // One acknowledgement per message in flight at most fits the request queue; if it did
+        // not, the message would simply come again on the next connection.
+        if let Err(e) = self.client.try_ack(publish) {
+            warn!(error = %e, "could not queue an acknowledgement");
+        }
+    }
+
+    /// Forgets this connection's receipts and waits (capped, jittered) before the next
+    /// attempt; true on shutdown.
+    async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
+        self.pending.clear();
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+        {
+            self.delay = BACKOFF_MIN;
+        }
+        // In [d/2, d]: a fleet of consumers does not come back in step.
+        let d = self.delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        warn!(error = %error, retry_in = ?d, "broker connection down");
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    /// Acknowledges what was committed by now, then disconnects; the broker keeps the session
+    /// and sends the rest again at the next start.
+    async fn shut_down(&mut self) {
+        while let Some((publish, settled)) = self.pending.front_mut() {
+            if settled.try_recv().is_err() {
+                break;
+            }
+            let publish = publish.clone();
+            self.pending.pop_front();
+            self.ack(&publish);
+        }
+        let _ = self.client.try_disconnect();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+        debug!("consumer stopped");
+    }
+}
+
+/// Resolves when the oldest pending message is settled (or its receipt dropped).
+async fn front(pending: &mut Pending) -> Result<(), oneshot::error::RecvError> {
+    match pending.front_mut() {
+        Some((_, settled)) => settled.await,
+        None => std::future::pending().await,
+    }
+}

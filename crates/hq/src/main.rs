@@ -1,0 +1,118 @@
+//! `phygate-hq`: the command line. See `phygate_hq` for the map of the crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use phygate_hq::config::Config;
+use phygate_hq::store::sqlite::SqliteStore;
+use phygate_hq::store::JourneyStore;
+
+#[derive(Parser)]
+#[command(
+    name = "phygate-hq",
+    version,
+    about = "HQ's side of phygate: consumes the fleet's events into a journey store, de-duplicated, and reports lost events per store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the fleet's events until SIGTERM or Ctrl-C.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and print what it resolves to.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a user's journey (stage, visit, latest diagnosis) as JSON, one line per tenant.
+    User {
+        /// The app user id (`userid`).
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print each gateway's seq accounting: highest seq, lost and pending ranges.
+    Losses {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("phygate-hq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(phygate_hq::run::run(config))?;
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!("{c:#?}");
+        }
+        Command::User { id, config } => {
+            let mut store = open(&config)?;
+            let views = store.user(&id)?;
+            if views.is_empty() {
+                eprintln!("phygate-hq: no user {id:?} in the journey store");
+                return Ok(ExitCode::from(2));
+            }
+            for (tenant, view) in views {
+                let line = serde_json::json!({"tenant": tenant, "userid": id, "journey": view});
+                println!("{line}");
+            }
+        }
+        Command::Losses { config } => {
+            let mut store = open(&config)?;
+            let mut gateways = store.load_gateways()?;
+            gateways.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, g) in gateways {
+                let pending: Vec<[u64; 2]> = g
+                    .holes
+                    .values()
+                    .filter(|h| !h.lost)
+                    .map(|h| [h.first, h.last])
+                    .collect();
+                let line = serde_json::json!({
+                    "tenant": key.tenant, "store": key.store, "gateway": key.gateway,
+                    "last_seq": g.span.map(|s| s.1), "lost": g.lost(), "lost_ranges": g.lost_ranges(),
+                    "pending_ranges": pending, "evicted": g.evicted, "late": g.late,
+                });
+                println!("{line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(config: &std::path::Path) -> anyhow::Result<SqliteStore> {
+    let c = Config::load(config)?;
+    Ok(SqliteStore::open(&c.store.path, c.store.synchronous)?)
+}

@@ -1,0 +1,169 @@
+//! What the status endpoint reports: counters the writer keeps, and each gateway's
+//! accounting. The writer updates it after each commit; readers take a copy under the lock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+
+use crate::ingest::GatewayKey;
+use crate::seq::GatewaySeq;
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// MQTT messages (batches) committed.
+    pub batches: u64,
+    pub events_stored: u64,
+    pub duplicates: u64,
+    pub parked: u64,
+    pub commit_errors: u64,
+    pub gateways: BTreeMap<GatewayKey, GatewayFigures>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayFigures {
+    pub high: u64,
+    pub lost: u64,
+    pub pending: u64,
+    pub evicted: u64,
+    pub late: u64,
+}
+
+impl GatewayFigures {
+    pub fn of(g: &GatewaySeq) -> GatewayFigures {
+        GatewayFigures {
+            high: g.span.map_or(0, |s| s.1),
+            lost: g.lost(),
+            pending: g.pending(),
+            evicted: g.evicted,
+            late: g.late,
+        }
+    }
+}
+
+/// Shared between the writer (the only one that changes it) and the status endpoint.
+pub type Shared = Arc<Mutex<Stats>>;
+
+/// A per gateway series: name, kind, help, and its value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&GatewayFigures) -> u64,
+);
+
+/// The Prometheus text exposition of `s`.
+pub fn render(s: &Stats) -> String {
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        "phygate_hq_batches_total",
+        "MQTT messages committed and acknowledged.",
+        s.batches,
+    );
+    counter(
+        "phygate_hq_events_stored_total",
+        "Events stored for the first time.",
+        s.events_stored,
+    );
+    counter(
+        "phygate_hq_duplicates_total",
+        "Events received again and not stored twice.",
+        s.duplicates,
+    );
+    counter(
+        "phygate_hq_parked_total",
+        "Events refused and kept aside (table parked).",
+        s.parked,
+    );
+    counter(
+        "phygate_hq_commit_errors_total",
+        "Journey store commits that failed (messages redelivered).",
+        s.commit_errors,
+    );
+    let per_gateway: [Series; 5] = [
+        (
+            "phygate_hq_lost_events",
+            "gauge",
+            "Seq numbers missing past the grace and never announced as evicted: lost.",
+            |f| f.lost,
+        ),
+        (
+            "phygate_hq_pending_events",
+            "gauge",
+            "Seq numbers missing, still within the grace.",
+            |f| f.pending,
+        ),
+        (
+            "phygate_hq_evicted_events_total",
+            "counter",
+            "Seq numbers the gateway announced as evicted by its quota.",
+            |f| f.evicted,
+        ),
+        (
+            "phygate_hq_late_events_total",
+            "counter",
+            "Seq numbers that arrived or were announced after being declared lost.",
+            |f| f.late,
+        ),
+        (
+            "phygate_hq_last_seq",
+            "gauge",
+            "Highest seq seen from the gateway.",
+            |f| f.high,
+        ),
+    ];
+    for (name, kind, help, get) in per_gateway {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (k, f) in &s.gateways {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\",store=\"{}\",gateway=\"{}\"}} {}",
+                escape(&k.tenant),
+                escape(&k.store),
+                escape(&k.gateway),
+                get(f)
+            );
+        }
+    }
+    out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_is_labelled_by_store() {
+        let mut s = Stats::default();
+        s.gateways.insert(
+            GatewayKey {
+                tenant: "acme".into(),
+                store: "s\"1".into(),
+                gateway: "gw1".into(),
+            },
+            GatewayFigures {
+                lost: 3,
+                ..Default::default()
+            },
+        );
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "phygate_hq_lost_events{tenant=\"acme\",store=\"s\\\"1\",gateway=\"gw1\"} 3"
+            ),
+            "{text}"
+        );
+    }
+}

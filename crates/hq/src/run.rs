@@ -1,0 +1,62 @@
+//! The wiring, top to bottom as the flow goes, and the shutdown in the same order: the
+//! consumer stops taking messages (acknowledging what was committed), its sender drops, the
+//! writer commits what it holds and ends.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::consumer::Consumer;
+use crate::metrics::Stats;
+use crate::store::sqlite::SqliteStore;
+use crate::writer::Writer;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&config.store.path, config.store.synchronous)
+        .with_context(|| format!("opening the journey store {}", config.store.path.display()))?;
+    info!(store = %config.store.path.display(), "journey store open");
+    let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
+    // Holds what the broker may have in flight to us, twice over (a reconnect's redeliveries
+    // while the old ones are still queued): the consumer rarely waits on it.
+    let (tx, rx) = flume::bounded(2 * config.mqtt.receive_maximum as usize);
+    let writer = Writer::new(Box::new(store), rx, config.loss_grace, stats.clone())
+        .context("loading the seq accounting")?;
+    let writer = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || writer.run())
+        .context("starting the writer thread")?;
+    let (stop, stopped) = watch::channel(false);
+    let status = config
+        .status
+        .map(|listen| tokio::spawn(crate::status::serve(listen, stats.clone(), stopped.clone())));
+    let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped).run());
+
+    shutdown_signal().await;
+    info!("stopping");
+    let _ = stop.send(true);
+    consumer.await.context("consumer task")?;
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("writer thread")?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if let Some(status) = status {
+        status
+            .await
+            .context("status task")?
+            .context("status endpoint")?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,325 @@
+//! Per gateway `seq` accounting: which sequence numbers HQ has not seen, and which of those
+//! are lost. Pure: the caller passes the time; the writer persists the state with the events.
+//!
+//! `seq` is dense per gateway (docs/events.md), so after de-duplication a missing number is an
+//! eviction the gateway announced (`store.outbox.evicted` names its ranges), an event still on
+//! its way, or a loss. Events can arrive out of `seq` order (a share group splits a store's
+//! batches between consumers; a killed consumer's batches come back when its session resumes),
+//! so a hole is not a loss at once:
+//!
+//! - A hole opens when an event above it is committed, and is *pending* from that moment.
+//! - It is declared **lost** once it has stayed open for `grace` (the gateway's later events
+//!   have been committed for that long): [`GatewaySeq::expire`]. The grace bounds how late an
+//!   out-of-order batch may be and still not raise the alarm; a batch that arrives later still
+//!   is stored, and its numbers move from lost to `late` (the loss is retracted and counted).
+//! - An announced eviction closes the matching part of a hole, pending or lost, at any time.
+//! - Numbers below the first one HQ ever saw from a gateway are not HQ's to miss (the gateway
+//!   ran before HQ subscribed) unless an event below it arrives: then the span grows down and
+//!   the numbers between become a pending hole like any other.
+//! - A hole at the very end (the gateway's last events never arrive) shows only once a later
+//!   event arrives: nothing else tells HQ that those numbers were ever given.
+
+use std::collections::BTreeMap;
+
+/// A run of missing numbers, `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    pub first: u64,
+    pub last: u64,
+    /// When the hole opened (an event above it was committed), ms since the Unix epoch.
+    pub since_ms: u64,
+    pub lost: bool,
+}
+
+impl Hole {
+    fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+/// One gateway's accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewaySeq {
+    /// `(lowest, highest)` number seen; `None` before the first event.
+    pub span: Option<(u64, u64)>,
+    /// Open holes by their first number; never overlapping, never adjacent to a seen number.
+    pub holes: BTreeMap<u64, Hole>,
+    /// Numbers announced as evicted within the span.
+    pub evicted: u64,
+    /// Numbers that arrived (or were announced) after being declared lost.
+    pub late: u64,
+    /// Announced ranges below the span, kept until the span grows down to them.
+    pub early: Vec<[u64; 2]>,
+}
+
+/// What removing numbers from the holes found there.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Taken {
+    pending: u64,
+    lost: u64,
+}
+
+impl GatewaySeq {
+    /// Event `seq` was committed at `now_ms` (a duplicate changes nothing). Returns how many
+    /// numbers this retracted from the lost ones (0 or 1).
+    pub fn receive(&mut self, seq: u64, now_ms: u64) -> u64 {
+        let Some((low, high)) = self.span else {
+            self.span = Some((seq, seq));
+            return 0;
+        };
+        if seq > high {
+            self.open(high + 1, seq - 1, now_ms);
+            self.span = Some((low, seq));
+            0
+        } else if seq < low {
+            self.open(seq + 1, low - 1, now_ms);
+            self.span = Some((seq, high));
+            let early = std::mem::take(&mut self.early);
+            self.announce(&early)
+        } else {
+            let t = self.take(seq, seq);
+            self.late += t.lost;
+            t.lost
+        }
+    }
+
+    /// The gateway announced `ranges` (inclusive) as evicted by its quota policy: they are not
+    /// losses. Returns how many numbers this retracted from the lost ones.
+    pub fn announce(&mut self, ranges: &[[u64; 2]]) -> u64 {
+        let Some((low, high)) = self.span else {
+            self.early.extend(ranges.iter().filter(|[a, b]| a <= b));
+            return 0;
+        };
+        let mut retracted = 0;
+        for &[a, b] in ranges.iter().filter(|[a, b]| a <= b) {
+            if a < low {
+                self.early.push([a, b.min(low - 1)]);
+            }
+            let (a, b) = (a.max(low), b.min(high));
+            if a <= b {
+                let t = self.take(a, b);
+                self.evicted += t.pending + t.lost;
+                self.late += t.lost;
+                retracted += t.lost;
+            }
+        }
+        retracted
+    }
+
+    /// Declares lost every pending hole open for `grace_ms` or more by `now_ms`; returns the
+    /// newly lost ranges.
+    pub fn expire(&mut self, now_ms: u64, grace_ms: u64) -> Vec<[u64; 2]> {
+        let mut out = Vec::new();
+        for h in self.holes.values_mut() {
+            if !h.lost && now_ms.saturating_sub(h.since_ms) >= grace_ms {
+                h.lost = true;
+                out.push([h.first, h.last]);
+            }
+        }
+        out
+    }
+
+    /// How many numbers are lost now.
+    pub fn lost(&self) -> u64 {
+        self.holes.values().filter(|h| h.lost).map(Hole::len).sum()
+    }
+
+    /// How many numbers are missing but not yet lost.
+    pub fn pending(&self) -> u64 {
+        self.holes.values().filter(|h| !h.lost).map(Hole::len).sum()
+    }
+
+    /// The lost ranges, in order.
+    pub fn lost_ranges(&self) -> Vec<[u64; 2]> {
+        self.holes
+            .values()
+            .filter(|h| h.lost)
+            .map(|h| [h.first, h.last])
+            .collect()
+    }
+
+    fn open(&mut self, first: u64, last: u64, now_ms: u64) {
+        if first <= last {
+            self.holes.insert(
+                first,
+                Hole {
+                    first,
+                    last,
+                    since_ms: now_ms,
+                    lost: false,
+                },
+            );
+        }
+    }
+
+    /// Removes `a..=b` from the holes, splitting those it cuts.
+    fn take(&mut self, a: u64, b: u64) -> Taken {
+        let cut: Vec<Hole> = self
+            .holes
+            .range(..=b)
+            .rev()
+            .map(|(_, h)| *h)
+            .take_while(|h| h.last >= a)
+            .collect();
+        let mut taken = Taken::default();
+        for h in cut {
+            self.holes.remove(&h.first);
+            let n = h.last.min(b) - h.first.max(a) + 1;
+            if h.lost {
+                taken.lost += n;
+            } else {
+                taken.pending += n;
+            }
+            if h.first < a {
+                self.holes.insert(h.first, Hole { last: a - 1, ..h });
+            }
+            if h.last > b {
+                self.holes.insert(b + 1, Hole { first: b + 1, ..h });
+            }
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const GRACE: u64 = 1_000;
+
+    fn set(ranges: &[[u64; 2]]) -> BTreeSet<u64> {
+        ranges.iter().flat_map(|[a, b]| *a..=*b).collect()
+    }
+
+    #[test]
+    fn a_hole_is_pending_until_the_grace_then_lost() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 2, 5, 6] {
+            g.receive(s, 0);
+        }
+        assert_eq!((g.pending(), g.lost()), (2, 0));
+        assert!(g.expire(GRACE - 1, GRACE).is_empty());
+        assert_eq!(g.expire(GRACE, GRACE), vec![[3, 4]]);
+        assert_eq!((g.pending(), g.lost()), (0, 2));
+        assert!(g.expire(10 * GRACE, GRACE).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_late_arrival_retracts_its_loss() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 5] {
+            g.receive(s, 0);
+        }
+        g.expire(GRACE, GRACE);
+        assert_eq!(g.receive(3, GRACE + 1), 1);
+        assert_eq!(g.lost_ranges(), vec![[2, 2], [4, 4]]);
+        assert_eq!(g.late, 1);
+    }
+
+    #[test]
+    fn an_announced_eviction_is_not_a_loss() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 2, 9, 10] {
+            g.receive(s, 0);
+        }
+        g.announce(&[[3, 5], [7, 8]]);
+        g.expire(GRACE, GRACE);
+        assert_eq!(g.lost_ranges(), vec![[6, 6]]);
+        assert_eq!(g.evicted, 5);
+    }
+
+    #[test]
+    fn an_announcement_below_the_first_number_waits_for_the_span() {
+        let mut g = GatewaySeq::default();
+        g.receive(50, 0);
+        g.announce(&[[20, 30]]);
+        g.receive(10, 0);
+        g.expire(GRACE, GRACE);
+        assert_eq!(g.lost_ranges(), vec![[11, 19], [31, 49]]);
+    }
+
+    #[test]
+    fn duplicates_change_nothing() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 3, 3, 1, 3] {
+            g.receive(s, 0);
+        }
+        assert_eq!(g.holes.len(), 1);
+        assert_eq!(g.pending(), 1);
+    }
+
+    /// An arrival order: each delivered number (some twice), the announcement riding on the
+    /// last number as the gateway's evicted event does, and a time for each step.
+    /// (highest seq, dropped, announced, arrival steps of (seq, carries the announcement)).
+    type Scenario = (u64, BTreeSet<u64>, BTreeSet<u64>, Vec<(u64, bool)>);
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        (3u64..120).prop_flat_map(|n| {
+            let inner = proptest::collection::btree_set(2..n, 0..(n as usize / 2));
+            (Just(n), inner.clone(), inner).prop_flat_map(|(n, dropped, announced)| {
+                let announced: BTreeSet<u64> = announced.intersection(&dropped).copied().collect();
+                let mut steps: Vec<(u64, bool)> = (1..=n)
+                    .filter(|s| !dropped.contains(s))
+                    .map(|s| (s, false))
+                    .collect();
+                let dups: Vec<(u64, bool)> = steps.iter().step_by(3).copied().collect();
+                steps.extend(dups);
+                steps.push((n, true));
+                (
+                    Just(n),
+                    Just(dropped),
+                    Just(announced),
+                    Just(steps).prop_shuffle(),
+                )
+            })
+        })
+    }
+
+    fn ranges(s: &BTreeSet<u64>) -> Vec<[u64; 2]> {
+        s.iter().map(|&x| [x, x]).collect()
+    }
+
+    proptest! {
+        /// Whatever the arrival order and the duplicates, once everything has arrived and the
+        /// grace has passed, the lost numbers are exactly the dropped ones nobody announced.
+        #[test]
+        fn lost_is_exactly_dropped_minus_announced((_n, dropped, announced, steps) in scenario()) {
+            let mut g = GatewaySeq::default();
+            for (i, (seq, announces)) in steps.iter().enumerate() {
+                g.receive(*seq, i as u64);
+                if *announces {
+                    g.announce(&ranges(&announced));
+                }
+            }
+            prop_assert_eq!(g.pending(), (&dropped - &announced).len() as u64);
+            g.expire(u64::MAX, GRACE);
+            let expected: BTreeSet<u64> = &dropped - &announced;
+            prop_assert_eq!(set(&g.lost_ranges()), expected);
+            prop_assert_eq!(g.evicted, announced.len() as u64);
+            prop_assert_eq!(g.late, 0);
+        }
+
+        /// Declaring losses too early (mid-stream) is corrected by the late arrivals: the end
+        /// state is the same, and every retraction is counted as late.
+        #[test]
+        fn early_expiry_is_retracted_by_late_arrivals((_n, dropped, announced, steps) in scenario(), cut in 0usize..200) {
+            let mut g = GatewaySeq::default();
+            let cut = cut % (steps.len() + 1);
+            let mut retracted = 0;
+            for (i, (seq, announces)) in steps.iter().enumerate() {
+                if i == cut {
+                    g.expire(u64::MAX, 0);
+                }
+                retracted += g.receive(*seq, i as u64);
+                if *announces {
+                    retracted += g.announce(&ranges(&announced));
+                }
+            }
+            g.expire(u64::MAX, GRACE);
+            prop_assert_eq!(set(&g.lost_ranges()), &dropped - &announced);
+            prop_assert_eq!(g.late, retracted);
+        }
+    }
+}

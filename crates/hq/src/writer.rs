@@ -1,0 +1,202 @@
+//! The writer: the only owner of the journey store, on its own thread (rusqlite blocks). It
+//! takes the consumer's messages, commits them in groups (one transaction for every message
+//! waiting, up to [`MAX_GROUP`]), keeps each gateway's `seq` accounting, and settles each
+//! message's receipt only once its commit is durable; the consumer acknowledges it to the
+//! broker then. A failed commit settles nothing: the consumer drops the connection and the
+//! broker sends the messages again.
+//!
+//! Once a second it declares lost the holes older than the grace, with one log line per
+//! gateway (and so per store) naming the lost `seq` ranges.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::ingest::{self, Accepted, GatewayKey, Parked};
+use crate::metrics::{GatewayFigures, Shared};
+use crate::seq::GatewaySeq;
+use crate::store::{Group, JourneyStore, StoreError};
+
+/// Messages committed in one transaction at most: bounds a commit's latency and memory.
+pub const MAX_GROUP: usize = 256;
+/// How often the holes are checked against the grace.
+const TICK: Duration = Duration::from_secs(1);
+/// Pause after a failed commit, so a broken disk does not spin the thread.
+const FAILED_COMMIT_PAUSE: Duration = Duration::from_millis(500);
+
+/// One MQTT message on its way to the store, with the receipt the consumer waits for.
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub done: oneshot::Sender<()>,
+}
+
+pub struct Writer {
+    store: Box<dyn JourneyStore>,
+    rx: flume::Receiver<Delivery>,
+    gateways: HashMap<GatewayKey, GatewaySeq>,
+    grace: Duration,
+    stats: Shared,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Writer {
+    pub fn new(
+        mut store: Box<dyn JourneyStore>,
+        rx: flume::Receiver<Delivery>,
+        grace: Duration,
+        stats: Shared,
+    ) -> Result<Writer, StoreError> {
+        let gateways: HashMap<_, _> = store.load_gateways()?.into_iter().collect();
+        let mut w = Writer {
+            store,
+            rx,
+            gateways,
+            grace,
+            stats,
+        };
+        w.publish_all();
+        Ok(w)
+    }
+
+    /// Serves until every sender is gone; blocking, run it on its own thread.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut group = vec![first];
+                    group.extend(self.rx.try_iter().take(MAX_GROUP - 1));
+                    self.commit(group);
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.expire();
+                next_tick = Instant::now() + TICK;
+            }
+        }
+        info!("writer stopped: every committed message was settled");
+    }
+
+    fn commit(&mut self, group: Vec<Delivery>) {
+        let now = now_ms();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut parked: Vec<(String, Parked)> = Vec::new();
+        for d in &group {
+            for item in ingest::read_batch(&d.topic, &d.payload) {
+                match item {
+                    Ok(a) => accepted.push(a),
+                    Err(p) => {
+                        warn!(topic = %d.topic, reason = %p.reason, "event parked");
+                        parked.push((d.topic.clone(), p));
+                    }
+                }
+            }
+        }
+        // The accounting moves first (a duplicate changes nothing in it) and is written in the
+        // same transaction as the events; a failed commit reloads it from the store.
+        let mut touched: Vec<GatewayKey> = Vec::new();
+        for e in &accepted {
+            let g = self.gateways.entry(e.gateway.clone()).or_default();
+            let mut late = g.receive(e.seq, now);
+            if let Some(ranges) = &e.evicted {
+                late += g.announce(ranges);
+            }
+            if late > 0 {
+                info!(gateway = %e.gateway, late, seq = e.seq, "events declared lost arrived late: loss retracted");
+            }
+            if !touched.contains(&e.gateway) {
+                touched.push(e.gateway.clone());
+            }
+        }
+        let result = self.store.commit(&Group {
+            accepted: &accepted,
+            parked: &parked,
+            gateways: touched.iter().map(|k| (k, &self.gateways[k])).collect(),
+            now_ms: now,
+        });
+        let messages = group.len() as u64;
+        match result {
+            Ok(done) => {
+                for d in group {
+                    // The consumer may have moved to a new connection: then nobody waits.
+                    let _ = d.done.send(());
+                }
+                let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.events_stored += done.fresh;
+                s.duplicates += done.duplicates;
+                s.parked += parked.len() as u64;
+                s.batches += messages;
+                for k in &touched {
+                    s.gateways
+                        .insert(k.clone(), GatewayFigures::of(&self.gateways[k]));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, messages = group.len(), "commit failed; the broker will send these messages again");
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .commit_errors += 1;
+                drop(group);
+                match self.store.load_gateways() {
+                    Ok(g) => self.gateways = g.into_iter().collect(),
+                    Err(e) => error!(error = %e, "reloading the seq accounting failed"),
+                }
+                std::thread::sleep(FAILED_COMMIT_PAUSE);
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = now_ms();
+        let grace = self.grace.as_millis() as u64;
+        let mut changed = Vec::new();
+        for (k, g) in self.gateways.iter_mut() {
+            let newly = g.expire(now, grace);
+            if !newly.is_empty() {
+                let count: u64 = newly.iter().map(|[a, b]| b - a + 1).sum();
+                warn!(
+                    tenant = %k.tenant,
+                    store = %k.store,
+                    gateway = %k.gateway,
+                    lost = count,
+                    lost_total = g.lost(),
+                    seqs = ?newly,
+                    "events lost: seq numbers never arrived and were not announced as evicted"
+                );
+                changed.push(k.clone());
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let list: Vec<_> = changed.iter().map(|k| (k, &self.gateways[k])).collect();
+        if let Err(e) = self.store.save_gateways(&list) {
+            // Still reported (log, metric); the next tick's save or commit writes it again.
+            error!(error = %e, "saving the lost ranges failed");
+        }
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &changed {
+            s.gateways
+                .insert(k.clone(), GatewayFigures::of(&self.gateways[k]));
+        }
+    }
+
+    fn publish_all(&mut self) {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, g) in &self.gateways {
+            s.gateways.insert(k.clone(), GatewayFigures::of(g));
+        }
+    }
+}

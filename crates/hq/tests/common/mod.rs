@@ -1,0 +1,271 @@
+//! Real parts only: a real mosquitto on a free port (the gateway's test broker), the gateway's
+//! own outbox and uplink publishing to it in-process, and the built `phygate-hq` binary as a
+//! child process with its config and SQLite journey store in a temp dir.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use phygate::config::Config as EdgeConfig;
+use phygate::event::{Event, EventData, Origin, QrScanned};
+use phygate::outbox::{Outbox, OutboxHandle};
+use phygate::sim::broker::{free_port, Mosquitto};
+use phygate::uplink::Uplink;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub const TENANT: &str = "acme";
+
+/// The `phygate-hq` binary with its config, store and log under `dir`.
+pub struct Hq {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub status_port: u16,
+}
+
+impl Hq {
+    /// Starts HQ on `broker_port` with a loss grace of `grace`, and waits until it subscribed.
+    pub fn start(dir: &Path, broker_port: u16, grace: &str) -> Hq {
+        std::fs::create_dir_all(dir).unwrap();
+        let status_port = free_port().unwrap();
+        let config = dir.join("hq.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nport = {broker_port}\nclient_id = \"hq-test-{broker_port}\"\nkeepalive = \"5s\"\n\
+                 [store]\npath = \"hq.db\"\n[loss]\ngrace = \"{grace}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut hq = Hq {
+            child: None,
+            dir: dir.to_owned(),
+            config,
+            status_port,
+        };
+        hq.restart();
+        hq
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let before = self.log().matches("subscribed").count()
+            + self.log().matches("session_present=true").count();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        // Subscribed on a new session, or the broker resumed the old one.
+        wait_for(Duration::from_secs(20), "HQ subscribed", || {
+            self.log().matches("subscribed").count()
+                + self.log().matches("session_present=true").count()
+                > before
+        });
+    }
+
+    /// kill -9: nothing flushed, nothing acknowledged on the way out.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM; returns whether it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap().success()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("hq.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.dir.join("hq.db")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    /// `(seq, count)` of the events stored for gateway `gateway` of `store`.
+    pub fn stored(&self, store: &str, gateway: &str) -> BTreeMap<u64, u64> {
+        let db = self.db();
+        let Ok(mut stmt) = db.prepare(
+            "SELECT e.seq, count(*) FROM events e JOIN gateways g USING (gw) \
+             WHERE g.store = ?1 AND g.gateway = ?2 GROUP BY e.seq",
+        ) else {
+            return BTreeMap::new();
+        };
+        stmt.query_map([store, gateway], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Runs a `phygate-hq` subcommand on this HQ's config; its stdout lines as JSON.
+    pub fn query(&self, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.status_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: hq\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+}
+
+impl Drop for Hq {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A store's gateway, reduced to what HQ sees of it: the real outbox (its own SQLite file) and
+/// the real uplink, started separately so a test can work on the outbox before publishing.
+pub struct Edge {
+    pub config: EdgeConfig,
+    pub outbox: OutboxHandle,
+    stop: Option<watch::Sender<bool>>,
+    uplink: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Edge {
+    /// Opens the outbox of gateway `gw1` of `store`; nothing is published yet.
+    pub fn open(dir: &Path, store: &str, broker_port: u16) -> Edge {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("edge.toml");
+        let text = format!(
+            "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
+             [outbox]\npath = \"{}\"\nmax_bytes = 1048576\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"edge-{store}\"\nkeepalive = \"5s\"\n",
+            dir.join("outbox.db").display()
+        );
+        let config = EdgeConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+        let origin = Origin {
+            store: store.into(),
+            gateway: "gw1".into(),
+        };
+        let (outbox, handle) = Outbox::open(&config.outbox, origin).unwrap();
+        outbox.spawn().unwrap();
+        Edge {
+            config,
+            outbox: handle,
+            stop: None,
+            uplink: None,
+        }
+    }
+
+    /// Starts publishing (the gateway's uplink, QoS 1, rows deleted on PUBACK).
+    pub fn start_uplink(&mut self) {
+        let (stop, stopped) = watch::channel(false);
+        let uplink = Uplink::new(&self.config, self.outbox.clone(), stopped).unwrap();
+        self.uplink = Some(tokio::spawn(async move {
+            uplink.run().await.unwrap();
+        }));
+        self.stop = Some(stop);
+    }
+
+    pub async fn stop_uplink(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(true).unwrap();
+            self.uplink.take().unwrap().await.unwrap();
+        }
+    }
+
+    /// Appends `event` durably; returns its seq.
+    pub async fn append(&self, event: Event) -> u64 {
+        self.outbox.append(event).await.unwrap()
+    }
+
+    /// Deletes rows from the outbox's SQLite file behind its back: a simulated loss.
+    pub fn delete_behind_its_back(&self, seqs: &[u64]) {
+        let c = rusqlite::Connection::open(&self.config.outbox.path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        for s in seqs {
+            assert_eq!(
+                c.execute("DELETE FROM outbox WHERE seq = ?1", [*s as i64])
+                    .unwrap(),
+                1
+            );
+        }
+    }
+}
+
+/// An anonymous product scan with a payload of `pad` bytes.
+pub fn scan(pad: usize) -> Event {
+    Event::new(
+        "aisle-1".into(),
+        SystemTime::now(),
+        EventData::QrScanned(QrScanned {
+            kind: "product",
+            symbology: "ean13",
+            aim: None,
+            payload: Some("4".repeat(pad.max(1))),
+            kid: None,
+            jti: None,
+            verdict: None,
+            gate_opened: None,
+        }),
+    )
+}
+
+/// The same, by an identified user (never evicted before anonymous events).
+pub fn identified(user: &str, pad: usize) -> Event {
+    let mut e = scan(pad);
+    e.userid = Some(user.into());
+    e.stage = Some("browse");
+    e
+}
+
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn broker(dir: &Path) -> Mosquitto {
+    Mosquitto::start(&dir.join("broker")).expect("mosquitto")
+}
