@@ -22,6 +22,12 @@
 //!
 //! [status]
 //! listen = "127.0.0.1:9480"    # /metrics and /healthz; omit the table for none
+//!
+//! [[sink]]                     # zero or more journey engines: see `sink::config`
+//! name = "braze"
+//! kind = "braze"
+//! url = "https://rest.iad-01.braze.com"
+//! api_key_env = "BRAZE_API_KEY"
 //! ```
 
 use std::net::SocketAddr;
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sink::config::{RawSink, SinkConfig};
 use crate::store::sqlite::Synchronous;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub loss_grace: Duration,
     pub status: Option<SocketAddr>,
+    /// The journey engines, each with its own cursor ([`crate::sink`]).
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +83,8 @@ struct Raw {
     #[serde(default)]
     loss: RawLoss,
     status: Option<RawStatus>,
+    #[serde(default)]
+    sink: Vec<RawSink>,
 }
 
 #[derive(Deserialize)]
@@ -245,10 +256,11 @@ impl Config {
                 }
             },
         };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
         if !problems.is_empty() {
             return Err(err(problems.join("\n  ")));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
             mqtt: MqttConfig {
                 host: m.host,
@@ -266,6 +278,7 @@ impl Config {
             },
             loss_grace: raw.loss.grace,
             status,
+            sinks,
         })
     }
 }
