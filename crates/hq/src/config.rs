@@ -325,4 +325,38 @@ mod tests {
             assert!(e.contains(key), "{key} missing from {e}");
         }
     }
+
+    #[test]
+    fn a_sink_takes_its_key_from_a_file_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("braze.key"), "s3cret\n").unwrap();
+        let text = "[mqtt]\n[[sink]]\nname = \"braze\"\nkind = \"braze\"\nurl = \"https://rest.iad-01.braze.com\"\n\
+                    api_key_file = \"braze.key\"\n[sink.map.\"store.visit.started\"]\nevent = \"Store Visit\"\n";
+        let c = Config::parse(text, &dir.path().join("hq.toml")).unwrap();
+        let s = &c.sinks[0];
+        assert_eq!(s.api_key.0, "s3cret");
+        assert_eq!(s.mapping.rule("store.visit.started").event, "Store Visit");
+        assert_eq!(s.mapping.rule("store.visit.ended").event, "visit_ended");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "check-config would print the key"
+        );
+    }
+
+    #[test]
+    fn a_sink_without_a_key_or_with_two_is_refused() {
+        let e = parse("[mqtt]\n[[sink]]\nname = \"a\"\nkind = \"amplitude\"\nurl = \"https://api2.amplitude.com\"\n\
+                       api_key_env = \"PHYGATE_HQ_TEST_UNSET_VARIABLE\"\n\
+                       [[sink]]\nname = \"b\"\nkind = \"mixpanel\"\nurl = \"ftp://x\"\napi_key_env = \"A\"\napi_key_file = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "PHYGATE_HQ_TEST_UNSET_VARIABLE is not set",
+            "mixpanel",
+            "ftp://x",
+            "exactly one of",
+        ] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+    }
 }

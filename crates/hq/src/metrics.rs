@@ -31,6 +31,8 @@ pub struct SinkFigures {
     pub parked: u64,
     /// Requests repeated after no answer: the engine may have their events twice.
     pub ambiguous: u64,
+    /// The events in those requests: at most this many are at the engine twice.
+    pub ambiguous_events: u64,
     /// Requests retried after a failure (5xx, no connection, no answer, our config).
     pub retries: u64,
     /// Requests the engine throttled (429).
@@ -148,16 +150,67 @@ pub fn render(s: &Stats) -> String {
             );
         }
     }
-    let per_sink: [Series<SinkFigures>; 9] = [
-        ("phygate_hq_sink_forwarded_total", "counter", "Events the journey engine took.", |f| f.forwarded),
-        ("phygate_hq_sink_requests_total", "counter", "Requests sent to the journey engine.", |f| f.requests),
-        ("phygate_hq_sink_parked_total", "counter", "Events the engine refused for good (parked, not retried).", |f| f.parked),
-        ("phygate_hq_sink_ambiguous_total", "counter", "Requests repeated after their fate was unknown: the engine may hold their events twice.", |f| f.ambiguous),
-        ("phygate_hq_sink_retries_total", "counter", "Requests retried after a failure.", |f| f.retries),
-        ("phygate_hq_sink_throttled_total", "counter", "Requests the engine throttled (429).", |f| f.throttled),
-        ("phygate_hq_sink_skipped_total", "counter", "Events not for this sink (anonymous for Braze, types not forwarded).", |f| f.skipped),
-        ("phygate_hq_sink_cursor", "gauge", "The commit number up to which every event is done for the sink.", |f| f.cursor),
-        ("phygate_hq_sink_lag_events", "gauge", "Events committed and not yet done for the sink.", |f| f.lag),
+    let per_sink: [Series<SinkFigures>; 10] = [
+        (
+            "phygate_hq_sink_forwarded_total",
+            "counter",
+            "Events the journey engine took.",
+            |f| f.forwarded,
+        ),
+        (
+            "phygate_hq_sink_requests_total",
+            "counter",
+            "Requests sent to the journey engine.",
+            |f| f.requests,
+        ),
+        (
+            "phygate_hq_sink_parked_total",
+            "counter",
+            "Events the engine refused for good (parked, not retried).",
+            |f| f.parked,
+        ),
+        (
+            "phygate_hq_sink_ambiguous_total",
+            "counter",
+            "Requests repeated after their fate was unknown: the engine may hold their events twice.",
+            |f| f.ambiguous,
+        ),
+        (
+            "phygate_hq_sink_ambiguous_events_total",
+            "counter",
+            "Events in the requests repeated after their fate was unknown.",
+            |f| f.ambiguous_events,
+        ),
+        (
+            "phygate_hq_sink_retries_total",
+            "counter",
+            "Requests retried after a failure.",
+            |f| f.retries,
+        ),
+        (
+            "phygate_hq_sink_throttled_total",
+            "counter",
+            "Requests the engine throttled (429).",
+            |f| f.throttled,
+        ),
+        (
+            "phygate_hq_sink_skipped_total",
+            "counter",
+            "Events not for this sink (anonymous for Braze, types not forwarded).",
+            |f| f.skipped,
+        ),
+        (
+            "phygate_hq_sink_cursor",
+            "gauge",
+            "The commit number up to which every event is done for the sink.",
+            |f| f.cursor,
+        ),
+        (
+            "phygate_hq_sink_lag_events",
+            "gauge",
+            "Events committed and not yet done for the sink.",
+            |f| f.lag,
+        ),
     ];
     for (name, kind, help, get) in per_sink {
         if s.sinks.is_empty() {

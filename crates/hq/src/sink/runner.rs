@@ -224,7 +224,11 @@ impl SinkRunner {
                 return None;
             }
             if std::mem::take(&mut self.uncertain) {
-                self.count(|f| f.ambiguous += 1);
+                let events = batch.len() as u64;
+                self.count(|f| {
+                    f.ambiguous += 1;
+                    f.ambiguous_events += events;
+                });
                 warn!(sink = %self.name, upto = covered, events = batch.len(), "ambiguous: repeating a request whose fate is unknown; the engine may receive these events twice");
             }
             self.count(|f| f.requests += 1);

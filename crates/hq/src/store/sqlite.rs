@@ -471,4 +471,39 @@ mod tests {
         let mut store = SqliteStore::open(&path, Synchronous::Full).unwrap();
         assert_eq!(store.load_gateways().unwrap(), vec![(key, g)]);
     }
+
+    #[test]
+    fn a_version_1_store_gets_the_sinks_tables_and_a_sink_starts_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.db");
+        {
+            let store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP TABLE sink_cursors; DROP TABLE sink_parked; PRAGMA user_version = 1;",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+        assert_eq!(
+            store.sink_position("braze").unwrap(),
+            SinkPosition::default()
+        );
+        store.sink_inflight("braze", Some(9)).unwrap();
+        let parked = [SinkParked {
+            n: 3,
+            id: "x".into(),
+            reason: "r".into(),
+        }];
+        store.sink_advance("braze", 9, &parked, 1).unwrap();
+        assert_eq!(
+            store.sink_position("braze").unwrap(),
+            SinkPosition {
+                cursor: 9,
+                inflight: None
+            }
+        );
+        assert_eq!(store.sink_parked("braze").unwrap(), parked);
+    }
 }
