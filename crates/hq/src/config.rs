@@ -22,6 +22,12 @@
 //!
 //! [status]
 //! listen = "127.0.0.1:9480"    # /metrics and /healthz; omit the table for none
+//!
+//! [[sink]]                     # zero or more journey engines: see `sink::config`
+//! name = "braze"
+//! kind = "braze"
+//! url = "https://rest.iad-01.braze.com"
+//! api_key_env = "BRAZE_API_KEY"
 //! ```
 
 use std::net::SocketAddr;
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sink::config::{RawSink, SinkConfig};
 use crate::store::sqlite::Synchronous;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub loss_grace: Duration,
     pub status: Option<SocketAddr>,
+    /// The journey engines, each with its own cursor ([`crate::sink`]).
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +83,8 @@ struct Raw {
     #[serde(default)]
     loss: RawLoss,
     status: Option<RawStatus>,
+    #[serde(default)]
+    sink: Vec<RawSink>,
 }
 
 #[derive(Deserialize)]
@@ -245,10 +256,11 @@ impl Config {
                 }
             },
         };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
         if !problems.is_empty() {
             return Err(err(problems.join("\n  ")));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
             mqtt: MqttConfig {
                 host: m.host,
@@ -266,6 +278,7 @@ impl Config {
             },
             loss_grace: raw.loss.grace,
             status,
+            sinks,
         })
     }
 }
@@ -310,6 +323,40 @@ mod tests {
             "status.listen",
         ] {
             assert!(e.contains(key), "{key} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn a_sink_takes_its_key_from_a_file_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("braze.key"), "s3cret\n").unwrap();
+        let text = "[mqtt]\n[[sink]]\nname = \"braze\"\nkind = \"braze\"\nurl = \"https://rest.iad-01.braze.com\"\n\
+                    api_key_file = \"braze.key\"\n[sink.map.\"store.visit.started\"]\nevent = \"Store Visit\"\n";
+        let c = Config::parse(text, &dir.path().join("hq.toml")).unwrap();
+        let s = &c.sinks[0];
+        assert_eq!(s.api_key.0, "s3cret");
+        assert_eq!(s.mapping.rule("store.visit.started").event, "Store Visit");
+        assert_eq!(s.mapping.rule("store.visit.ended").event, "visit_ended");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "check-config would print the key"
+        );
+    }
+
+    #[test]
+    fn a_sink_without_a_key_or_with_two_is_refused() {
+        let e = parse("[mqtt]\n[[sink]]\nname = \"a\"\nkind = \"amplitude\"\nurl = \"https://api2.amplitude.com\"\n\
+                       api_key_env = \"PHYGATE_HQ_TEST_UNSET_VARIABLE\"\n\
+                       [[sink]]\nname = \"b\"\nkind = \"mixpanel\"\nurl = \"ftp://x\"\napi_key_env = \"A\"\napi_key_file = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "PHYGATE_HQ_TEST_UNSET_VARIABLE is not set",
+            "mixpanel",
+            "ftp://x",
+            "exactly one of",
+        ] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
         }
     }
 }

@@ -4,6 +4,7 @@
 //! stores ─MQTT─► broker ─$share/{group}─► consumer ─Delivery─► writer ─► journey store (SQLite)
 //!                        ◄── PUBACK once committed ──┘            │ dedupe (gateway, id)
 //!                                                                 │ seq accounting → lost
+//!                                   journey engines ◄─HTTP─ sinks ◄─ cursor per sink (events.n)
 //! ```
 //!
 //! - [`config`]: `hq.toml` → validated [`config::Config`].
@@ -12,7 +13,9 @@
 //! - [`writer`]: the journey store's only owner; group commits, then settles each message.
 //! - [`seq`]: per gateway `seq` accounting: holes, announced evictions, losses. Pure.
 //! - [`journey`]: each identified user's stage, visit and latest diagnosis. Pure.
-//! - [`store`]: the [`store::JourneyStore`] trait and its SQLite implementation.
+//! - [`store`]: the [`store::JourneyStore`] and [`store::SinkLedger`] traits and their SQLite
+//!   implementation.
+//! - [`sink`]: Braze and Amplitude, each fed from its durable cursor, never twice unannounced.
 //! - [`metrics`] and [`status`]: the counters and the `/metrics`, `/healthz` endpoint.
 //! - [`run`]: the wiring of all of the above, and the ordered shutdown.
 
@@ -23,6 +26,7 @@ pub mod journey;
 pub mod metrics;
 pub mod run;
 pub mod seq;
+pub mod sink;
 pub mod status;
 pub mod store;
 pub mod writer;

@@ -17,6 +17,31 @@ pub struct Stats {
     pub parked: u64,
     pub commit_errors: u64,
     pub gateways: BTreeMap<GatewayKey, GatewayFigures>,
+    /// By sink name; each sink's runner keeps its own entry.
+    pub sinks: BTreeMap<String, SinkFigures>,
+}
+
+/// One sink's counters since start, and where it stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkFigures {
+    /// Events the engine took.
+    pub forwarded: u64,
+    pub requests: u64,
+    /// Events the engine refused for good (table `sink_parked`).
+    pub parked: u64,
+    /// Requests repeated after no answer: the engine may have their events twice.
+    pub ambiguous: u64,
+    /// The events in those requests: at most this many are at the engine twice.
+    pub ambiguous_events: u64,
+    /// Requests retried after a failure (5xx, no connection, no answer, our config).
+    pub retries: u64,
+    /// Requests the engine throttled (429).
+    pub throttled: u64,
+    /// Events not for this sink (anonymous for Braze, types not forwarded).
+    pub skipped: u64,
+    pub cursor: u64,
+    /// Events committed and not yet done for the sink.
+    pub lag: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +68,8 @@ impl GatewayFigures {
 /// Shared between the writer (the only one that changes it) and the status endpoint.
 pub type Shared = Arc<Mutex<Stats>>;
 
-/// A per gateway series: name, kind, help, and its value.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&GatewayFigures) -> u64,
-);
+/// A labelled series: name, kind, help, and its value in a gateway's or a sink's figures.
+type Series<F> = (&'static str, &'static str, &'static str, fn(&F) -> u64);
 
 /// The Prometheus text exposition of `s`.
 pub fn render(s: &Stats) -> String {
@@ -85,7 +105,7 @@ pub fn render(s: &Stats) -> String {
         "Journey store commits that failed (messages redelivered).",
         s.commit_errors,
     );
-    let per_gateway: [Series; 5] = [
+    let per_gateway: [Series<GatewayFigures>; 5] = [
         (
             "phygate_hq_lost_events",
             "gauge",
@@ -128,6 +148,77 @@ pub fn render(s: &Stats) -> String {
                 escape(&k.gateway),
                 get(f)
             );
+        }
+    }
+    let per_sink: [Series<SinkFigures>; 10] = [
+        (
+            "phygate_hq_sink_forwarded_total",
+            "counter",
+            "Events the journey engine took.",
+            |f| f.forwarded,
+        ),
+        (
+            "phygate_hq_sink_requests_total",
+            "counter",
+            "Requests sent to the journey engine.",
+            |f| f.requests,
+        ),
+        (
+            "phygate_hq_sink_parked_total",
+            "counter",
+            "Events the engine refused for good (parked, not retried).",
+            |f| f.parked,
+        ),
+        (
+            "phygate_hq_sink_ambiguous_total",
+            "counter",
+            "Requests repeated after their fate was unknown: the engine may hold their events twice.",
+            |f| f.ambiguous,
+        ),
+        (
+            "phygate_hq_sink_ambiguous_events_total",
+            "counter",
+            "Events in the requests repeated after their fate was unknown.",
+            |f| f.ambiguous_events,
+        ),
+        (
+            "phygate_hq_sink_retries_total",
+            "counter",
+            "Requests retried after a failure.",
+            |f| f.retries,
+        ),
+        (
+            "phygate_hq_sink_throttled_total",
+            "counter",
+            "Requests the engine throttled (429).",
+            |f| f.throttled,
+        ),
+        (
+            "phygate_hq_sink_skipped_total",
+            "counter",
+            "Events not for this sink (anonymous for Braze, types not forwarded).",
+            |f| f.skipped,
+        ),
+        (
+            "phygate_hq_sink_cursor",
+            "gauge",
+            "The commit number up to which every event is done for the sink.",
+            |f| f.cursor,
+        ),
+        (
+            "phygate_hq_sink_lag_events",
+            "gauge",
+            "Events committed and not yet done for the sink.",
+            |f| f.lag,
+        ),
+    ];
+    for (name, kind, help, get) in per_sink {
+        if s.sinks.is_empty() {
+            break;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (sink, f) in &s.sinks {
+            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", escape(sink), get(f));
         }
     }
     out

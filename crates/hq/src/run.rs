@@ -1,6 +1,7 @@
 //! The wiring, top to bottom as the flow goes, and the shutdown in the same order: the
 //! consumer stops taking messages (acknowledging what was committed), its sender drops, the
-//! writer commits what it holds and ends.
+//! writer commits what it holds and ends. The sinks stop at the same signal, each once its
+//! request out (if any) is answered.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::metrics::Stats;
+use crate::sink::runner::SinkRunner;
 use crate::store::sqlite::SqliteStore;
 use crate::writer::Writer;
 
@@ -32,12 +34,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let status = config
         .status
         .map(|listen| tokio::spawn(crate::status::serve(listen, stats.clone(), stopped.clone())));
-    let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped).run());
+    let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped.clone()).run());
+    // Each sink reads the store through its own connection (WAL: readers do not block the
+    // writer), at its own pace: a throttled engine slows only its sink.
+    let mut sinks = Vec::new();
+    for sink in &config.sinks {
+        let ledger = SqliteStore::open(&config.store.path, config.store.synchronous)
+            .with_context(|| format!("opening the journey store for sink {}", sink.name))?;
+        let runner = SinkRunner::new(sink, Box::new(ledger), stats.clone(), stopped.clone())?;
+        info!(sink = %sink.name, kind = ?sink.kind, url = %sink.url, "sink configured");
+        sinks.push(tokio::spawn(runner.run()));
+    }
 
     shutdown_signal().await;
     info!("stopping");
     let _ = stop.send(true);
     consumer.await.context("consumer task")?;
+    for sink in sinks {
+        sink.await.context("sink task")??;
+    }
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("writer thread")?

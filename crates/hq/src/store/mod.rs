@@ -52,3 +52,44 @@ pub trait JourneyStore: Send {
     /// The views of user `userid`, one per tenant that knows it.
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError>;
 }
+
+/// Where a sink stands in the commit order of `events` (column `n`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkPosition {
+    /// Every event up to this `n` is done for the sink: forwarded, parked or not for it.
+    pub cursor: u64,
+    /// Set while a request covering events up to this `n` is out: after a crash, the request
+    /// may or may not have reached the engine (its resend is then counted as ambiguous).
+    pub inflight: Option<u64>,
+}
+
+/// An event the engine refused for good, kept with the reason and never sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkParked {
+    pub n: u64,
+    pub id: String,
+    pub reason: String,
+}
+
+/// What a sink runner needs from the journey store: its durable cursor, the events above it
+/// in commit order, and its parked events. Each sink holds its own connection.
+pub trait SinkLedger: Send {
+    fn sink_position(&mut self, sink: &str) -> Result<SinkPosition, StoreError>;
+    /// Up to `limit` events with `n` above `after`, in commit order: (`n`, the event as JSON).
+    fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The highest `n` committed (0 when empty): the sink's lag is this minus its cursor.
+    fn last_n(&mut self) -> Result<u64, StoreError>;
+    /// Records (or clears) the request about to go out, before it goes out.
+    fn sink_inflight(&mut self, sink: &str, upto: Option<u64>) -> Result<(), StoreError>;
+    /// In one transaction: parks `parked`, moves the cursor to `to` and clears the in-flight
+    /// mark. A crash leaves either all of it or none.
+    fn sink_advance(
+        &mut self,
+        sink: &str,
+        to: u64,
+        parked: &[SinkParked],
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// The events parked for `sink`, oldest first.
+    fn sink_parked(&mut self, sink: &str) -> Result<Vec<SinkParked>, StoreError>;
+}

@@ -10,13 +10,13 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Committed, Group, JourneyStore, StoreError};
+use super::{Committed, Group, JourneyStore, SinkLedger, SinkParked, SinkPosition, StoreError};
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
 use crate::seq::{GatewaySeq, Hole};
 
-/// Schema version (`PRAGMA user_version`).
-const SCHEMA: i64 = 1;
+/// Schema version (`PRAGMA user_version`). 2 added the sinks' tables ([`SINKS_SQL`]).
+const SCHEMA: i64 = 2;
 /// How long a statement waits for another connection's lock (the `user` query reads beside a
 /// running consumer).
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -54,6 +54,20 @@ CREATE TABLE parked (
 );
 ";
 
+/// The sinks' cursors and parked events; a version 1 file gets them on open.
+const SINKS_SQL: &str = "
+-- n: every event up to it is done for the sink; inflight: the last n of a request sent and
+-- not yet answered (its fate is unknown after a crash).
+CREATE TABLE sink_cursors (
+    sink TEXT PRIMARY KEY, n INTEGER NOT NULL, inflight INTEGER
+);
+CREATE TABLE sink_parked (
+    sink TEXT NOT NULL, n INTEGER NOT NULL, id TEXT NOT NULL, reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sink, n)
+);
+";
+
 /// `synchronous` for the journey store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -80,9 +94,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 => {
+            0 | 1 => {
                 let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(SCHEMA_SQL)?;
+                if version == 0 {
+                    tx.execute_batch(SCHEMA_SQL)?;
+                }
+                tx.execute_batch(SINKS_SQL)?;
                 tx.pragma_update(None, "user_version", SCHEMA)?;
                 tx.commit()?;
             }
@@ -291,6 +308,91 @@ impl JourneyStore for SqliteStore {
     }
 }
 
+impl SinkLedger for SqliteStore {
+    fn sink_position(&mut self, sink: &str) -> Result<SinkPosition, StoreError> {
+        let row: Option<(i64, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT n, inflight FROM sink_cursors WHERE sink = ?1",
+                [sink],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(
+            row.map_or(SinkPosition::default(), |(n, inflight)| SinkPosition {
+                cursor: n as u64,
+                inflight: inflight.map(|i| i as u64),
+            }),
+        )
+    }
+
+    fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT n, body FROM events WHERE n > ?1 ORDER BY n LIMIT ?2")?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn last_n(&mut self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT max(n) FROM events", [], |r| r.get(0))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn sink_inflight(&mut self, sink: &str, upto: Option<u64>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO sink_cursors (sink, n, inflight) VALUES (?1, 0, ?2) \
+             ON CONFLICT (sink) DO UPDATE SET inflight = excluded.inflight",
+            params![sink, upto.map(|u| u as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn sink_advance(
+        &mut self,
+        sink: &str,
+        to: u64,
+        parked: &[SinkParked],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut park = tx.prepare_cached(
+                "INSERT OR REPLACE INTO sink_parked (sink, n, id, reason, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for p in parked {
+                park.execute(params![sink, p.n as i64, p.id, p.reason, now_ms as i64])?;
+            }
+            tx.execute(
+                "INSERT INTO sink_cursors (sink, n, inflight) VALUES (?1, ?2, NULL) \
+                 ON CONFLICT (sink) DO UPDATE SET n = excluded.n, inflight = NULL",
+                params![sink, to as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn sink_parked(&mut self, sink: &str) -> Result<Vec<SinkParked>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT n, id, reason FROM sink_parked WHERE sink = ?1 ORDER BY n")?;
+        let rows = stmt.query_map([sink], |r| {
+            Ok(SinkParked {
+                n: r.get::<_, i64>(0)? as u64,
+                id: r.get(1)?,
+                reason: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +470,40 @@ mod tests {
         }
         let mut store = SqliteStore::open(&path, Synchronous::Full).unwrap();
         assert_eq!(store.load_gateways().unwrap(), vec![(key, g)]);
+    }
+
+    #[test]
+    fn a_version_1_store_gets_the_sinks_tables_and_a_sink_starts_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.db");
+        {
+            let store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP TABLE sink_cursors; DROP TABLE sink_parked; PRAGMA user_version = 1;",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+        assert_eq!(
+            store.sink_position("braze").unwrap(),
+            SinkPosition::default()
+        );
+        store.sink_inflight("braze", Some(9)).unwrap();
+        let parked = [SinkParked {
+            n: 3,
+            id: "x".into(),
+            reason: "r".into(),
+        }];
+        store.sink_advance("braze", 9, &parked, 1).unwrap();
+        assert_eq!(
+            store.sink_position("braze").unwrap(),
+            SinkPosition {
+                cursor: 9,
+                inflight: None
+            }
+        );
+        assert_eq!(store.sink_parked("braze").unwrap(), parked);
     }
 }
