@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tracing::{error, warn};
 
 use crate::config::Synchronous;
-use crate::event::{Event, EventData, Origin, OutboxEvicted, Priority};
+use crate::event::{Event, Origin};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -117,23 +117,6 @@ pub struct Store {
     evicting: Option<Cursor>,
     /// [`EVICT_STEP_ROWS`], smaller in tests.
     step: usize,
-}
-
-/// Where an eviction's scan resumes: every row of a lower priority, and of this one up to
-/// `after`, is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cursor {
-    priority: i64,
-    after: i64,
-}
-
-impl Default for Cursor {
-    fn default() -> Self {
-        Cursor {
-            priority: Priority::Telemetry as i64,
-            after: 0,
-        }
-    }
 }
 
 /// What opening found.
@@ -585,149 +568,16 @@ fn insert(
     Ok(seq)
 }
 
-/// What an eviction removed: its rows, and the announcements of the loss reports among them,
-/// carried on so a report dropped by a later eviction does not take its ranges with it (HQ
-/// would see a gap nobody announced).
-#[derive(Debug, Default)]
-struct Evicted {
-    seqs: Vec<u64>,
-    carried: Vec<[u64; 2]>,
-    carried_count: u64,
-}
-
-/// A row chosen for eviction: seq, size, and for a loss report its ranges (JSON) and count.
-type Victim = (i64, i64, Option<String>, Option<i64>);
-
-/// The columns of a [`Victim`]. Only identified-priority rows can be loss reports, so the
-/// JSON is read for those alone.
-fn victim_columns() -> String {
-    let report = format!(
-        "priority = {} AND json_extract(body, '$.type') = 'store.outbox.evicted'",
-        Priority::Identified as i64
-    );
-    format!(
-        "seq, octet_length(body), CASE WHEN {report} THEN json_extract(body, '$.data.ranges') END, \
-         CASE WHEN {report} THEN json_extract(body, '$.data.count') END"
-    )
-}
-
-fn victim(r: &rusqlite::Row) -> rusqlite::Result<Victim> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-}
-
-impl Evicted {
-    fn push(&mut self, (seq, _, ranges, count): &Victim) {
-        self.seqs.push(*seq as u64);
-        if let Some(ranges) = ranges {
-            // Written by `evicted_event`, so it parses; an unreadable one still counts its row.
-            let ranges: Vec<[u64; 2]> = serde_json::from_str(ranges).unwrap_or_default();
-            self.carried.extend(ranges);
-            self.carried_count += count.unwrap_or(0).max(0) as u64;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
-    }
-
-    /// Counts the dropped rows (metric and log line).
-    fn count_dropped(&self, why: &'static str) {
-        if !self.seqs.is_empty() {
-            warn!(count = self.seqs.len(), "{why}");
-            crate::metrics::EVENTS_EVICTED.add(self.seqs.len() as u64);
-        }
-    }
-}
-
-/// Deletes the lowest-priority, oldest rows until `bytes <= target`, resuming the eviction
-/// under way (`t.evicting`). Past [`EVICT_STEP_ROWS`] rows it stops once `bytes <= max`, and
-/// leaves the cursor in `t.evicting` for the next commit.
-fn evict_over_quota(
-    tx: &rusqlite::Transaction,
-    t: &mut Tally,
-    max: u64,
-    target: u64,
-    step: usize,
-) -> rusqlite::Result<Evicted> {
-    let mut evicted = Evicted::default();
-    // No index on priority: it would slow every append and every ack delete, while eviction
-    // is rare and frees 10 % of the quota at once, so a scan in seq order is affordable here;
-    // the cursor carried between steps keeps each step from scanning again what an earlier
-    // one passed.
-    let mut pick = tx.prepare_cached(&format!(
-        "SELECT {} FROM outbox WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT 512",
-        victim_columns()
-    ))?;
-    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-    let mut at = t.evicting.take().unwrap_or_default();
-    let step_done = |t: &Tally, n: usize| n >= step && t.bytes <= max;
-    'scan: while t.bytes > target && t.depth > 0 && at.priority <= Priority::Identified as i64 {
-        let chunk: Vec<Victim> = pick
-            .query_map([at.priority, at.after], victim)?
-            .collect::<rusqlite::Result<_>>()?;
-        if chunk.is_empty() {
-            at = Cursor {
-                priority: at.priority + 1,
-                after: 0,
-            };
-            continue;
-        }
-        for v in chunk {
-            if t.bytes <= target {
-                break 'scan;
-            }
-            if step_done(t, evicted.seqs.len()) {
-                t.evicting = Some(at);
-                break 'scan;
-            }
-            delete.execute([v.0])?;
-            t.depth -= 1;
-            t.bytes -= v.1 as u64;
-            at.after = v.0;
-            evicted.push(&v);
-        }
-    }
-    evicted.count_dropped("outbox over its byte quota: lowest-priority oldest events dropped");
-    Ok(evicted)
-}
-
-/// The `store.outbox.evicted` report: the dropped seqs and the ranges of dropped reports, as
-/// merged ranges, and how many events they stand for.
-fn evicted_event(origin: &Origin, evicted: Evicted, policy: &'static str) -> Option<Event> {
-    if evicted.is_empty() {
-        return None;
-    }
-    let count = evicted.seqs.len() as u64 + evicted.carried_count;
-    let mut all: Vec<[u64; 2]> = evicted.seqs.iter().map(|s| [*s, *s]).collect();
-    all.extend(evicted.carried);
-    all.sort_unstable();
-    let mut ranges: Vec<[u64; 2]> = Vec::with_capacity(all.len());
-    for [first, last] in all {
-        match ranges.last_mut() {
-            Some(r) if first <= r[1].saturating_add(1) => r[1] = r[1].max(last),
-            _ => ranges.push([first, last]),
-        }
-    }
-    let mut e = Event::new(
-        origin.gateway.as_str().into(),
-        SystemTime::now(),
-        EventData::OutboxEvicted(OutboxEvicted {
-            ranges,
-            count,
-            policy,
-        }),
-    );
-    e.stage = None;
-    debug_assert_eq!(e.priority(), Priority::Identified);
-    Some(e)
-}
-
 fn unix_ms(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_millis() as i64,
         Err(e) => -(e.duration().as_millis() as i64),
     }
 }
+
+#[path = "evict.rs"]
+mod evict;
+use evict::{evict_over_quota, evicted_event, victim, victim_columns, Cursor, Evicted, Victim};
 
 #[path = "open.rs"]
 mod open;

@@ -1,7 +1,7 @@
 //! The store's own tests: append, fetch, ack, quota, retention, state, corruption at open.
 
 use super::*;
-use crate::event::DeviceStatusData;
+use crate::event::{DeviceStatusData, EventData};
 
 fn origin() -> Origin {
     Origin {
