@@ -124,14 +124,16 @@ pub(super) fn evict_over_quota(
         },
     };
     let mut scanned = 0u64;
-    // A step ends only with room under the quota for its own report (1 % of the quota: a
-    // report names merged ranges, far smaller).
-    let room = max - max / 100;
-    let step_done = |t: &Tally, deleted: usize, scanned: u64| {
-        (deleted >= step || scanned >= (step * SCAN_PER_STEP) as u64) && t.bytes <= room
+    // A step ends only with room under the quota for its own report, whose size follows the
+    // ranges it names (an upper bound: ranges found adjacent later merge).
+    let mut ranges = 0u64;
+    let step_done = |t: &Tally, evicted: &Evicted, ranges: u64, scanned: u64| {
+        let report = 512 + 48 * (ranges + evicted.carried.len() as u64);
+        let deleted = evicted.seqs.len();
+        (deleted >= step || scanned >= (step * SCAN_PER_STEP) as u64) && t.bytes + report <= max
     };
     'scan: while t.bytes > target && t.depth > 0 && at.priority <= Priority::Identified as i64 {
-        if step_done(t, evicted.seqs.len(), scanned) {
+        if step_done(t, &evicted, ranges, scanned) {
             t.evicting = Some(at);
             break;
         }
@@ -152,9 +154,12 @@ pub(super) fn evict_over_quota(
             if t.bytes <= target {
                 break 'scan;
             }
-            if step_done(t, evicted.seqs.len(), scanned) {
+            if step_done(t, &evicted, ranges, scanned) {
                 t.evicting = Some(at);
                 break 'scan;
+            }
+            if evicted.seqs.last() != Some(&(v.0 as u64 - 1)) {
+                ranges += 1;
             }
             delete.execute([v.0])?;
             t.depth -= 1;
