@@ -124,13 +124,16 @@ pub(super) fn evict_over_quota(
         },
     };
     let mut scanned = 0u64;
-    // A step ends only with room under the quota for its own report, whose size follows the
-    // ranges it names (an upper bound: ranges found adjacent later merge).
+    // A step that deleted its share ends only with room under the quota for its own report,
+    // whose size follows the ranges it names (an upper bound: ranges found adjacent later
+    // merge). A step that scanned its share ends anyway: while it passes over rows it may not
+    // evict (a priority with none), the outbox stays over its quota by what comes in meanwhile,
+    // for a few commits, rather than one commit reading the whole table.
     let mut ranges = 0u64;
     let step_done = |t: &Tally, evicted: &Evicted, ranges: u64, scanned: u64| {
         let report = 512 + 48 * (ranges + evicted.carried.len() as u64);
-        let deleted = evicted.seqs.len();
-        (deleted >= step || scanned >= (step * SCAN_PER_STEP) as u64) && t.bytes + report <= max
+        scanned >= (step * SCAN_PER_STEP) as u64
+            || (evicted.seqs.len() >= step && t.bytes + report <= max)
     };
     'scan: while t.bytes > target && t.depth > 0 && at.priority <= Priority::Identified as i64 {
         if step_done(t, &evicted, ranges, scanned) {
