@@ -9,7 +9,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
@@ -17,7 +17,7 @@ use tracing::{error, info};
 
 use crate::config::{Config, DeviceKind};
 use crate::downlink::session::Downlink;
-use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::event::Origin;
 use crate::ingest::Ingest;
 use crate::link::journey::Journey;
 use crate::link::Link;
@@ -27,7 +27,7 @@ use crate::sources::gate::{GateRegistry, GateSource};
 use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
 use crate::sources::skin::SkinSource;
-use crate::sources::{DeviceState, ReadingSink, StopFlag};
+use crate::sources::{ReadingSink, StopFlag};
 use crate::status::{Board, Ops, Watched};
 use crate::uplink::Uplink;
 
@@ -85,25 +85,9 @@ async fn start(
     };
     let (outbox, outbox_handle) = Outbox::open(&config.outbox, origin)
         .with_context(|| format!("opening the outbox {}", config.outbox.path.display()))?;
-    let quarantined = outbox.quarantined.clone();
+    // A corrupt file moved aside (at the open, or found later by the outbox's background
+    // check) is reported by the outbox itself, as its first event on the fresh file.
     let outbox_thread = outbox.spawn().context("starting the outbox thread")?;
-    if let Some(moved) = quarantined {
-        let report = Event::new(
-            config.gateway.as_str().into(),
-            SystemTime::now(),
-            EventData::DeviceStatus(DeviceStatusData {
-                device: "outbox".into(),
-                kind: "outbox",
-                state: DeviceState::Error,
-                reason: format!(
-                    "database was corrupt; moved to {} and a fresh one started",
-                    moved.display()
-                ),
-                count: None,
-            }),
-        );
-        outbox_handle.submit(report).await?;
-    }
 
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
     let readings_probe = readings_tx.downgrade();

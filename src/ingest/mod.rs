@@ -23,6 +23,7 @@
 
 pub mod counts;
 pub mod receipt;
+pub mod retention;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ use crate::outbox::{OutboxHandle, StateWrite};
 use crate::sources::skin::skn1;
 use crate::sources::{Direction, Observation, Passage, Reading};
 
-/// How often receipts past their time are deleted.
+/// How often receipts past their time (and a tablet's sightings past the window) are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// What a `503` tells the device to wait before retrying.
 const RETRY_AFTER_S: &str = "5";
@@ -425,14 +426,16 @@ impl Shared {
         }
     }
 
-    /// The live receipt under `key`, if any.
+    /// The live receipt under `key`, if any: one index probe, whatever the table holds.
     async fn receipt(&self, key: &str) -> Result<Option<Receipt>, Answer> {
-        let entries = self.outbox.state(key).await.map_err(|e| unavailable(&e))?;
+        let value = self
+            .outbox
+            .state_value(key)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let now = unix_ms(SystemTime::now());
-        Ok(entries
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| Receipt::decode(&v))
+        Ok(value
+            .and_then(|v| Receipt::decode(&v))
             .filter(|r| r.live(now)))
     }
 
@@ -464,25 +467,19 @@ impl Shared {
         }
     }
 
-    /// Deletes every device's receipts past their time. Each device's under its lock, so a
-    /// post cannot renew a receipt between the read and the delete.
+    /// Deletes every device's receipts past their time, and a tablet's sightings past the
+    /// window ([`retention`]). Each device's under its lock, so a post cannot renew a receipt
+    /// between the read and the delete.
     async fn prune(&self) {
         let now = unix_ms(SystemTime::now());
         for device in &self.devices {
             let _serial = device.lock.lock().await;
-            let entries = match self.outbox.state(&receipt::device_prefix(&device.id)).await {
-                Ok(e) => e,
+            let skin = device.endpoint == Endpoint::Skin;
+            match retention::prune_device(&self.outbox, &device.id, skin, now).await {
+                Ok(0) => {}
+                Ok(n) => debug!(device = %device.id, keys = n, "ingest state pruned"),
                 Err(e) => {
-                    warn!(error = %e, "cannot read ingest receipts to prune");
-                    return;
-                }
-            };
-            let stale = entries
-                .into_iter()
-                .filter(|(_, v)| !Receipt::decode(v).is_some_and(|r| r.live(now)));
-            for (key, _) in stale {
-                if let Err(e) = self.outbox.put_state(key, None).await {
-                    warn!(error = %e, "cannot prune ingest receipts");
+                    warn!(error = %e, "cannot prune ingest state");
                     return;
                 }
             }

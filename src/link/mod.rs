@@ -47,6 +47,8 @@ const UNLOCK_WAIT: Duration = Duration::from_millis(500);
 /// Command ids remembered (executed at most once) are kept this long.
 const COMMAND_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 const COMMAND_PREFIX: &str = "cmd/";
+/// How often remembered command ids past their memory are forgotten (and their keys deleted).
+const COMMAND_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Link {
     readings: mpsc::Receiver<Reading>,
@@ -58,6 +60,8 @@ pub struct Link {
     gateway: Arc<str>,
     /// Downlink command ids already run.
     commands_seen: HashSet<String>,
+    /// When remembered command ids were last pruned.
+    commands_pruned: Instant,
     board: crate::status::Board,
 }
 
@@ -107,6 +111,7 @@ impl Link {
             gates: GateRegistry::default(),
             gateway: config.gateway.as_str().into(),
             commands_seen: HashSet::new(),
+            commands_pruned: Instant::now(),
             board: Default::default(),
         }
     }
@@ -185,6 +190,9 @@ impl Link {
                 _ = tick.tick() => {
                     let linked = self.journey.tick(Instant::now(), SystemTime::now());
                     self.store(linked).await?;
+                    if self.commands_pruned.elapsed() >= COMMAND_PRUNE_EVERY {
+                        self.prune_commands().await?;
+                    }
                 }
                 else => break,
             }
@@ -211,9 +219,27 @@ impl Link {
             self.commands_seen
                 .insert(key[COMMAND_PREFIX.len()..].to_owned());
         }
+        self.prune_commands().await?;
         debug!(entries = entries.len(), "identity state restored");
         self.journey.restore(entries);
         Ok(())
+    }
+
+    /// Forgets the command ids whose memory ended: without it their keys stayed forever.
+    async fn prune_commands(&mut self) -> Result<(), OutboxError> {
+        self.commands_pruned = Instant::now();
+        let entries = self.outbox.state(COMMAND_PREFIX).await?;
+        let expired = expired_commands(&entries, SystemTime::now());
+        if expired.is_empty() {
+            return Ok(());
+        }
+        for key in &expired {
+            self.commands_seen.remove(&key[COMMAND_PREFIX.len()..]);
+        }
+        debug!(count = expired.len(), "remembered command ids forgotten");
+        self.outbox
+            .put_states(expired.into_iter().map(|k| (k, None)).collect())
+            .await
     }
 
     /// Opens a gate if asked, then hands events and state to the outbox in one transaction
@@ -389,10 +415,53 @@ impl Link {
     }
 }
 
+/// The keys of remembered command ids whose memory (the time in their value) ended by `now`;
+/// an unreadable one is forgotten too (HQ does not resend a command that old).
+fn expired_commands(entries: &[(String, Vec<u8>)], now: SystemTime) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|(_, v)| {
+            let until = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok());
+            until.is_none_or(|u| SystemTime::from(u) <= now)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// Receives from an optional queue (the branch is disabled while it is `None`).
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_command_ids_are_forgotten_after_their_memory() {
+        let t0 = SystemTime::now();
+        let remember = |id: &str, at: SystemTime| {
+            (
+                format!("{COMMAND_PREFIX}{id}"),
+                crate::event::format_time(at + COMMAND_MEMORY).into_bytes(),
+            )
+        };
+        let entries = vec![
+            remember("old", t0 - COMMAND_MEMORY - Duration::from_secs(1)),
+            remember("new", t0),
+            ("cmd/garbled".to_owned(), b"?".to_vec()),
+        ];
+        assert_eq!(expired_commands(&entries, t0), ["cmd/old", "cmd/garbled"]);
+        // A week on, the one remembered now goes too: the family is bounded by a week of
+        // commands.
+        assert_eq!(
+            expired_commands(&entries, t0 + COMMAND_MEMORY + Duration::from_secs(1)),
+            ["cmd/old", "cmd/new", "cmd/garbled"]
+        );
     }
 }

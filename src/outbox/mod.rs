@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::{Batch, Stats, Store, StoreError};
+pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +17,8 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::OutboxConfig;
-use crate::event::{Event, Origin};
+use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::sources::DeviceState;
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
 const QUEUE: usize = 4096;
@@ -77,6 +78,16 @@ enum Request {
         prefix: String,
         reply: oneshot::Sender<Result<StateEntries, OutboxError>>,
     },
+    /// One key's value: an exact lookup.
+    GetKey {
+        key: String,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, OutboxError>>,
+    },
+    /// The background integrity check of file number `file` (counted from the open) is done.
+    Checked {
+        file: u64,
+        verdict: Verdict,
+    },
 }
 
 /// The appends of a group in arrival order, with what each carries besides its event.
@@ -124,6 +135,18 @@ pub struct Outbox {
     pub quarantined: Option<PathBuf>,
     /// Acknowledged ranges whose delete the disk refused, retried with every group.
     held_acks: Vec<(u64, u64)>,
+    /// For the integrity check's verdict; weak, so that shutdown does not wait for it.
+    weak: flume::WeakSender<Request>,
+    /// The full integrity check of the file in use, while it runs.
+    check: Option<Check>,
+    /// Which file is in use: 0 from the open, one more after each move aside. A verdict on
+    /// an older file is ignored.
+    file: u64,
+    /// Why the file in use is corrupt, once a statement or the check said so: moved aside
+    /// after the group that found it.
+    corrupt: Option<String>,
+    /// The gateway, as the source of the outbox's own reports.
+    gateway: String,
 }
 
 impl Outbox {
@@ -132,7 +155,8 @@ impl Outbox {
         config: &OutboxConfig,
         origin: Origin,
     ) -> Result<(Outbox, OutboxHandle), StoreError> {
-        let opened = Store::open(
+        let gateway = origin.gateway.clone();
+        let mut opened = Store::open(
             &config.path,
             config.synchronous,
             origin,
@@ -144,7 +168,9 @@ impl Outbox {
         }
         let stats = opened.store.stats()?;
         info!(db = %config.path.display(), depth = stats.depth, last_seq = stats.last_seq, "outbox open");
+
         let (tx, rx) = flume::bounded(QUEUE);
+        let weak = tx.downgrade();
         let (committed, committed_rx) = watch::channel(stats.last_seq);
         Ok((
             Outbox {
@@ -153,6 +179,11 @@ impl Outbox {
                 committed,
                 quarantined: opened.quarantined,
                 held_acks: Vec::new(),
+                weak,
+                check: None,
+                file: 0,
+                corrupt: None,
+                gateway,
             },
             OutboxHandle {
                 tx,
@@ -164,11 +195,31 @@ impl Outbox {
     /// Serves requests until every handle is dropped, then returns (everything accepted is
     /// committed by then). Blocking: run on a dedicated thread.
     pub fn run(mut self) {
+        if let Some(moved) = self.quarantined.clone() {
+            self.report_moved(&moved);
+        }
+        self.start_check();
         let mut held: Vec<Request> = Vec::new();
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut last_expire = Instant::now();
         loop {
-            let first = if held.is_empty() && self.held_acks.is_empty() {
+            let first = if self.store.evicting() {
+                // An eviction under way goes on in bounded steps between groups; requests
+                // waiting go first.
+                match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(flume::TryRecvError::Empty) => {
+                        if let Err(e) = self.store.evict_step() {
+                            self.note(&e);
+                            warn!(error = %e, "outbox eviction step failed");
+                        }
+                        self.move_aside_if_corrupt();
+                        self.committed.send_replace(self.store.last_seq());
+                        continue;
+                    }
+                    Err(flume::TryRecvError::Disconnected) => None,
+                }
+            } else if held.is_empty() && self.held_acks.is_empty() {
                 match self.rx.recv() {
                     Ok(r) => Some(r),
                     Err(_) => break,
@@ -197,6 +248,7 @@ impl Outbox {
                 }
             }
             held = self.serve(&mut group);
+            self.move_aside_if_corrupt();
             if !held.is_empty() && self.rx.is_disconnected() && self.rx.is_empty() {
                 error!(
                     count = held.len(),
@@ -208,15 +260,98 @@ impl Outbox {
             // wrong before NTP) would otherwise expire the whole backlog.
             if last_expire.elapsed() >= EXPIRE_EVERY && crate::clock::synced() {
                 last_expire = Instant::now();
-                if let Err(e) = self.store.expire(SystemTime::now()) {
-                    warn!(error = %e, "outbox retention sweep failed");
-                }
-                if let Ok(stats) = self.store.stats() {
-                    self.committed.send_replace(stats.last_seq);
-                }
+                held.extend(self.expire());
             }
         }
         info!("outbox closed");
+    }
+
+    /// Drops rows past the retention, a bounded step per commit, serving the requests waiting
+    /// between steps. Returns the appends the disk refused meanwhile, to retry.
+    fn expire(&mut self) -> Vec<Request> {
+        let mut held = Vec::new();
+        loop {
+            match self.store.expire(SystemTime::now()) {
+                Ok(n) if n as usize >= self.store.step() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    self.note(&e);
+                    warn!(error = %e, "outbox retention sweep failed");
+                    break;
+                }
+            }
+            self.committed.send_replace(self.store.last_seq());
+            let mut waiting: Vec<Request> = self.rx.try_iter().take(MAX_GROUP).collect();
+            held.extend(self.serve(&mut waiting));
+            if self.corrupt.is_some() {
+                break;
+            }
+        }
+        self.committed.send_replace(self.store.last_seq());
+        held
+    }
+
+    /// Starts the full integrity check of the file in use; its verdict comes back as a request.
+    fn start_check(&mut self) {
+        let (tx, file) = (self.weak.clone(), self.file);
+        let done = move |verdict| {
+            // Gone at shutdown: nothing to tell.
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Request::Checked { file, verdict });
+            }
+        };
+        match Check::spawn(self.store.path(), done) {
+            Ok(check) => self.check = Some(check),
+            Err(e) => warn!(error = %e, "cannot start the outbox integrity check"),
+        }
+    }
+
+    /// Remembers that a statement found the file corrupt.
+    fn note(&mut self, e: &StoreError) {
+        if e.is_corruption() && self.corrupt.is_none() {
+            self.corrupt = Some(e.to_string());
+        }
+    }
+
+    /// Moves a file found corrupt aside and goes on with a fresh one, and says so to HQ.
+    fn move_aside_if_corrupt(&mut self) {
+        let Some(why) = self.corrupt.take() else {
+            return;
+        };
+        error!(error = %why, "the outbox database is corrupt");
+        if let Some(check) = self.check.take() {
+            check.stop();
+        }
+        self.file += 1;
+        match self.store.move_aside() {
+            Ok(moved) => {
+                self.report_moved(&moved);
+                self.committed.send_replace(self.store.last_seq());
+            }
+            // Nothing else to do: the statements on the file keep failing and say so.
+            Err(e) => error!(error = %e, "cannot move the corrupt outbox database aside"),
+        }
+    }
+
+    /// Appends the `store.device.status` error that says where a corrupt file went.
+    fn report_moved(&mut self, moved: &std::path::Path) {
+        let report = Event::new(
+            self.gateway.as_str().into(),
+            SystemTime::now(),
+            EventData::DeviceStatus(DeviceStatusData {
+                device: "outbox".into(),
+                kind: "outbox",
+                state: DeviceState::Error,
+                reason: format!(
+                    "database was corrupt; moved to {} and a fresh one started",
+                    moved.display()
+                ),
+                count: None,
+            }),
+        );
+        if let Err(e) = self.store.commit_group(&[report], &[]) {
+            error!(error = %e, "cannot report the corrupt outbox database");
+        }
     }
 
     /// Commits a group; answers fetches and stats after the commit so they see it. Returns the
@@ -246,13 +381,18 @@ impl Outbox {
             }
         }
         let (held, failed) = self.commit(appends, acks, lone_state);
+        if let Some(e) = &failed {
+            if e.is_corruption() {
+                self.corrupt.get_or_insert_with(|| e.to_string());
+            }
+        }
         for done in state_dones {
             // When the group failed, some lone writes may still have gone in with a shorter
             // run; "not stored" is then only "not known to be stored", and the waiter (the
             // downlink) gets the message again, which it applies idempotently.
             let answer = match &failed {
                 None => Ok(()),
-                Some(e) => Err(OutboxError::NotStored(e.clone())),
+                Some(e) => Err(OutboxError::NotStored(e.to_string())),
             };
             // The waiter may have gone (shutdown); the writes are committed or not either way.
             let _ = done.send(answer);
@@ -265,28 +405,46 @@ impl Outbox {
                     max_bytes,
                     reply,
                 } => {
-                    let batch = self
-                        .store
-                        .fetch_after(after, max_events, max_bytes)
-                        .map_err(|e| OutboxError::NotStored(e.to_string()));
-                    let _ = reply.send(batch);
+                    let batch = self.store.fetch_after(after, max_events, max_bytes);
+                    let _ = reply.send(batch.map_err(|e| self.failed(e)));
                 }
                 Request::Stats { reply } => {
                     let _ = reply.send(self.store.stats().unwrap_or_default());
                 }
                 Request::GetState { prefix, reply } => {
-                    let _ = reply.send(
-                        self.store
-                            .scan_state(&prefix)
-                            .map_err(|e| OutboxError::NotStored(e.to_string())),
-                    );
+                    let entries = self.store.scan_state(&prefix);
+                    let _ = reply.send(entries.map_err(|e| self.failed(e)));
                 }
+                Request::GetKey { key, reply } => {
+                    let value = self.store.get_state(&key);
+                    let _ = reply.send(value.map_err(|e| self.failed(e)));
+                }
+                Request::Checked { file, verdict } => match verdict {
+                    _ if file != self.file => {}
+                    Verdict::Healthy => {
+                        info!("outbox integrity check passed");
+                        self.check = None;
+                    }
+                    Verdict::Corrupt(why) => {
+                        self.corrupt.get_or_insert(why);
+                    }
+                    Verdict::Unknown(why) => {
+                        warn!(error = %why, "the outbox integrity check did not finish");
+                        self.check = None;
+                    }
+                },
                 Request::Append { .. } | Request::Ack { .. } | Request::PutState { .. } => {
                     unreachable!("sorted above")
                 }
             }
         }
         held
+    }
+
+    /// A read's error for its caller, noted if it says the file is corrupt.
+    fn failed(&mut self, e: StoreError) -> OutboxError {
+        self.note(&e);
+        OutboxError::NotStored(e.to_string())
     }
 
     /// Commits a group in one transaction. When the disk refuses it (full, or at the file
@@ -303,7 +461,7 @@ impl Outbox {
         mut appends: Appends,
         acks: Vec<(u64, u64)>,
         lone_state: Vec<(usize, StateWrite)>,
-    ) -> (Vec<Request>, Option<String>) {
+    ) -> (Vec<Request>, Option<StoreError>) {
         let n = appends.events.len();
         if n == 0 && acks.is_empty() && lone_state.is_empty() {
             return (Vec::new(), None);
@@ -373,7 +531,7 @@ impl Outbox {
             acks_held = self.held_acks.len(),
             "outbox transaction failed; what fits was stored, the rest is held or refused"
         );
-        (held, Some(error.to_string()))
+        (held, Some(error))
     }
 
     /// Answers the appends from `from` on that `seqs` stored, and tells the uplink.
@@ -385,9 +543,7 @@ impl Outbox {
                 let _ = done.send(Ok(*seq));
             }
         }
-        if let Ok(stats) = self.store.stats() {
-            self.committed.send_replace(stats.last_seq);
-        }
+        self.committed.send_replace(self.store.last_seq());
     }
 
     /// Runs the outbox on its own named thread.
@@ -557,6 +713,19 @@ impl OutboxHandle {
         wait.await.map_err(|_| OutboxError::Closed)?
     }
 
+    /// One state key's value: an exact lookup, at the cost of one index probe.
+    pub async fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::GetKey {
+                key: key.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
+    }
+
     /// Watches the last committed seq: changes whenever new events are durable.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -564,78 +733,5 @@ impl OutboxHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn appends(n: usize) -> Appends {
-        let mut a = Appends::default();
-        for i in 0..n {
-            a.events.push(Event::new(
-                "s".into(),
-                SystemTime::now(),
-                crate::event::EventData::OutboxEvicted(crate::event::OutboxEvicted {
-                    ranges: Vec::new(),
-                    count: 0,
-                    policy: "bytes",
-                }),
-            ));
-            a.states.push(vec![(format!("e{i}"), None)]);
-            a.dones.push(None);
-        }
-        a
-    }
-
-    fn keys(w: Vec<StateWrite>) -> Vec<String> {
-        w.into_iter().map(|(k, _)| k).collect()
-    }
-
-    #[test]
-    fn state_of_a_run_of_appends_keeps_arrival_order_and_each_write_once() {
-        let a = appends(3);
-        // PutState before append 0, between 1 and 2, and after the last append.
-        let lone: Vec<(usize, StateWrite)> = vec![
-            (0, ("l0".into(), None)),
-            (2, ("l2".into(), None)),
-            (3, ("l3".into(), None)),
-        ];
-        assert_eq!(
-            keys(a.state_of(0, 3, &lone)),
-            ["l0", "e0", "e1", "l2", "e2", "l3"]
-        );
-        // Split as the disk-full fallback splits a group: every write lands in one part.
-        assert_eq!(keys(a.state_of(0, 2, &lone)), ["l0", "e0", "e1"]);
-        assert_eq!(keys(a.state_of(2, 3, &lone)), ["l2", "e2", "l3"]);
-        // A group of lone writes only.
-        assert_eq!(keys(appends(0).state_of(0, 0, &lone[..1])), ["l0"]);
-    }
-
-    #[tokio::test]
-    async fn put_states_durable_answers_after_the_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = OutboxConfig {
-            path: dir.path().join("o.db"),
-            synchronous: crate::config::Synchronous::Full,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(3600),
-            max_file_bytes: None,
-        };
-        let origin = crate::event::Origin {
-            store: "s".into(),
-            gateway: "g".into(),
-        };
-        let (outbox, handle) = Outbox::open(&config, origin).unwrap();
-        let thread = outbox.spawn().unwrap();
-        handle
-            .put_states_durable(vec![("k".into(), Some(b"v".to_vec()))])
-            .await
-            .unwrap();
-        // Another connection sees it at once: committed, not merely queued.
-        let other = rusqlite::Connection::open(&config.path).unwrap();
-        let v: Vec<u8> = other
-            .query_row("SELECT value FROM state WHERE key = 'k'", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, b"v");
-        drop(handle);
-        thread.join().unwrap();
-    }
-}
+#[path = "run_tests.rs"]
+mod tests;

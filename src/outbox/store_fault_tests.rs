@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::event::QrScanned;
+use crate::event::{EventData, QrScanned};
 
 fn open(path: &Path, max_bytes: u64) -> Store {
     let origin = Origin {
