@@ -59,7 +59,11 @@ pub async fn run_service(
     config_path: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let source = (Some(config_path), config.text);
+    let source = ConfigSource {
+        local: Some(config_path),
+        text: config.text,
+        stored: Some(config.stored),
+    };
     start(config.config, source, shutdown, |_| {}).await
 }
 
@@ -69,12 +73,27 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
-    start(config, (None, String::new()), shutdown, ready).await
+    let source = ConfigSource {
+        local: None,
+        text: String::new(),
+        stored: None,
+    };
+    start(config, source, shutdown, ready).await
+}
+
+/// Where the config in force came from, for reloads.
+struct ConfigSource {
+    /// The local file, re-read on SIGHUP (`None`: tests, the demo).
+    local: Option<PathBuf>,
+    /// The text in force at start.
+    text: String,
+    /// Where HQ's config is kept (`None`: next to this config's outbox).
+    stored: Option<PathBuf>,
 }
 
 async fn start(
     config: Config,
-    (config_path, config_text): (Option<PathBuf>, String),
+    source: ConfigSource,
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
@@ -187,8 +206,11 @@ async fn start(
             outbox: outbox_handle.clone(),
             readings: readings_probe,
             configs: crate::status::reload::Sources {
-                local: config_path,
-                text: config_text,
+                stored: source
+                    .stored
+                    .unwrap_or_else(|| crate::downlink::hqconfig::stored_path(&config.outbox.path)),
+                local: source.local,
+                text: source.text,
                 hq: Some(hq_configs),
             },
         },

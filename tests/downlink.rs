@@ -432,3 +432,60 @@ fn regression_a_retained_config_from_hq_is_applied_reported_and_kept_and_a_bad_o
     assert!(gw.log().contains("HQ's config is in force"), "{}", gw.log());
     assert!(gw.terminate().success());
 }
+
+/// Regression: HQ's config was stored next to the outbox of the config in force but looked for,
+/// at start, next to the local file's outbox. Once an HQ config had moved `[outbox] path`, every
+/// later HQ config was written where no start would look, and a restart fell back to the first.
+#[test]
+fn regression_an_hq_config_that_moves_the_outbox_is_still_the_one_found_at_the_next_start() {
+    let rig = Rig::new();
+    let hq = rig.hq("config-moved-outbox");
+    let (_pty, _scanner) = rig.scanner();
+    let mut gw = rig.start_gateway();
+    hq.wait_for(LONG, "scanner up", |h| !h.statuses().is_empty());
+    let hq_pub = hq_publisher(rig.broker.port);
+    let local = std::fs::read_to_string(&rig.config).unwrap();
+    let listen = |port: u16| format!("listen = \"127.0.0.1:{port}\"");
+    let old_db = rig.db_path();
+    // Another folder: the stored config lives beside the outbox file.
+    let moved_db = old_db.parent().unwrap().join("moved").join("phygate.db");
+    let with = |port: u16| {
+        local
+            .replace(&listen(rig.status_port), &listen(port))
+            .replace(
+                &format!("path = \"{}\"", old_db.display()),
+                &format!("path = \"{}\"", moved_db.display()),
+            )
+    };
+    let applied = |h: &Hq, n: usize| h.of_type("store.config.applied").len() >= n;
+
+    // First HQ config: the outbox moves (next start), the status page moves (at once).
+    let first_port = phygate::sim::broker::free_port().unwrap();
+    hq_pub
+        .publish(topic("config"), QoS::AtLeastOnce, true, with(first_port))
+        .unwrap();
+    hq.wait_for(LONG, "the first config applied", |h| applied(h, 1));
+    assert!(gw.terminate().success());
+    gw.restart();
+    wait_listening(first_port);
+    assert!(gw.log().contains("HQ's config is in force"), "{}", gw.log());
+
+    // Second HQ config, applied while the moved outbox is in force.
+    let second_port = phygate::sim::broker::free_port().unwrap();
+    hq_pub
+        .publish(topic("config"), QoS::AtLeastOnce, true, with(second_port))
+        .unwrap();
+    hq.wait_for(LONG, "the second config applied", |h| applied(h, 2));
+    wait_listening(second_port);
+
+    // The next start finds the second one, not the first.
+    assert!(gw.terminate().success());
+    gw.restart();
+    wait_listening(second_port);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", first_port)).is_err(),
+        "a restart went back to the first HQ config"
+    );
+    assert!(gw.terminate().success());
+}

@@ -93,6 +93,10 @@ pub struct Effective {
     pub text: String,
     /// HQ's config's version when it is the one in force.
     pub hq_version: Option<String>,
+    /// Where HQ's config is kept: next to the *local* file's outbox, the bootstrap. The running
+    /// daemon writes there too, so an HQ config that moves `[outbox] path` is still found at the
+    /// next start.
+    pub stored: PathBuf,
 }
 
 /// Chooses the config in force at start (see the module doc for the precedence).
@@ -103,6 +107,7 @@ pub fn effective(local: Config, local_text: String) -> Effective {
             config: local,
             text: local_text,
             hq_version: None,
+            stored,
         };
     };
     match check(&text, &stored, &local) {
@@ -113,6 +118,7 @@ pub fn effective(local: Config, local_text: String) -> Effective {
                 config,
                 text,
                 hq_version: Some(v),
+                stored,
             }
         }
         Err(problems) => {
@@ -125,6 +131,7 @@ pub fn effective(local: Config, local_text: String) -> Effective {
                 config: local,
                 text: local_text,
                 hq_version: None,
+                stored,
             }
         }
     }

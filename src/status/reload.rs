@@ -64,6 +64,9 @@ pub struct Sources {
     pub text: String,
     /// HQ's configs from the downlink.
     pub hq: Option<mpsc::Receiver<Delivery<String>>>,
+    /// Where HQ's config is kept: next to the local file's outbox (`hqconfig::Effective`), so a
+    /// config that moves `[outbox] path` is found again at the next start.
+    pub stored: PathBuf,
 }
 
 pub struct Reloader {
@@ -102,7 +105,7 @@ impl Reloader {
         });
         Reloader {
             local: sources.local,
-            stored: hqconfig::stored_path(&started.outbox.path),
+            stored: sources.stored,
             running,
             started: started.clone(),
             status,
