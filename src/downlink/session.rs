@@ -34,7 +34,7 @@
 //! never read the variable.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS, SubscribeReasonCode,
@@ -43,11 +43,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::{Delivery, Receipt, Update};
-use crate::backoff::Backoff;
+use crate::backoff::ReconnectBackoff;
 use crate::config::Config;
 
-/// A connection that lasted this long was a working one: the backoff starts over.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
 const REQUESTS: usize = 256;
 /// Debug builds only: sleep this many milliseconds after receiving a downlink message and before
@@ -74,8 +72,7 @@ pub struct Downlink {
     config: mpsc::Sender<Delivery<String>>,
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: Pending,
-    backoff: Backoff,
-    connected_at: Option<Instant>,
+    backoff: ReconnectBackoff,
     shutdown: watch::Receiver<bool>,
     pause: Option<Duration>,
 }
@@ -102,8 +99,7 @@ impl Downlink {
             link,
             config: config_updates,
             pending: VecDeque::new(),
-            backoff: Backoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
-            connected_at: None,
+            backoff: ReconnectBackoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
             shutdown,
             pause: test_pause(),
         })
@@ -155,7 +151,7 @@ impl Downlink {
                     session_present = c.session_present,
                     "downlink connected to HQ"
                 );
-                self.connected_at = Some(Instant::now());
+                self.backoff.connected();
                 self.pending.clear();
                 // The broker keeps the subscriptions with the session; a new session (the first
                 // start, or the broker lost it) subscribes, and the retained keys and config
@@ -232,13 +228,6 @@ impl Downlink {
     /// Forgets this connection's receipts and waits before the next attempt; true on shutdown.
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
         self.pending.clear();
-        if self
-            .connected_at
-            .take()
-            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
-        {
-            self.backoff.reset();
-        }
         let delay = self.backoff.next_delay();
         debug!(error = %error, retry_in = ?delay, "downlink connection down");
         tokio::select! {

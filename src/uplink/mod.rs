@@ -26,13 +26,10 @@ use rumqttc::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::ReconnectBackoff;
 use crate::config::{Config, MqttConfig, UplinkConfig};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
 
-/// A connection that lasted this long was a working one: the next reconnect starts the backoff
-/// from its minimum again.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Pause before reading the outbox again after a refused read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last acknowledgements and the offline status.
@@ -68,12 +65,10 @@ pub struct Uplink {
     events_topic: String,
     status_topic: String,
     gateway: String,
-    backoff: Backoff,
+    backoff: ReconnectBackoff,
     /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
     /// publish → PUBACK is the latency metric.
     book: Book<Instant>,
-    /// When the current connection's CONNACK came.
-    connected_at: Option<std::time::Instant>,
 }
 
 impl Uplink {
@@ -95,9 +90,8 @@ impl Uplink {
             events_topic: config.events_topic(),
             status_topic,
             gateway: config.gateway.clone(),
-            backoff: Backoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            backoff: ReconnectBackoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
             book: Book::new(),
-            connected_at: None,
         })
     }
 
@@ -127,7 +121,7 @@ impl Uplink {
                         // The backoff resets only once the link proves useful (a batch acked, or
                         // a stable connection): a broker that accepts and then drops us (an ACL
                         // denial, an overloaded cluster node) keeps getting a growing delay.
-                        self.connected_at = Some(std::time::Instant::now());
+                        self.backoff.connected();
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
                         self.publish_status("online");
@@ -196,13 +190,6 @@ impl Uplink {
         crate::metrics::MQTT_CONNECTED.set(0);
         crate::metrics::MQTT_RECONNECTS.inc();
         self.book.disconnected();
-        if self
-            .connected_at
-            .take()
-            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
-        {
-            self.backoff.reset();
-        }
         let delay = self.backoff.next_delay();
         warn!(error = %error, retry_in = ?delay, "HQ link down");
         crate::status::hq_link_failed(&error);
