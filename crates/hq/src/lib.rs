@@ -18,9 +18,11 @@
 //! - [`sink`]: Braze and Amplitude, each fed from its durable cursor, never twice unannounced.
 //! - [`metrics`] and [`status`]: the counters and the `/metrics`, `/healthz` endpoint.
 //! - [`run`]: the wiring of all of the above, and the ordered shutdown.
+//! - [`fleet`]: the fleet simulator and the fleet benchmark (`fleet-sim`, `fleet-bench`).
 
 pub mod config;
 pub mod consumer;
+pub mod fleet;
 pub mod ingest;
 pub mod journey;
 pub mod metrics;
