@@ -390,7 +390,13 @@ fn print_report(
             t.refused
         );
     }
-    println!("process fleet-sim: {}", meters.sim.line(elapsed));
+    println!(
+        "process fleet-sim: cpu {:.1} s ({:.0} % of a core), rss peak {} MB, threads {}",
+        r.cpu_s,
+        100.0 * r.cpu_s / elapsed.as_secs_f64().max(0.001),
+        r.peak_rss_kib / 1024,
+        r.threads
+    );
     println!("process mosquitto: {}", meters.broker.line(elapsed));
     for (k, m) in meters.consumers.iter().enumerate() {
         println!("process phygate-hq#{}: {}", k + 1, m.line(elapsed));

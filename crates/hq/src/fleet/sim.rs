@@ -74,6 +74,9 @@ pub struct SimReport {
     pub open_s: f64,
     /// The process's threads at the end of generation.
     pub threads: u64,
+    /// The process's own CPU time (user + system) and peak RSS, read at its very end.
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
 }
 
 struct Gateway {
@@ -148,6 +151,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
             .map_err(|_| anyhow::anyhow!("an outbox thread panicked"))?;
     }
     let appended = appended.load(Ordering::Relaxed);
+    let own = super::procstat::usage(std::process::id()).unwrap_or_default();
     Ok(SimReport {
         stores: args.stores,
         appended,
@@ -159,6 +163,8 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
         drain_s,
         open_s,
         threads,
+        cpu_s: own.cpu.as_secs_f64(),
+        peak_rss_kib: own.peak_kib,
     })
 }
 
