@@ -121,11 +121,12 @@ impl Consumer {
                 self.connected_at = Some(Instant::now());
                 self.pending.clear();
                 self.unsent_acks.clear();
-                // The broker keeps the subscription with the session; a new session subscribes.
-                if !c.session_present {
-                    if let Err(e) = self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
-                        warn!(error = %e, "could not subscribe");
-                    }
+                // Every connection subscribes, a resumed session too: mosquitto 2.0.11 keeps
+                // the session over its restart but not its shared subscription (the fleet
+                // benchmark's broker restart: session_present=true, then no message). The same
+                // filter again replaces the subscription (MQTT 5 §3.8.4), so it is harmless.
+                if let Err(e) = self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
+                    warn!(error = %e, "could not subscribe");
                 }
             }
             Event::Incoming(Packet::SubAck(s)) => {
