@@ -45,7 +45,7 @@ impl Mix {
     }
 
     /// The next event, timed now (or 1 ms after the previous one).
-    pub fn next(&mut self) -> Event {
+    pub fn next_event(&mut self) -> Event {
         let mut now = SystemTime::now();
         if now <= self.last + Duration::from_millis(1) {
             now = self.last + Duration::from_millis(1);
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn times_strictly_increase_and_the_mix_has_every_kind() {
         let mut mix = Mix::new("s0001", 7);
-        let events: Vec<Event> = (0..2000).map(|_| mix.next()).collect();
+        let events: Vec<Event> = (0..2000).map(|_| mix.next_event()).collect();
         assert!(events.windows(2).all(|w| w[0].time < w[1].time));
         let anonymous = events.iter().filter(|e| e.userid.is_none()).count();
         let diagnoses = events

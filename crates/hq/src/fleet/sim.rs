@@ -234,7 +234,7 @@ async fn generate(
         if Instant::now() >= end {
             return;
         }
-        match outbox.append(mix.next()).await {
+        match outbox.append(mix.next_event()).await {
             Ok(_) => appended.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 warn!(error = %e, "append refused");
