@@ -153,19 +153,15 @@ pub(crate) fn validate(
         if !(r.url.starts_with("https://") || r.url.starts_with("http://")) {
             problems.push(format!("{at}: url {:?}: an http(s) URL", r.url));
         }
-        let key = match (&r.api_key_file, &r.api_key_env) {
-            (Some(file), None) => std::fs::read_to_string(base.join(file))
-                .map(|k| k.trim().to_owned())
-                .map_err(|e| format!("{at}: api_key_file {}: {e}", file.display())),
-            (None, Some(var)) => std::env::var(var)
-                .map(|k| k.trim().to_owned())
-                .map_err(|_| format!("{at}: api_key_env: ${var} is not set")),
-            _ => Err(format!("{at}: exactly one of api_key_file or api_key_env")),
-        };
-        let key = match key {
-            Ok(k) if !k.is_empty() => k,
-            Ok(_) => {
-                problems.push(format!("{at}: the API key is empty"));
+        let key = match crate::config::read_secret(
+            r.api_key_file.as_deref(),
+            r.api_key_env.as_deref(),
+            base,
+            &format!("{at}: api_key"),
+        ) {
+            Ok(Some(k)) => k.0,
+            Ok(None) => {
+                problems.push(format!("{at}: exactly one of api_key_file or api_key_env"));
                 String::new()
             }
             Err(e) => {

@@ -3,6 +3,8 @@
 //! child process with its config and SQLite journey store in a temp dir.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
