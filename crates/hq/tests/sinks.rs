@@ -247,6 +247,7 @@ fn sink(name: &str, kind: SinkKind, addr: SocketAddr) -> SinkConfig {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         poll: Duration::from_millis(20),
+        anonymous: false,
         mapping: Mapping::default(),
     }
 }

@@ -5,7 +5,7 @@
 //! ```toml
 //! [[sink]]
 //! name = "braze"                       # the cursor's name: renaming it starts from the beginning
-//! kind = "braze"                       # or "amplitude"
+//! kind = "braze"                       # or "amplitude", or "webhook"
 //! url = "https://rest.iad-01.braze.com"
 //! api_key_file = "/etc/phygate/braze.key"   # or api_key_env = "BRAZE_API_KEY"
 //! batch = 75                           # events per request, capped by the engine's limit
@@ -13,6 +13,7 @@
 //! backoff_min = "1s"
 //! backoff_max = "5m"
 //! poll = "500ms"                       # how often to look for new events when caught up
+//! anonymous = false                    # webhook only: also send events without a userid
 //!
 //! [sink.map."store.skin.diagnosed"]    # overrides the default mapping of one type
 //! event = "Skin Diagnosed"
@@ -31,11 +32,14 @@ use super::amplitude::Amplitude;
 use super::braze::Braze;
 use super::engine::Engine;
 use super::mapping::{Mapping, Rule};
+use super::webhook::Webhook;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkKind {
     Braze,
     Amplitude,
+    /// Any endpoint, CloudEvents over HTTP, signed; the key is the HMAC secret.
+    Webhook,
 }
 
 /// An API key; its `Debug` does not show it.
@@ -59,6 +63,8 @@ pub struct SinkConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub poll: Duration,
+    /// Webhook: whether events without a `userid` go too (Braze never, Amplitude always).
+    pub anonymous: bool,
     pub mapping: Mapping,
 }
 
@@ -75,6 +81,11 @@ impl SinkConfig {
                 base_url,
                 api_key,
                 batch,
+            }),
+            SinkKind::Webhook => Box::new(Webhook {
+                url: base_url,
+                secret: api_key,
+                anonymous: self.anonymous,
             }),
         }
     }
@@ -97,6 +108,7 @@ pub(crate) struct RawSink {
     backoff_max: Duration,
     #[serde(default = "default_poll", with = "humantime_serde")]
     poll: Duration,
+    anonymous: Option<bool>,
     #[serde(default)]
     map: BTreeMap<String, RawRule>,
 }
@@ -145,11 +157,19 @@ pub(crate) fn validate(
         let kind = match r.kind.as_str() {
             "braze" => SinkKind::Braze,
             "amplitude" => SinkKind::Amplitude,
+            "webhook" => SinkKind::Webhook,
             other => {
-                problems.push(format!("{at}: kind {other:?}: \"braze\" or \"amplitude\""));
+                problems.push(format!(
+                    "{at}: kind {other:?}: \"braze\", \"amplitude\" or \"webhook\""
+                ));
                 SinkKind::Braze
             }
         };
+        if r.anonymous.is_some() && kind != SinkKind::Webhook {
+            problems.push(format!(
+                "{at}: anonymous is the webhook's choice; Braze never takes anonymous events, Amplitude always does"
+            ));
+        }
         if !(r.url.starts_with("https://") || r.url.starts_with("http://")) {
             problems.push(format!("{at}: url {:?}: an http(s) URL", r.url));
         }
@@ -205,6 +225,7 @@ pub(crate) fn validate(
             backoff_min: r.backoff_min,
             backoff_max: r.backoff_max,
             poll: r.poll,
+            anonymous: r.anonymous.unwrap_or(false),
             mapping,
         });
     }
