@@ -16,19 +16,22 @@ use crate::sink::runner::SinkRunner;
 use crate::writer::Writer;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // Opening blocks (PostgreSQL's client even runs its own runtime): off the async workers.
-    let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || crate::store::open_journey(&store_config))
-        .await
-        .context("opening the journey store")?
-        .with_context(|| format!("opening the journey store {}", config.store.describe()))?;
-    info!(store = %config.store.describe(), "journey store open");
     let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
     // Holds what the broker may have in flight to us, twice over (a reconnect's redeliveries
     // while the old ones are still queued): the consumer rarely waits on it.
     let (tx, rx) = flume::bounded(2 * config.mqtt.receive_maximum as usize);
-    let writer = Writer::new(store, rx, config.loss_grace, stats.clone())
-        .context("loading the seq accounting")?;
+    // Opening the store and loading the accounting block (PostgreSQL's client even runs a
+    // runtime of its own, which tokio refuses on its workers): off the async workers.
+    let (store_config, grace, writer_stats) =
+        (config.store.clone(), config.loss_grace, stats.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let store = crate::store::open_journey(&store_config)
+            .with_context(|| format!("opening the journey store {}", store_config.describe()))?;
+        Writer::new(store, rx, grace, writer_stats).context("loading the seq accounting")
+    })
+    .await
+    .context("opening the journey store")??;
+    info!(store = %config.store.describe(), "journey store open");
     let writer = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run())

@@ -121,9 +121,18 @@ impl PgStore {
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("phygate-hq");
         let mut client = config.connect(NoTls)?;
+        // The DDL runs only when the schema is missing: even `IF NOT EXISTS` takes table locks
+        // that deadlock against another consumer's running commits.
+        let present = client
+            .query_one("SELECT to_regclass('phygate_schema') IS NOT NULL", &[])?
+            .get::<_, bool>(0);
         let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-        tx.batch_execute(SCHEMA_SQL)?;
+        if !present {
+            // "already exists, skipping" notices are no news when two start together.
+            tx.batch_execute("SET LOCAL client_min_messages = warning")?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            tx.batch_execute(SCHEMA_SQL)?;
+        }
         let version: Option<i32> = tx
             .query_opt("SELECT version FROM phygate_schema", &[])?
             .map(|r| r.get(0));
