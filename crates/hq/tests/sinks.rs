@@ -240,7 +240,7 @@ fn sink(name: &str, kind: SinkKind, addr: SocketAddr) -> SinkConfig {
         url: format!("http://{addr}"),
         api_key: Secret(match kind {
             SinkKind::Braze => "braze-key".into(),
-            SinkKind::Amplitude => "amp-key".into(),
+            _ => "amp-key".into(),
         }),
         batch: usize::MAX,
         timeout: Duration::from_secs(10),
