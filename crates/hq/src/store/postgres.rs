@@ -123,15 +123,19 @@ impl PgStore {
         let mut client = config.connect(NoTls)?;
         // The DDL runs only when the schema is missing: even `IF NOT EXISTS` takes table locks
         // that deadlock against another consumer's running commits.
-        let present = client
-            .query_one("SELECT to_regclass('phygate_schema') IS NOT NULL", &[])?
-            .get::<_, bool>(0);
+        // Asked again once the lock is held: another consumer may have created it meanwhile.
+        // A scan of pg_class, not `to_regclass`: that one answers from the session's catalog
+        // cache, which the advisory lock does not refresh, so it kept saying "missing".
+        const PRESENT: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+             WHERE c.relname = 'phygate_schema' AND s.nspname = current_schema())";
+        let present = client.query_one(PRESENT, &[])?.get::<_, bool>(0);
         let mut tx = client.transaction()?;
         if !present {
-            // "already exists, skipping" notices are no news when two start together.
-            tx.batch_execute("SET LOCAL client_min_messages = warning")?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-            tx.batch_execute(SCHEMA_SQL)?;
+            if !tx.query_one(PRESENT, &[])?.get::<_, bool>(0) {
+                tx.batch_execute(SCHEMA_SQL)?;
+            }
         }
         let version: Option<i32> = tx
             .query_opt("SELECT version FROM phygate_schema", &[])?
