@@ -93,8 +93,11 @@ fn each_gateway_and_id_is_stored_once_in_commit_order(store: &mut dyn Store) {
     // A resend overlapping the first group, and the same ids from another gateway.
     assert_eq!(commit(store, &mut local, &a[10..], 2), (10, 10));
     assert_eq!(commit(store, &mut local, &b, 3), (30, 0));
+    // The same event twice in one group: stored once.
+    let c = event("gw-c", 1, None);
+    assert_eq!(commit(store, &mut local, &[c.clone(), c], 4), (1, 1));
     let rows = store.events_after(0, 1000).unwrap();
-    assert_eq!(rows.len(), 60);
+    assert_eq!(rows.len(), 61);
     assert!(
         rows.windows(2).all(|w| w[0].0 < w[1].0),
         "n rises with commit order"

@@ -31,11 +31,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+mod ledger;
+
 use postgres::{Client, NoTls, Transaction};
 
-use super::{
-    Committed, Expired, Group, JourneyStore, SinkLedger, SinkParked, SinkPosition, StoreError,
-};
+use super::{Committed, Expired, Group, JourneyStore, StoreError};
 use crate::config::PgConfig;
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
@@ -428,32 +428,18 @@ impl PgStore {
             .iter()
             .map(|(gw, (k, _))| (k.clone(), *gw))
             .collect();
-        let insert = tx.prepare(
-            "INSERT INTO events (n, gw, id, seq, type, time, userid, committed_ms, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (gw, id) DO NOTHING",
-        )?;
+        let mut fresh = Self::insert_events(&mut tx, group, &by_key, n, now)?;
+        // n + 1 … n + len were handed out, one per row in order; a duplicate's number stays
+        // unused (a gap is harmless: a sink reads "above its cursor").
+        n += group.accepted.len() as i64;
         let mut done = Committed::default();
         for e in group.accepted {
             let gw = by_key[&e.gateway];
-            let fresh = tx.execute(
-                &insert,
-                &[
-                    &(n + 1),
-                    &gw,
-                    &e.id,
-                    &(e.seq as i64),
-                    &e.ty,
-                    &e.time,
-                    &e.userid,
-                    &now,
-                    &e.body,
-                ],
-            )? == 1;
-            if !fresh {
+            // `remove`: the same event twice in one group is stored once, the first time.
+            if !fresh.remove(&(gw, e.id.clone())) {
                 done.duplicates += 1;
                 continue;
             }
-            n += 1;
             done.fresh += 1;
             let (_, g) = gateways.get_mut(&gw).expect("locked above");
             super::account(g, e, group.now_ms);
@@ -475,104 +461,34 @@ impl PgStore {
     }
 }
 
-impl SinkLedger for PgStore {
-    fn claim(&mut self, sink: &str) -> Result<bool, StoreError> {
-        let c = self.conn()?;
-        c.execute(
-            "INSERT INTO sink_cursors (sink, n) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-            &[&sink],
+impl PgStore {
+    /// Inserts the group's events in one statement (a round trip per event would bound the
+    /// fleet's rate by the loopback latency); the `i`-th gets `n = first + i + 1`. Returns
+    /// the (gw, id) of those stored now.
+    fn insert_events(
+        tx: &mut Transaction<'_>,
+        group: &Group<'_>,
+        by_key: &HashMap<GatewayKey, i64>,
+        first: i64,
+        now: i64,
+    ) -> Result<std::collections::HashSet<(i64, String)>, StoreError> {
+        let a = group.accepted;
+        let gws: Vec<i64> = a.iter().map(|e| by_key[&e.gateway]).collect();
+        let ids: Vec<&str> = a.iter().map(|e| e.id.as_str()).collect();
+        let seqs: Vec<i64> = a.iter().map(|e| e.seq as i64).collect();
+        let types: Vec<&str> = a.iter().map(|e| e.ty.as_str()).collect();
+        let times: Vec<&str> = a.iter().map(|e| e.time.as_str()).collect();
+        let users: Vec<Option<&str>> = a.iter().map(|e| e.userid.as_deref()).collect();
+        let bodies: Vec<&str> = a.iter().map(|e| e.body.as_str()).collect();
+        let rows = tx.query(
+            "INSERT INTO events (n, gw, id, seq, type, time, userid, committed_ms, body) \
+             SELECT $1::BIGINT + t.ord, t.gw, t.id, t.seq, t.type, t.time, t.userid, $2::BIGINT, t.body \
+             FROM unnest($3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+                  WITH ORDINALITY AS t (gw, id, seq, type, time, userid, body, ord) \
+             ORDER BY t.ord \
+             ON CONFLICT (gw, id) DO NOTHING RETURNING gw, id",
+            &[&first, &now, &gws, &ids, &seqs, &types, &times, &users, &bodies],
         )?;
-        let id: i32 = c
-            .query_one("SELECT id FROM sink_cursors WHERE sink = $1", &[&sink])?
-            .get(0);
-        let got: bool = c
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&SINK_LOCK_SPACE, &id],
-            )?
-            .get(0);
-        if got {
-            self.claimed = Some(sink.to_owned());
-        }
-        Ok(got)
-    }
-
-    fn sink_position(&mut self, sink: &str) -> Result<SinkPosition, StoreError> {
-        let row = self.conn()?.query_opt(
-            "SELECT n, inflight FROM sink_cursors WHERE sink = $1",
-            &[&sink],
-        )?;
-        Ok(row.map_or(SinkPosition::default(), |r| SinkPosition {
-            cursor: r.get::<_, i64>(0) as u64,
-            inflight: r.get::<_, Option<i64>>(1).map(|i| i as u64),
-        }))
-    }
-
-    fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT n, body FROM events WHERE n > $1 ORDER BY n LIMIT $2",
-            &[&(after as i64), &(limit as i64)],
-        )?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-            .collect())
-    }
-
-    fn last_n(&mut self) -> Result<u64, StoreError> {
-        let n: Option<i64> = self
-            .conn()?
-            .query_one("SELECT max(n) FROM events", &[])?
-            .get(0);
-        Ok(n.unwrap_or(0) as u64)
-    }
-
-    fn sink_inflight(&mut self, sink: &str, upto: Option<u64>) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO sink_cursors (sink, n, inflight) VALUES ($1, 0, $2) \
-             ON CONFLICT (sink) DO UPDATE SET inflight = excluded.inflight",
-            &[&sink, &upto.map(|u| u as i64)],
-        )?;
-        Ok(())
-    }
-
-    fn sink_advance(
-        &mut self,
-        sink: &str,
-        to: u64,
-        parked: &[SinkParked],
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.conn()?.transaction()?;
-        for p in parked {
-            tx.execute(
-                "INSERT INTO sink_parked (sink, n, id, reason, at_ms) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (sink, n) DO UPDATE SET id = excluded.id, reason = excluded.reason, \
-                 at_ms = excluded.at_ms",
-                &[&sink, &(p.n as i64), &p.id, &p.reason, &(now_ms as i64)],
-            )?;
-        }
-        tx.execute(
-            "INSERT INTO sink_cursors (sink, n, inflight) VALUES ($1, $2, NULL) \
-             ON CONFLICT (sink) DO UPDATE SET n = excluded.n, inflight = NULL",
-            &[&sink, &(to as i64)],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn sink_parked(&mut self, sink: &str) -> Result<Vec<SinkParked>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT n, id, reason FROM sink_parked WHERE sink = $1 ORDER BY n",
-            &[&sink],
-        )?;
-        Ok(rows
-            .iter()
-            .map(|r| SinkParked {
-                n: r.get::<_, i64>(0) as u64,
-                id: r.get(1),
-                reason: r.get(2),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
