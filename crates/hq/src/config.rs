@@ -486,4 +486,21 @@ mod tests {
             .to_string();
         assert!(e.contains("store.kind"), "{e}");
     }
+
+    #[test]
+    fn anonymous_is_the_webhooks_choice_only() {
+        let sink = |kind: &str, extra: &str| {
+            format!("[mqtt]\n[[sink]]\nname = \"x\"\nkind = \"{kind}\"\nurl = \"http://h/in\"\napi_key_env = \"PATH\"\n{extra}")
+        };
+        let c = parse(&sink("webhook", "anonymous = true\n")).unwrap();
+        assert!(c.sinks[0].anonymous);
+        assert!(
+            !parse(&sink("webhook", "")).unwrap().sinks[0].anonymous,
+            "off unless asked"
+        );
+        let e = parse(&sink("braze", "anonymous = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("anonymous is the webhook's choice"), "{e}");
+    }
 }

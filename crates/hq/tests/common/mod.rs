@@ -1,6 +1,7 @@
 //! Real parts only: a real mosquitto on a free port (the gateway's test broker), the gateway's
 //! own outbox and uplink publishing to it in-process, and the built `phygate-hq` binary as a
-//! child process with its config and SQLite journey store in a temp dir.
+//! child process with its config and SQLite journey store in a temp dir. [`pg`] starts a real
+//! PostgreSQL, [`webhook`] a webhook receiver that checks signatures and counts repeats.
 #![allow(dead_code)]
 
 pub mod pg;

@@ -18,7 +18,7 @@
 //!   adopts what is returned. The expiry of holes runs on the stored accounting too, under the
 //!   same locks, so a hole that the other consumer filled is never declared lost, and a loss
 //!   is declared (and logged) by one consumer only.
-//! - **One consumer drives a sink at a time.** [`SinkLedger::claim`] takes a session-level
+//! - **One consumer drives a sink at a time.** [`crate::store::SinkLedger::claim`] takes a session-level
 //!   advisory lock (`pg_try_advisory_lock`) keyed by the sink's row id, on the sink's own
 //!   connection. The other consumers stand by and try again; when the holder dies, PostgreSQL
 //!   ends its session and the lock with it, and one of them takes over from the durable
