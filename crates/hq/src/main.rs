@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The fleet controls: keys, members, config, command (docs/hq.md "Fleet controls").
+    #[command(flatten)]
+    Control(phygate_hq::control::Control),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Control(control) => return phygate_hq::control::dispatch(control),
         Command::Run { config } => {
             let config = Config::load(&config)?;
             tokio::runtime::Builder::new_multi_thread()
