@@ -281,3 +281,234 @@ fn a_rotated_key_opens_the_gate_of_a_store_that_was_offline_and_a_retired_one_do
     let last = hq(&broker, &state, &["keys", "retire", "--kid", "k2"]);
     assert!(!last.status.success(), "the last key is never retired");
 }
+
+#[test]
+fn member_pushes_apply_as_snapshot_then_delta_and_a_bad_file_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let state = dir.path().join("hq-state");
+    let store = Store::new(&dir.path().join("store"), broker.port);
+    let h = |c: char| c.to_string().repeat(43);
+    let csv = dir.path().join("members.csv");
+    // The store's first downlink session must exist before a non-retained update is published.
+    wait_for(LONG, "the store online", || {
+        store.state("members.version/store").is_none() && store_online(&broker)
+    });
+
+    std::fs::write(
+        &csv,
+        format!("card_hash,userid\n{},u-a\n{},u-b\n", h('a'), h('b')),
+    )
+    .unwrap();
+    let snap = hq(
+        &broker,
+        &state,
+        &[
+            "members", "push", "--scope", "store", "--store", STORE, "--file",
+        ],
+    );
+    assert!(!snap.status.success(), "--file needs a value");
+    let push = |extra: &[&str]| {
+        let mut args = vec!["members", "push", "--file", csv.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        hq(&broker, &state, &args)
+    };
+    assert!(push(&["--scope", "store", "--store", STORE])
+        .status
+        .success());
+    wait_for(LONG, "version 1 applied", || {
+        store.state("members.version/store").as_deref() == Some("1")
+    });
+
+    // The map edited: a removed, b changed, c added; sent as a delta from 1.
+    std::fs::write(&csv, format!("{},u-b2\n{},u-c\n", h('b'), h('c'))).unwrap();
+    let delta = push(&["--scope", "store", "--store", STORE, "--delta-from", "1"]);
+    assert!(delta.status.success());
+    assert!(
+        stdout(&delta).contains("delta from 1 version 2"),
+        "{}",
+        stdout(&delta)
+    );
+    wait_for(LONG, "version 2 applied", || {
+        store.state("members.version/store").as_deref() == Some("2")
+    });
+    let member = |c: char| store.state(&format!("member/store/{}", h(c)));
+    assert_eq!(member('a'), None);
+    assert_eq!(member('b').as_deref(), Some("u-b2"));
+    assert_eq!(member('c').as_deref(), Some("u-c"));
+
+    // A hash the store would refuse: refused here, with the store's reason, nothing published.
+    std::fs::write(&csv, format!("{},u-d\nshort,u-e\n", h('d'))).unwrap();
+    let bad = push(&["--scope", "store", "--store", STORE]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("not a card hash"), "{}", stderr(&bad));
+    // The fleet-wide map has its own version.
+    std::fs::write(&csv, format!("{},u-f\n", h('f'))).unwrap();
+    assert!(push(&["--scope", "all"]).status.success());
+    wait_for(LONG, "fleet version 1 applied", || {
+        store.state("members.version/all").as_deref() == Some("1")
+    });
+    assert_eq!(
+        store.state("members.version/store").as_deref(),
+        Some("2"),
+        "the refused file changed nothing"
+    );
+    assert_eq!(member('d'), None);
+}
+
+/// Whether the store's gateway has its retained `online` status on the broker.
+fn store_online(broker: &Mosquitto) -> bool {
+    retained(broker, &phygate_proto::topic::status(TENANT, STORE))
+        .is_some_and(|p| String::from_utf8_lossy(&p).contains("\"online\""))
+}
+
+/// The retained message on `topic`, if any.
+fn retained(broker: &Mosquitto, topic: &str) -> Option<Vec<u8>> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let options = MqttOptions::new(
+        format!("probe-{}", fastrand::u32(..)),
+        "127.0.0.1",
+        broker.port,
+    );
+    let (client, mut conn) = Client::new(options, 8);
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let mut found = None;
+    let mut subscribed = false;
+    while let Ok(Ok(event)) = conn.recv_timeout(Duration::from_millis(500)) {
+        match event {
+            Event::Incoming(Packet::Publish(p)) if p.retain => {
+                found = Some(p.payload.to_vec());
+                break;
+            }
+            Event::Incoming(Packet::SubAck(_)) => subscribed = true,
+            _ => {}
+        }
+    }
+    assert!(subscribed, "the probe subscribed");
+    let _ = client.disconnect();
+    found
+}
+
+#[test]
+fn an_invalid_config_is_refused_before_publishing_and_a_valid_one_is_applied_by_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let state = dir.path().join("hq-state");
+    let store_dir = dir.path().join("store");
+    let store = Store::new(&store_dir, broker.port);
+    wait_for(LONG, "the store online", || store_online(&broker));
+    let file = dir.path().join("hq-config.toml");
+    let topic = phygate_proto::topic::config(TENANT, STORE);
+
+    // Another store's config, with a mistyped key: the edge's own problems, nothing published.
+    let text = config_text(&store_dir, broker.port, "debug");
+    let wrong = text
+        .replacen("store = \"s1\"", "store = \"s2\"", 1)
+        .replace("backoff_max", "backof_max");
+    std::fs::write(&file, &wrong).unwrap();
+    let refused = hq(
+        &broker,
+        &state,
+        &[
+            "config",
+            "push",
+            "--store",
+            STORE,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(err.contains("nothing was published"), "{err}");
+    assert!(err.contains("is not this gateway's store"), "{err}");
+    assert!(err.contains("backof_max"), "{err}");
+    assert_eq!(retained(&broker, &topic), None, "nothing retained");
+
+    // For every store: the file without its `store` line, each store gets its own.
+    let fleet = text.replacen("store = \"s1\"\n", "", 1);
+    std::fs::write(&file, &fleet).unwrap();
+    let applied = hq(
+        &broker,
+        &state,
+        &["config", "push", "--all", "--file", file.to_str().unwrap()],
+    );
+    assert!(applied.status.success());
+    let version = phygate::downlink::hqconfig::version(&text);
+    assert!(
+        stdout(&applied).contains(&format!("s1: applied {version}")),
+        "{}",
+        stdout(&applied)
+    );
+    assert_eq!(
+        std::fs::read_to_string(store_dir.join("hq-config.toml")).unwrap(),
+        text,
+        "the store keeps exactly what was checked and published"
+    );
+    drop(store);
+}
+
+#[test]
+fn open_gate_prints_the_stores_result_and_runs_once_per_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let state = dir.path().join("hq-state");
+    let store = Store::new(&dir.path().join("store"), broker.port);
+    wait_for(LONG, "the store online", || store_online(&broker));
+    let open = |station: &str, id: &str| {
+        hq(
+            &broker,
+            &state,
+            &[
+                "command",
+                "open-gate",
+                "--store",
+                STORE,
+                "--station",
+                station,
+                "--expires",
+                "20s",
+                "--id",
+                id,
+            ],
+        )
+    };
+
+    let done = open("gate-1", "cmd-1");
+    assert!(done.status.success());
+    assert!(stdout(&done).contains("s1: done"), "{}", stdout(&done));
+    assert_eq!(store.gate.coil_writes().len(), 1);
+    let again = open("gate-1", "cmd-1");
+    assert!(!again.status.success());
+    assert!(
+        stdout(&again).contains("s1: duplicate"),
+        "{}",
+        stdout(&again)
+    );
+    let nowhere = open("nowhere", "cmd-2");
+    assert!(!nowhere.status.success());
+    assert!(
+        stdout(&nowhere).contains("s1: refused"),
+        "{}",
+        stdout(&nowhere)
+    );
+    assert_eq!(store.gate.coil_writes().len(), 1, "the gate opened once");
+
+    // A store that is not there: no answer, said so, a distinct exit code.
+    let absent = hq(
+        &broker,
+        &state,
+        &[
+            "command",
+            "open-gate",
+            "--store",
+            "s9",
+            "--station",
+            "gate-1",
+            "--expires",
+            "1s",
+        ],
+    );
+    assert_eq!(absent.status.code(), Some(2));
+    assert!(stdout(&absent).contains("no store.command.result"));
+}

@@ -46,7 +46,10 @@ pub async fn open_gate(
     link.subscribe(&phygate_proto::topic::events(&target.tenant, store))
         .await?;
     link.publish(&topic, body, false).await?;
-    println!("{store}: published command {id} (open_gate at {station}, expires at {})", message.expires_at);
+    println!(
+        "{store}: published command {id} (open_gate at {station}, expires at {})",
+        message.expires_at
+    );
     let deadline = tokio::time::Instant::now() + expires + ANSWER_MARGIN;
     let answer = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -62,7 +62,10 @@ pub async fn push(
         Stores::All => known_stores(&mut link, &target.tenant).await?,
     };
     if stores.is_empty() {
-        bail!("no store of tenant {} has a status on the broker: nothing to configure", target.tenant);
+        bail!(
+            "no store of tenant {} has a status on the broker: nothing to configure",
+            target.tenant
+        );
     }
     let mut texts = BTreeMap::new();
     let mut refused = Vec::new();
@@ -74,7 +77,10 @@ pub async fn push(
         };
         let stored = Path::new(STORE_STATE_DIR).join(hqconfig::STORED_NAME);
         if text.len() > phygate_proto::downlink::MAX_CONFIG_BYTES {
-            refused.push(format!("{store}: {} bytes is over the stores' limit", text.len()));
+            refused.push(format!(
+                "{store}: {} bytes is over the stores' limit",
+                text.len()
+            ));
         } else if let Err(problems) = hqconfig::check_for(&text, &stored, &target.tenant, store) {
             refused.extend(problems.into_iter().map(|p| format!("{store}: {p}")));
         }
@@ -125,7 +131,9 @@ pub async fn known_stores(link: &mut Link, tenant: &str) -> anyhow::Result<Vec<S
         .await?
         .into_iter()
         .filter_map(|p| {
-            let rest = p.topic.strip_prefix(&format!("{}/{tenant}/", phygate_proto::topic::ROOT))?;
+            let rest = p
+                .topic
+                .strip_prefix(&format!("{}/{tenant}/", phygate_proto::topic::ROOT))?;
             Some(rest.strip_suffix("/status")?.to_owned())
         })
         .collect();
@@ -159,7 +167,11 @@ async fn await_answers(
                 types::CONFIG_REJECTED => Outcome::Rejected(
                     a.data["reasons"]
                         .as_array()
-                        .map(|r| r.iter().map(|v| v.as_str().unwrap_or("?").to_owned()).collect())
+                        .map(|r| {
+                            r.iter()
+                                .map(|v| v.as_str().unwrap_or("?").to_owned())
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 ),
                 _ => continue,

@@ -65,7 +65,10 @@ pub async fn rotate(target: &Target, kid: &str, key_out: Option<&Path>) -> anyho
             .map(Path::to_owned)
             .unwrap_or_else(|| target.state_dir.join(format!("{kid}.key")));
         write_private_key(&key_file, &signing_key_to_base64url(&signing))?;
-        println!("private key of {kid} written to {} (mode 0600)", key_file.display());
+        println!(
+            "private key of {kid} written to {} (mode 0600)",
+            key_file.display()
+        );
         // Recorded after the broker's PUBACK below: a kid that never reached the broker does
         // not start the retirement clock of the others.
         keys.kids.push(PublishedKid {

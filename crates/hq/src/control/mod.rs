@@ -216,7 +216,10 @@ async fn run(control: Control) -> anyhow::Result<ExitCode> {
 fn report_command(store: &str, answer: command::Result) -> ExitCode {
     match answer {
         Some((outcome, data)) => {
-            println!("{store}: {outcome} {}", serde_json::json!({ "store.command.result": data }));
+            println!(
+                "{store}: {outcome} {}",
+                serde_json::json!({ "store.command.result": data })
+            );
             if outcome == "done" {
                 ExitCode::SUCCESS
             } else {

@@ -153,7 +153,9 @@ impl Link {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = match tokio::time::timeout(left, self.events.poll()).await {
-                Err(_) => bail!("no answer from the broker within {timeout:?} (waiting for {what})"),
+                Err(_) => {
+                    bail!("no answer from the broker within {timeout:?} (waiting for {what})")
+                }
                 Ok(Err(e)) => bail!("{e} (waiting for {what})"),
                 Ok(Ok(event)) => event,
             };
