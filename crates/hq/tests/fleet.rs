@@ -1,0 +1,95 @@
+//! The fleet at a glance on real parts: a real mosquitto carrying the gateways' retained
+//! statuses, the gateway's own outbox and uplink, the `phygate-hq` binary consuming into its
+//! journey store; `phygate-hq stores` and the `/stores` page show each store's status, last
+//! event and losses.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{broker, scan, wait_for, Edge, Hq};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: hq\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_shows_each_stores_status_last_event_and_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let hq = Hq::start(&dir.path().join("hq"), broker.port, "1s");
+    let mut lossy = Edge::open(&dir.path().join("s1"), "s1", broker.port);
+    let mut clean = Edge::open(&dir.path().join("s2"), "s2", broker.port);
+    for _ in 0..5 {
+        lossy.append(scan(10)).await;
+        clean.append(scan(10)).await;
+    }
+    lossy.delete_behind_its_back(&[3]);
+    lossy.start_uplink();
+    clean.start_uplink();
+    wait_for(WAIT, "s1 loss reported", || {
+        hq.query(&["losses"])
+            .iter()
+            .any(|g| g["store"] == "s1" && g["lost"] == 1)
+    });
+    wait_for(WAIT, "s2 stored", || hq.stored("s2", "gw1").len() == 5);
+    // s2's gateway goes away: its retained status says offline.
+    clean.stop_uplink().await;
+
+    let rows = hq.query(&["stores", "--json"]);
+    let row = |s: &str| {
+        rows.iter()
+            .find(|r| r["store"] == s)
+            .unwrap_or_else(|| panic!("no row for {s}: {rows:?}"))
+            .clone()
+    };
+    let (s1, s2) = (row("s1"), row("s2"));
+    assert_eq!(
+        (s1["status"].as_str(), s1["lost"].as_u64()),
+        (Some("online"), Some(1))
+    );
+    assert_eq!(s1["last_seq"], 5);
+    assert!(
+        s1["last_event"]
+            .as_str()
+            .unwrap()
+            .ends_with("store.qr.scanned"),
+        "{s1}"
+    );
+    assert_eq!(
+        (s2["status"].as_str(), s2["lost"].as_u64()),
+        (Some("offline"), Some(0))
+    );
+    assert!(s2["version"].as_str().is_some_and(|v| !v.is_empty()));
+
+    // The same as a table, and as the status listener's page.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
+        .args(["stores", "--config"])
+        .arg(&hq.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("TENANT"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("s2") && l.contains("offline")),
+        "{table}"
+    );
+    let page = get(hq.status_port, "/stores");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("2 stores, 1 online, 1 with losses"), "{page}");
+    assert!(page.contains("<td>s1</td>"), "{page}");
+    lossy.stop_uplink().await;
+}
