@@ -204,7 +204,8 @@ fn cells(r: &StoreRow) -> [String; 9] {
 }
 
 /// The view as a self-contained HTML page: inline style, and a few lines of inline script
-/// that sort the table by the clicked column (numbers as numbers).
+/// that sort the table by the clicked column (numbers as numbers), or by column N on load for
+/// `#sort=N`.
 pub fn html(rows: &[StoreRow]) -> String {
     let mut body = String::new();
     for r in rows {
@@ -226,7 +227,7 @@ pub fn html(rows: &[StoreRow]) -> String {
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 1.5em; }}
 table {{ border-collapse: collapse; }}
-th, td {{ padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }}
+th, td {{ padding: .3em .8em; white-space: nowrap; border-bottom: 1px solid #ddd; text-align: left; }}
 th {{ cursor: pointer; background: #f4f4f4; }}
 tr.offline td:nth-child(3) {{ color: #b00; font-weight: bold; }}
 tr.online td:nth-child(3) {{ color: #070; }}
@@ -244,6 +245,9 @@ document.querySelectorAll('#fleet th').forEach((th, i) => th.onclick = () => {{
   [...tb.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1))
     .forEach(tr => tb.appendChild(tr));
 }});
+// `#sort=N`: a link (or a bookmark) to the table sorted by column N.
+const m = location.hash.match(/^#sort=(\d+)$/);
+if (m) document.querySelectorAll('#fleet th')[Number(m[1])]?.click();
 </script>
 </body></html>
 "#,

@@ -91,5 +91,62 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("2 stores, 1 online, 1 with losses"), "{page}");
     assert!(page.contains("<td>s1</td>"), "{page}");
+    in_headless_chromium(&dir.path().join("chromium"), hq.status_port);
     lossy.stop_uplink().await;
+}
+
+/// The page in a real browser: its script runs (`#sort=7` sorts by losses, s2's 0 before
+/// s1's 1, the reverse of the server's order), and a screenshot for the eye
+/// (`target/fleet-page.png`).
+fn in_headless_chromium(profile: &std::path::Path, port: u16) {
+    let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing in CI: .ci/run installs it"
+        );
+        eprintln!("NOTICE: skipping the browser check: chromium is not installed");
+        return;
+    };
+    let url = format!("http://127.0.0.1:{port}/stores#sort=7");
+    let chromium = |extra: &[String]| {
+        let out = std::process::Command::new(bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--window-size=1100,260",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("chromium runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom".into()]);
+    let (s1, s2) = (dom.find("<td>s1</td>"), dom.find("<td>s2</td>"));
+    assert!(
+        s1.is_some() && s2 < s1,
+        "sorted by losses in the browser: {dom}"
+    );
+    // The binary is in target/debug/deps: the screenshot goes to target/.
+    let target = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_owned();
+    let shot = target.join("fleet-page.png");
+    chromium(&[format!("--screenshot={}", shot.display())]);
+    assert!(shot.is_file(), "the screenshot was written");
 }
