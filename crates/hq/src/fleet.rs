@@ -61,6 +61,9 @@ pub struct StoreRow {
     pub lost: u64,
     /// Seq numbers missing, still within the grace time.
     pub pending: u64,
+    /// The last config from HQ the store answered about: its version and `applied` or
+    /// `rejected` (from its `store.config.applied` / `store.config.rejected` events).
+    pub config: Option<String>,
 }
 
 /// The fleet view: the broker's statuses joined with the journey store's accounting.
@@ -88,13 +91,16 @@ pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
     if source.store_path.exists() {
         let path = source.store_path.clone();
         let stored = tokio::task::spawn_blocking(move || from_journey_store(&path)).await??;
-        for (tenant, store, gateway, seq, last) in stored {
+        for (tenant, store, gateway, seq, last, config) in stored {
             let row = row(&mut rows, &tenant, &store);
             row.gateways.push(gateway);
             row.lost += seq.lost();
             row.pending += seq.pending();
             row.last_seq = row.last_seq.max(seq.span.map(|s| s.1));
             row.last_event = row.last_event.clone().max(last);
+            if config.is_some() {
+                row.config = config;
+            }
         }
     }
     Ok(rows.into_values().collect())
@@ -125,7 +131,14 @@ fn status_topic(topic: &str) -> Option<(&str, &str)> {
     }
 }
 
-type Stored = (String, String, String, GatewaySeq, Option<String>);
+type Stored = (
+    String,
+    String,
+    String,
+    GatewaySeq,
+    Option<String>,
+    Option<String>,
+);
 
 /// Each gateway's accounting and last event, read-only beside a running consumer (WAL).
 fn from_journey_store(path: &Path) -> anyhow::Result<Vec<Stored>> {
@@ -143,14 +156,32 @@ fn from_journey_store(path: &Path) -> anyhow::Result<Vec<Stored>> {
         "SELECT e.time || ' ' || e.type FROM events e JOIN gateways g USING (gw) \
          WHERE g.tenant = ?1 AND g.store = ?2 AND g.gateway = ?3 ORDER BY e.n DESC LIMIT 1",
     )?;
+    let mut config = conn.prepare(
+        "SELECT e.type, e.body FROM events e JOIN gateways g USING (gw) \
+         WHERE g.tenant = ?1 AND g.store = ?2 AND g.gateway = ?3 \
+         AND e.type IN ('store.config.applied', 'store.config.rejected') ORDER BY e.n DESC LIMIT 1",
+    )?;
     let mut out = Vec::new();
     for (key, seq) in gateways {
-        let last: Option<String> = last
-            .query_row([&key.tenant, &key.store, &key.gateway], |r| r.get(0))
-            .ok();
-        out.push((key.tenant, key.store, key.gateway, seq, last));
+        let ids = [&key.tenant, &key.store, &key.gateway];
+        let last: Option<String> = last.query_row(ids, |r| r.get(0)).ok();
+        let config = config
+            .query_row(ids, |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .ok()
+            .map(|(kind, body)| config_answer(&kind, &body));
+        out.push((key.tenant, key.store, key.gateway, seq, last, config));
     }
     Ok(out)
+}
+
+/// `sha256:… applied` from a config answer's event.
+fn config_answer(kind: &str, body: &str) -> String {
+    let event: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let version = event["data"]["version"].as_str().unwrap_or("?");
+    let verdict = kind.rsplit('.').next().unwrap_or(kind);
+    format!("{version} {verdict}")
 }
 
 /// The view as a fixed-width text table, one store a line.
@@ -165,8 +196,9 @@ pub fn table(rows: &[StoreRow]) -> String {
         "LAST SEQ",
         "LOST",
         "PENDING",
+        "CONFIG",
     ];
-    let cells: Vec<[String; 9]> = rows.iter().map(cells).collect();
+    let cells: Vec<[String; 10]> = rows.iter().map(cells).collect();
     let mut widths = head.map(str::len);
     for c in &cells {
         for (w, cell) in widths.iter_mut().zip(c) {
@@ -188,7 +220,7 @@ pub fn table(rows: &[StoreRow]) -> String {
     out
 }
 
-fn cells(r: &StoreRow) -> [String; 9] {
+fn cells(r: &StoreRow) -> [String; 10] {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     [
         r.tenant.clone(),
@@ -200,6 +232,7 @@ fn cells(r: &StoreRow) -> [String; 9] {
         r.last_seq.map_or("-".into(), |s| s.to_string()),
         r.lost.to_string(),
         r.pending.to_string(),
+        dash(&r.config),
     ]
 }
 
@@ -234,7 +267,7 @@ tr.online td:nth-child(3) {{ color: #070; }}
 tr.loss td:nth-child(8) {{ color: #fff; background: #b00; }}
 </style></head><body>
 <h1>Fleet: {n} stores, {online} online, {lossy} with losses</h1>
-<table id="fleet"><thead><tr><th>tenant</th><th>store</th><th>status</th><th>since</th><th>version</th><th>last event</th><th>last seq</th><th>lost</th><th>pending</th></tr></thead>
+<table id="fleet"><thead><tr><th>tenant</th><th>store</th><th>status</th><th>since</th><th>version</th><th>last event</th><th>last seq</th><th>lost</th><th>pending</th><th>config</th></tr></thead>
 <tbody>
 {body}</tbody></table>
 <script>

@@ -237,6 +237,16 @@ fn a_rotated_key_opens_the_gate_of_a_store_that_was_offline_and_a_retired_one_do
     let second = hq(&broker, &state, &["keys", "rotate", "--kid", "k2"]);
     assert!(second.status.success());
     assert!(stdout(&second).contains("k1, k2"), "{}", stdout(&second));
+    // Run again: the same key set, no new key (the file is not overwritten).
+    let key2 = std::fs::read_to_string(state.join("k2.key")).unwrap();
+    let again = hq(&broker, &state, &["keys", "rotate", "--kid", "k2"]);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("already published"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(std::fs::read_to_string(state.join("k2.key")).unwrap(), key2);
     store.start();
     wait_for(LONG, "k2 held by the store once back", || {
         store.held_kids().contains("\"k2\"")

@@ -5,9 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{broker, scan, wait_for, Edge, Hq};
+use phygate::event::{ConfigApplied, Event, EventData};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,6 +36,20 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
         lossy.append(scan(10)).await;
         clean.append(scan(10)).await;
     }
+    // s2 answered a config from HQ, as its reloader does (then one more scan: the config
+    // answer is not the last event).
+    clean
+        .append(Event::new(
+            "gateway".into(),
+            SystemTime::now(),
+            EventData::ConfigApplied(ConfigApplied {
+                version: "sha256:00112233aabbccdd".into(),
+                live: vec!["log".into()],
+                restart: vec![],
+            }),
+        ))
+        .await;
+    clean.append(scan(10)).await;
     lossy.delete_behind_its_back(&[3]);
     lossy.start_uplink();
     clean.start_uplink();
@@ -43,7 +58,7 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
             .iter()
             .any(|g| g["store"] == "s1" && g["lost"] == 1)
     });
-    wait_for(WAIT, "s2 stored", || hq.stored("s2", "gw1").len() == 5);
+    wait_for(WAIT, "s2 stored", || hq.stored("s2", "gw1").len() == 7);
     // s2's gateway goes away: its retained status says offline.
     clean.stop_uplink().await;
 
@@ -72,6 +87,12 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
         (Some("offline"), Some(0))
     );
     assert!(s2["version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert_eq!(s2["config"], "sha256:00112233aabbccdd applied");
+    assert_eq!(s1["config"], serde_json::Value::Null);
+    assert!(s2["last_event"]
+        .as_str()
+        .unwrap()
+        .ends_with("store.qr.scanned"));
 
     // The same as a table, and as the status listener's page.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
