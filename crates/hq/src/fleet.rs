@@ -69,7 +69,7 @@ pub struct StoreRow {
 /// The fleet view: the broker's statuses joined with the journey store's accounting.
 pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
     let mut rows: BTreeMap<(String, String), StoreRow> = BTreeMap::new();
-    let mut link = Link::connect(&source.broker).await?;
+    let mut link = Link::connect(&source.broker, &Default::default()).await?;
     let statuses = link
         .retained(
             &format!("{}/+/+/status", phygate_proto::topic::ROOT),

@@ -53,7 +53,7 @@ enum Command {
     },
     /// The fleet controls: keys, members, config, command (docs/hq.md "Fleet controls").
     #[command(flatten)]
-    Control(phygate_hq::control::Control),
+    Control(Box<phygate_hq::control::Control>),
 }
 
 fn main() -> ExitCode {
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Control(control) => return phygate_hq::control::dispatch(control),
+        Command::Control(control) => return phygate_hq::control::dispatch(*control),
         Command::Stores { config, json } => {
             let source = phygate_hq::fleet::Source::of(&Config::load(&config)?);
             let rows = tokio::runtime::Builder::new_current_thread()

@@ -242,7 +242,7 @@ fn a_rotated_key_opens_the_gate_of_a_store_that_was_offline_and_a_retired_one_do
     let again = hq(&broker, &state, &["keys", "rotate", "--kid", "k2"]);
     assert!(again.status.success());
     assert!(
-        stdout(&again).contains("already published"),
+        stdout(&again).contains("already in the key set"),
         "{}",
         stdout(&again)
     );

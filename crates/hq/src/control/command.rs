@@ -42,7 +42,7 @@ pub async fn open_gate(
     if let Err(e) = phygate::downlink::parse(&target.tenant, store, &topic, &body) {
         bail!("the store would refuse this command: {e}");
     }
-    let mut link = Link::connect(&target.broker).await?;
+    let mut link = Link::to(target).await?;
     link.subscribe(&phygate_proto::topic::events(&target.tenant, store))
         .await?;
     link.publish(&topic, body, false).await?;

@@ -53,7 +53,7 @@ pub async fn push(
     let names_store = toml::from_str::<toml::Table>(&text)
         .map(|t| t.contains_key("store"))
         .unwrap_or(false);
-    let mut link = Link::connect(&target.broker).await?;
+    let mut link = Link::to(target).await?;
     let stores = match stores {
         Stores::One(s) => vec![s],
         Stores::All if names_store => {

@@ -58,7 +58,7 @@ pub async fn rotate(target: &Target, kid: &str, key_out: Option<&Path>) -> anyho
     let path = state_path(target);
     let mut keys: KeysState = state::load(&path)?;
     if keys.kids.iter().any(|k| k.kid == kid) {
-        println!("kid {kid} is already published; publishing the same key set again");
+        println!("kid {kid} is already in the key set; publishing the same key set again");
     } else {
         let (signing, jwk) = generate_key(kid);
         let key_file = key_out
@@ -69,13 +69,15 @@ pub async fn rotate(target: &Target, kid: &str, key_out: Option<&Path>) -> anyho
             "private key of {kid} written to {} (mode 0600)",
             key_file.display()
         );
-        // Recorded after the broker's PUBACK below: a kid that never reached the broker does
-        // not start the retirement clock of the others.
+        // Recorded at once, as not yet published (`published_at` 0): if the broker cannot be
+        // reached, running the same rotation again publishes this key instead of failing on
+        // its existing file. Its time is set after the broker's PUBACK below.
         keys.kids.push(PublishedKid {
             kid: kid.to_owned(),
             jwk,
             published_at: 0,
         });
+        state::save(&path, &keys)?;
     }
     publish(target, &keys).await?;
     let now = state::now_s();
@@ -106,6 +108,13 @@ pub async fn retire(target: &Target, kid: &str) -> anyhow::Result<()> {
             kid_list(&keys)
         );
     };
+    if let Some(pending) = keys.kids.iter().find(|k| k.published_at == 0) {
+        bail!(
+            "kid {:?} was never confirmed published: run `keys rotate --kid {}` again first",
+            pending.kid,
+            pending.kid
+        );
+    }
     if keys.kids.len() == 1 {
         bail!("kid {kid:?} is the only key: rotate to a new one first (`keys rotate`)");
     }
@@ -144,7 +153,7 @@ async fn publish(target: &Target, keys: &KeysState) -> anyhow::Result<()> {
     // The store name does not matter for the keys topic (it is the tenant's).
     phygate::downlink::parse(&target.tenant, "-", &topic, &body)
         .map_err(|e| anyhow::anyhow!("the key set would be refused by the stores: {e}"))?;
-    let mut link = Link::connect(&target.broker).await?;
+    let mut link = Link::to(target).await?;
     link.publish(&topic, body, true).await?;
     link.close().await;
     Ok(())

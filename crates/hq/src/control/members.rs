@@ -93,7 +93,7 @@ pub async fn push(
     }
     phygate::downlink::parse(&target.tenant, scope.name(), &topic, &body)
         .map_err(|e| anyhow::anyhow!("the stores would refuse this update: {e}"))?;
-    let mut link = Link::connect(&target.broker).await?;
+    let mut link = Link::to(target).await?;
     link.publish(&topic, body, false).await?;
     link.close().await;
     st.maps.insert(version, map.clone());

@@ -29,9 +29,21 @@ use clap::{Args, Subcommand};
 /// Where and for whom a control publishes.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// The broker, `host:port` (MQTT 3.1.1, plain TCP).
+    /// The broker, `host:port` (MQTT 3.1.1; TLS with --ca).
     #[arg(long, env = "PHYGATE_HQ_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
+    /// TLS: the CA that signed the broker's certificate (PEM). Without it, plain TCP.
+    #[arg(long, env = "PHYGATE_HQ_CA")]
+    pub ca: Option<PathBuf>,
+    /// TLS client certificate (PEM), for a broker that requires one; with --key.
+    #[arg(long, env = "PHYGATE_HQ_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PHYGATE_HQ_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// MQTT username; the password comes from PHYGATE_HQ_MQTT_PASSWORD, never the command line.
+    #[arg(long, env = "PHYGATE_HQ_MQTT_USERNAME")]
+    pub username: Option<String>,
     /// The tenant whose stores are addressed.
     #[arg(long, env = "PHYGATE_HQ_TENANT")]
     pub tenant: String,

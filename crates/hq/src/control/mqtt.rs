@@ -4,6 +4,7 @@
 //! is an error the engineer sees, and every control is safe to run again.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -32,13 +33,59 @@ pub fn split_broker(broker: &str) -> anyhow::Result<(String, u16)> {
     }
 }
 
+/// TLS and credentials for the broker connection.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The CA of the broker's certificate: TLS when set.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM files).
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The password is read from `PHYGATE_HQ_MQTT_PASSWORD`: a secret on the command line
+    /// would be in every `ps` listing and shell history.
+    pub username: Option<String>,
+}
+
+impl Security {
+    fn apply(&self, options: &mut MqttOptions) -> anyhow::Result<()> {
+        if let Some(user) = &self.username {
+            let password = std::env::var("PHYGATE_HQ_MQTT_PASSWORD").unwrap_or_default();
+            options.set_credentials(user, password);
+        }
+        let Some(ca) = &self.ca else {
+            return Ok(());
+        };
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let client = match &self.client {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        // rumqttc's rustls needs a process-wide provider: ring, as the gateway uses (a second
+        // install is refused harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        options.set_transport(rumqttc::Transport::tls(read(ca)?, client, None));
+        Ok(())
+    }
+}
+
 impl Link {
+    /// Connects to the control target's broker and waits for the CONNACK.
+    pub async fn to(target: &super::Target) -> anyhow::Result<Link> {
+        let security = Security {
+            ca: target.ca.clone(),
+            client: target.cert.clone().zip(target.key.clone()),
+            username: target.username.clone(),
+        };
+        Link::connect(&target.broker, &security).await
+    }
+
     /// Connects and waits for the CONNACK.
-    pub async fn connect(broker: &str) -> anyhow::Result<Link> {
+    pub async fn connect(broker: &str, security: &Security) -> anyhow::Result<Link> {
         let (host, port) = split_broker(broker)?;
         let id = format!("phygate-hq-ctl-{:016x}", fastrand::u64(..));
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(30));
+        security.apply(&mut options)?;
         // A member snapshot may be as large as the edge accepts; the event batches we read
         // back are far smaller than the edge's own packet limit.
         let max = phygate_proto::downlink::MAX_MEMBERS_BYTES + 4096;
