@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use phygate_proto::downlink::CommandMessage;
 use phygate_proto::envelope::types;
 use serde_json::Value;
@@ -45,7 +45,11 @@ pub async fn open_gate(
     let mut link = Link::to(target).await?;
     link.subscribe(&phygate_proto::topic::events(&target.tenant, store))
         .await?;
-    link.publish(&topic, body, false).await?;
+    // Without a PUBACK the command may still have reached the broker: the same id makes a
+    // retry safe (the store runs an id once), a fresh one would not.
+    link.publish(&topic, body, false).await.with_context(|| {
+        format!("command {id}: to retry it without running it twice, use --id {id}")
+    })?;
     println!(
         "{store}: published command {id} (open_gate at {station}, expires at {})",
         message.expires_at
