@@ -300,24 +300,13 @@ fn member_pushes_apply_as_snapshot_then_delta_and_a_bad_file_publishes_nothing()
     let store = Store::new(&dir.path().join("store"), broker.port);
     let h = |c: char| c.to_string().repeat(43);
     let csv = dir.path().join("members.csv");
-    // The store's first downlink session must exist before a non-retained update is published.
-    wait_for(LONG, "the store online", || {
-        store.state("members.version/store").is_none() && store_online(&broker)
-    });
+    downlink_ready(&broker, &state, &store);
 
     std::fs::write(
         &csv,
         format!("card_hash,userid\n{},u-a\n{},u-b\n", h('a'), h('b')),
     )
     .unwrap();
-    let snap = hq(
-        &broker,
-        &state,
-        &[
-            "members", "push", "--scope", "store", "--store", STORE, "--file",
-        ],
-    );
-    assert!(!snap.status.success(), "--file needs a value");
     let push = |extra: &[&str]| {
         let mut args = vec!["members", "push", "--file", csv.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -364,6 +353,18 @@ fn member_pushes_apply_as_snapshot_then_delta_and_a_bad_file_publishes_nothing()
         "the refused file changed nothing"
     );
     assert_eq!(member('d'), None);
+}
+
+/// Waits until the store's downlink is subscribed: a message that is not retained reaches only
+/// a session the broker already holds. The retained key set is the probe: once the store holds
+/// it, its subscriptions are in place.
+fn downlink_ready(broker: &Mosquitto, state: &Path, store: &Store) {
+    assert!(hq(broker, state, &["keys", "rotate", "--kid", "ready"])
+        .status
+        .success());
+    wait_for(LONG, "the store's downlink subscribed", || {
+        store.held_kids().contains("\"ready\"")
+    });
 }
 
 /// Whether the store's gateway has its retained `online` status on the broker.
@@ -464,7 +465,7 @@ fn open_gate_prints_the_stores_result_and_runs_once_per_id() {
     let broker = broker(dir.path());
     let state = dir.path().join("hq-state");
     let store = Store::new(&dir.path().join("store"), broker.port);
-    wait_for(LONG, "the store online", || store_online(&broker));
+    downlink_ready(&broker, &state, &store);
     let open = |station: &str, id: &str| {
         hq(
             &broker,
