@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use phygate_hq::config::Config;
-use phygate_hq::fleet::bench::{BenchArgs, StoreKind};
-use phygate_hq::fleet::sim::SimArgs;
-use phygate_hq::store::sqlite::SqliteStore;
+use phygate_hq::fleetsim::bench::{BenchArgs, StoreKind};
+use phygate_hq::fleetsim::sim::SimArgs;
 use phygate_hq::store::JourneyStore;
 
 #[derive(Parser)]
@@ -95,6 +94,17 @@ enum Command {
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         settle_timeout: Duration,
     },
+    /// Every store: its retained online/offline status, last event and losses, as a table.
+    Stores {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON line per store instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet controls: keys, members, config, command (docs/hq.md "Fleet controls").
+    #[command(flatten)]
+    Control(Box<phygate_hq::control::Control>),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +128,21 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Control(control) => return phygate_hq::control::dispatch(*control),
+        Command::Stores { config, json } => {
+            let source = phygate_hq::fleet::Source::of(&Config::load(&config)?);
+            let rows = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(phygate_hq::fleet::view(&source))?;
+            if json {
+                for row in rows {
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+            } else {
+                print!("{}", phygate_hq::fleet::table(&rows));
+            }
+        }
         Command::Run { config } => {
             let config = Config::load(&config)?;
             tokio::runtime::Builder::new_multi_thread()
@@ -172,7 +197,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
                 .ok_or_else(|| anyhow::anyhow!("--broker must be host:port, not {broker:?}"))?;
-            let report = phygate_hq::fleet::sim::run(SimArgs {
+            let report = phygate_hq::fleetsim::sim::run(SimArgs {
                 stores,
                 rate,
                 duration,
@@ -195,7 +220,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             settle_timeout,
         } => {
-            let ok = phygate_hq::fleet::bench::run(BenchArgs {
+            let ok = phygate_hq::fleetsim::bench::run(BenchArgs {
                 stores,
                 rate,
                 duration,
@@ -215,7 +240,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open(config: &std::path::Path) -> anyhow::Result<SqliteStore> {
+fn open(config: &std::path::Path) -> anyhow::Result<Box<dyn JourneyStore>> {
     let c = Config::load(config)?;
-    Ok(SqliteStore::open(&c.store.path, c.store.synchronous)?)
+    Ok(phygate_hq::store::open_journey(&c.store)?)
 }

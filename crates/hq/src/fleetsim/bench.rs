@@ -84,7 +84,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             "a SQLite journey store has one consumer (--consumers 1); several share --store postgres"
         ),
         StoreKind::Postgres => anyhow::bail!(
-            "--store postgres needs the PostgreSQL journey store, which this build does not have yet"
+            "--store postgres: the bench does not start a PostgreSQL server yet (the consumers support it: docs/hq.md)"
         ),
     }
     let temp;
