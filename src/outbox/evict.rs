@@ -113,11 +113,17 @@ pub(super) fn evict_over_quota(
         victim_columns()
     ))?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+    // Rows at or below the watermark are acknowledged (dead, not counted): never evicted.
+    let acked = t.acked as i64;
     let oldest = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
-        tx.query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))
+        tx.prepare_cached("SELECT coalesce(min(seq), ?1 + 1) FROM outbox WHERE seq > ?1")?
+            .query_row([acked], |r| r.get(0))
     };
     let mut at = match t.evicting.take() {
-        Some(at) => at,
+        Some(at) => Cursor {
+            after: at.after.max(acked),
+            ..at
+        },
         None => Cursor {
             after: oldest(tx)? - 1,
             ..Cursor::default()

@@ -1,11 +1,14 @@
 //! The SQLite outbox table: durable append with group commit, batch reads in `seq` order,
-//! delete on acknowledgement, quota eviction. Synchronous; owned by the outbox thread.
+//! acknowledgement by watermark, quota eviction. Synchronous; owned by the outbox thread.
 //!
 //! Invariants:
 //! - `seq` is dense and increasing for the gateway's life: the last one given is kept in `meta`
 //!   in the same transaction as the rows, so an empty outbox after a restart continues the count.
-//! - A row is deleted only by an acknowledgement of its publish, or by eviction, and every
+//! - A row leaves only by an acknowledgement of its publish, or by eviction, and every
 //!   eviction appends a `store.outbox.evicted` event naming the seq ranges it removed.
+//! - Acknowledged = at or below the watermark `acked` (kept in `meta`, see `watermark.rs`):
+//!   those rows are dead, never read again, and removed in bulk later ([`Store::reclaim_step`]).
+//!   `rows` and `bytes` count the live rows only (above the watermark): what the quota judges.
 //! - WAL journal; `synchronous` from config (FULL by default: a commit survives a power cut).
 //! - The totals (rows, bytes) and the last seq are kept in `meta`, written in the same
 //!   transaction as every change to the rows: opening reads three values, never the table, so
@@ -13,6 +16,7 @@
 //! - A commit deletes at most [`EVICT_STEP_ROWS`] rows for the quota beyond what keeps it under
 //!   `max_bytes`: a large eviction is spread over several commits, each a bounded stall.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +24,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tracing::{error, warn};
 
 use crate::config::Synchronous;
-use crate::event::{Event, Origin};
+use crate::event::{unix_ms_signed, Event, Origin, Prepared};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -41,6 +45,8 @@ const MIGRATIONS: &[&str] = &[
     // over the whole table, for a file written before they existed.
     "INSERT INTO meta(key, value) SELECT 'rows', count(*) FROM outbox;
      INSERT INTO meta(key, value) SELECT 'bytes', coalesce(sum(octet_length(body)), 0) FROM outbox;",
+    // 4: the acknowledged watermark: every row at or below it is acknowledged.
+    "INSERT INTO meta(key, value) VALUES ('acked', 0);",
 ];
 
 /// The rows whose age can be judged: their event's time came from a synchronised clock
@@ -110,6 +116,17 @@ pub struct Store {
     last_seq: u64,
     depth: u64,
     bytes: u64,
+    /// The acknowledged watermark: every seq at or below it is acknowledged.
+    acked: u64,
+    /// Every row at or below this seq is physically gone: [`Store::reclaim_step`] removes the
+    /// ones between it and `acked`.
+    reclaimed: u64,
+    /// The sizes of the batches handed to the uplink, so that their acknowledgement costs no
+    /// read (see `watermark.rs`).
+    handed: RefCell<Handed>,
+    /// Test hook: abort the process where a range delete would start, after the watermark
+    /// was written (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, read once at the open).
+    abort_before_reclaim: bool,
     /// The last seq given before this run: rows above it were accepted since the open, and are
     /// the ones carried to a fresh file if this one turns out corrupt.
     opened_at: u64,
@@ -153,6 +170,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let t = read_tally(&conn)?;
+        let reclaimed = first_dead(&conn, t.acked)?;
         let store = Store {
             conn,
             path: path.to_owned(),
@@ -164,6 +182,10 @@ impl Store {
             last_seq: t.last_seq,
             depth: t.depth,
             bytes: t.bytes,
+            acked: t.acked,
+            reclaimed,
+            handed: RefCell::default(),
+            abort_before_reclaim: std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
             opened_at: t.last_seq,
             evicting: None,
             step: EVICT_STEP_ROWS,
@@ -220,11 +242,8 @@ impl Store {
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let oldest_ms = self
             .conn
-            .query_row(
-                "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT created_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1")?
+            .query_row([self.acked as i64], |r| r.get(0))
             .optional()?;
         Ok(Stats {
             depth: self.depth,
@@ -234,7 +253,7 @@ impl Store {
         })
     }
 
-    /// Appends events and deletes acknowledged ranges in one transaction: a group commit. Returns
+    /// Appends events and acknowledges ranges in one transaction: a group commit. Returns
     /// the seq given to each event, in order. On error nothing of the group is written.
     pub fn commit_group(
         &mut self,
@@ -251,9 +270,26 @@ impl Store {
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> Result<Vec<u64>, StoreError> {
+        let prepared: Vec<Prepared> = events.iter().map(|e| e.prepare(&self.origin)).collect();
+        self.commit_prepared(&prepared, acked, state)
+    }
+
+    /// As [`Store::commit_group_with_state`], with events already serialised
+    /// ([`Event::prepare`]) by whoever submitted them.
+    pub fn commit_prepared(
+        &mut self,
+        events: &[Prepared],
+        acked: &[(u64, u64)],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Vec<u64>, StoreError> {
         let (seqs, t) = self.try_group(events, acked, state).map_err(classify)?;
         self.apply(t);
         Ok(seqs)
+    }
+
+    /// The acknowledged watermark.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     fn tally(&self) -> Tally {
@@ -261,27 +297,33 @@ impl Store {
             last_seq: self.last_seq,
             depth: self.depth,
             bytes: self.bytes,
+            acked: self.acked,
             evicting: self.evicting,
         }
     }
 
     /// Takes on a committed transaction's counters.
     fn apply(&mut self, t: Tally) {
-        (self.last_seq, self.depth, self.bytes, self.evicting) =
-            (t.last_seq, t.depth, t.bytes, t.evicting);
+        (
+            self.last_seq,
+            self.depth,
+            self.bytes,
+            self.acked,
+            self.evicting,
+        ) = (t.last_seq, t.depth, t.bytes, t.acked, t.evicting);
         self.publish_gauges();
     }
 
     fn try_group(
         &mut self,
-        events: &[Event],
+        events: &[Prepared],
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> rusqlite::Result<(Vec<u64>, Tally)> {
         let mut t = self.tally();
-        // A group that only deletes acknowledged rows need not reach the disk before it returns:
-        // if a power cut undoes it, those events are published again (same ids), never lost.
-        // The next FULL commit syncs the WAL, these frames included.
+        // A group that only acknowledges rows need not reach the disk before it returns: if a
+        // power cut undoes it, those events are published again (same ids), never lost. The
+        // next FULL commit syncs the WAL, these frames included.
         let relaxed = events.is_empty() && state.is_empty() && self.sync == Synchronous::Full;
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
@@ -296,28 +338,19 @@ impl Store {
     fn write_group(
         &mut self,
         t: &mut Tally,
-        events: &[Event],
+        events: &[Prepared],
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> rusqlite::Result<Vec<u64>> {
         let tx = self.conn.transaction()?;
-        for &(first, last) in acked {
-            let mut delete = tx.prepare_cached(
-                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING octet_length(body)",
-            )?;
-            let mut rows = delete.query(params![first as i64, last as i64])?;
-            while let Some(row) = rows.next()? {
-                t.depth -= 1;
-                t.bytes -= row.get::<_, i64>(0)? as u64;
-            }
-        }
+        acknowledge(&tx, t, acked, &mut self.handed.borrow_mut())?;
         let mut seqs = Vec::with_capacity(events.len());
         for e in events {
-            seqs.push(insert(&tx, &self.origin, e, t)?);
+            seqs.push(insert(&tx, e, t)?);
         }
         if let (Some(cursor), Some(lowest)) = (
             &mut t.evicting,
-            events.iter().map(|e| e.priority() as i64).min(),
+            events.iter().map(|e| e.priority as i64).min(),
         ) {
             // Rows of a priority the scan has passed came in: it goes back for them (they are
             // the only ones of that priority left, all after this group's first seq).
@@ -331,8 +364,12 @@ impl Store {
         if t.bytes > self.max_bytes || t.evicting.is_some() {
             let target = self.max_bytes / 100 * EVICT_TO_PERCENT;
             let evicted = evict_over_quota(&tx, t, self.max_bytes, target, self.step)?;
+            if !evicted.seqs.is_empty() {
+                // Rows of handed-out batches may be among them: those sizes no longer hold.
+                self.handed.borrow_mut().forget_all();
+            }
             if let Some(report) = evicted_event(&self.origin, evicted, "bytes") {
-                insert(&tx, &self.origin, &report, t)?;
+                insert(&tx, &report.prepare(&self.origin), t)?;
             }
         }
         for (key, value) in state {
@@ -355,20 +392,21 @@ impl Store {
     /// would have left a gap nobody announced. Returns how many were dropped; when that is a
     /// whole step, more may be due (call again). Called now and then, not per append.
     pub fn expire(&mut self, now: SystemTime) -> Result<u64, StoreError> {
-        let cutoff = unix_ms(now) - self.max_age.as_millis() as i64;
+        let cutoff = unix_ms_signed(now) - self.max_age.as_millis() as i64;
         let mut t = self.tally();
         let tx = self.conn.transaction().map_err(classify)?;
         let old: Vec<Victim> = tx
             .prepare_cached(&format!(
-                "SELECT {} FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK} \
-                 ORDER BY seq LIMIT ?2",
+                "SELECT {} FROM outbox WHERE seq > ?3 AND created_ms < ?1 \
+                 AND {STAMPED_BY_SYNCED_CLOCK} ORDER BY seq LIMIT ?2",
                 victim_columns()
             ))?
-            .query_map(params![cutoff, self.step as i64], victim)?
+            .query_map(params![cutoff, self.step as i64, t.acked as i64], victim)?
             .collect::<rusqlite::Result<_>>()?;
         if old.is_empty() {
             return Ok(0);
         }
+        self.handed.borrow_mut().forget_all();
         let mut evicted = Evicted::default();
         let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
         for v in &old {
@@ -380,7 +418,7 @@ impl Store {
         drop(delete);
         let n = old.len() as u64;
         if let Some(report) = evicted_event(&self.origin, evicted, "age") {
-            insert(&tx, &self.origin, &report, &mut t).map_err(classify)?;
+            insert(&tx, &report.prepare(&self.origin), &mut t).map_err(classify)?;
         }
         save_tally(&tx, &t).map_err(classify)?;
         tx.commit().map_err(classify)?;
@@ -393,8 +431,8 @@ impl Store {
         Ok(n)
     }
 
-    /// The next batch after `after`: at most `max_events` events and about `max_bytes` bytes (a
-    /// single larger event still goes alone).
+    /// The next batch after `after` (and after the watermark): at most `max_events` events and
+    /// about `max_bytes` bytes (a single larger event still goes alone).
     pub fn fetch_after(
         &self,
         after: u64,
@@ -404,10 +442,11 @@ impl Store {
         let mut q = self
             .conn
             .prepare_cached("SELECT seq, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let after = after.max(self.acked);
         let mut rows = q.query(params![after as i64, max_events as i64])?;
         let mut payload = Vec::with_capacity(max_bytes.min(64 * 1024));
         payload.push(b'[');
-        let (mut first, mut last, mut count) = (0, 0, 0);
+        let (mut first, mut last, mut count, mut bytes) = (0, 0, 0, 0);
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
             let body = row.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
@@ -420,10 +459,16 @@ impl Store {
                 payload.push(b',');
             }
             payload.extend_from_slice(body);
+            bytes += body.len() as u64;
             last = seq;
             count += 1;
         }
         payload.push(b']');
+        if count > 0 {
+            self.handed
+                .borrow_mut()
+                .handed_out(first, last, count as u64, bytes);
+        }
         Ok((count > 0).then_some(Batch {
             first,
             last,
@@ -498,6 +543,7 @@ struct Tally {
     last_seq: u64,
     depth: u64,
     bytes: u64,
+    acked: u64,
     evicting: Option<Cursor>,
 }
 
@@ -506,6 +552,7 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
         last_seq: 0,
         depth: 0,
         bytes: 0,
+        acked: 0,
         evicting: None,
     };
     let mut q = conn.prepare("SELECT key, value FROM meta")?;
@@ -516,6 +563,7 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
             "last_seq" => t.last_seq = value,
             "rows" => t.depth = value,
             "bytes" => t.bytes = value,
+            "acked" => t.acked = value,
             _ => {}
         }
     }
@@ -525,10 +573,15 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
 /// Writes the counters in the transaction that changed them.
 fn save_tally(tx: &rusqlite::Transaction, t: &Tally) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 ELSE ?3 END \
-         WHERE key IN ('last_seq', 'rows', 'bytes')",
+        "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 \
+         WHEN 'bytes' THEN ?3 ELSE ?4 END WHERE key IN ('last_seq', 'rows', 'bytes', 'acked')",
     )?
-    .execute(params![t.last_seq as i64, t.depth as i64, t.bytes as i64])?;
+    .execute(params![
+        t.last_seq as i64,
+        t.depth as i64,
+        t.bytes as i64,
+        t.acked as i64
+    ])?;
     Ok(())
 }
 
@@ -544,22 +597,17 @@ fn cap_file(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
 }
 
 /// Inserts one event with the next seq.
-fn insert(
-    tx: &rusqlite::Transaction,
-    origin: &Origin,
-    e: &Event,
-    t: &mut Tally,
-) -> rusqlite::Result<u64> {
+fn insert(tx: &rusqlite::Transaction, e: &Prepared, t: &mut Tally) -> rusqlite::Result<u64> {
     let seq = t.last_seq + 1;
-    let body = e.to_json(origin, seq);
+    let body = e.body(seq);
     tx.prepare_cached(
         "INSERT INTO outbox(seq, id, priority, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         seq as i64,
-        e.id.hyphenated().to_string(),
-        e.priority() as i64,
-        unix_ms(e.time),
+        e.id,
+        e.priority as i64,
+        e.created_ms,
         body
     ])?;
     t.last_seq = seq;
@@ -568,12 +616,9 @@ fn insert(
     Ok(seq)
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
+#[path = "watermark.rs"]
+mod watermark;
+use watermark::{acknowledge, first_dead, Handed};
 
 #[path = "evict.rs"]
 mod evict;
@@ -595,3 +640,7 @@ mod tests;
 #[cfg(test)]
 #[path = "backlog_tests.rs"]
 mod backlog_tests;
+
+#[cfg(test)]
+#[path = "watermark_tests.rs"]
+mod watermark_tests;
