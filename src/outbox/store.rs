@@ -18,13 +18,13 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::config::Synchronous;
-use crate::event::{unix_ms_signed, Event, Origin, Prepared};
+use crate::event::{Event, Origin, Prepared};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -124,8 +124,9 @@ pub struct Store {
     /// The sizes of the batches handed to the uplink, so that their acknowledgement costs no
     /// read (see `watermark.rs`).
     handed: RefCell<Handed>,
-    /// Test hook: abort the process where a range delete would start, after the watermark
-    /// was written (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, read once at the open).
+    /// Test hook, debug builds only: abort the process where a range delete would start, after
+    /// the watermark was written (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, read once at the open).
+    /// Release builds never read the variable.
     abort_before_reclaim: bool,
     /// The last seq given before this run: rows above it were accepted since the open, and are
     /// the ones carried to a fresh file if this one turns out corrupt.
@@ -185,7 +186,8 @@ impl Store {
             acked: t.acked,
             reclaimed,
             handed: RefCell::default(),
-            abort_before_reclaim: std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
+            abort_before_reclaim: cfg!(debug_assertions)
+                && std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
             opened_at: t.last_seq,
             evicting: None,
             step: EVICT_STEP_ROWS,
@@ -345,8 +347,12 @@ impl Store {
         let tx = self.conn.transaction()?;
         acknowledge(&tx, t, acked, &mut self.handed.borrow_mut())?;
         let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seqs.push(insert(&tx, e, t)?);
+        {
+            // One statement for the whole group, not a cache lookup per row.
+            let mut statement = tx.prepare_cached(INSERT)?;
+            for e in events {
+                seqs.push(insert_with(&mut statement, e, t)?);
+            }
         }
         if let (Some(cursor), Some(lowest)) = (
             &mut t.evicting,
@@ -387,50 +393,6 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Drops rows older than the retention, at most [`EVICT_STEP_ROWS`] of them, and appends
-    /// the report naming them, in one transaction: a crash (or a full disk) between the two
-    /// would have left a gap nobody announced. Returns how many were dropped; when that is a
-    /// whole step, more may be due (call again). Called now and then, not per append.
-    pub fn expire(&mut self, now: SystemTime) -> Result<u64, StoreError> {
-        let cutoff = unix_ms_signed(now) - self.max_age.as_millis() as i64;
-        let mut t = self.tally();
-        let tx = self.conn.transaction().map_err(classify)?;
-        let old: Vec<Victim> = tx
-            .prepare_cached(&format!(
-                "SELECT {} FROM outbox WHERE seq > ?3 AND created_ms < ?1 \
-                 AND {STAMPED_BY_SYNCED_CLOCK} ORDER BY seq LIMIT ?2",
-                victim_columns()
-            ))?
-            .query_map(params![cutoff, self.step as i64, t.acked as i64], victim)?
-            .collect::<rusqlite::Result<_>>()?;
-        if old.is_empty() {
-            return Ok(0);
-        }
-        self.handed.borrow_mut().forget_all();
-        let mut evicted = Evicted::default();
-        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-        for v in &old {
-            delete.execute([v.0]).map_err(classify)?;
-            evicted.push(v);
-            t.depth -= 1;
-            t.bytes -= v.1 as u64;
-        }
-        drop(delete);
-        let n = old.len() as u64;
-        if let Some(report) = evicted_event(&self.origin, evicted, "age") {
-            insert(&tx, &report.prepare(&self.origin), &mut t).map_err(classify)?;
-        }
-        save_tally(&tx, &t).map_err(classify)?;
-        tx.commit().map_err(classify)?;
-        self.apply(t);
-        warn!(
-            count = n,
-            "outbox rows older than the retention were dropped"
-        );
-        crate::metrics::EVENTS_EVICTED.add(n);
-        Ok(n)
-    }
-
     /// The next batch after `after` (and after the watermark): at most `max_events` events and
     /// about `max_bytes` bytes (a single larger event still goes alone).
     pub fn fetch_after(
@@ -444,7 +406,8 @@ impl Store {
             .prepare_cached("SELECT seq, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
         let after = after.max(self.acked);
         let mut rows = q.query(params![after as i64, max_events as i64])?;
-        let mut payload = Vec::with_capacity(max_bytes.min(64 * 1024));
+        // A full batch's room at once: growing it by doubling copied a batch about twice.
+        let mut payload = Vec::with_capacity(max_bytes.min(1 << 20));
         payload.push(b'[');
         let (mut first, mut last, mut count, mut bytes) = (0, 0, 0, 0);
         while let Some(row) = rows.next()? {
@@ -477,65 +440,10 @@ impl Store {
         }))
     }
 
-    /// A state value, if set.
-    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM state WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// All state entries whose key starts with `prefix`: a range of the key index
-    /// (`prefix <= key < successor(prefix)`), so the cost follows the entries found, not the
-    /// table.
-    pub fn scan_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows: rusqlite::Result<Vec<(String, Vec<u8>)>> = match successor(prefix) {
-            Some(end) => self
-                .conn
-                .prepare_cached(
-                    "SELECT key, value FROM state WHERE key >= ?1 AND key < ?2 ORDER BY key",
-                )?
-                .query_map(params![prefix, end], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect(),
-            None => self
-                .conn
-                .prepare_cached("SELECT key, value FROM state WHERE key >= ?1 ORDER BY key")?
-                .query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect(),
-        };
-        Ok(rows?)
-    }
-
-    /// How many state entries there are (for the retention tests and the bench).
-    pub fn state_len(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))?;
-        Ok(n as u64)
-    }
-
     fn publish_gauges(&self) {
         crate::metrics::OUTBOX_DEPTH.set(self.depth);
         crate::metrics::OUTBOX_BYTES.set(self.bytes);
     }
-}
-
-/// The smallest string greater than every string starting with `prefix`, if there is one:
-/// the prefix with its last character replaced by the next one (dropping trailing characters
-/// that have no next). Keys compare by bytes (SQLite's BINARY collation), and in UTF-8 the byte
-/// order is the code point order, so the range holds exactly the keys under the prefix.
-fn successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        // The next scalar value (skipping the surrogate gap); none after char::MAX.
-        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 /// The outbox's counters as a transaction changes them; applied only once it commits.
@@ -596,14 +504,23 @@ fn cap_file(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+const INSERT: &str =
+    "INSERT INTO outbox(seq, id, priority, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 /// Inserts one event with the next seq.
 fn insert(tx: &rusqlite::Transaction, e: &Prepared, t: &mut Tally) -> rusqlite::Result<u64> {
+    insert_with(&mut tx.prepare_cached(INSERT)?, e, t)
+}
+
+/// As [`insert`], with the statement prepared by the caller.
+fn insert_with(
+    statement: &mut rusqlite::CachedStatement,
+    e: &Prepared,
+    t: &mut Tally,
+) -> rusqlite::Result<u64> {
     let seq = t.last_seq + 1;
     let body = e.body(seq);
-    tx.prepare_cached(
-        "INSERT INTO outbox(seq, id, priority, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
+    statement.execute(params![
         seq as i64,
         e.id,
         e.priority as i64,
@@ -616,13 +533,18 @@ fn insert(tx: &rusqlite::Transaction, e: &Prepared, t: &mut Tally) -> rusqlite::
     Ok(seq)
 }
 
+#[path = "state.rs"]
+mod state;
+#[cfg(test)]
+use state::successor;
+
 #[path = "watermark.rs"]
 mod watermark;
 use watermark::{acknowledge, first_dead, Handed};
 
 #[path = "evict.rs"]
 mod evict;
-use evict::{evict_over_quota, evicted_event, victim, victim_columns, Cursor, Evicted, Victim};
+use evict::{evict_over_quota, evicted_event, Cursor};
 
 #[path = "open.rs"]
 mod open;

@@ -1,6 +1,7 @@
 //! The store's own tests: append, fetch, ack, quota, retention, state, corruption at open.
 
 use super::*;
+use std::time::SystemTime;
 use crate::event::{DeviceStatusData, EventData};
 
 fn origin() -> Origin {
