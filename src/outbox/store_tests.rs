@@ -1,8 +1,8 @@
 //! The store's own tests: append, fetch, ack, quota, retention, state, corruption at open.
 
 use super::*;
-use std::time::SystemTime;
 use crate::event::{DeviceStatusData, EventData};
+use std::time::SystemTime;
 
 fn origin() -> Origin {
     Origin {
