@@ -1,5 +1,6 @@
 //! The outbox: the only owner of the SQLite database. Events are durable here before they count
-//! as accepted; the uplink reads batches from here and deletes them only on acknowledgement.
+//! as accepted; the uplink reads batches from here, and they leave only on acknowledgement (a
+//! watermark; the dead rows are removed in ranges while the thread is idle).
 //!
 //! One thread owns the connection (rusqlite is blocking). Callers hold an [`OutboxHandle`]; its
 //! requests queue on a bounded channel, and the thread commits every append waiting in the queue
@@ -17,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::OutboxConfig;
-use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::event::{DeviceStatusData, Event, EventData, Origin, Prepared};
 use crate::sources::DeviceState;
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
@@ -30,6 +31,9 @@ const MAX_HELD: usize = 10_000;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How often rows past the retention age are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// A queue quiet this long counts as idle: acknowledged rows are removed then. Short enough to
+/// use the pauses of a quiet store, long enough not to stall a drain between its fetches.
+const IDLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -49,7 +53,8 @@ pub type StateWrite = (String, Option<Vec<u8>>);
 
 enum Request {
     Append {
-        event: Box<Event>,
+        /// Serialised by the submitter, off the outbox thread.
+        event: Box<Prepared>,
         /// State committed in the same transaction as the event (e.g. a counter baseline).
         state: Vec<StateWrite>,
         done: Option<oneshot::Sender<Result<u64, OutboxError>>>,
@@ -93,7 +98,7 @@ enum Request {
 /// The appends of a group in arrival order, with what each carries besides its event.
 #[derive(Default)]
 struct Appends {
-    events: Vec<Event>,
+    events: Vec<Prepared>,
     states: Vec<Vec<StateWrite>>,
     dones: Vec<Option<oneshot::Sender<Result<u64, OutboxError>>>>,
 }
@@ -125,6 +130,8 @@ impl Appends {
 pub struct OutboxHandle {
     tx: flume::Sender<Request>,
     committed: watch::Receiver<u64>,
+    /// Who the events are from: they are serialised before they are queued.
+    origin: std::sync::Arc<Origin>,
 }
 
 /// The opened outbox, before its thread starts.
@@ -156,6 +163,7 @@ impl Outbox {
         origin: Origin,
     ) -> Result<(Outbox, OutboxHandle), StoreError> {
         let gateway = origin.gateway.clone();
+        let shared = std::sync::Arc::new(origin.clone());
         let mut opened = Store::open(
             &config.path,
             config.synchronous,
@@ -188,6 +196,7 @@ impl Outbox {
             OutboxHandle {
                 tx,
                 committed: committed_rx,
+                origin: shared,
             },
         ))
     }
@@ -220,9 +229,20 @@ impl Outbox {
                     Err(flume::TryRecvError::Disconnected) => None,
                 }
             } else if held.is_empty() && self.held_acks.is_empty() {
-                match self.rx.recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => break,
+                if self.store.reclaim_pending() {
+                    match self.rx.recv_timeout(IDLE) {
+                        Ok(r) => Some(r),
+                        Err(flume::RecvTimeoutError::Timeout) => {
+                            self.reclaim_step();
+                            continue;
+                        }
+                        Err(flume::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match self.rx.recv() {
+                        Ok(r) => Some(r),
+                        Err(_) => break,
+                    }
                 }
             } else if held.len() >= MAX_HELD {
                 std::thread::sleep(RETRY_EVERY);
@@ -248,6 +268,11 @@ impl Outbox {
                 }
             }
             held = self.serve(&mut group);
+            if self.store.reclaim_overdue() {
+                // Never idle, and acknowledging fast: removed between groups, or the file
+                // would grow by everything acknowledged.
+                self.reclaim_step();
+            }
             self.move_aside_if_corrupt();
             if !held.is_empty() && self.rx.is_disconnected() && self.rx.is_empty() {
                 error!(
@@ -289,6 +314,14 @@ impl Outbox {
         }
         self.committed.send_replace(self.store.last_seq());
         held
+    }
+
+    /// Removes one range of acknowledged rows.
+    fn reclaim_step(&mut self) {
+        if let Err(e) = self.store.reclaim_step() {
+            self.note(&e);
+            warn!(error = %e, "removing acknowledged outbox rows failed");
+        }
     }
 
     /// Starts the full integrity check of the file in use; its verdict comes back as a request.
@@ -467,10 +500,7 @@ impl Outbox {
             return (Vec::new(), None);
         }
         let state = appends.state_of(0, n, &lone_state);
-        let error = match self
-            .store
-            .commit_group_with_state(&appends.events, &acks, &state)
-        {
+        let error = match self.store.commit_prepared(&appends.events, &acks, &state) {
             Ok(seqs) => {
                 self.stored(&mut appends, 0, &seqs);
                 return (Vec::new(), None);
@@ -478,6 +508,10 @@ impl Outbox {
             Err(e) => e,
         };
         crate::metrics::OUTBOX_WRITE_ERRORS.inc();
+        // Acknowledged rows still in the file make room once removed.
+        if let Err(e) = self.store.reclaim_all() {
+            warn!(error = %e, "removing acknowledged outbox rows failed");
+        }
         if !acks.is_empty() {
             let alone =
                 (n > 0 || !lone_state.is_empty()) && self.store.commit_group(&[], &acks).is_ok();
@@ -493,7 +527,7 @@ impl Outbox {
             let state = appends.state_of(stored, end, &lone_state);
             match self
                 .store
-                .commit_group_with_state(&appends.events[stored..end], &[], &state)
+                .commit_prepared(&appends.events[stored..end], &[], &state)
             {
                 Ok(seqs) => {
                     self.stored(&mut appends, stored, &seqs);
@@ -554,183 +588,8 @@ impl Outbox {
     }
 }
 
-impl OutboxHandle {
-    /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
-    /// fed). Waits while the queue is full.
-    pub async fn submit(&self, event: Event) -> Result<(), OutboxError> {
-        self.submit_with_state(event, Vec::new()).await
-    }
-
-    /// As [`OutboxHandle::submit`], with state committed in the same transaction as the event:
-    /// after a crash both are there or neither is.
-    pub async fn submit_with_state(
-        &self,
-        event: Event,
-        state: Vec<StateWrite>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::Append {
-                event: Box::new(event),
-                state,
-                done: None,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// Appends an event and waits until it is durable; returns its seq.
-    pub async fn append(&self, event: Event) -> Result<u64, OutboxError> {
-        self.append_with_state(event, Vec::new()).await
-    }
-
-    /// As [`OutboxHandle::append`], with state committed in the same transaction.
-    pub async fn append_with_state(
-        &self,
-        event: Event,
-        state: Vec<StateWrite>,
-    ) -> Result<u64, OutboxError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Append {
-                event: Box::new(event),
-                state,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Deletes `first..=last`: call only on the broker's acknowledgement of their publish.
-    pub async fn ack(&self, first: u64, last: u64) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::Ack { first, last })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// The next batch of events after `after`, in seq order.
-    pub async fn fetch_after(
-        &self,
-        after: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Option<Batch>, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Fetch {
-                after,
-                max_events,
-                max_bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Stats { reply })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)
-    }
-
-    /// Sets (or with `None` deletes) a state key; committed with the next group, in queue order
-    /// with the events submitted before it. Blocking: for source threads.
-    pub fn put_state_blocking(
-        &self,
-        key: impl Into<String>,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send(Request::PutState {
-                writes: vec![(key.into(), value)],
-                done: None,
-            })
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    pub async fn put_state(
-        &self,
-        key: impl Into<String>,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::PutState {
-                writes: vec![(key.into(), value)],
-                done: None,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// Sets or deletes several state keys in one transaction: after a crash all of them are
-    /// there or none (a member map update).
-    pub async fn put_states(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::PutState { writes, done: None })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// As [`OutboxHandle::put_states`], and waits until the transaction has committed.
-    pub async fn put_states_durable(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::PutState {
-                writes,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Every state entry under `prefix`. Blocking: for source threads at start.
-    pub fn state_blocking(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Request::GetState {
-                prefix: prefix.into(),
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        wait.blocking_recv().map_err(|_| OutboxError::Closed)?
-    }
-
-    pub async fn state(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::GetState {
-                prefix: prefix.into(),
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// One state key's value: an exact lookup, at the cost of one index probe.
-    pub async fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::GetKey {
-                key: key.into(),
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Watches the last committed seq: changes whenever new events are durable.
-    pub fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
-    }
-}
+#[path = "handle.rs"]
+mod handle;
 
 #[cfg(test)]
 #[path = "run_tests.rs"]

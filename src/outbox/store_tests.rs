@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::event::{DeviceStatusData, EventData};
+use std::time::SystemTime;
 
 fn origin() -> Origin {
     Origin {
