@@ -13,20 +13,44 @@ fn figure(line: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+fn have_mosquitto() -> bool {
+    if phygate::sim::broker::find_mosquitto().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "mosquitto is required in CI (apt-get install mosquitto)"
+    );
+    eprintln!("skipped: mosquitto is not installed");
+    false
+}
+
 #[test]
 fn a_small_fleet_loses_nothing_and_repeats_only_announced_events_across_a_consumer_kill() {
-    if phygate::sim::broker::find_mosquitto().is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto is required in CI (apt-get install mosquitto)"
-        );
-        eprintln!("skipped: mosquitto is not installed");
+    if !have_mosquitto() {
         return;
     }
+    run_and_check(&[]);
+}
+
+/// The setup in small: two consumers in one share group, one PostgreSQL journey store
+/// (started by the bench), one of them SIGKILLed mid-run.
+#[test]
+fn two_consumers_sharing_postgres_lose_nothing_and_repeat_only_announced_events() {
+    if !have_mosquitto() {
+        return;
+    }
+    let stdout = run_and_check(&["--consumers", "2", "--store", "postgres"]);
+    assert!(stdout.contains("process phygate-hq#2: cpu "), "{stdout}");
+}
+
+/// Runs the short profile with `extra` flags, checks the verdict; its stdout.
+fn run_and_check(extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
         .args(["fleet-bench", "--stores", "20", "--rate", "5"])
         .args(["--duration", "12s", "--kill-consumer-at", "6s"])
         .args(["--throttle", "0.1", "--settle-timeout", "60s"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -48,4 +72,5 @@ fn a_small_fleet_loses_nothing_and_repeats_only_announced_events_across_a_consum
     assert!(stdout.contains("process phygate-hq#1: cpu "), "{stdout}");
     assert!(stdout.contains("verdict: ok"), "{stdout}\n{stderr}");
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    stdout.into_owned()
 }

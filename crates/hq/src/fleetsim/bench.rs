@@ -22,6 +22,7 @@ use phygate::sim::broker::{free_port, Mosquitto};
 use tracing::info;
 
 use super::engines::{self, Engines};
+use super::pgserver;
 use super::procs::{pid_by_cmdline, Consumer, Meter};
 use super::sim::SimReport;
 
@@ -78,14 +79,11 @@ const API_KEY: &str = "fleet-bench-key";
 /// Runs the benchmark, prints its report; returns whether the verdict holds.
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.consumers >= 1, "--consumers must be at least 1");
-    match args.store {
-        StoreKind::Sqlite => anyhow::ensure!(
+    if args.store == StoreKind::Sqlite {
+        anyhow::ensure!(
             args.consumers == 1,
             "a SQLite journey store has one consumer (--consumers 1); several share --store postgres"
-        ),
-        StoreKind::Postgres => anyhow::bail!(
-            "--store postgres: the bench does not start a PostgreSQL server yet (the consumers support it: docs/hq.md)"
-        ),
+        );
     }
     let temp;
     let dir = match &args.dir {
@@ -96,6 +94,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     };
     std::fs::create_dir_all(&dir)?;
+    // Kept until the end: dropping it shuts the server down.
+    let mut pg = None;
+    let journey = match args.store {
+        StoreKind::Sqlite => Journey::Sqlite(dir.join("hq.db")),
+        StoreKind::Postgres => {
+            let server = pgserver::Postgres::start().context("starting PostgreSQL")?;
+            let url = server.database("journey")?;
+            pg = Some(server);
+            Journey::Postgres(url)
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +127,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let mut consumers = Vec::new();
     for k in 1..=args.consumers {
         let mut c = Consumer::new(&dir, k);
-        write_consumer_config(&c, k, broker.port, engines_addr)?;
+        write_consumer_config(&c, k, broker.port, engines_addr, &journey)?;
         c.start(API_KEY)?;
         consumers.push(c);
     }
@@ -146,16 +155,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let report: SimReport = serde_json::from_str(out.trim())
         .with_context(|| format!("reading fleet-sim's report {out:?}"))?;
 
-    let store = dir.join("hq.db");
-    let settled = settle(&store, report.published, args.settle_timeout, || {
+    let settled = settle(&journey, report.published, args.settle_timeout, || {
         meters.sample_hq(&consumers, &broker_conf)
     });
     let elapsed = start.elapsed();
-    let verdict = collect(&report, &store, &consumers, &engines)?;
+    let verdict = collect(&report, &journey, &consumers, &engines)?;
     for c in &mut consumers {
         c.terminate();
     }
     broker.stop(false);
+    drop(pg);
     print_report(
         &args, &report, &verdict, &engines, &meters, elapsed, settled,
     );
@@ -171,12 +180,17 @@ fn write_consumer_config(
     k: usize,
     broker_port: u16,
     engines: std::net::SocketAddr,
+    journey: &Journey,
 ) -> anyhow::Result<()> {
     let status_port = free_port()?;
     let key = super::procs::KEY_ENV;
+    let store = match journey {
+        Journey::Sqlite(_) => "path = \"hq.db\"".to_owned(),
+        Journey::Postgres(url) => format!("kind = \"postgres\"\nurl = \"{url}\""),
+    };
     let text = format!(
         "[mqtt]\nport = {broker_port}\nclient_id = \"fleet-hq-{k}\"\ngroup = \"journey\"\nkeepalive = \"30s\"\n\
-         [store]\npath = \"hq.db\"\n\
+         [store]\n{store}\n\
          [loss]\ngrace = \"10s\"\n\
          [status]\nlisten = \"127.0.0.1:{status_port}\"\n\
          [[sink]]\nname = \"braze\"\nkind = \"braze\"\nurl = \"http://{engines}\"\napi_key_env = \"{key}\"\n\
@@ -279,7 +293,7 @@ impl Meters {
 /// Waits until the store holds `published` events and both sinks' cursors have reached its
 /// last event with nothing in flight; returns how long that took (None: timed out).
 fn settle(
-    store: &Path,
+    store: &Journey,
     published: u64,
     timeout: Duration,
     mut sample: impl FnMut(),
@@ -287,7 +301,7 @@ fn settle(
     let start = Instant::now();
     loop {
         sample();
-        if let Ok((stored, done)) = progress(store) {
+        if let Ok((stored, done)) = store.progress() {
             if stored >= published && done {
                 return Some(start.elapsed());
             }
@@ -299,36 +313,49 @@ fn settle(
     }
 }
 
-fn open_store(store: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let c =
-        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    c.busy_timeout(Duration::from_secs(5))?;
-    Ok(c)
+/// The journey store the consumers share, as the bench reads it.
+enum Journey {
+    Sqlite(PathBuf),
+    /// Its URL.
+    Postgres(String),
 }
 
-/// (events stored, whether both sinks are done with all of them).
-fn progress(store: &Path) -> rusqlite::Result<(u64, bool)> {
-    let c = open_store(store)?;
-    let (stored, last): (i64, i64) = c.query_row(
-        "SELECT count(*), coalesce(max(n), 0) FROM events",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let done: i64 = c.query_row(
-        "SELECT count(*) FROM sink_cursors WHERE n >= ?1 AND inflight IS NULL",
-        [last],
-        |r| r.get(0),
-    )?;
-    Ok((stored as u64, done >= 2))
+/// Events stored and their last `n`; then the sinks done with everything up to `n`.
+const STORED: &str = "SELECT count(*), coalesce(max(n), 0) FROM events";
+const SINKS_DONE: &str = "SELECT count(*) FROM sink_cursors WHERE n >= $1 AND inflight IS NULL";
+
+impl Journey {
+    /// (events stored, whether both sinks are done with all of them).
+    fn progress(&self) -> anyhow::Result<(u64, bool)> {
+        let (stored, done): (i64, i64) = match self {
+            Journey::Sqlite(path) => {
+                let c = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                let (stored, last): (i64, i64) =
+                    c.query_row(STORED, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                (stored, c.query_row(SINKS_DONE, [last], |r| r.get(0))?)
+            }
+            Journey::Postgres(url) => {
+                let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+                let row = c.query_one(STORED, &[])?;
+                let last: i64 = row.get(1);
+                (row.get(0), c.query_one(SINKS_DONE, &[&last])?.get(0))
+            }
+        };
+        Ok((stored as u64, done >= 2))
+    }
 }
 
 fn collect(
     report: &SimReport,
-    store: &Path,
+    store: &Journey,
     consumers: &[Consumer],
     engines: &Arc<Engines>,
 ) -> anyhow::Result<Verdict> {
-    let (stored_unique, _) = progress(store).context("reading the journey store")?;
+    let (stored_unique, _) = store.progress().context("reading the journey store")?;
     let (lost, pending) = losses(&consumers[0].config)?;
     let (p50_ms, p99_ms) = engines.percentiles();
     Ok(Verdict {

@@ -5,10 +5,12 @@
 //! - [`mix`]: a store's traffic (gate passes, app-token scans, skin diagnoses).
 //! - [`engines`]: Braze- and Amplitude-like servers that count repeats per event.
 //! - [`procs`]: the consumer processes and the per-process meters; [`procstat`]: /proc.
+//! - [`pgserver`]: a throwaway PostgreSQL for `--store postgres` (and the tests).
 
 pub mod bench;
 pub mod engines;
 pub mod mix;
+pub mod pgserver;
 pub mod procs;
 pub mod procstat;
 pub mod sim;
