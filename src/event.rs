@@ -184,7 +184,7 @@ pub struct SkinDiagnosed {
 pub struct GatePassed {
     /// The device that counted (turnstile module or people counter).
     pub gate: String,
-    pub direction: crate::sources::Direction,
+    pub direction: crate::station::Direction,
     pub count: u64,
     /// A network counter's own interval (RFC 3339 UTC), beyond the original design (docs/architecture.md §10): a count
     /// posted late (counter offline) still says when the people passed.

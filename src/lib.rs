@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod sim;
 pub mod sources;
+pub mod station;
 pub mod status;
 pub mod uplink;
 pub mod words;

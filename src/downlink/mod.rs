@@ -12,8 +12,8 @@
 //! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` |
 //! | `…/{tenant}/{store}/config` (retained) | a phygate TOML config, checked like a local one |
 
-pub mod hqconfig;
 pub mod session;
+pub mod settings;
 
 use std::time::SystemTime;
 

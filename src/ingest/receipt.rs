@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sources::Direction;
+use crate::station::Direction;
 
 /// One event a post created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

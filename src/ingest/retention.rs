@@ -80,9 +80,9 @@ mod tests {
 
     use super::*;
     use crate::clock::unix_ms;
-    use crate::config::{OutboxConfig, Synchronous};
     use crate::ingest::counts;
     use crate::outbox::Outbox;
+    use crate::outbox::{OutboxConfig, Synchronous};
     use crate::sources::skin::seen_state;
 
     #[test]

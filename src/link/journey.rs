@@ -20,15 +20,17 @@ use serde::{Deserialize, Serialize};
 
 use super::jwks::KeySet;
 use super::replay::{apply_replay, ReplayGuard};
+use super::settings::JourneySettings;
 use super::stage::StageRules;
 use super::token::{extract_token, verify, Purpose, Verdict, VerifyContext};
 use super::{classify_code, CodeKind};
 use crate::clock::unix_ms;
-use crate::config::{Config, StationRole};
 use crate::downlink::{MemberScope, Members};
 use crate::event::*;
 use crate::outbox::StateWrite;
-use crate::sources::{Direction, Observation, Reading};
+use crate::sources::{Observation, Reading};
+use crate::station::Direction;
+use crate::station::StationRole;
 
 /// State keys the identity rules persist (in the outbox's state table).
 pub const JTI_PREFIX: &str = "jti/";
@@ -85,17 +87,17 @@ pub struct Journey {
 }
 
 impl Journey {
-    pub fn new(config: &Config) -> Journey {
-        let id = &config.identity;
+    pub fn new(settings: JourneySettings) -> Journey {
+        let id = &settings.identity;
         Journey {
-            tenant: config.tenant.clone(),
-            store: config.store.clone(),
+            tenant: settings.tenant.clone(),
+            store: settings.store.clone(),
             card_key: id.card_key,
             skew: id.token_skew,
             session_window: id.session_window,
             visit_idle: id.visit_idle,
             stages: id.stages.clone(),
-            stations: config
+            stations: settings
                 .stations
                 .iter()
                 .map(|s| (s.id.clone(), (s.role, s.direction)))

@@ -15,10 +15,12 @@ pub mod journey;
 pub mod jwks;
 pub mod nfc;
 pub mod replay;
+pub mod settings;
 pub mod stage;
 pub mod token;
 
 pub use classify::{classify_code, CodeKind};
+pub use settings::IdentityConfig;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -100,7 +102,7 @@ impl Link {
         readings: mpsc::Receiver<Reading>,
         outbox: OutboxHandle,
         journey: Journey,
-        config: &crate::config::Config,
+        gateway: &str,
     ) -> Self {
         Link {
             readings,
@@ -109,7 +111,7 @@ impl Link {
             updates: None,
             journey,
             gates: GateRegistry::default(),
-            gateway: config.gateway.as_str().into(),
+            gateway: gateway.into(),
             commands_seen: HashSet::new(),
             commands_pruned: Instant::now(),
             board: Default::default(),

@@ -6,8 +6,10 @@
 //! in one transaction (group commit): one fsync per group under load, one per event when idle,
 //! and no waiting for a group to fill.
 
+pub mod settings;
 mod store;
 
+pub use settings::{OutboxConfig, Synchronous};
 pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
 use std::path::PathBuf;
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::config::OutboxConfig;
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
 use crate::sources::DeviceState;
 

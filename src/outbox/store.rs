@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tracing::{error, warn};
 
-use crate::config::Synchronous;
+use super::settings::Synchronous;
 use crate::event::{Event, Origin};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.

@@ -15,6 +15,8 @@ pub mod skin;
 pub mod supervise;
 pub mod throttle;
 
+/// Where a passage went; a station value (`crate::station`), named here too for the readings.
+pub use crate::station::Direction;
 pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,22 +64,6 @@ pub struct Passage {
     pub count: u64,
     /// The device's own counting interval (RFC 3339 UTC), when it reports one (HTTP counters).
     pub interval: Option<(String, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
 }
 
 /// A device went up / down / silent, or rejected input.

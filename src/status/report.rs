@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use super::board::{Board, DeviceView};
 use super::health::{hq_last_error, Health, Pipeline};
+use super::settings::{ReportSettings, StatusConfig};
 use super::verdict::{self, Inputs, Level, Verdict};
 use crate::clock::Clock;
-use crate::config::{Config, StatusConfig};
 use crate::words;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(
-        config: &Config,
+        settings: ReportSettings,
         board: Board,
         health: Health,
         status: watch::Receiver<StatusConfig>,
@@ -159,19 +159,10 @@ impl Reporter {
             board,
             health,
             status,
-            store: config.store.clone(),
-            gateway: config.gateway.clone(),
-            broker: format!(
-                "{}:{}{}",
-                config.mqtt.host,
-                config.mqtt.port,
-                if config.mqtt.tls.is_some() {
-                    " (TLS)"
-                } else {
-                    ""
-                }
-            ),
-            quota_bytes: config.outbox.max_bytes,
+            store: settings.store,
+            gateway: settings.gateway,
+            broker: settings.broker,
+            quota_bytes: settings.quota_bytes,
             started: SystemTime::now(),
         }
     }

@@ -12,9 +12,12 @@
 
 pub mod control;
 pub mod modbus;
+pub mod settings;
 mod tracker;
 
 pub use control::{GateControl, GateError, GateRegistry, UnlockQueue, UnlockReceipt};
+/// The device kind in status events.
+pub use settings::{GateConfig, Parity, StopBits, KIND};
 pub use tracker::{reason_of, GateTracker, FAILS_BEFORE_DOWN};
 
 use std::io;
@@ -27,11 +30,7 @@ use tracing::{debug, info, warn};
 use self::control::{UnlockRequest, Wake};
 use self::modbus::{GateRegisters, ModbusError, Request, Response, ResponseReader};
 use super::{supervise, Ended, Outage, ReadingSink, SourceError, StopFlag, Supervised};
-use crate::config::{GateConfig, Parity, StopBits};
 use crate::outbox::OutboxHandle;
-
-/// The device kind in status events.
-pub const KIND: &str = "gate";
 
 /// PASS A is `In` (into the store), PASS B is `Out`.
 pub use crate::sources::Direction;

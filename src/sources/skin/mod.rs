@@ -8,7 +8,10 @@
 //! ([`seen_state`]), and loaded here when the source starts. So after a crash either both the
 //! event and its key are stored, or neither is and a resend is accepted.
 
+pub mod settings;
 pub mod skn1;
+
+pub use settings::SkinConfig;
 
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +24,6 @@ use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
 use crate::clock::unix_ms;
-use crate::config::SkinConfig;
 use crate::outbox::{OutboxHandle, StateWrite};
 
 /// Analyzers write a result at once; a line with no byte for this long is a fragment. Counted

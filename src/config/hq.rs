@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tracing::{error, info};
 
-use crate::config::Config;
+use super::Config;
 
 /// The stored HQ config's file name, next to the outbox database.
 pub const STORED_NAME: &str = "hq-config.toml";

@@ -1,5 +1,5 @@
 //! Config reloads: SIGHUP re-reads the config file, and HQ's `config` topic sends a whole
-//! config (see `downlink::hqconfig` for where it is kept and its precedence over the local
+//! config (see `config::hq` for where it is kept and its precedence over the local
 //! file). Both are validated and applied the same way.
 //!
 //! An invalid config is rejected with every problem logged (and, from HQ, reported as
@@ -22,11 +22,13 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::notify::Notifier;
-use crate::config::{Config, StatusConfig};
-use crate::downlink::{hqconfig, Delivery};
+use crate::config::hq as hqconfig;
+use crate::config::Config;
+use crate::downlink::Delivery;
 use crate::event::{ConfigApplied, ConfigRejected, Event, EventData};
 use crate::outbox::OutboxHandle;
+use crate::status::notify::Notifier;
+use crate::status::StatusConfig;
 
 /// Top-level tables a reload applies without a restart.
 const LIVE: &[&str] = &["status", "log"];
@@ -231,7 +233,7 @@ impl Reloader {
             info!("config reloaded: nothing changed");
             return plan;
         }
-        super::log::apply(&config.log);
+        crate::status::log::apply(&config.log);
         self.status.send_if_modified(|s| {
             let changed = *s != config.status;
             *s = config.status.clone();
