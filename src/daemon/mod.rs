@@ -22,7 +22,7 @@ use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::sources::gate::GateRegistry;
 use crate::sources::StopFlag;
-use crate::status::{Board, Live, Ops, Watched};
+use crate::status::{Board, Ops, Watched};
 use crate::uplink::Uplink;
 
 pub mod reload;
@@ -121,17 +121,11 @@ async fn start(
     let (stop_ingest, ingest_stopped) = watch::channel(false);
     let ingest = match config.ingest_settings() {
         None => None,
-        Some(settings) => {
-            let ingest = Ingest::bind(
-                settings,
-                link.handle(),
-                outbox_handle.clone(),
-                ingest_stopped,
-            )
-            .await?;
-            Some(tokio::spawn(ingest.run()))
+        Some(s) => {
+            Some(Ingest::bind(s, link.handle(), outbox_handle.clone(), ingest_stopped).await?)
         }
-    };
+    }
+    .map(|ingest| tokio::spawn(ingest.run()));
 
     // Sources, each on its own supervised thread.
     let stop = StopFlag::default();
@@ -158,21 +152,7 @@ async fn start(
         downlink_stopped,
     )?;
     let downlink = tokio::spawn(downlink.run());
-    let configs = reload::Sources {
-        stored: (source.stored)
-            .unwrap_or_else(|| crate::config::hq::stored_path(&config.outbox.path)),
-        local: source.local,
-        text: source.text,
-        hq: Some(hq_configs),
-    };
-    let reloader = {
-        let (started, outbox) = (config.clone(), outbox_handle.clone());
-        move |live: Live| {
-            let reloader =
-                reload::Reloader::new(configs, &started, live.status, live.notifier, outbox);
-            tokio::spawn(reloader.run(live.stop))
-        }
-    };
+    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone());
     // Status last: READY=1 means everything above is running.
     let watched = Watched {
         board,

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::hq as hqconfig;
@@ -28,7 +29,7 @@ use crate::downlink::Delivery;
 use crate::event::{ConfigApplied, ConfigRejected, Event, EventData};
 use crate::outbox::OutboxHandle;
 use crate::status::notify::Notifier;
-use crate::status::StatusConfig;
+use crate::status::{Live, StatusConfig};
 
 /// Top-level tables a reload applies without a restart.
 const LIVE: &[&str] = &["status", "log"];
@@ -69,6 +70,27 @@ pub struct Sources {
     /// Where HQ's config is kept: next to the local file's outbox (`hqconfig::Effective`), so a
     /// config that moves `[outbox] path` is found again at the next start.
     pub stored: PathBuf,
+}
+
+/// What the status side is handed to start the reloader with (`status::Ops::start`): HQ's
+/// configs from the downlink, and the file (when there is one) on SIGHUP.
+pub(super) fn spawner(
+    config: &Config,
+    source: super::ConfigSource,
+    hq: mpsc::Receiver<Delivery<String>>,
+    outbox: OutboxHandle,
+) -> impl FnOnce(Live) -> JoinHandle<()> {
+    let sources = Sources {
+        stored: (source.stored).unwrap_or_else(|| hqconfig::stored_path(&config.outbox.path)),
+        local: source.local,
+        text: source.text,
+        hq: Some(hq),
+    };
+    let started = config.clone();
+    move |live: Live| {
+        let reloader = Reloader::new(sources, &started, live.status, live.notifier, outbox);
+        tokio::spawn(reloader.run(live.stop))
+    }
 }
 
 pub struct Reloader {

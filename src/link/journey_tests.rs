@@ -1,6 +1,7 @@
 use super::*;
 // The journey is built here as the wiring builds it: from a config file's text.
 use crate::config::Config;
+use crate::downlink::Members;
 use crate::link::jwks::generate_key;
 use crate::link::token::{mint, Claims};
 use crate::sources::nfc::NfcTap;

@@ -6,9 +6,11 @@
 //! in one transaction (group commit): one fsync per group under load, one per event when idle,
 //! and no waiting for a group to fill.
 
+mod handle;
 pub mod settings;
 mod store;
 
+pub use handle::OutboxHandle;
 pub use settings::{OutboxConfig, Synchronous};
 pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
@@ -119,13 +121,6 @@ impl Appends {
         out.extend(lone.map(|(_, w)| w.clone()));
         out
     }
-}
-
-/// A cloneable handle on the outbox with typed requests.
-#[derive(Clone)]
-pub struct OutboxHandle {
-    tx: flume::Sender<Request>,
-    committed: watch::Receiver<u64>,
 }
 
 /// The opened outbox, before its thread starts.
@@ -552,184 +547,6 @@ impl Outbox {
         std::thread::Builder::new()
             .name("outbox".into())
             .spawn(move || self.run())
-    }
-}
-
-impl OutboxHandle {
-    /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
-    /// fed). Waits while the queue is full.
-    pub async fn submit(&self, event: Event) -> Result<(), OutboxError> {
-        self.submit_with_state(event, Vec::new()).await
-    }
-
-    /// As [`OutboxHandle::submit`], with state committed in the same transaction as the event:
-    /// after a crash both are there or neither is.
-    pub async fn submit_with_state(
-        &self,
-        event: Event,
-        state: Vec<StateWrite>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::Append {
-                event: Box::new(event),
-                state,
-                done: None,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// Appends an event and waits until it is durable; returns its seq.
-    pub async fn append(&self, event: Event) -> Result<u64, OutboxError> {
-        self.append_with_state(event, Vec::new()).await
-    }
-
-    /// As [`OutboxHandle::append`], with state committed in the same transaction.
-    pub async fn append_with_state(
-        &self,
-        event: Event,
-        state: Vec<StateWrite>,
-    ) -> Result<u64, OutboxError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Append {
-                event: Box::new(event),
-                state,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Deletes `first..=last`: call only on the broker's acknowledgement of their publish.
-    pub async fn ack(&self, first: u64, last: u64) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::Ack { first, last })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// The next batch of events after `after`, in seq order.
-    pub async fn fetch_after(
-        &self,
-        after: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Option<Batch>, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Fetch {
-                after,
-                max_events,
-                max_bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::Stats { reply })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)
-    }
-
-    /// Sets (or with `None` deletes) a state key; committed with the next group, in queue order
-    /// with the events submitted before it. Blocking: for source threads.
-    pub fn put_state_blocking(
-        &self,
-        key: impl Into<String>,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send(Request::PutState {
-                writes: vec![(key.into(), value)],
-                done: None,
-            })
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    pub async fn put_state(
-        &self,
-        key: impl Into<String>,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::PutState {
-                writes: vec![(key.into(), value)],
-                done: None,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// Sets or deletes several state keys in one transaction: after a crash all of them are
-    /// there or none (a member map update).
-    pub async fn put_states(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
-        self.tx
-            .send_async(Request::PutState { writes, done: None })
-            .await
-            .map_err(|_| OutboxError::Closed)
-    }
-
-    /// As [`OutboxHandle::put_states`], and waits until the transaction has committed.
-    pub async fn put_states_durable(&self, writes: Vec<StateWrite>) -> Result<(), OutboxError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::PutState {
-                writes,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Every state entry under `prefix`. Blocking: for source threads at start.
-    pub fn state_blocking(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Request::GetState {
-                prefix: prefix.into(),
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        wait.blocking_recv().map_err(|_| OutboxError::Closed)?
-    }
-
-    pub async fn state(&self, prefix: &str) -> Result<StateEntries, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::GetState {
-                prefix: prefix.into(),
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// One state key's value: an exact lookup, at the cost of one index probe.
-    pub async fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send_async(Request::GetKey {
-                key: key.into(),
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// Watches the last committed seq: changes whenever new events are durable.
-    pub fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
     }
 }
 
