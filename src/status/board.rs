@@ -58,7 +58,7 @@ pub struct DeviceView {
     /// The device's own words for its state (`opened`, `port lost: …`, `too_long`).
     pub reason: String,
     /// When the last reading (a code, a tap, a diagnosis, a passage) arrived.
-    #[serde(default, with = "super::report::rfc3339::option")]
+    #[serde(default, with = "super::rfc3339::option")]
     pub last_reading: Option<SystemTime>,
     pub readings: u64,
 }

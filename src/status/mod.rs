@@ -17,12 +17,15 @@
 
 pub mod board;
 pub mod cli;
+pub mod facts;
 pub mod health;
 pub mod log;
 pub mod notify;
 pub mod page;
+pub mod pipeline;
 pub mod prom;
 pub mod report;
+pub mod rfc3339;
 pub mod settings;
 pub mod verdict;
 
@@ -41,11 +44,12 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 pub use board::Board;
-pub use health::hq_link_failed;
+pub use pipeline::hq_link_failed;
 pub use settings::{LogConfig, OpsSettings, StatusConfig};
 
-use self::health::{Health, Monitor};
+use self::health::Monitor;
 use self::notify::Notifier;
+use self::pipeline::Health;
 use self::report::Reporter;
 use self::verdict::Level;
 use crate::outbox::OutboxHandle;

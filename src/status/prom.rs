@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::board::DeviceView;
-use super::health::Pipeline;
+use super::pipeline::Pipeline;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

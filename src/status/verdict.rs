@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::board::Shown;
-use super::report::{Device, Hq, Outbox};
+use super::facts::{Device, Hq, Outbox};
 use crate::clock::Clock;
 use crate::words;
 
