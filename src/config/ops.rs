@@ -1,5 +1,5 @@
 //! Config of the operations side: the local status listener (`[status]`) and the log level
-//! (`[log]`). Both can change on a SIGHUP reload without a restart (see `status::reload`).
+//! (`[log]`). Both can change on a SIGHUP reload without a restart (see `daemon::reload`).
 
 use std::net::SocketAddr;
 

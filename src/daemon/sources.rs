@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::config::{DeviceConfig, DeviceKind};
-use crate::outbox::OutboxHandle;
+use crate::outbox::{OutboxError, OutboxHandle};
 use crate::sources::camera::CameraSource;
-use crate::sources::gate::{GateRegistry, GateSource};
+use crate::sources::gate::{Counters, GateRegistry, GateSource};
 use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
 use crate::sources::skin::SkinSource;
-use crate::sources::{Reading, ReadingSink, StopFlag};
+use crate::sources::{Reading, ReadingSink, SourceError, StopFlag};
 
 /// Starts every device's source; devices that post to the ingest listener have none.
 pub(super) fn spawn(
@@ -61,11 +61,12 @@ pub(super) fn spawn(
                 let (control, unlocks) =
                     crate::sources::gate::control::channel(&device.id, cfg.timeout);
                 gates.insert(device.station.clone(), control);
-                // Read-only use: the baseline at start. New baselines go through the link.
-                let outbox = outbox_handle.clone();
+                // Read-only use: the baseline at each (re)start. New ones go through the link.
+                let (outbox, id) = (outbox_handle.clone(), device.id.clone());
                 spawn_supervised(&device.id, stop.clone(), move || {
+                    let baseline = gate_baseline(&outbox, &id)?;
                     let (sink, stop) = (sink.clone(), stop.clone());
-                    GateSource::new(cfg.clone(), sink, stop, outbox.clone(), unlocks.clone()).run()
+                    GateSource::new(cfg.clone(), sink, stop, baseline, unlocks.clone()).run()
                 })?
             }
             DeviceKind::Camera(cfg) => {
@@ -103,4 +104,31 @@ where
             }
         })
         .with_context(|| format!("starting the thread of device {name}"))
+}
+
+/// A gate's saved counter baseline (`None`: count from the first read).
+fn gate_baseline(outbox: &OutboxHandle, device: &str) -> Result<Option<Counters>, SourceError> {
+    let key = crate::outbox::keys::gate(device);
+    let entries = match outbox.state_blocking(&key) {
+        Ok(entries) => entries,
+        Err(OutboxError::Closed) => return Err(SourceError::Closed),
+        Err(e) => {
+            // Counting from the first read loses only the downtime's passages; guessing
+            // would double-count them.
+            warn!(device = device, error = %e, "cannot read the gate baseline; starting without one");
+            return Ok(None);
+        }
+    };
+    // The scan is by prefix: `gate/g1` also finds `gate/g10`.
+    let value = entries.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+    Ok(value.and_then(|v| {
+        let decoded = Counters::decode(&v);
+        if decoded.is_none() {
+            warn!(
+                device = device,
+                "unreadable gate baseline; starting without one"
+            );
+        }
+        decoded
+    }))
 }

@@ -69,7 +69,7 @@ pub struct Downlink {
     store: String,
     /// Keys, members and commands: the link applies them.
     link: mpsc::Sender<Delivery>,
-    /// Config documents: the config applier (`status::reload`) takes them.
+    /// Config documents: the config applier (`daemon::reload`) takes them.
     config: mpsc::Sender<Delivery<String>>,
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: Pending,

@@ -34,12 +34,9 @@ use crate::station::Direction;
 use crate::station::StationRole;
 
 /// State keys the identity rules persist (in the outbox's state table).
-pub const JTI_PREFIX: &str = "jti/";
-/// `member/{store|all}/{card_hash}` → user id; `members.version/{store|all}` → version.
-pub const MEMBER_PREFIX: &str = "member/";
-pub const MEMBERS_VERSION: &str = "members.version/";
-pub const KEYS_JWKS: &str = "keys.jwks";
-pub const VISIT_PREFIX: &str = "visit/";
+pub use crate::outbox::keys::{
+    JTI_PREFIX, KEYS_JWKS, MEMBERS_VERSION, MEMBER_PREFIX, VISIT_PREFIX,
+};
 
 /// What one reading (or one tick) produced.
 #[derive(Debug, Default)]
@@ -212,7 +209,7 @@ impl Journey {
                 counters,
             } => {
                 out.state.push((
-                    crate::sources::gate::state_key(&reading.device),
+                    crate::outbox::keys::gate(&reading.device),
                     Some(counters.encode()),
                 ));
                 out.events.push(Event::new(
@@ -223,7 +220,7 @@ impl Journey {
             }
             Observation::GateBaseline(counters) => {
                 out.state.push((
-                    crate::sources::gate::state_key(&reading.device),
+                    crate::outbox::keys::gate(&reading.device),
                     Some(counters.encode()),
                 ));
             }
@@ -361,7 +358,7 @@ impl Journey {
                 // Into this store's map, version unchanged: HQ's next snapshot will carry it.
                 self.members[MemberScope::Store as usize].insert(hash.clone(), user.clone());
                 out.state.push((
-                    format!("{MEMBER_PREFIX}store/{hash}"),
+                    crate::outbox::keys::member("store", &hash),
                     Some(user.clone().into_bytes()),
                 ));
                 // The registration is done: the session goes on as an ordinary one.

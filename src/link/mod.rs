@@ -48,7 +48,7 @@ const UPDATE_QUEUE: usize = 64;
 const UNLOCK_WAIT: Duration = Duration::from_millis(500);
 /// Command ids remembered (executed at most once) are kept this long.
 const COMMAND_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
-const COMMAND_PREFIX: &str = "cmd/";
+use crate::outbox::keys::COMMAND_PREFIX;
 /// How often remembered command ids past their memory are forgotten (and their keys deleted).
 const COMMAND_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 

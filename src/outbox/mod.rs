@@ -7,6 +7,7 @@
 //! and no waiting for a group to fill.
 
 mod handle;
+pub mod keys;
 pub mod settings;
 mod store;
 

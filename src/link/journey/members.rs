@@ -1,8 +1,9 @@
 //! The journey's member maps (card hash → user, per scope), updated by HQ's snapshots and
 //! deltas: checked and planned as state writes first, applied to memory once those are durable.
 
-use super::{Journey, MEMBERS_VERSION, MEMBER_PREFIX};
+use super::Journey;
 use crate::downlink::{MemberScope, Members};
+use crate::outbox::keys;
 use crate::outbox::StateWrite;
 
 impl Journey {
@@ -33,7 +34,7 @@ impl Journey {
             _ => {}
         }
         let scope = m.scope.as_str();
-        let key = |hash: &str| format!("{MEMBER_PREFIX}{scope}/{hash}");
+        let key = |hash: &str| keys::member(scope, hash);
         let mut writes = Vec::new();
         if m.base.is_none() {
             writes.extend(self.members[i].keys().map(|hash| (key(hash), None)));
@@ -45,7 +46,7 @@ impl Journey {
                 .map(|(hash, user)| (key(hash), Some(user.clone().into_bytes()))),
         );
         writes.push((
-            format!("{MEMBERS_VERSION}{scope}"),
+            keys::members_version(scope),
             Some(m.version.to_string().into_bytes()),
         ));
         Ok(writes)
