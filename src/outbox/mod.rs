@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::event::DeviceState;
 use crate::event::{DeviceStatusData, Event, EventData, Origin};
-use crate::sources::DeviceState;
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
 const QUEUE: usize = 4096;

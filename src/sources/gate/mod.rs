@@ -68,8 +68,6 @@ impl Counters {
     }
 }
 
-/// The outbox state key of a gate's baseline (`outbox::keys`, named here for the readers).
-pub use crate::outbox::keys::gate as state_key;
 
 pub struct GateSource {
     config: GateConfig,
