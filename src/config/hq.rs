@@ -43,6 +43,17 @@ pub fn version(text: &str) -> String {
 /// Validates HQ's config for the running store; every problem on failure (the file's own, and
 /// a tenant or store that is not this gateway's).
 pub fn check(text: &str, stored: &Path, running: &Config) -> Result<Config, Vec<String>> {
+    check_for(text, stored, &running.tenant, &running.store)
+}
+
+/// [`check`] for store `store` of `tenant`, without its running config: what HQ runs before it
+/// publishes (`phygate-hq config push`), so the two sides cannot disagree on what is valid.
+pub fn check_for(
+    text: &str,
+    stored: &Path,
+    tenant: &str,
+    store: &str,
+) -> Result<Config, Vec<String>> {
     let parsed = Config::parse(text, stored);
     let mut problems: Vec<String> = match &parsed {
         Ok(_) => Vec::new(),
@@ -57,7 +68,7 @@ pub fn check(text: &str, stored: &Path, running: &Config) -> Result<Config, Vec<
     };
     // Read from the TOML as written, so they are reported along with any other problem.
     let table: toml::Table = toml::from_str(text).unwrap_or_default();
-    for (field, ours) in [("tenant", &running.tenant), ("store", &running.store)] {
+    for (field, ours) in [("tenant", tenant), ("store", store)] {
         match table.get(field).and_then(|v| v.as_str()) {
             Some(theirs) if theirs != ours => problems.push(format!(
                 "field `{field}`: {theirs:?} is not this gateway's {field} {ours:?}"

@@ -17,10 +17,14 @@
 //!   implementation.
 //! - [`sink`]: Braze and Amplitude, each fed from its durable cursor, never twice unannounced.
 //! - [`metrics`] and [`status`]: the counters and the `/metrics`, `/healthz` endpoint.
+//! - [`control`]: the engineer's fleet controls (keys, members, config, commands).
+//! - [`fleet`]: every store's status, last event and losses (`stores`, `/stores`).
 //! - [`run`]: the wiring of all of the above, and the ordered shutdown.
 
 pub mod config;
 pub mod consumer;
+pub mod control;
+pub mod fleet;
 pub mod ingest;
 pub mod journey;
 pub mod metrics;

@@ -43,6 +43,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Every store: its retained online/offline status, last event and losses, as a table.
+    Stores {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON line per store instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet controls: keys, members, config, command (docs/hq.md "Fleet controls").
+    #[command(flatten)]
+    Control(Box<phygate_hq::control::Control>),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +77,21 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Control(control) => return phygate_hq::control::dispatch(*control),
+        Command::Stores { config, json } => {
+            let source = phygate_hq::fleet::Source::of(&Config::load(&config)?);
+            let rows = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(phygate_hq::fleet::view(&source))?;
+            if json {
+                for row in rows {
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+            } else {
+                print!("{}", phygate_hq::fleet::table(&rows));
+            }
+        }
         Command::Run { config } => {
             let config = Config::load(&config)?;
             tokio::runtime::Builder::new_multi_thread()

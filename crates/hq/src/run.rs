@@ -31,9 +31,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .spawn(move || writer.run())
         .context("starting the writer thread")?;
     let (stop, stopped) = watch::channel(false);
-    let status = config
-        .status
-        .map(|listen| tokio::spawn(crate::status::serve(listen, stats.clone(), stopped.clone())));
+    let status = config.status.map(|listen| {
+        let fleet = crate::fleet::Source::of(&config);
+        tokio::spawn(crate::status::serve(
+            listen,
+            stats.clone(),
+            fleet,
+            stopped.clone(),
+        ))
+    });
     let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped.clone()).run());
     // Each sink reads the store through its own connection (WAL: readers do not block the
     // writer), at its own pace: a throttled engine slows only its sink.

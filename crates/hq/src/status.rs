@@ -1,4 +1,5 @@
-//! The status endpoint: `/metrics` (Prometheus text) and `/healthz`, on `[status] listen`.
+//! The status endpoint: `/metrics` (Prometheus text), `/healthz` and `/stores` (the fleet at a
+//! glance, [`crate::fleet`]), on `[status] listen`.
 
 use std::net::SocketAddr;
 
@@ -15,6 +16,7 @@ use crate::metrics::{render, Shared};
 pub async fn serve(
     listen: SocketAddr,
     stats: Shared,
+    fleet: crate::fleet::Source,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -27,7 +29,14 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/stores",
+            get(move || {
+                let fleet = fleet.clone();
+                async move { stores_page(&fleet).await }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "status endpoint listening");
     axum::serve(listener, app)
@@ -35,4 +44,21 @@ pub async fn serve(
             let _ = shutdown.changed().await;
         })
         .await
+}
+
+/// The fleet page; a broker or journey store that cannot be read is a 503 that says why.
+async fn stores_page(fleet: &crate::fleet::Source) -> axum::response::Response {
+    use axum::http::StatusCode;
+    match crate::fleet::view(fleet).await {
+        Ok(rows) => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::fleet::html(&rows),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the fleet view is unavailable: {e:#}\n"),
+        )
+            .into_response(),
+    }
 }

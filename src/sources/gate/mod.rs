@@ -68,7 +68,6 @@ impl Counters {
     }
 }
 
-
 pub struct GateSource {
     config: GateConfig,
     sink: ReadingSink,
