@@ -55,10 +55,6 @@ pub static DOWNLINK_REFUSED: Counter = Counter::new();
 pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
-pub fn token_verdict(v: crate::link::token::Verdict) {
-    TOKEN_VERDICTS.inc(v.as_str());
-}
-
 /// Every metric: name, type, help, and the counter that holds its value.
 static TABLE: [(&str, &str, &str, &Counter); 19] = [
     (

@@ -276,7 +276,7 @@ impl Journey {
             &mut self.replay,
             ctx.now_unix,
         );
-        crate::metrics::token_verdict(checked.verdict);
+        crate::metrics::TOKEN_VERDICTS.inc(checked.verdict.as_str());
         let (role, direction) = self.station(&station);
         let at_gate = role == Some(StationRole::Gate);
         let mut event = Event::new(
