@@ -3,8 +3,9 @@
 //! forward) when synchronisation resumes. Ordering never depends on it (`seq` does that); HQ
 //! learns from each event's `clocksync` whether its `time` came from a synchronised clock.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,14 +40,45 @@ pub fn mode() -> ClockSync {
     }
 }
 
-/// True when the wall clock is synchronised now. An unanswerable kernel (not Linux, a sandbox
-/// refusing the call) counts as not synchronised: the flag claims only what is known.
+/// True when the wall clock is synchronised now (within [`ASK_EVERY`]). An unanswerable kernel
+/// (not Linux, a sandbox refusing the call) counts as not synchronised: the flag claims only
+/// what is known.
 pub fn synced() -> bool {
     match mode() {
         ClockSync::AssumeSynced => true,
         ClockSync::AssumeUnsynced => false,
-        ClockSync::Kernel => kernel_synced().unwrap_or(false),
+        ClockSync::Kernel => kernel_synced_recently(),
     }
+}
+
+/// How long the kernel's answer is reused. Every event asks (its `clocksync`); one `adjtimex`
+/// per event was 13% of a worker's CPU at saturation, while the answer changes when NTP
+/// gains or loses its sources, seconds apart at the very least.
+pub const ASK_EVERY: Duration = Duration::from_secs(1);
+
+/// The kernel's last answer, and when it was given: milliseconds since [`since`]'s origin,
+/// plus one (0: never asked).
+static KERNEL_SYNCED: AtomicBool = AtomicBool::new(false);
+static ASKED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// A monotonic origin for [`ASKED_AT_MS`] (a wall-clock step must not freeze the cache).
+fn since() -> Duration {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+/// The kernel's answer, asked at most once per [`ASK_EVERY`]. Two threads may both ask at
+/// the edge of a period; both store the same kind of answer, so no lock is needed.
+fn kernel_synced_recently() -> bool {
+    let now = since().as_millis() as u64 + 1;
+    let asked = ASKED_AT_MS.load(Ordering::Acquire);
+    if asked != 0 && now - asked.min(now) < ASK_EVERY.as_millis() as u64 {
+        return KERNEL_SYNCED.load(Ordering::Relaxed);
+    }
+    let synced = kernel_synced().unwrap_or(false);
+    KERNEL_SYNCED.store(synced, Ordering::Relaxed);
+    ASKED_AT_MS.store(now, Ordering::Release);
+    synced
 }
 
 /// Milliseconds since the Unix epoch; 0 for a clock set before 1970. The unit of the
@@ -146,5 +178,19 @@ mod tests {
         assert!(!kernel_state_is_synced(libc::TIME_OK, libc::STA_UNSYNC));
         // The kernel answers here, whatever it says.
         assert!(kernel_synced().is_some());
+    }
+
+    #[test]
+    fn the_kernel_answer_is_reused_within_a_period() {
+        let first = kernel_synced_recently();
+        let asked = ASKED_AT_MS.load(Ordering::Acquire);
+        assert_ne!(asked, 0, "the first call asks the kernel");
+        for _ in 0..1000 {
+            assert_eq!(kernel_synced_recently(), first);
+        }
+        // Asked again only once a period has passed (another test may have asked meanwhile,
+        // never more than once per period).
+        let again = ASKED_AT_MS.load(Ordering::Acquire);
+        assert!(again == asked || again >= asked + ASK_EVERY.as_millis() as u64);
     }
 }

@@ -26,13 +26,13 @@ fn scan(payload: &str, user: Option<&str>) -> Event {
     super::fault_tests::scan(payload, user)
 }
 
-/// The totals as a full scan finds them.
+/// The totals as a full scan finds them: the live rows, above the watermark.
 fn counted(s: &Store) -> (u64, u64) {
     let (rows, bytes): (i64, i64) = s
         .conn
         .query_row(
-            "SELECT count(*), coalesce(sum(octet_length(body)), 0) FROM outbox",
-            [],
+            "SELECT count(*), coalesce(sum(octet_length(body)), 0) FROM outbox WHERE seq > ?1",
+            [s.acked() as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
@@ -61,10 +61,20 @@ fn totals_in_meta_follow_appends_acks_evictions_and_expiry_across_reopens() {
     let st = s.stats().unwrap();
     assert_eq!((st.depth, st.bytes), counted(&s));
     drop(s);
-    let s = open(&path, 30_000);
+    let mut s = open(&path, 30_000);
     let reopened = s.stats().unwrap();
     assert_eq!(reopened, st, "the open reads the totals back");
     assert_eq!((reopened.depth, reopened.bytes), counted(&s));
+    assert!(s.acked() > 0, "acknowledgements moved the watermark");
+    s.reclaim_all().unwrap();
+    let all: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        all as u64, st.depth,
+        "only live rows are left once reclaimed"
+    );
 }
 
 #[test]
@@ -77,7 +87,9 @@ fn a_file_written_before_the_totals_existed_gets_them_once() {
     let st = s.stats().unwrap();
     // As a version-2 file: no totals in meta.
     s.conn
-        .execute_batch("DELETE FROM meta WHERE key IN ('rows', 'bytes'); PRAGMA user_version = 2;")
+        .execute_batch(
+            "DELETE FROM meta WHERE key IN ('rows', 'bytes', 'acked'); PRAGMA user_version = 2;",
+        )
         .unwrap();
     drop(s);
     let s = open(&path, 1 << 30);

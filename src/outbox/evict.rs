@@ -6,7 +6,10 @@ use std::time::SystemTime;
 
 use tracing::warn;
 
-use super::Tally;
+use rusqlite::params;
+
+use super::{classify, insert, save_tally, Store, StoreError, Tally, STAMPED_BY_SYNCED_CLOCK};
+use crate::event::unix_ms_signed;
 
 /// Rows picked per query.
 const PICK: usize = 512;
@@ -113,11 +116,17 @@ pub(super) fn evict_over_quota(
         victim_columns()
     ))?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+    // Rows at or below the watermark are acknowledged (dead, not counted): never evicted.
+    let acked = t.acked as i64;
     let oldest = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
-        tx.query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))
+        tx.prepare_cached("SELECT coalesce(min(seq), ?1 + 1) FROM outbox WHERE seq > ?1")?
+            .query_row([acked], |r| r.get(0))
     };
     let mut at = match t.evicting.take() {
-        Some(at) => at,
+        Some(at) => Cursor {
+            after: at.after.max(acked),
+            ..at
+        },
         None => Cursor {
             after: oldest(tx)? - 1,
             ..Cursor::default()
@@ -212,4 +221,50 @@ pub(super) fn evicted_event(
     e.stage = None;
     debug_assert_eq!(e.priority(), Priority::Identified);
     Some(e)
+}
+
+impl Store {
+    /// Drops rows older than the retention, at most [`EVICT_STEP_ROWS`] of them, and appends
+    /// the report naming them, in one transaction: a crash (or a full disk) between the two
+    /// would have left a gap nobody announced. Returns how many were dropped; when that is a
+    /// whole step, more may be due (call again). Called now and then, not per append.
+    pub fn expire(&mut self, now: SystemTime) -> Result<u64, StoreError> {
+        let cutoff = unix_ms_signed(now) - self.max_age.as_millis() as i64;
+        let mut t = self.tally();
+        let tx = self.conn.transaction().map_err(classify)?;
+        let old: Vec<Victim> = tx
+            .prepare_cached(&format!(
+                "SELECT {} FROM outbox WHERE seq > ?3 AND created_ms < ?1 \
+                 AND {STAMPED_BY_SYNCED_CLOCK} ORDER BY seq LIMIT ?2",
+                victim_columns()
+            ))?
+            .query_map(params![cutoff, self.step as i64, t.acked as i64], victim)?
+            .collect::<rusqlite::Result<_>>()?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        self.handed.borrow_mut().forget_all();
+        let mut evicted = Evicted::default();
+        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for v in &old {
+            delete.execute([v.0]).map_err(classify)?;
+            evicted.push(v);
+            t.depth -= 1;
+            t.bytes -= v.1 as u64;
+        }
+        drop(delete);
+        let n = old.len() as u64;
+        if let Some(report) = evicted_event(&self.origin, evicted, "age") {
+            insert(&tx, &report.prepare(&self.origin), &mut t).map_err(classify)?;
+        }
+        save_tally(&tx, &t).map_err(classify)?;
+        tx.commit().map_err(classify)?;
+        self.apply(t);
+        warn!(
+            count = n,
+            "outbox rows older than the retention were dropped"
+        );
+        crate::metrics::EVENTS_EVICTED.add(n);
+        Ok(n)
+    }
 }

@@ -1,18 +1,10 @@
-//! The handle everyone else holds on the outbox: typed requests on the bounded queue to its
-//! thread, each answered once the thread has done it.
+//! The handle on the outbox thread: typed requests on its bounded queue. Events are serialised
+//! here, on the caller's thread, before they are queued.
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Batch, Stats};
-use super::{OutboxError, Request, StateEntries, StateWrite};
+use super::{Batch, OutboxError, OutboxHandle, Request, StateEntries, StateWrite, Stats};
 use crate::event::Event;
-
-/// A cloneable handle on the outbox with typed requests.
-#[derive(Clone)]
-pub struct OutboxHandle {
-    pub(super) tx: flume::Sender<Request>,
-    pub(super) committed: watch::Receiver<u64>,
-}
 
 impl OutboxHandle {
     /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
@@ -30,7 +22,7 @@ impl OutboxHandle {
     ) -> Result<(), OutboxError> {
         self.tx
             .send_async(Request::Append {
-                event: Box::new(event),
+                event: Box::new(event.prepare(&self.origin)),
                 state,
                 done: None,
             })
@@ -52,7 +44,7 @@ impl OutboxHandle {
         let (done, wait) = oneshot::channel();
         self.tx
             .send_async(Request::Append {
-                event: Box::new(event),
+                event: Box::new(event.prepare(&self.origin)),
                 state,
                 done: Some(done),
             })
@@ -61,7 +53,8 @@ impl OutboxHandle {
         wait.await.map_err(|_| OutboxError::Closed)?
     }
 
-    /// Deletes `first..=last`: call only on the broker's acknowledgement of their publish.
+    /// Acknowledges `first..=last` (the watermark moves past them; in publish order, as PUBACKs
+    /// come): call only on the broker's acknowledgement of their publish.
     pub async fn ack(&self, first: u64, last: u64) -> Result<(), OutboxError> {
         self.tx
             .send_async(Request::Ack { first, last })

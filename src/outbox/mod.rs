@@ -1,17 +1,16 @@
 //! The outbox: the only owner of the SQLite database. Events are durable here before they count
-//! as accepted; the uplink reads batches from here and deletes them only on acknowledgement.
+//! as accepted; the uplink reads batches from here, and they leave only on acknowledgement (a
+//! watermark; the dead rows are removed in ranges while the thread is idle).
 //!
 //! One thread owns the connection (rusqlite is blocking). Callers hold an [`OutboxHandle`]; its
 //! requests queue on a bounded channel, and the thread commits every append waiting in the queue
 //! in one transaction (group commit): one fsync per group under load, one per event when idle,
 //! and no waiting for a group to fill.
 
-mod handle;
 pub mod keys;
 pub mod settings;
 mod store;
 
-pub use handle::OutboxHandle;
 pub use settings::{OutboxConfig, Synchronous};
 pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
@@ -22,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::event::DeviceState;
-use crate::event::{DeviceStatusData, Event, EventData, Origin};
+use crate::event::{DeviceStatusData, Event, EventData, Origin, Prepared};
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
 const QUEUE: usize = 4096;
@@ -34,6 +33,9 @@ const MAX_HELD: usize = 10_000;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How often rows past the retention age are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// A queue quiet this long counts as idle: acknowledged rows are removed then. Short enough to
+/// use the pauses of a quiet store, long enough not to stall a drain between its fetches.
+const IDLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -53,7 +55,8 @@ pub type StateWrite = (String, Option<Vec<u8>>);
 
 enum Request {
     Append {
-        event: Box<Event>,
+        /// Serialised by the submitter, off the outbox thread.
+        event: Box<Prepared>,
         /// State committed in the same transaction as the event (e.g. a counter baseline).
         state: Vec<StateWrite>,
         done: Option<oneshot::Sender<Result<u64, OutboxError>>>,
@@ -97,7 +100,7 @@ enum Request {
 /// The appends of a group in arrival order, with what each carries besides its event.
 #[derive(Default)]
 struct Appends {
-    events: Vec<Event>,
+    events: Vec<Prepared>,
     states: Vec<Vec<StateWrite>>,
     dones: Vec<Option<oneshot::Sender<Result<u64, OutboxError>>>>,
 }
@@ -122,6 +125,15 @@ impl Appends {
         out.extend(lone.map(|(_, w)| w.clone()));
         out
     }
+}
+
+/// A cloneable handle on the outbox with typed requests.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    tx: flume::Sender<Request>,
+    committed: watch::Receiver<u64>,
+    /// Who the events are from: they are serialised before they are queued.
+    origin: std::sync::Arc<Origin>,
 }
 
 /// The opened outbox, before its thread starts.
@@ -153,6 +165,7 @@ impl Outbox {
         origin: Origin,
     ) -> Result<(Outbox, OutboxHandle), StoreError> {
         let gateway = origin.gateway.clone();
+        let shared = std::sync::Arc::new(origin.clone());
         let mut opened = Store::open(
             &config.path,
             config.synchronous,
@@ -185,6 +198,7 @@ impl Outbox {
             OutboxHandle {
                 tx,
                 committed: committed_rx,
+                origin: shared,
             },
         ))
     }
@@ -217,9 +231,20 @@ impl Outbox {
                     Err(flume::TryRecvError::Disconnected) => None,
                 }
             } else if held.is_empty() && self.held_acks.is_empty() {
-                match self.rx.recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => break,
+                if self.store.reclaim_pending() {
+                    match self.rx.recv_timeout(IDLE) {
+                        Ok(r) => Some(r),
+                        Err(flume::RecvTimeoutError::Timeout) => {
+                            self.reclaim_step();
+                            continue;
+                        }
+                        Err(flume::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match self.rx.recv() {
+                        Ok(r) => Some(r),
+                        Err(_) => break,
+                    }
                 }
             } else if held.len() >= MAX_HELD {
                 std::thread::sleep(RETRY_EVERY);
@@ -245,6 +270,11 @@ impl Outbox {
                 }
             }
             held = self.serve(&mut group);
+            if self.store.reclaim_overdue() {
+                // Never idle, and acknowledging fast: removed between groups, or the file
+                // would grow by everything acknowledged.
+                self.reclaim_step();
+            }
             self.move_aside_if_corrupt();
             if !held.is_empty() && self.rx.is_disconnected() && self.rx.is_empty() {
                 error!(
@@ -286,6 +316,14 @@ impl Outbox {
         }
         self.committed.send_replace(self.store.last_seq());
         held
+    }
+
+    /// Removes one range of acknowledged rows.
+    fn reclaim_step(&mut self) {
+        if let Err(e) = self.store.reclaim_step() {
+            self.note(&e);
+            warn!(error = %e, "removing acknowledged outbox rows failed");
+        }
     }
 
     /// Starts the full integrity check of the file in use; its verdict comes back as a request.
@@ -464,10 +502,7 @@ impl Outbox {
             return (Vec::new(), None);
         }
         let state = appends.state_of(0, n, &lone_state);
-        let error = match self
-            .store
-            .commit_group_with_state(&appends.events, &acks, &state)
-        {
+        let error = match self.store.commit_prepared(&appends.events, &acks, &state) {
             Ok(seqs) => {
                 self.stored(&mut appends, 0, &seqs);
                 return (Vec::new(), None);
@@ -475,6 +510,10 @@ impl Outbox {
             Err(e) => e,
         };
         crate::metrics::OUTBOX_WRITE_ERRORS.inc();
+        // Acknowledged rows still in the file make room once removed.
+        if let Err(e) = self.store.reclaim_all() {
+            warn!(error = %e, "removing acknowledged outbox rows failed");
+        }
         if !acks.is_empty() {
             let alone =
                 (n > 0 || !lone_state.is_empty()) && self.store.commit_group(&[], &acks).is_ok();
@@ -490,7 +529,7 @@ impl Outbox {
             let state = appends.state_of(stored, end, &lone_state);
             match self
                 .store
-                .commit_group_with_state(&appends.events[stored..end], &[], &state)
+                .commit_prepared(&appends.events[stored..end], &[], &state)
             {
                 Ok(seqs) => {
                     self.stored(&mut appends, stored, &seqs);
@@ -550,6 +589,9 @@ impl Outbox {
             .spawn(move || self.run())
     }
 }
+
+#[path = "handle.rs"]
+mod handle;
 
 #[cfg(test)]
 #[path = "run_tests.rs"]

@@ -144,7 +144,8 @@ impl Store {
         let rows: Vec<Row> = read_all(
             &self.conn,
             "SELECT seq, id, priority, created_ms, body FROM outbox WHERE seq > ?1 ORDER BY seq",
-            [self.opened_at as i64],
+            // Acknowledged rows (at or below the watermark) need no carrying.
+            [self.opened_at.max(self.acked) as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         );
         let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
@@ -156,6 +157,7 @@ impl Store {
         }
         let mut t = read_tally(&self.conn)?;
         t.last_seq = self.last_seq;
+        t.acked = self.acked;
         let tx = self.conn.transaction()?;
         for (key, value) in &state {
             tx.prepare_cached("INSERT INTO state(key, value) VALUES (?1, ?2)")?
@@ -180,6 +182,8 @@ impl Store {
             "outbox database is corrupt; moved aside, continuing on a fresh one"
         );
         self.apply(t);
+        self.reclaimed = self.acked;
+        self.handed.borrow_mut().forget_all();
         Ok(moved)
     }
 }

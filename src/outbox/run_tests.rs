@@ -6,15 +6,21 @@ use super::*;
 fn appends(n: usize) -> Appends {
     let mut a = Appends::default();
     for i in 0..n {
-        a.events.push(Event::new(
-            "s".into(),
-            SystemTime::now(),
-            crate::event::EventData::OutboxEvicted(crate::event::OutboxEvicted {
-                ranges: Vec::new(),
-                count: 0,
-                policy: "bytes",
+        a.events.push(
+            Event::new(
+                "s".into(),
+                SystemTime::now(),
+                crate::event::EventData::OutboxEvicted(crate::event::OutboxEvicted {
+                    ranges: Vec::new(),
+                    count: 0,
+                    policy: "bytes",
+                }),
+            )
+            .prepare(&Origin {
+                store: "st".into(),
+                gateway: "gw".into(),
             }),
-        ));
+        );
         a.states.push(vec![(format!("e{i}"), None)]);
         a.dones.push(None);
     }

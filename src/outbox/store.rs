@@ -1,11 +1,14 @@
 //! The SQLite outbox table: durable append with group commit, batch reads in `seq` order,
-//! delete on acknowledgement, quota eviction. Synchronous; owned by the outbox thread.
+//! acknowledgement by watermark, quota eviction. Synchronous; owned by the outbox thread.
 //!
 //! Invariants:
 //! - `seq` is dense and increasing for the gateway's life: the last one given is kept in `meta`
 //!   in the same transaction as the rows, so an empty outbox after a restart continues the count.
-//! - A row is deleted only by an acknowledgement of its publish, or by eviction, and every
+//! - A row leaves only by an acknowledgement of its publish, or by eviction, and every
 //!   eviction appends a `store.outbox.evicted` event naming the seq ranges it removed.
+//! - Acknowledged = at or below the watermark `acked` (kept in `meta`, see `watermark.rs`):
+//!   those rows are dead, never read again, and removed in bulk later ([`Store::reclaim_step`]).
+//!   `rows` and `bytes` count the live rows only (above the watermark): what the quota judges.
 //! - WAL journal; `synchronous` from config (FULL by default: a commit survives a power cut).
 //! - The totals (rows, bytes) and the last seq are kept in `meta`, written in the same
 //!   transaction as every change to the rows: opening reads three values, never the table, so
@@ -13,14 +16,15 @@
 //! - A commit deletes at most [`EVICT_STEP_ROWS`] rows for the quota beyond what keeps it under
 //!   `max_bytes`: a large eviction is spread over several commits, each a bounded stall.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use tracing::{error, warn};
+use tracing::error;
 
 use super::settings::Synchronous;
-use crate::event::{Event, Origin};
+use crate::event::{Event, Origin, Prepared};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -41,6 +45,8 @@ const MIGRATIONS: &[&str] = &[
     // over the whole table, for a file written before they existed.
     "INSERT INTO meta(key, value) SELECT 'rows', count(*) FROM outbox;
      INSERT INTO meta(key, value) SELECT 'bytes', coalesce(sum(octet_length(body)), 0) FROM outbox;",
+    // 4: the acknowledged watermark: every row at or below it is acknowledged.
+    "INSERT INTO meta(key, value) VALUES ('acked', 0);",
 ];
 
 /// The rows whose age can be judged: their event's time came from a synchronised clock
@@ -110,6 +116,18 @@ pub struct Store {
     last_seq: u64,
     depth: u64,
     bytes: u64,
+    /// The acknowledged watermark: every seq at or below it is acknowledged.
+    acked: u64,
+    /// Every row at or below this seq is physically gone: [`Store::reclaim_step`] removes the
+    /// ones between it and `acked`.
+    reclaimed: u64,
+    /// The sizes of the batches handed to the uplink, so that their acknowledgement costs no
+    /// read (see `watermark.rs`).
+    handed: RefCell<Handed>,
+    /// Test hook, debug builds only: abort the process where a range delete would start, after
+    /// the watermark was written (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, read once at the open).
+    /// Release builds never read the variable.
+    abort_before_reclaim: bool,
     /// The last seq given before this run: rows above it were accepted since the open, and are
     /// the ones carried to a fresh file if this one turns out corrupt.
     opened_at: u64,
@@ -153,6 +171,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let t = read_tally(&conn)?;
+        let reclaimed = first_dead(&conn, t.acked)?;
         let store = Store {
             conn,
             path: path.to_owned(),
@@ -164,6 +183,11 @@ impl Store {
             last_seq: t.last_seq,
             depth: t.depth,
             bytes: t.bytes,
+            acked: t.acked,
+            reclaimed,
+            handed: RefCell::default(),
+            abort_before_reclaim: cfg!(debug_assertions)
+                && std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
             opened_at: t.last_seq,
             evicting: None,
             step: EVICT_STEP_ROWS,
@@ -220,11 +244,8 @@ impl Store {
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let oldest_ms = self
             .conn
-            .query_row(
-                "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT created_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1")?
+            .query_row([self.acked as i64], |r| r.get(0))
             .optional()?;
         Ok(Stats {
             depth: self.depth,
@@ -234,7 +255,7 @@ impl Store {
         })
     }
 
-    /// Appends events and deletes acknowledged ranges in one transaction: a group commit. Returns
+    /// Appends events and acknowledges ranges in one transaction: a group commit. Returns
     /// the seq given to each event, in order. On error nothing of the group is written.
     pub fn commit_group(
         &mut self,
@@ -251,9 +272,26 @@ impl Store {
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> Result<Vec<u64>, StoreError> {
+        let prepared: Vec<Prepared> = events.iter().map(|e| e.prepare(&self.origin)).collect();
+        self.commit_prepared(&prepared, acked, state)
+    }
+
+    /// As [`Store::commit_group_with_state`], with events already serialised
+    /// ([`Event::prepare`]) by whoever submitted them.
+    pub fn commit_prepared(
+        &mut self,
+        events: &[Prepared],
+        acked: &[(u64, u64)],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Vec<u64>, StoreError> {
         let (seqs, t) = self.try_group(events, acked, state).map_err(classify)?;
         self.apply(t);
         Ok(seqs)
+    }
+
+    /// The acknowledged watermark.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     fn tally(&self) -> Tally {
@@ -261,27 +299,33 @@ impl Store {
             last_seq: self.last_seq,
             depth: self.depth,
             bytes: self.bytes,
+            acked: self.acked,
             evicting: self.evicting,
         }
     }
 
     /// Takes on a committed transaction's counters.
     fn apply(&mut self, t: Tally) {
-        (self.last_seq, self.depth, self.bytes, self.evicting) =
-            (t.last_seq, t.depth, t.bytes, t.evicting);
+        (
+            self.last_seq,
+            self.depth,
+            self.bytes,
+            self.acked,
+            self.evicting,
+        ) = (t.last_seq, t.depth, t.bytes, t.acked, t.evicting);
         self.publish_gauges();
     }
 
     fn try_group(
         &mut self,
-        events: &[Event],
+        events: &[Prepared],
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> rusqlite::Result<(Vec<u64>, Tally)> {
         let mut t = self.tally();
-        // A group that only deletes acknowledged rows need not reach the disk before it returns:
-        // if a power cut undoes it, those events are published again (same ids), never lost.
-        // The next FULL commit syncs the WAL, these frames included.
+        // A group that only acknowledges rows need not reach the disk before it returns: if a
+        // power cut undoes it, those events are published again (same ids), never lost. The
+        // next FULL commit syncs the WAL, these frames included.
         let relaxed = events.is_empty() && state.is_empty() && self.sync == Synchronous::Full;
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
@@ -296,28 +340,23 @@ impl Store {
     fn write_group(
         &mut self,
         t: &mut Tally,
-        events: &[Event],
+        events: &[Prepared],
         acked: &[(u64, u64)],
         state: &[(String, Option<Vec<u8>>)],
     ) -> rusqlite::Result<Vec<u64>> {
         let tx = self.conn.transaction()?;
-        for &(first, last) in acked {
-            let mut delete = tx.prepare_cached(
-                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING octet_length(body)",
-            )?;
-            let mut rows = delete.query(params![first as i64, last as i64])?;
-            while let Some(row) = rows.next()? {
-                t.depth -= 1;
-                t.bytes -= row.get::<_, i64>(0)? as u64;
-            }
-        }
+        acknowledge(&tx, t, acked, &mut self.handed.borrow_mut())?;
         let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seqs.push(insert(&tx, &self.origin, e, t)?);
+        {
+            // One statement for the whole group, not a cache lookup per row.
+            let mut statement = tx.prepare_cached(INSERT)?;
+            for e in events {
+                seqs.push(insert_with(&mut statement, e, t)?);
+            }
         }
         if let (Some(cursor), Some(lowest)) = (
             &mut t.evicting,
-            events.iter().map(|e| e.priority() as i64).min(),
+            events.iter().map(|e| e.priority as i64).min(),
         ) {
             // Rows of a priority the scan has passed came in: it goes back for them (they are
             // the only ones of that priority left, all after this group's first seq).
@@ -331,8 +370,12 @@ impl Store {
         if t.bytes > self.max_bytes || t.evicting.is_some() {
             let target = self.max_bytes / 100 * EVICT_TO_PERCENT;
             let evicted = evict_over_quota(&tx, t, self.max_bytes, target, self.step)?;
+            if !evicted.seqs.is_empty() {
+                // Rows of handed-out batches may be among them: those sizes no longer hold.
+                self.handed.borrow_mut().forget_all();
+            }
             if let Some(report) = evicted_event(&self.origin, evicted, "bytes") {
-                insert(&tx, &self.origin, &report, t)?;
+                insert(&tx, &report.prepare(&self.origin), t)?;
             }
         }
         for (key, value) in state {
@@ -350,51 +393,8 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Drops rows older than the retention, at most [`EVICT_STEP_ROWS`] of them, and appends
-    /// the report naming them, in one transaction: a crash (or a full disk) between the two
-    /// would have left a gap nobody announced. Returns how many were dropped; when that is a
-    /// whole step, more may be due (call again). Called now and then, not per append.
-    pub fn expire(&mut self, now: SystemTime) -> Result<u64, StoreError> {
-        let cutoff = unix_ms(now) - self.max_age.as_millis() as i64;
-        let mut t = self.tally();
-        let tx = self.conn.transaction().map_err(classify)?;
-        let old: Vec<Victim> = tx
-            .prepare_cached(&format!(
-                "SELECT {} FROM outbox WHERE created_ms < ?1 AND {STAMPED_BY_SYNCED_CLOCK} \
-                 ORDER BY seq LIMIT ?2",
-                victim_columns()
-            ))?
-            .query_map(params![cutoff, self.step as i64], victim)?
-            .collect::<rusqlite::Result<_>>()?;
-        if old.is_empty() {
-            return Ok(0);
-        }
-        let mut evicted = Evicted::default();
-        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-        for v in &old {
-            delete.execute([v.0]).map_err(classify)?;
-            evicted.push(v);
-            t.depth -= 1;
-            t.bytes -= v.1 as u64;
-        }
-        drop(delete);
-        let n = old.len() as u64;
-        if let Some(report) = evicted_event(&self.origin, evicted, "age") {
-            insert(&tx, &self.origin, &report, &mut t).map_err(classify)?;
-        }
-        save_tally(&tx, &t).map_err(classify)?;
-        tx.commit().map_err(classify)?;
-        self.apply(t);
-        warn!(
-            count = n,
-            "outbox rows older than the retention were dropped"
-        );
-        crate::metrics::EVENTS_EVICTED.add(n);
-        Ok(n)
-    }
-
-    /// The next batch after `after`: at most `max_events` events and about `max_bytes` bytes (a
-    /// single larger event still goes alone).
+    /// The next batch after `after` (and after the watermark): at most `max_events` events and
+    /// about `max_bytes` bytes (a single larger event still goes alone).
     pub fn fetch_after(
         &self,
         after: u64,
@@ -404,10 +404,12 @@ impl Store {
         let mut q = self
             .conn
             .prepare_cached("SELECT seq, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let after = after.max(self.acked);
         let mut rows = q.query(params![after as i64, max_events as i64])?;
-        let mut payload = Vec::with_capacity(max_bytes.min(64 * 1024));
+        // A full batch's room at once: growing it by doubling copied a batch about twice.
+        let mut payload = Vec::with_capacity(max_bytes.min(1 << 20));
         payload.push(b'[');
-        let (mut first, mut last, mut count) = (0, 0, 0);
+        let (mut first, mut last, mut count, mut bytes) = (0, 0, 0, 0);
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
             let body = row.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
@@ -420,10 +422,16 @@ impl Store {
                 payload.push(b',');
             }
             payload.extend_from_slice(body);
+            bytes += body.len() as u64;
             last = seq;
             count += 1;
         }
         payload.push(b']');
+        if count > 0 {
+            self.handed
+                .borrow_mut()
+                .handed_out(first, last, count as u64, bytes);
+        }
         Ok((count > 0).then_some(Batch {
             first,
             last,
@@ -432,65 +440,10 @@ impl Store {
         }))
     }
 
-    /// A state value, if set.
-    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM state WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// All state entries whose key starts with `prefix`: a range of the key index
-    /// (`prefix <= key < successor(prefix)`), so the cost follows the entries found, not the
-    /// table.
-    pub fn scan_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows: rusqlite::Result<Vec<(String, Vec<u8>)>> = match successor(prefix) {
-            Some(end) => self
-                .conn
-                .prepare_cached(
-                    "SELECT key, value FROM state WHERE key >= ?1 AND key < ?2 ORDER BY key",
-                )?
-                .query_map(params![prefix, end], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect(),
-            None => self
-                .conn
-                .prepare_cached("SELECT key, value FROM state WHERE key >= ?1 ORDER BY key")?
-                .query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect(),
-        };
-        Ok(rows?)
-    }
-
-    /// How many state entries there are (for the retention tests and the bench).
-    pub fn state_len(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))?;
-        Ok(n as u64)
-    }
-
     fn publish_gauges(&self) {
         crate::metrics::OUTBOX_DEPTH.set(self.depth);
         crate::metrics::OUTBOX_BYTES.set(self.bytes);
     }
-}
-
-/// The smallest string greater than every string starting with `prefix`, if there is one:
-/// the prefix with its last character replaced by the next one (dropping trailing characters
-/// that have no next). Keys compare by bytes (SQLite's BINARY collation), and in UTF-8 the byte
-/// order is the code point order, so the range holds exactly the keys under the prefix.
-fn successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        // The next scalar value (skipping the surrogate gap); none after char::MAX.
-        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 /// The outbox's counters as a transaction changes them; applied only once it commits.
@@ -498,6 +451,7 @@ struct Tally {
     last_seq: u64,
     depth: u64,
     bytes: u64,
+    acked: u64,
     evicting: Option<Cursor>,
 }
 
@@ -506,6 +460,7 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
         last_seq: 0,
         depth: 0,
         bytes: 0,
+        acked: 0,
         evicting: None,
     };
     let mut q = conn.prepare("SELECT key, value FROM meta")?;
@@ -516,6 +471,7 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
             "last_seq" => t.last_seq = value,
             "rows" => t.depth = value,
             "bytes" => t.bytes = value,
+            "acked" => t.acked = value,
             _ => {}
         }
     }
@@ -525,10 +481,15 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
 /// Writes the counters in the transaction that changed them.
 fn save_tally(tx: &rusqlite::Transaction, t: &Tally) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 ELSE ?3 END \
-         WHERE key IN ('last_seq', 'rows', 'bytes')",
+        "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 \
+         WHEN 'bytes' THEN ?3 ELSE ?4 END WHERE key IN ('last_seq', 'rows', 'bytes', 'acked')",
     )?
-    .execute(params![t.last_seq as i64, t.depth as i64, t.bytes as i64])?;
+    .execute(params![
+        t.last_seq as i64,
+        t.depth as i64,
+        t.bytes as i64,
+        t.acked as i64
+    ])?;
     Ok(())
 }
 
@@ -543,23 +504,27 @@ fn cap_file(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+const INSERT: &str =
+    "INSERT INTO outbox(seq, id, priority, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 /// Inserts one event with the next seq.
-fn insert(
-    tx: &rusqlite::Transaction,
-    origin: &Origin,
-    e: &Event,
+fn insert(tx: &rusqlite::Transaction, e: &Prepared, t: &mut Tally) -> rusqlite::Result<u64> {
+    insert_with(&mut tx.prepare_cached(INSERT)?, e, t)
+}
+
+/// As [`insert`], with the statement prepared by the caller.
+fn insert_with(
+    statement: &mut rusqlite::CachedStatement,
+    e: &Prepared,
     t: &mut Tally,
 ) -> rusqlite::Result<u64> {
     let seq = t.last_seq + 1;
-    let body = e.to_json(origin, seq);
-    tx.prepare_cached(
-        "INSERT INTO outbox(seq, id, priority, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
+    let body = e.body(seq);
+    statement.execute(params![
         seq as i64,
-        e.id.hyphenated().to_string(),
-        e.priority() as i64,
-        unix_ms(e.time),
+        e.id,
+        e.priority as i64,
+        e.created_ms,
         body
     ])?;
     t.last_seq = seq;
@@ -568,16 +533,18 @@ fn insert(
     Ok(seq)
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
+#[path = "state.rs"]
+mod state;
+#[cfg(test)]
+use state::successor;
+
+#[path = "watermark.rs"]
+mod watermark;
+use watermark::{acknowledge, first_dead, Handed};
 
 #[path = "evict.rs"]
 mod evict;
-use evict::{evict_over_quota, evicted_event, victim, victim_columns, Cursor, Evicted, Victim};
+use evict::{evict_over_quota, evicted_event, Cursor};
 
 #[path = "open.rs"]
 mod open;
@@ -595,3 +562,7 @@ mod tests;
 #[cfg(test)]
 #[path = "backlog_tests.rs"]
 mod backlog_tests;
+
+#[cfg(test)]
+#[path = "watermark_tests.rs"]
+mod watermark_tests;

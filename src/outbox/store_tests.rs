@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::event::{DeviceStatusData, EventData};
+use std::time::SystemTime;
 
 fn origin() -> Origin {
     Origin {
@@ -32,7 +33,7 @@ fn status() -> Event {
         EventData::DeviceStatus(DeviceStatusData {
             device: "d".into(),
             kind: "scanner",
-            state: crate::sources::DeviceState::Up,
+            state: crate::event::DeviceState::Up,
             reason: "x".repeat(200),
             count: None,
         }),

@@ -445,7 +445,13 @@ pub fn outbox_state(db: &Path, key: &str) -> Option<Vec<u8>> {
 /// The ids of the events still in an outbox file (accepted, not yet acknowledged).
 pub fn outbox_ids(db: &Path) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut q = conn.prepare("SELECT id FROM outbox ORDER BY seq").unwrap();
+    // Rows at or below the acknowledged watermark are acknowledged, waiting to be removed.
+    let mut q = conn
+        .prepare(
+            "SELECT id FROM outbox WHERE seq > \
+             (SELECT coalesce((SELECT value FROM meta WHERE key = 'acked'), 0)) ORDER BY seq",
+        )
+        .unwrap();
     let ids = q
         .query_map([], |r| r.get::<_, String>(0))
         .unwrap()

@@ -256,7 +256,11 @@ pub struct Row {
     pub body: Value,
 }
 
-/// Every row of an outbox file, in seq order. Read while phygate is stopped or running (WAL
+/// The acknowledged watermark of an outbox file, as SQL: rows at or below it are acknowledged
+/// and wait to be removed (0 in a file from before it existed).
+pub const ACKED: &str = "(SELECT coalesce((SELECT value FROM meta WHERE key = 'acked'), 0))";
+
+/// Every live row of an outbox file (above the acknowledged watermark), in seq order. Read while phygate is stopped or running (WAL
 /// lets a reader in beside the writer); a missing file is an empty outbox.
 pub fn outbox_rows(db: &Path) -> Vec<Row> {
     if !db.exists() {
@@ -267,7 +271,9 @@ pub fn outbox_rows(db: &Path) -> Vec<Row> {
             .unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut q = conn
-        .prepare("SELECT seq, id, priority, body FROM outbox ORDER BY seq")
+        .prepare(&format!(
+            "SELECT seq, id, priority, body FROM outbox WHERE seq > {ACKED} ORDER BY seq"
+        ))
         .unwrap();
     let rows = q
         .query_map([], |r| {
@@ -482,8 +488,12 @@ pub fn outbox_depth(db: &Path) -> u64 {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
-        .unwrap_or(0) as u64
+    conn.query_row(
+        &format!("SELECT count(*) FROM outbox WHERE seq > {ACKED}"),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap_or(0) as u64
 }
 
 /// Distinct codes for a scanner: `{prefix}-{i}` padded, so they never repeat within a run.

@@ -14,8 +14,14 @@
 //! max_packet_bytes = 16777216
 //!
 //! [store]
+//! kind = "sqlite"              # the default; or "postgres" (below)
 //! path = "hq.db"               # SQLite, created if missing
 //! synchronous = "full"         # or "normal"
+//!
+//! # [store]                    # several consumers sharing a group share one PostgreSQL
+//! # kind = "postgres"
+//! # url = "postgresql://phygate@db.hq:5432/journey"   # no password in the URL
+//! # password_file = "/etc/phygate/pg.password"        # or password_env = "PGPASSWORD"
 //!
 //! [loss]
 //! grace = "60s"                # how long a seq hole may wait for late events
@@ -36,7 +42,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sink::config::{RawSink, SinkConfig};
+use crate::sink::config::{RawSink, Secret, SinkConfig};
 use crate::store::sqlite::Synchronous;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +76,35 @@ pub struct MqttConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub path: PathBuf,
-    pub synchronous: Synchronous,
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    Sqlite {
+        path: PathBuf,
+        synchronous: Synchronous,
+    },
+    Postgres(PgConfig),
+}
+
+/// Where the PostgreSQL journey store is. The password is kept apart from the URL, read from
+/// a file or the environment, so that it shows in no process list, log or `check-config`.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// A libpq-style URL without a password.
+    pub url: String,
+    pub password: Option<Secret>,
+}
+
+impl StoreConfig {
+    /// For log lines: the file, or the URL (which holds no password).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            StoreBackend::Sqlite { path, .. } => path.display().to_string(),
+            StoreBackend::Postgres(pg) => pg.url.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -108,22 +141,15 @@ struct RawMqtt {
     max_packet_bytes: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    #[serde(default = "default_store_path")]
-    path: PathBuf,
-    #[serde(default = "default_synchronous")]
-    synchronous: String,
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            path: default_store_path(),
-            synchronous: default_synchronous(),
-        }
-    }
+    kind: Option<String>,
+    path: Option<PathBuf>,
+    synchronous: Option<String>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,9 +201,6 @@ fn default_max_packet() -> u32 {
 }
 fn default_store_path() -> PathBuf {
     "hq.db".into()
-}
-fn default_synchronous() -> String {
-    "full".into()
 }
 /// A minute: far more than a batch takes between two consumers of a group, short enough
 /// for an alarm.
@@ -233,16 +256,6 @@ impl Config {
         if m.receive_maximum == 0 {
             problems.push("mqtt.receive_maximum: at least 1".into());
         }
-        let synchronous = match raw.store.synchronous.as_str() {
-            "full" => Synchronous::Full,
-            "normal" => Synchronous::Normal,
-            other => {
-                problems.push(format!(
-                    "store.synchronous {other:?}: \"full\" or \"normal\""
-                ));
-                Synchronous::Full
-            }
-        };
         let status = match raw.status {
             None => None,
             Some(s) => match s.listen.parse::<SocketAddr>() {
@@ -257,6 +270,7 @@ impl Config {
             },
         };
         let base = path.parent().unwrap_or(Path::new("."));
+        let store = validate_store(raw.store, base, &mut problems);
         let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
         if !problems.is_empty() {
             return Err(err(problems.join("\n  ")));
@@ -272,15 +286,100 @@ impl Config {
                 receive_maximum: m.receive_maximum,
                 max_packet_bytes: m.max_packet_bytes,
             },
-            store: StoreConfig {
-                path: base.join(raw.store.path),
-                synchronous,
-            },
+            store,
             loss_grace: raw.loss.grace,
             status,
             sinks,
         })
     }
+}
+
+/// A secret from exactly one of a file (relative to `base`) or an environment variable,
+/// trimmed; `Ok(None)` when neither is given. `at` names the table in errors.
+pub(crate) fn read_secret(
+    file: Option<&Path>,
+    env: Option<&str>,
+    base: &Path,
+    at: &str,
+) -> Result<Option<Secret>, String> {
+    let text = match (file, env) {
+        (None, None) => return Ok(None),
+        (Some(file), None) => std::fs::read_to_string(base.join(file))
+            .map_err(|e| format!("{at}: {}: {e}", file.display()))?,
+        (None, Some(var)) => std::env::var(var).map_err(|_| format!("{at}: ${var} is not set"))?,
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{at}: exactly one of the file or the environment variable"
+            ))
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("{at}: the secret is empty"));
+    }
+    Ok(Some(Secret(text.to_owned())))
+}
+
+fn validate_store(raw: RawStore, base: &Path, problems: &mut Vec<String>) -> StoreConfig {
+    let kind = raw.kind.as_deref().unwrap_or("sqlite");
+    let sqlite_keys = raw.path.is_some() || raw.synchronous.is_some();
+    let pg_keys = raw.url.is_some() || raw.password_file.is_some() || raw.password_env.is_some();
+    let backend = match kind {
+        "postgres" => {
+            if sqlite_keys {
+                problems.push(
+                    "store: path and synchronous are SQLite's; kind = \"postgres\" takes url"
+                        .into(),
+                );
+            }
+            let url = raw.url.unwrap_or_default();
+            match url.parse::<::postgres::Config>() {
+                Ok(c) if c.get_password().is_some() => problems.push(
+                    "store.url: holds a password; put it in password_file or password_env".into(),
+                ),
+                Ok(_) => {}
+                Err(e) => problems.push(format!(
+                    "store.url {url:?}: {e} (e.g. \"postgresql://phygate@127.0.0.1:5432/journey\")"
+                )),
+            }
+            let password = read_secret(
+                raw.password_file.as_deref(),
+                raw.password_env.as_deref(),
+                base,
+                "store.password",
+            )
+            .unwrap_or_else(|e| {
+                problems.push(e);
+                None
+            });
+            StoreBackend::Postgres(PgConfig { url, password })
+        }
+        other => {
+            if other != "sqlite" {
+                problems.push(format!("store.kind {other:?}: \"sqlite\" or \"postgres\""));
+            }
+            if pg_keys {
+                problems.push(
+                    "store: url and password_* are PostgreSQL's; set kind = \"postgres\"".into(),
+                );
+            }
+            let synchronous = match raw.synchronous.as_deref().unwrap_or("full") {
+                "full" => Synchronous::Full,
+                "normal" => Synchronous::Normal,
+                other => {
+                    problems.push(format!(
+                        "store.synchronous {other:?}: \"full\" or \"normal\""
+                    ));
+                    Synchronous::Full
+                }
+            };
+            StoreBackend::Sqlite {
+                path: base.join(raw.path.unwrap_or_else(default_store_path)),
+                synchronous,
+            }
+        }
+    };
+    StoreConfig { backend }
 }
 
 #[cfg(test)]
@@ -295,7 +394,9 @@ mod tests {
     fn the_smallest_config_takes_the_defaults() {
         let c = parse("[mqtt]\n").unwrap();
         assert_eq!(c.mqtt.group, "journey");
-        assert_eq!(c.store.path, Path::new("/etc/phygate/hq.db"));
+        assert!(
+            matches!(&c.store.backend, StoreBackend::Sqlite { path, .. } if path == Path::new("/etc/phygate/hq.db"))
+        );
         assert_eq!(c.loss_grace, Duration::from_secs(60));
         assert!(c.status.is_none());
     }
@@ -358,5 +459,48 @@ mod tests {
         ] {
             assert!(e.contains(needle), "{needle} missing from {e}");
         }
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_from_a_file_and_refuses_one_in_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg.password"), "pw\n").unwrap();
+        let text = "[mqtt]\n[store]\nkind = \"postgres\"\nurl = \"postgresql://hq@127.0.0.1:5432/journey\"\npassword_file = \"pg.password\"\n";
+        let c = Config::parse(text, &dir.path().join("hq.toml")).unwrap();
+        let StoreBackend::Postgres(pg) = &c.store.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!(pg.password.as_ref().unwrap().0, "pw");
+        assert!(
+            !format!("{c:?}").contains("pw\""),
+            "check-config would print it"
+        );
+        let e = parse("[mqtt]\n[store]\nkind = \"postgres\"\nurl = \"postgresql://hq:pw@h/j\"\nsynchronous = \"full\"\n")
+            .unwrap_err()
+            .to_string();
+        for needle in ["holds a password", "path and synchronous are SQLite's"] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+        let e = parse("[mqtt]\n[store]\nkind = \"mysql\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.kind"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_is_the_webhooks_choice_only() {
+        let sink = |kind: &str, extra: &str| {
+            format!("[mqtt]\n[[sink]]\nname = \"x\"\nkind = \"{kind}\"\nurl = \"http://h/in\"\napi_key_env = \"PATH\"\n{extra}")
+        };
+        let c = parse(&sink("webhook", "anonymous = true\n")).unwrap();
+        assert!(c.sinks[0].anonymous);
+        assert!(
+            !parse(&sink("webhook", "")).unwrap().sinks[0].anonymous,
+            "off unless asked"
+        );
+        let e = parse(&sink("braze", "anonymous = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("anonymous is the webhook's choice"), "{e}");
     }
 }

@@ -26,8 +26,9 @@ const RETAINED_QUIET: Duration = Duration::from_millis(400);
 pub struct Source {
     /// `host:port` of the broker the stores publish to.
     pub broker: String,
-    /// The SQLite journey store.
-    pub store_path: PathBuf,
+    /// The SQLite journey store; `None` with PostgreSQL, which this view does not read yet
+    /// (it then shows the broker's statuses alone).
+    pub store_path: Option<PathBuf>,
 }
 
 impl Source {
@@ -35,7 +36,10 @@ impl Source {
     pub fn of(config: &crate::config::Config) -> Source {
         Source {
             broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
-            store_path: config.store.path.clone(),
+            store_path: match &config.store.backend {
+                crate::config::StoreBackend::Sqlite { path, .. } => Some(path.clone()),
+                crate::config::StoreBackend::Postgres(_) => None,
+            },
         }
     }
 }
@@ -88,8 +92,7 @@ pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
         row.since = field("since");
         row.version = field("version");
     }
-    if source.store_path.exists() {
-        let path = source.store_path.clone();
+    if let Some(path) = source.store_path.clone().filter(|p| p.exists()) {
         let stored = tokio::task::spawn_blocking(move || from_journey_store(&path)).await??;
         for (tenant, store, gateway, seq, last, config) in stored {
             let row = row(&mut rows, &tenant, &store);

@@ -1,7 +1,7 @@
 //! phygate-hq: HQ's side of phygate. The fleet's events flow one way:
 //!
 //! ```text
-//! stores ─MQTT─► broker ─$share/{group}─► consumer ─Delivery─► writer ─► journey store (SQLite)
+//! stores ─MQTT─► broker ─$share/{group}─► consumer ─Delivery─► writer ─► journey store (SQLite | PostgreSQL)
 //!                        ◄── PUBACK once committed ──┘            │ dedupe (gateway, id)
 //!                                                                 │ seq accounting → lost
 //!                                   journey engines ◄─HTTP─ sinks ◄─ cursor per sink (events.n)
@@ -13,9 +13,11 @@
 //! - [`writer`]: the journey store's only owner; group commits, then settles each message.
 //! - [`seq`]: per gateway `seq` accounting: holes, announced evictions, losses. Pure.
 //! - [`journey`]: each identified user's stage, visit and latest diagnosis. Pure.
-//! - [`store`]: the [`store::JourneyStore`] and [`store::SinkLedger`] traits and their SQLite
-//!   implementation.
-//! - [`sink`]: Braze and Amplitude, each fed from its durable cursor, never twice unannounced.
+//! - [`store`]: the [`store::JourneyStore`] and [`store::SinkLedger`] traits, in SQLite (one
+//!   consumer) and PostgreSQL (several consumers of one group: commit-ordered `n`, merged
+//!   accounting, one consumer per sink).
+//! - [`sink`]: Braze, Amplitude and a signed CloudEvents webhook, each fed from its durable
+//!   cursor, never twice unannounced.
 //! - [`metrics`] and [`status`]: the counters and the `/metrics`, `/healthz` endpoint.
 //! - [`control`]: the engineer's fleet controls (keys, members, config, commands).
 //! - [`fleet`]: every store's status, last event and losses (`stores`, `/stores`).

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use phygate_hq::config::Config;
-use phygate_hq::store::sqlite::SqliteStore;
 use phygate_hq::store::JourneyStore;
 
 #[derive(Parser)]
@@ -138,7 +137,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open(config: &std::path::Path) -> anyhow::Result<SqliteStore> {
+fn open(config: &std::path::Path) -> anyhow::Result<Box<dyn JourneyStore>> {
     let c = Config::load(config)?;
-    Ok(SqliteStore::open(&c.store.path, c.store.synchronous)?)
+    Ok(phygate_hq::store::open_journey(&c.store)?)
 }

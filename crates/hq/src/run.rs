@@ -13,19 +13,25 @@ use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::metrics::Stats;
 use crate::sink::runner::SinkRunner;
-use crate::store::sqlite::SqliteStore;
 use crate::writer::Writer;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&config.store.path, config.store.synchronous)
-        .with_context(|| format!("opening the journey store {}", config.store.path.display()))?;
-    info!(store = %config.store.path.display(), "journey store open");
     let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
     // Holds what the broker may have in flight to us, twice over (a reconnect's redeliveries
     // while the old ones are still queued): the consumer rarely waits on it.
     let (tx, rx) = flume::bounded(2 * config.mqtt.receive_maximum as usize);
-    let writer = Writer::new(Box::new(store), rx, config.loss_grace, stats.clone())
-        .context("loading the seq accounting")?;
+    // Opening the store and loading the accounting block (PostgreSQL's client even runs a
+    // runtime of its own, which tokio refuses on its workers): off the async workers.
+    let (store_config, grace, writer_stats) =
+        (config.store.clone(), config.loss_grace, stats.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let store = crate::store::open_journey(&store_config)
+            .with_context(|| format!("opening the journey store {}", store_config.describe()))?;
+        Writer::new(store, rx, grace, writer_stats).context("loading the seq accounting")
+    })
+    .await
+    .context("opening the journey store")??;
+    info!(store = %config.store.describe(), "journey store open");
     let writer = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run())
@@ -42,12 +48,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped.clone()).run());
     // Each sink reads the store through its own connection (WAL: readers do not block the
-    // writer), at its own pace: a throttled engine slows only its sink.
+    // writer), at its own pace: a throttled engine slows only its sink. With PostgreSQL, the
+    // connection also holds the sink's claim: one consumer of the group drives it at a time.
     let mut sinks = Vec::new();
     for sink in &config.sinks {
-        let ledger = SqliteStore::open(&config.store.path, config.store.synchronous)
+        let store_config = config.store.clone();
+        let ledger = tokio::task::spawn_blocking(move || crate::store::open_ledger(&store_config))
+            .await
+            .context("opening the journey store")?
             .with_context(|| format!("opening the journey store for sink {}", sink.name))?;
-        let runner = SinkRunner::new(sink, Box::new(ledger), stats.clone(), stopped.clone())?;
+        let runner = SinkRunner::new(sink, ledger, stats.clone(), stopped.clone())?;
         info!(sink = %sink.name, kind = ?sink.kind, url = %sink.url, "sink configured");
         sinks.push(tokio::spawn(runner.run()));
     }

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::ingest::{self, Accepted, GatewayKey, Parked};
 use crate::metrics::{GatewayFigures, Shared};
 use crate::seq::GatewaySeq;
-use crate::store::{Group, JourneyStore, StoreError};
+use crate::store::{Expired, Group, JourneyStore, StoreError};
 
 /// Messages committed in one transaction at most: bounds a commit's latency and memory.
 pub const MAX_GROUP: usize = 256;
@@ -108,10 +108,7 @@ impl Writer {
         let mut touched: Vec<GatewayKey> = Vec::new();
         for e in &accepted {
             let g = self.gateways.entry(e.gateway.clone()).or_default();
-            let mut late = g.receive(e.seq, now);
-            if let Some(ranges) = &e.evicted {
-                late += g.announce(ranges);
-            }
+            let late = crate::store::account(g, e, now);
             if late > 0 {
                 info!(gateway = %e.gateway, late, seq = e.seq, "events declared lost arrived late: loss retracted");
             }
@@ -128,6 +125,10 @@ impl Writer {
         let messages = group.len() as u64;
         match result {
             Ok(done) => {
+                // A shared store's accounting includes the other consumers' events.
+                for (k, g) in done.gateways {
+                    self.gateways.insert(k, g);
+                }
                 for d in group {
                     // The consumer may have moved to a new connection: then nobody waits.
                     let _ = d.done.send(());
@@ -159,37 +160,37 @@ impl Writer {
     }
 
     fn expire(&mut self) {
-        let now = now_ms();
-        let grace = self.grace.as_millis() as u64;
-        let mut changed = Vec::new();
-        for (k, g) in self.gateways.iter_mut() {
-            let newly = g.expire(now, grace);
-            if !newly.is_empty() {
-                let count: u64 = newly.iter().map(|[a, b]| b - a + 1).sum();
-                warn!(
-                    tenant = %k.tenant,
-                    store = %k.store,
-                    gateway = %k.gateway,
-                    lost = count,
-                    lost_total = g.lost(),
-                    seqs = ?newly,
-                    "events lost: seq numbers never arrived and were not announced as evicted"
-                );
-                changed.push(k.clone());
-            }
-        }
-        if changed.is_empty() {
-            return;
-        }
-        let list: Vec<_> = changed.iter().map(|k| (k, &self.gateways[k])).collect();
-        if let Err(e) = self.store.save_gateways(&list) {
-            // Still reported (log, metric); the next tick's save or commit writes it again.
-            error!(error = %e, "saving the lost ranges failed");
-        }
+        let expired =
+            match self
+                .store
+                .expire(&self.gateways, now_ms(), self.grace.as_millis() as u64)
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    // Nothing declared: the next tick tries again.
+                    error!(error = %e, "declaring the expired holes lost failed");
+                    return;
+                }
+            };
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &changed {
-            s.gateways
-                .insert(k.clone(), GatewayFigures::of(&self.gateways[k]));
+        for Expired {
+            key: k,
+            seq: g,
+            newly,
+        } in expired
+        {
+            let count: u64 = newly.iter().map(|[a, b]| b - a + 1).sum();
+            warn!(
+                tenant = %k.tenant,
+                store = %k.store,
+                gateway = %k.gateway,
+                lost = count,
+                lost_total = g.lost(),
+                seqs = ?newly,
+                "events lost: seq numbers never arrived and were not announced as evicted"
+            );
+            s.gateways.insert(k.clone(), GatewayFigures::of(&g));
+            self.gateways.insert(k, g);
         }
     }
 

@@ -240,13 +240,14 @@ fn sink(name: &str, kind: SinkKind, addr: SocketAddr) -> SinkConfig {
         url: format!("http://{addr}"),
         api_key: Secret(match kind {
             SinkKind::Braze => "braze-key".into(),
-            SinkKind::Amplitude => "amp-key".into(),
+            _ => "amp-key".into(),
         }),
         batch: usize::MAX,
         timeout: Duration::from_secs(10),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         poll: Duration::from_millis(20),
+        anonymous: false,
         mapping: Mapping::default(),
     }
 }

@@ -5,7 +5,7 @@
 //! ```toml
 //! [[sink]]
 //! name = "braze"                       # the cursor's name: renaming it starts from the beginning
-//! kind = "braze"                       # or "amplitude"
+//! kind = "braze"                       # or "amplitude", or "webhook"
 //! url = "https://rest.iad-01.braze.com"
 //! api_key_file = "/etc/phygate/braze.key"   # or api_key_env = "BRAZE_API_KEY"
 //! batch = 75                           # events per request, capped by the engine's limit
@@ -13,6 +13,7 @@
 //! backoff_min = "1s"
 //! backoff_max = "5m"
 //! poll = "500ms"                       # how often to look for new events when caught up
+//! anonymous = false                    # webhook only: also send events without a userid
 //!
 //! [sink.map."store.skin.diagnosed"]    # overrides the default mapping of one type
 //! event = "Skin Diagnosed"
@@ -31,11 +32,14 @@ use super::amplitude::Amplitude;
 use super::braze::Braze;
 use super::engine::Engine;
 use super::mapping::{Mapping, Rule};
+use super::webhook::Webhook;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkKind {
     Braze,
     Amplitude,
+    /// Any endpoint, CloudEvents over HTTP, signed; the key is the HMAC secret.
+    Webhook,
 }
 
 /// An API key; its `Debug` does not show it.
@@ -59,6 +63,8 @@ pub struct SinkConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub poll: Duration,
+    /// Webhook: whether events without a `userid` go too (Braze never, Amplitude always).
+    pub anonymous: bool,
     pub mapping: Mapping,
 }
 
@@ -75,6 +81,11 @@ impl SinkConfig {
                 base_url,
                 api_key,
                 batch,
+            }),
+            SinkKind::Webhook => Box::new(Webhook {
+                url: base_url,
+                secret: api_key,
+                anonymous: self.anonymous,
             }),
         }
     }
@@ -97,6 +108,7 @@ pub(crate) struct RawSink {
     backoff_max: Duration,
     #[serde(default = "default_poll", with = "humantime_serde")]
     poll: Duration,
+    anonymous: Option<bool>,
     #[serde(default)]
     map: BTreeMap<String, RawRule>,
 }
@@ -145,27 +157,31 @@ pub(crate) fn validate(
         let kind = match r.kind.as_str() {
             "braze" => SinkKind::Braze,
             "amplitude" => SinkKind::Amplitude,
+            "webhook" => SinkKind::Webhook,
             other => {
-                problems.push(format!("{at}: kind {other:?}: \"braze\" or \"amplitude\""));
+                problems.push(format!(
+                    "{at}: kind {other:?}: \"braze\", \"amplitude\" or \"webhook\""
+                ));
                 SinkKind::Braze
             }
         };
+        if r.anonymous.is_some() && kind != SinkKind::Webhook {
+            problems.push(format!(
+                "{at}: anonymous is the webhook's choice; Braze never takes anonymous events, Amplitude always does"
+            ));
+        }
         if !(r.url.starts_with("https://") || r.url.starts_with("http://")) {
             problems.push(format!("{at}: url {:?}: an http(s) URL", r.url));
         }
-        let key = match (&r.api_key_file, &r.api_key_env) {
-            (Some(file), None) => std::fs::read_to_string(base.join(file))
-                .map(|k| k.trim().to_owned())
-                .map_err(|e| format!("{at}: api_key_file {}: {e}", file.display())),
-            (None, Some(var)) => std::env::var(var)
-                .map(|k| k.trim().to_owned())
-                .map_err(|_| format!("{at}: api_key_env: ${var} is not set")),
-            _ => Err(format!("{at}: exactly one of api_key_file or api_key_env")),
-        };
-        let key = match key {
-            Ok(k) if !k.is_empty() => k,
-            Ok(_) => {
-                problems.push(format!("{at}: the API key is empty"));
+        let key = match crate::config::read_secret(
+            r.api_key_file.as_deref(),
+            r.api_key_env.as_deref(),
+            base,
+            &format!("{at}: api_key"),
+        ) {
+            Ok(Some(k)) => k.0,
+            Ok(None) => {
+                problems.push(format!("{at}: exactly one of api_key_file or api_key_env"));
                 String::new()
             }
             Err(e) => {
@@ -209,6 +225,7 @@ pub(crate) fn validate(
             backoff_min: r.backoff_min,
             backoff_max: r.backoff_max,
             poll: r.poll,
+            anonymous: r.anonymous.unwrap_or(false),
             mapping,
         });
     }

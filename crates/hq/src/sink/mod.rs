@@ -1,14 +1,15 @@
 //! The sinks: each journey engine gets the journey store's events once, in commit order.
 //!
 //! ```text
-//! events (n) ─► runner: read above the cursor ─► mapping ─► engine request ─HTTP─► Braze / Amplitude
+//! events (n) ─► runner: read above the cursor ─► mapping ─► engine request ─HTTP─► Braze / Amplitude / webhook
 //!                 ▲                                                  │
 //!                 └──── cursor + parked, one transaction ◄─ verdict ─┘
 //! ```
 //!
 //! - [`mapping`]: event type → the engine's event name, properties and user attributes. Pure.
 //! - [`engine`]: the request and answer as data, and the [`engine::Verdict`] an answer means.
-//! - [`braze`], [`amplitude`]: each engine's rules (limits, partial errors, reset headers). Pure.
+//! - [`braze`], [`amplitude`], [`webhook`]: each engine's rules (limits, partial errors, reset
+//!   headers, the webhook's CloudEvents and signature). Pure.
 //! - [`runner`]: the I/O shell: the durable cursor, retries and backoff, the in-flight mark
 //!   that makes an unknown fate an announced (`ambiguous`) repeat.
 //! - [`config`]: `[[sink]]` in `hq.toml`, with the API key from a file or the environment.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod mapping;
 pub mod runner;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -33,6 +33,8 @@ use crate::store::{SinkLedger, SinkParked, SinkPosition, StoreError};
 const READ_AHEAD: usize = 4_000;
 /// Pause after the journey store failed a read or a write.
 const STORE_PAUSE: Duration = Duration::from_secs(1);
+/// How often a consumer standing by tries to take a sink that another one drives.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
 /// The longest an engine's reset header may make us wait before trying again.
 const MAX_RESET_WAIT: Duration = Duration::from_secs(3_600);
 
@@ -41,6 +43,13 @@ pub enum SinkError {
     /// The HTTP client could not be built (TLS roots): the sink cannot run; fix the host.
     #[error("sink {0}: HTTP client: {1}")]
     Client(String, reqwest::Error),
+}
+
+/// Why forwarding stopped.
+enum Halt {
+    Stopped,
+    /// Another consumer may drive the sink now: claim it again before going on.
+    ClaimLost,
 }
 
 /// A request that got no answer.
@@ -118,26 +127,69 @@ impl SinkRunner {
     }
 
     /// Forwards until the stop signal. A request already sent is answered (or times out)
-    /// before it stops, so a clean stop never leaves a fate unknown.
+    /// before it stops, so a clean stop never leaves a fate unknown. While another consumer
+    /// drives the sink (a shared PostgreSQL store), this one stands by and takes over when
+    /// that one's claim ends, from the durable cursor.
     pub async fn run(mut self) -> Result<(), SinkError> {
-        let mut cursor = loop {
+        while let Some(cursor) = self.claim().await {
+            info!(sink = %self.name, cursor, "sink started");
+            match self.forward(cursor).await {
+                Halt::Stopped => break,
+                Halt::ClaimLost => {
+                    warn!(sink = %self.name, "the sink's claim was lost with its store connection; claiming it again")
+                }
+            }
+        }
+        info!(sink = %self.name, "sink stopped");
+        Ok(())
+    }
+
+    /// Waits for the claim on the sink, then reads its cursor; `None` when stopped first.
+    async fn claim(&mut self) -> Option<u64> {
+        // What is in doubt is the stored in-flight mark's to say: another consumer may have
+        // settled it meanwhile.
+        self.uncertain = false;
+        let mut standing_by = false;
+        loop {
+            match self.ledger.call(|l, s| l.claim(s)).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    if !std::mem::replace(&mut standing_by, true) {
+                        info!(sink = %self.name, "another consumer drives this sink: standing by");
+                    }
+                    if self.pause(CLAIM_RETRY.max(self.poll)).await {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    error!(sink = %self.name, error = %e, "claiming the sink failed");
+                    if self.pause(STORE_PAUSE).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        loop {
             match self.ledger.call(|l, s| l.sink_position(s)).await {
                 Ok(SinkPosition { cursor, inflight }) => {
                     if let Some(upto) = inflight {
                         warn!(sink = %self.name, cursor, upto, "a request was out when the sink last stopped: it is sent again and counted as ambiguous");
                         self.uncertain = true;
                     }
-                    break cursor;
+                    return Some(cursor);
                 }
                 Err(e) => {
                     error!(sink = %self.name, error = %e, "reading the sink's cursor failed");
                     if self.pause(STORE_PAUSE).await {
-                        return Ok(());
+                        return None;
                     }
                 }
             }
-        };
-        info!(sink = %self.name, cursor, "sink started");
+        }
+    }
+
+    /// The forwarding loop, from `cursor`, until stopped or the claim is lost.
+    async fn forward(&mut self, mut cursor: u64) -> Halt {
         while !*self.stop.borrow() {
             let rows = match self
                 .ledger
@@ -145,6 +197,7 @@ impl SinkRunner {
                 .await
             {
                 Ok(rows) => rows,
+                Err(StoreError::ClaimLost(_)) => return Halt::ClaimLost,
                 Err(e) => {
                     error!(sink = %self.name, error = %e, "reading events failed");
                     if self.pause(STORE_PAUSE).await {
@@ -163,12 +216,11 @@ impl SinkRunner {
             let (batch, covered, skipped) = self.take_batch(&rows);
             self.count(|f| f.skipped += skipped);
             match self.deliver(batch, covered).await {
-                Some(done) => cursor = done,
-                None => break,
+                Ok(done) => cursor = done,
+                Err(halt) => return halt,
             }
         }
-        info!(sink = %self.name, cursor, "sink stopped");
-        Ok(())
+        Halt::Stopped
     }
 
     /// The next request's events from `rows`, the `n` up to which they cover the rows (the
@@ -193,8 +245,8 @@ impl SinkRunner {
     }
 
     /// Sends `batch` (covering the rows up to `covered`) until the engine has answered for
-    /// every event; returns the new cursor, or `None` when stopped first.
-    async fn deliver(&mut self, mut batch: Vec<Mapped>, mut covered: u64) -> Option<u64> {
+    /// every event; returns the new cursor, or why it halted first.
+    async fn deliver(&mut self, mut batch: Vec<Mapped>, mut covered: u64) -> Result<u64, Halt> {
         let mut parked: Vec<SinkParked> = Vec::new();
         loop {
             // Keep under the engine's byte cap by halving; one event too large is parked.
@@ -220,9 +272,7 @@ impl SinkRunner {
             if batch.is_empty() {
                 return self.advance(covered, parked, 0).await;
             }
-            if !self.mark_inflight(Some(covered)).await {
-                return None;
-            }
+            self.mark_inflight(Some(covered)).await?;
             if std::mem::take(&mut self.uncertain) {
                 let events = batch.len() as u64;
                 self.count(|f| {
@@ -236,7 +286,7 @@ impl SinkRunner {
                 Err(SendError::Unsent(e)) => {
                     warn!(sink = %self.name, error = %e, "request not sent; retrying");
                     self.count(|f| f.retries += 1);
-                    self.mark_inflight(None).await;
+                    self.mark_inflight(None).await?;
                     self.backoff.next_wait()
                 }
                 Err(SendError::Unknown(e)) => {
@@ -261,7 +311,7 @@ impl SinkRunner {
                             i += 1;
                             !refused.iter().any(|r| r.0 == i - 1)
                         });
-                        self.mark_inflight(None).await;
+                        self.mark_inflight(None).await?;
                         continue;
                     }
                     Verdict::Retry {
@@ -276,7 +326,7 @@ impl SinkRunner {
                                 f.retries += 1
                             }
                         });
-                        self.mark_inflight(None).await;
+                        self.mark_inflight(None).await?;
                         let wait = match at {
                             Some(t) => t
                                 .duration_since(SystemTime::now())
@@ -290,11 +340,11 @@ impl SinkRunner {
                     Verdict::Misconfigured(reason) => {
                         error!(sink = %self.name, %reason, "the engine refuses our credentials or URL: fix the sink's config; retrying");
                         self.count(|f| f.retries += 1);
-                        self.mark_inflight(None).await;
+                        self.mark_inflight(None).await?;
                         self.backoff.next_wait()
                     }
                     Verdict::Split(reason) => {
-                        self.mark_inflight(None).await;
+                        self.mark_inflight(None).await?;
                         if batch.len() == 1 {
                             let e = batch.remove(0);
                             warn!(sink = %self.name, id = %e.id, %reason, "event refused for good: parked");
@@ -314,7 +364,7 @@ impl SinkRunner {
                 },
             };
             if self.pause(wait).await {
-                return None;
+                return Err(Halt::Stopped);
             }
         }
     }
@@ -349,7 +399,12 @@ impl SinkRunner {
 
     /// Moves the cursor to `to` with `parked`, retrying the store until it takes it: the
     /// engine has these events, so reading them again would send them twice.
-    async fn advance(&mut self, to: u64, parked: Vec<SinkParked>, forwarded: u64) -> Option<u64> {
+    async fn advance(
+        &mut self,
+        to: u64,
+        parked: Vec<SinkParked>,
+        forwarded: u64,
+    ) -> Result<u64, Halt> {
         let count = parked.len() as u64;
         for p in &parked {
             warn!(sink = %self.name, n = p.n, id = %p.id, reason = %p.reason, "event parked for this sink");
@@ -364,11 +419,13 @@ impl SinkRunner {
                 .await
             {
                 Ok(()) => break,
+                // The in-flight mark is still set: whoever drives the sink next counts the
+                // repeat.
+                Err(StoreError::ClaimLost(_)) => return Err(Halt::ClaimLost),
                 Err(e) => {
                     error!(sink = %self.name, error = %e, "moving the cursor failed; trying again");
                     if self.pause(STORE_PAUSE).await {
-                        // The in-flight mark is still set: the next start counts the repeat.
-                        return None;
+                        return Err(Halt::Stopped);
                     }
                 }
             }
@@ -378,18 +435,19 @@ impl SinkRunner {
             f.parked += count;
             f.cursor = to;
         });
-        Some(to)
+        Ok(to)
     }
 
-    /// Writes (or clears) the in-flight mark; `false` when stopped while the store fails.
-    async fn mark_inflight(&mut self, upto: Option<u64>) -> bool {
+    /// Writes (or clears) the in-flight mark, retrying the store until it takes it.
+    async fn mark_inflight(&mut self, upto: Option<u64>) -> Result<(), Halt> {
         loop {
             match self.ledger.call(move |l, s| l.sink_inflight(s, upto)).await {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
+                Err(StoreError::ClaimLost(_)) => return Err(Halt::ClaimLost),
                 Err(e) => {
                     error!(sink = %self.name, error = %e, "writing the in-flight mark failed");
                     if self.pause(STORE_PAUSE).await {
-                        return false;
+                        return Err(Halt::Stopped);
                     }
                 }
             }

@@ -1,10 +1,15 @@
 //! The journey store: every event once, the parked ones, each user's view, and each gateway's
-//! `seq` accounting, committed together. [`JourneyStore`] is what the writer needs; SQLite
-//! ([`sqlite::SqliteStore`]) is the one implementation today, so a single `phygate-hq` runs with
-//! nothing else installed. PostgreSQL, for several consumers sharing the work, comes next.
+//! `seq` accounting, committed together. [`JourneyStore`] is what the writer needs,
+//! [`SinkLedger`] what a sink needs. Two implementations: SQLite ([`sqlite::SqliteStore`]), the
+//! default, so a single `phygate-hq` runs with nothing else installed; and PostgreSQL
+//! ([`postgres::PgStore`]), for several consumers sharing one group and one store.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
+
+use crate::config::{StoreBackend, StoreConfig};
 use crate::ingest::{Accepted, GatewayKey, Parked};
 use crate::journey::UserView;
 use crate::seq::GatewaySeq;
@@ -15,6 +20,14 @@ pub enum StoreError {
     /// messages unacknowledged so that the broker sends them again.
     #[error("journey store: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL refused a read or a write, or the connection failed: the same as `Db`; the
+    /// next call connects again.
+    #[error("journey store (PostgreSQL): {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The connection that held this sink's claim ended, so another consumer may drive the
+    /// sink now: stop forwarding, claim it again, and re-read the cursor.
+    #[error("journey store: the claim on sink {0} was lost with its connection")]
+    ClaimLost(String),
     /// A stored row does not read back (an older or foreign schema): check the file.
     #[error("journey store: {0}")]
     Corrupt(String),
@@ -32,12 +45,57 @@ pub struct Group<'a> {
 }
 
 /// What a commit did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Committed {
     /// Events stored for the first time.
     pub fresh: u64,
     /// Events already stored (same gateway and id): resends, not stored again.
     pub duplicates: u64,
+    /// The accounting of the touched gateways as the store now has it, when that differs from
+    /// the writer's own: a store shared with other consumers folds the events into what they
+    /// committed (PostgreSQL). Empty when the writer's accounting is the truth (SQLite).
+    pub gateways: Vec<(GatewayKey, GatewaySeq)>,
+}
+
+/// A gateway whose pending holes were declared lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub key: GatewayKey,
+    /// Its accounting after the change.
+    pub seq: GatewaySeq,
+    /// The ranges declared lost now.
+    pub newly: Vec<[u64; 2]>,
+}
+
+/// Folds event `e`, committed at `now_ms`, into its gateway's accounting; returns how many
+/// numbers it retracted from the lost ones. The one rule both the writer and a shared store
+/// apply, so the two cannot count differently.
+pub fn account(g: &mut GatewaySeq, e: &Accepted, now_ms: u64) -> u64 {
+    let mut late = g.receive(e.seq, now_ms);
+    if let Some(ranges) = &e.evicted {
+        late += g.announce(ranges);
+    }
+    late
+}
+
+/// Declares lost, on copies, the holes of `gateways` open for `grace_ms` by `now_ms`; returns
+/// the gateways that changed.
+pub fn expire_all<'a>(
+    gateways: impl Iterator<Item = (&'a GatewayKey, &'a GatewaySeq)>,
+    now_ms: u64,
+    grace_ms: u64,
+) -> Vec<Expired> {
+    gateways
+        .filter_map(|(key, g)| {
+            let mut seq = g.clone();
+            let newly = seq.expire(now_ms, grace_ms);
+            (!newly.is_empty()).then(|| Expired {
+                key: key.clone(),
+                seq,
+                newly,
+            })
+        })
+        .collect()
 }
 
 pub trait JourneyStore: Send {
@@ -47,8 +105,17 @@ pub trait JourneyStore: Send {
     /// skipped (the de-duplication rule), the others are stored and folded into their user's
     /// view; the parked ones and the gateways' accounting are written alongside.
     fn commit(&mut self, group: &Group<'_>) -> Result<Committed, StoreError>;
-    /// Writes gateways' accounting alone (holes declared lost by the clock).
-    fn save_gateways(&mut self, gateways: &[(&GatewayKey, &GatewaySeq)]) -> Result<(), StoreError>;
+    /// Declares lost the holes open for `grace_ms` by `now_ms` and writes the gateways that
+    /// changed; returns them. `local` is the writer's own accounting: the truth for a store
+    /// only it writes (SQLite). A store shared with other consumers (PostgreSQL) works on its
+    /// stored accounting instead, under the gateways' row locks, so that a hole another
+    /// consumer filled is not declared lost, and each loss is declared (and logged) once.
+    fn expire(
+        &mut self,
+        local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<Expired>, StoreError>;
     /// The views of user `userid`, one per tenant that knows it.
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError>;
 }
@@ -74,6 +141,13 @@ pub struct SinkParked {
 /// What a sink runner needs from the journey store: its durable cursor, the events above it
 /// in commit order, and its parked events. Each sink holds its own connection.
 pub trait SinkLedger: Send {
+    /// Takes the right to drive `sink`; `false` while another consumer holds it. A store that
+    /// one process alone uses (SQLite) always grants it. PostgreSQL holds the claim as long as
+    /// the ledger's connection lives; a later call that finds the connection gone answers
+    /// [`StoreError::ClaimLost`].
+    fn claim(&mut self, _sink: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     fn sink_position(&mut self, sink: &str) -> Result<SinkPosition, StoreError>;
     /// Up to `limit` events with `n` above `after`, in commit order: (`n`, the event as JSON).
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
@@ -92,4 +166,25 @@ pub trait SinkLedger: Send {
     ) -> Result<(), StoreError>;
     /// The events parked for `sink`, oldest first.
     fn sink_parked(&mut self, sink: &str) -> Result<Vec<SinkParked>, StoreError>;
+}
+
+/// Opens the configured store for the writer (and the `user` and `losses` commands).
+/// Blocking: call it off the async runtime.
+pub fn open_journey(config: &StoreConfig) -> Result<Box<dyn JourneyStore>, StoreError> {
+    Ok(match &config.backend {
+        StoreBackend::Sqlite { path, synchronous } => {
+            Box::new(sqlite::SqliteStore::open(path, *synchronous)?)
+        }
+        StoreBackend::Postgres(pg) => Box::new(postgres::PgStore::open(pg)?),
+    })
+}
+
+/// Opens a sink's own connection to the configured store. Blocking, like [`open_journey`].
+pub fn open_ledger(config: &StoreConfig) -> Result<Box<dyn SinkLedger>, StoreError> {
+    Ok(match &config.backend {
+        StoreBackend::Sqlite { path, synchronous } => {
+            Box::new(sqlite::SqliteStore::open(path, *synchronous)?)
+        }
+        StoreBackend::Postgres(pg) => Box::new(postgres::PgStore::open(pg)?),
+    })
 }

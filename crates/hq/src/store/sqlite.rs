@@ -10,7 +10,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Committed, Group, JourneyStore, SinkLedger, SinkParked, SinkPosition, StoreError};
+use super::{
+    Committed, Expired, Group, JourneyStore, SinkLedger, SinkParked, SinkPosition, StoreError,
+};
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
 use crate::seq::{GatewaySeq, Hole};
@@ -175,6 +177,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Writes gateways' accounting alone.
+    pub fn save_gateways(
+        &mut self,
+        gateways: &[(&GatewayKey, &GatewaySeq)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        Self::write_gateways(&tx, &mut self.ids, gateways)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 impl JourneyStore for SqliteStore {
     fn load_gateways(&mut self) -> Result<Vec<(GatewayKey, GatewaySeq)>, StoreError> {
         // Also the reset after a failed commit: ids cached in a rolled-back transaction go.
@@ -283,11 +298,19 @@ impl JourneyStore for SqliteStore {
         Ok(done)
     }
 
-    fn save_gateways(&mut self, gateways: &[(&GatewayKey, &GatewaySeq)]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        Self::write_gateways(&tx, &mut self.ids, gateways)?;
-        tx.commit()?;
-        Ok(())
+    fn expire(
+        &mut self,
+        local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<Expired>, StoreError> {
+        // The writer is this file's only writer: its accounting is the truth.
+        let expired = super::expire_all(local.iter(), now_ms, grace_ms);
+        if !expired.is_empty() {
+            let list: Vec<_> = expired.iter().map(|e| (&e.key, &e.seq)).collect();
+            self.save_gateways(&list)?;
+        }
+        Ok(expired)
     }
 
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError> {

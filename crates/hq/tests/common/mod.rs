@@ -1,7 +1,11 @@
 //! Real parts only: a real mosquitto on a free port (the gateway's test broker), the gateway's
 //! own outbox and uplink publishing to it in-process, and the built `phygate-hq` binary as a
-//! child process with its config and SQLite journey store in a temp dir.
+//! child process with its config and SQLite journey store in a temp dir. [`pg`] starts a real
+//! PostgreSQL, [`webhook`] a webhook receiver that checks signatures and counts repeats.
 #![allow(dead_code)]
+
+pub mod pg;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,16 +31,36 @@ pub struct Hq {
 }
 
 impl Hq {
-    /// Starts HQ on `broker_port` with a loss grace of `grace`, and waits until it subscribed.
+    /// Starts HQ on `broker_port` with a loss grace of `grace` and its SQLite store in `dir`,
+    /// and waits until it subscribed.
     pub fn start(dir: &Path, broker_port: u16, grace: &str) -> Hq {
+        let client_id = format!("hq-test-{broker_port}");
+        Hq::start_with(
+            dir,
+            broker_port,
+            grace,
+            &client_id,
+            "[store]\npath = \"hq.db\"\n",
+        )
+    }
+
+    /// The same with MQTT client id `client_id` and the config `tables` (`[store]`,
+    /// `[[sink]]`) appended.
+    pub fn start_with(
+        dir: &Path,
+        broker_port: u16,
+        grace: &str,
+        client_id: &str,
+        tables: &str,
+    ) -> Hq {
         std::fs::create_dir_all(dir).unwrap();
         let status_port = free_port().unwrap();
         let config = dir.join("hq.toml");
         std::fs::write(
             &config,
             format!(
-                "[mqtt]\nport = {broker_port}\nclient_id = \"hq-test-{broker_port}\"\nkeepalive = \"5s\"\n\
-                 [store]\npath = \"hq.db\"\n[loss]\ngrace = \"{grace}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n"
+                "[mqtt]\nport = {broker_port}\nclient_id = \"{client_id}\"\nkeepalive = \"5s\"\n\
+                 [loss]\ngrace = \"{grace}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n{tables}"
             ),
         )
         .unwrap();
@@ -71,11 +95,18 @@ impl Hq {
                 .unwrap(),
         );
         // Subscribed on a new session, or the broker resumed the old one.
-        wait_for(Duration::from_secs(20), "HQ subscribed", || {
-            self.log().matches("subscribed").count()
-                + self.log().matches("session_present=true").count()
-                > before
-        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log().matches("subscribed").count()
+            + self.log().matches("session_present=true").count()
+            <= before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for HQ to subscribe; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// kill -9: nothing flushed, nothing acknowledged on the way out.
@@ -141,6 +172,18 @@ impl Hq {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// The sum of metric `name` over its labels, as `/metrics` shows it now.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// The `/metrics` text.

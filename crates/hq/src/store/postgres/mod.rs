@@ -1,0 +1,494 @@
+//! The journey store in PostgreSQL, for several `phygate-hq` consumers sharing one share
+//! group (the broker spreads the messages, even one store's, across them) and one database.
+//! The same tables, the same de-duplication key (gateway, event id), the same user views and
+//! sink cursors as SQLite; three things differ because the writers are now concurrent:
+//!
+//! - **`events.n` is commit order.** The sinks read "events with `n` above my cursor". With a
+//!   `bigserial`, two writers could take 101 and 102, the second commit first, and a sink
+//!   reading in between would move its cursor past 101 before 101 is visible: skipped for
+//!   good. So `n` comes from the one row of `event_counter`, locked (`FOR UPDATE`) first in
+//!   every writer transaction and advanced in it. The next writer waits on that row lock until
+//!   this one commits, and PostgreSQL releases the locks only after the commit is visible: a
+//!   higher `n` is never visible before a lower one. It serialises the writers' transactions;
+//!   they write the same tables anyway, and each one carries a whole group of messages.
+//! - **Per-gateway `seq` accounting is merged, not overwritten.** Two consumers may commit the
+//!   same gateway's events. Each transaction locks the gateway rows (`SELECT … FOR UPDATE`, in
+//!   `gw` order so that writers and the expiry never deadlock), reads the stored accounting,
+//!   folds its own fresh events into it ([`super::account`]) and writes it back; the writer
+//!   adopts what is returned. The expiry of holes runs on the stored accounting too, under the
+//!   same locks, so a hole that the other consumer filled is never declared lost, and a loss
+//!   is declared (and logged) by one consumer only.
+//! - **One consumer drives a sink at a time.** [`crate::store::SinkLedger::claim`] takes a session-level
+//!   advisory lock (`pg_try_advisory_lock`) keyed by the sink's row id, on the sink's own
+//!   connection. The other consumers stand by and try again; when the holder dies, PostgreSQL
+//!   ends its session and the lock with it, and one of them takes over from the durable
+//!   cursor (an in-flight mark left behind makes its first request an announced repeat).
+//!
+//! Durability: PostgreSQL's own (`synchronous_commit`, on by default: a commit is flushed
+//! before it returns, and the writer acknowledges to the broker only after it).
+//! TLS to the database is not in yet: keep it on a trusted network or a local socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+mod ledger;
+
+use postgres::{Client, NoTls, Transaction};
+
+use super::{Committed, Expired, Group, JourneyStore, StoreError};
+use crate::config::PgConfig;
+use crate::ingest::GatewayKey;
+use crate::journey::UserView;
+use crate::seq::{GatewaySeq, Hole};
+
+/// The schema's version, in `phygate_schema`.
+const SCHEMA: i32 = 1;
+/// Serialises the schema's creation between consumers that start together.
+const SCHEMA_LOCK: i64 = 0x7068_7967_6174_6501;
+/// The first key of the sinks' advisory locks (the second is the sink's row id), so that they
+/// meet no other application's locks in a shared database.
+const SINK_LOCK_SPACE: i32 = 0x7067_6873;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS phygate_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gateways (
+    gw BIGSERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL, store TEXT NOT NULL, gateway TEXT NOT NULL,
+    low BIGINT, high BIGINT,
+    evicted BIGINT NOT NULL DEFAULT 0, late BIGINT NOT NULL DEFAULT 0,
+    early TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (tenant, store, gateway)
+);
+CREATE TABLE IF NOT EXISTS holes (
+    gw BIGINT NOT NULL, first BIGINT NOT NULL, last BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL, lost BOOLEAN NOT NULL,
+    PRIMARY KEY (gw, first)
+);
+CREATE INDEX IF NOT EXISTS holes_pending ON holes (since_ms) WHERE NOT lost;
+-- The last n given: locked by each writer transaction (see the module's doc).
+CREATE TABLE IF NOT EXISTS event_counter (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), n BIGINT NOT NULL
+);
+INSERT INTO event_counter (one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS events (
+    n BIGINT PRIMARY KEY,
+    gw BIGINT NOT NULL, id TEXT NOT NULL, seq BIGINT NOT NULL,
+    type TEXT NOT NULL, time TEXT NOT NULL, userid TEXT,
+    committed_ms BIGINT NOT NULL, body TEXT NOT NULL,
+    UNIQUE (gw, id)
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (userid) WHERE userid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS users (
+    tenant TEXT NOT NULL, userid TEXT NOT NULL, view TEXT NOT NULL,
+    PRIMARY KEY (tenant, userid)
+);
+CREATE TABLE IF NOT EXISTS parked (
+    n BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, reason TEXT NOT NULL, body TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+-- id: the sink's advisory lock key.
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink TEXT PRIMARY KEY, id SERIAL UNIQUE, n BIGINT NOT NULL, inflight BIGINT
+);
+CREATE TABLE IF NOT EXISTS sink_parked (
+    sink TEXT NOT NULL, n BIGINT NOT NULL, id TEXT NOT NULL, reason TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (sink, n)
+);
+";
+
+pub struct PgStore {
+    config: postgres::Config,
+    /// `None` after the connection was found closed: the next call connects again.
+    client: Option<Client>,
+    /// The sink this connection holds the advisory lock of.
+    claimed: Option<String>,
+    /// Gateway key → row id (ids never change once committed).
+    ids: HashMap<GatewayKey, i64>,
+}
+
+impl PgStore {
+    /// Connects, creating the schema if missing. Blocking: call it off the async runtime.
+    pub fn open(pg: &PgConfig) -> Result<PgStore, StoreError> {
+        let mut config: postgres::Config = pg
+            .url
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("store.url: {e}")))?;
+        if let Some(p) = &pg.password {
+            config.password(&p.0);
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("phygate-hq");
+        let mut client = config.connect(NoTls)?;
+        // The DDL runs only when the schema is missing: even `IF NOT EXISTS` takes table locks
+        // that deadlock against another consumer's running commits.
+        // Asked again once the lock is held: another consumer may have created it meanwhile.
+        // A scan of pg_class, not `to_regclass`: that one answers from the session's catalog
+        // cache, which the advisory lock does not refresh, so it kept saying "missing".
+        const PRESENT: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+             WHERE c.relname = 'phygate_schema' AND s.nspname = current_schema())";
+        let present = client.query_one(PRESENT, &[])?.get::<_, bool>(0);
+        let mut tx = client.transaction()?;
+        if !present {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            if !tx.query_one(PRESENT, &[])?.get::<_, bool>(0) {
+                tx.batch_execute(SCHEMA_SQL)?;
+            }
+        }
+        let version: Option<i32> = tx
+            .query_opt("SELECT version FROM phygate_schema", &[])?
+            .map(|r| r.get(0));
+        match version {
+            None => {
+                tx.execute("INSERT INTO phygate_schema VALUES ($1)", &[&SCHEMA])?;
+            }
+            Some(SCHEMA) => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has schema version {v}; this phygate-hq knows {SCHEMA}",
+                    pg.url
+                )))
+            }
+        }
+        tx.commit()?;
+        Ok(PgStore {
+            config,
+            client: Some(client),
+            claimed: None,
+            ids: HashMap::new(),
+        })
+    }
+
+    /// The live connection; connects again after one was lost. A lost connection that held a
+    /// sink's claim answers [`StoreError::ClaimLost`] once: the lock went with it.
+    fn conn(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            drop_off_runtime(self.client.take());
+            if let Some(sink) = self.claimed.take() {
+                return Err(StoreError::ClaimLost(sink));
+            }
+        }
+        if self.client.is_none() {
+            self.ids.clear();
+            self.client = Some(self.config.connect(NoTls)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Locks the rows of `keys` (creating the missing ones) in `gw` order and reads their
+    /// accounting.
+    fn lock_gateways(
+        tx: &mut Transaction<'_>,
+        ids: &mut HashMap<GatewayKey, i64>,
+        keys: impl Iterator<Item = GatewayKey>,
+    ) -> Result<BTreeMap<i64, (GatewayKey, GatewaySeq)>, StoreError> {
+        let mut gws = Vec::new();
+        for key in keys {
+            let gw = match ids.get(&key) {
+                Some(gw) => *gw,
+                None => {
+                    tx.execute(
+                        "INSERT INTO gateways (tenant, store, gateway) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                        &[&key.tenant, &key.store, &key.gateway],
+                    )?;
+                    let gw: i64 = tx
+                        .query_one(
+                            "SELECT gw FROM gateways WHERE tenant = $1 AND store = $2 AND gateway = $3",
+                            &[&key.tenant, &key.store, &key.gateway],
+                        )?
+                        .get(0);
+                    ids.insert(key, gw);
+                    gw
+                }
+            };
+            gws.push(gw);
+        }
+        read_gateways(tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &gws)
+    }
+
+    fn write_gateways(
+        tx: &mut Transaction<'_>,
+        gateways: &BTreeMap<i64, (GatewayKey, GatewaySeq)>,
+    ) -> Result<(), StoreError> {
+        let insert = tx.prepare(
+            "INSERT INTO holes (gw, first, last, since_ms, lost) VALUES ($1, $2, $3, $4, $5)",
+        )?;
+        for (gw, (_, g)) in gateways {
+            let early = serde_json::to_string(&g.early).unwrap_or_else(|_| "[]".into());
+            tx.execute(
+                "UPDATE gateways SET low = $2, high = $3, evicted = $4, late = $5, early = $6 WHERE gw = $1",
+                &[
+                    gw,
+                    &g.span.map(|s| s.0 as i64),
+                    &g.span.map(|s| s.1 as i64),
+                    &(g.evicted as i64),
+                    &(g.late as i64),
+                    &early,
+                ],
+            )?;
+            tx.execute("DELETE FROM holes WHERE gw = $1", &[gw])?;
+            for h in g.holes.values() {
+                tx.execute(
+                    &insert,
+                    &[
+                        gw,
+                        &(h.first as i64),
+                        &(h.last as i64),
+                        &(h.since_ms as i64),
+                        &h.lost,
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds `user`'s event into the stored view. Safe against the other writers: they wait on
+    /// the counter row this transaction holds.
+    fn fold_user(
+        tx: &mut Transaction<'_>,
+        e: &crate::ingest::Accepted,
+        user: &str,
+    ) -> Result<(), StoreError> {
+        let old: Option<String> = tx
+            .query_opt(
+                "SELECT view FROM users WHERE tenant = $1 AND userid = $2",
+                &[&e.gateway.tenant, &user],
+            )?
+            .map(|r| r.get(0));
+        let mut view: UserView = match old {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|err| StoreError::Corrupt(format!("user {user}: {err}")))?,
+            None => UserView::default(),
+        };
+        view.apply(e);
+        let text =
+            serde_json::to_string(&view).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        tx.execute(
+            "INSERT INTO users (tenant, userid, view) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, userid) DO UPDATE SET view = excluded.view",
+            &[&e.gateway.tenant, &user, &text],
+        )?;
+        Ok(())
+    }
+}
+
+/// Reads gateways and their holes; `filter` selects (and may lock) the rows, `$1` being
+/// `gws`.
+fn read_gateways(
+    tx: &mut Transaction<'_>,
+    filter: &str,
+    gws: &[i64],
+) -> Result<BTreeMap<i64, (GatewayKey, GatewaySeq)>, StoreError> {
+    let sql = format!(
+        "SELECT gw, tenant, store, gateway, low, high, evicted, late, early FROM gateways {filter}"
+    );
+    let rows = if filter.contains("$1") {
+        tx.query(&sql, &[&gws])?
+    } else {
+        tx.query(&sql, &[])?
+    };
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let key = GatewayKey {
+            tenant: r.get(1),
+            store: r.get(2),
+            gateway: r.get(3),
+        };
+        let low: Option<i64> = r.get(4);
+        let high: Option<i64> = r.get(5);
+        let g = GatewaySeq {
+            span: low.zip(high).map(|(l, h)| (l as u64, h as u64)),
+            evicted: r.get::<_, i64>(6) as u64,
+            late: r.get::<_, i64>(7) as u64,
+            early: serde_json::from_str(r.get::<_, &str>(8)).unwrap_or_default(),
+            holes: Default::default(),
+        };
+        out.insert(r.get::<_, i64>(0), (key, g));
+    }
+    let ids: Vec<i64> = out.keys().copied().collect();
+    for r in tx.query(
+        "SELECT gw, first, last, since_ms, lost FROM holes WHERE gw = ANY($1)",
+        &[&ids],
+    )? {
+        let h = Hole {
+            first: r.get::<_, i64>(1) as u64,
+            last: r.get::<_, i64>(2) as u64,
+            since_ms: r.get::<_, i64>(3) as u64,
+            lost: r.get(4),
+        };
+        if let Some((_, g)) = out.get_mut(&r.get::<_, i64>(0)) {
+            g.holes.insert(h.first, h);
+        }
+    }
+    Ok(out)
+}
+
+/// The `postgres` client owns a small tokio runtime, which may not be dropped on an async
+/// worker (tokio panics): a sink's ledger ends on one when its task ends or is aborted. So a
+/// client is dropped on a thread of its own there.
+fn drop_off_runtime(client: Option<Client>) {
+    if let Some(c) = client {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::spawn(move || drop(c));
+        } else {
+            drop(c);
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        drop_off_runtime(self.client.take());
+    }
+}
+
+impl JourneyStore for PgStore {
+    fn load_gateways(&mut self) -> Result<Vec<(GatewayKey, GatewaySeq)>, StoreError> {
+        let mut tx = self.conn()?.transaction()?;
+        let all = read_gateways(&mut tx, "", &[])?;
+        tx.commit()?;
+        Ok(all.into_values().collect())
+    }
+
+    fn commit(&mut self, group: &Group<'_>) -> Result<Committed, StoreError> {
+        let result = self.commit_group(group);
+        if result.is_err() {
+            // Ids inserted by the rolled-back transaction do not exist.
+            self.ids.clear();
+        }
+        result
+    }
+
+    fn expire(
+        &mut self,
+        _local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<Expired>, StoreError> {
+        let cutoff = now_ms.saturating_sub(grace_ms) as i64;
+        let mut tx = self.conn()?.transaction()?;
+        let due: Vec<i64> = tx
+            .query(
+                "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1",
+                &[&cutoff],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &due)?;
+        let expired = super::expire_all(locked.values().map(|(k, g)| (k, g)), now_ms, grace_ms);
+        locked.retain(|_, (k, _)| expired.iter().any(|e| &e.key == k));
+        for (_, (k, g)) in locked.iter_mut() {
+            if let Some(e) = expired.iter().find(|e| &e.key == k) {
+                *g = e.seq.clone();
+            }
+        }
+        Self::write_gateways(&mut tx, &locked)?;
+        tx.commit()?;
+        Ok(expired)
+    }
+
+    fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError> {
+        let rows = self.conn()?.query(
+            "SELECT tenant, view FROM users WHERE userid = $1 ORDER BY tenant",
+            &[&userid],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let view = serde_json::from_str(r.get::<_, &str>(1))
+                    .map_err(|err| StoreError::Corrupt(format!("user {userid}: {err}")))?;
+                Ok((r.get(0), view))
+            })
+            .collect()
+    }
+}
+
+impl PgStore {
+    fn commit_group(&mut self, group: &Group<'_>) -> Result<Committed, StoreError> {
+        let now = group.now_ms as i64;
+        self.conn()?;
+        let client = self.client.as_mut().expect("connected by conn()");
+        let ids = &mut self.ids;
+        let mut tx = client.transaction()?;
+        // First: the counter row's lock, held to the commit (why: the module's doc).
+        let mut n: i64 = tx
+            .query_one("SELECT n FROM event_counter FOR UPDATE", &[])?
+            .get(0);
+        let keys: std::collections::BTreeSet<GatewayKey> =
+            group.accepted.iter().map(|e| e.gateway.clone()).collect();
+        let mut gateways = Self::lock_gateways(&mut tx, ids, keys.into_iter())?;
+        let by_key: HashMap<GatewayKey, i64> = gateways
+            .iter()
+            .map(|(gw, (k, _))| (k.clone(), *gw))
+            .collect();
+        let mut fresh = Self::insert_events(&mut tx, group, &by_key, n, now)?;
+        // n + 1 … n + len were handed out, one per row in order; a duplicate's number stays
+        // unused (a gap is harmless: a sink reads "above its cursor").
+        n += group.accepted.len() as i64;
+        let mut done = Committed::default();
+        for e in group.accepted {
+            let gw = by_key[&e.gateway];
+            // `remove`: the same event twice in one group is stored once, the first time.
+            if !fresh.remove(&(gw, e.id.clone())) {
+                done.duplicates += 1;
+                continue;
+            }
+            done.fresh += 1;
+            let (_, g) = gateways.get_mut(&gw).expect("locked above");
+            super::account(g, e, group.now_ms);
+            if let Some(user) = &e.userid {
+                Self::fold_user(&mut tx, e, user)?;
+            }
+        }
+        for (topic, p) in group.parked {
+            tx.execute(
+                "INSERT INTO parked (topic, reason, body, at_ms) VALUES ($1, $2, $3, $4)",
+                &[topic, &p.reason, &p.body, &now],
+            )?;
+        }
+        tx.execute("UPDATE event_counter SET n = $1", &[&n])?;
+        Self::write_gateways(&mut tx, &gateways)?;
+        tx.commit()?;
+        done.gateways = gateways.into_values().collect();
+        Ok(done)
+    }
+}
+
+impl PgStore {
+    /// Inserts the group's events in one statement (a round trip per event would bound the
+    /// fleet's rate by the loopback latency); the `i`-th gets `n = first + i + 1`. Returns
+    /// the (gw, id) of those stored now.
+    fn insert_events(
+        tx: &mut Transaction<'_>,
+        group: &Group<'_>,
+        by_key: &HashMap<GatewayKey, i64>,
+        first: i64,
+        now: i64,
+    ) -> Result<std::collections::HashSet<(i64, String)>, StoreError> {
+        let a = group.accepted;
+        let gws: Vec<i64> = a.iter().map(|e| by_key[&e.gateway]).collect();
+        let ids: Vec<&str> = a.iter().map(|e| e.id.as_str()).collect();
+        let seqs: Vec<i64> = a.iter().map(|e| e.seq as i64).collect();
+        let types: Vec<&str> = a.iter().map(|e| e.ty.as_str()).collect();
+        let times: Vec<&str> = a.iter().map(|e| e.time.as_str()).collect();
+        let users: Vec<Option<&str>> = a.iter().map(|e| e.userid.as_deref()).collect();
+        let bodies: Vec<&str> = a.iter().map(|e| e.body.as_str()).collect();
+        let rows = tx.query(
+            "INSERT INTO events (n, gw, id, seq, type, time, userid, committed_ms, body) \
+             SELECT $1::BIGINT + t.ord, t.gw, t.id, t.seq, t.type, t.time, t.userid, $2::BIGINT, t.body \
+             FROM unnest($3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+                  WITH ORDINALITY AS t (gw, id, seq, type, time, userid, body, ord) \
+             ORDER BY t.ord \
+             ON CONFLICT (gw, id) DO NOTHING RETURNING gw, id",
+            &[&first, &now, &gws, &ids, &seqs, &types, &times, &users, &bodies],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
