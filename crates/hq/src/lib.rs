@@ -22,11 +22,13 @@
 //! - [`control`]: the engineer's fleet controls (keys, members, config, commands).
 //! - [`fleet`]: every store's status, last event and losses (`stores`, `/stores`).
 //! - [`run`]: the wiring of all of the above, and the ordered shutdown.
+//! - [`fleetsim`]: the fleet simulator and the fleet benchmark (`fleet-sim`, `fleet-bench`).
 
 pub mod config;
 pub mod consumer;
 pub mod control;
 pub mod fleet;
+pub mod fleetsim;
 pub mod ingest;
 pub mod journey;
 pub mod metrics;

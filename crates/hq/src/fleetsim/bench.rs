@@ -1,0 +1,442 @@
+//! `phygate-hq fleet-bench`: the whole chain on one machine, real parts only —
+//!
+//! ```text
+//! fleet-sim (N gateways) ─MQTT─► mosquitto ─$share/journey─► K × phygate-hq run ─► journey store
+//!                                                                       └─HTTP─► Braze-like, Amplitude-like
+//! ```
+//!
+//! — then the verdict, counted where each thing happens: `published` by the simulator (every
+//! event acknowledged by the broker), `stored_unique` and `lost` by HQ's journey store,
+//! `forwarded_twice` by the engine servers, `ambiguous` by the consumers (their log lines,
+//! which survive a SIGKILL), latencies by the engines (event time → engine request). Faults:
+//! a consumer SIGKILLed and restarted, the broker stopped and restarted, mid-run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use phygate::sim::broker::{free_port, Mosquitto};
+use tracing::info;
+
+use super::engines::{self, Engines};
+use super::procs::{pid_by_cmdline, Consumer, Meter};
+use super::sim::SimReport;
+
+/// Which journey store the consumers share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub stores: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub consumers: usize,
+    pub store: StoreKind,
+    pub kill_consumer_at: Option<Duration>,
+    pub restart_broker_at: Option<Duration>,
+    /// Chance that an engine answers a request 429.
+    pub throttle: f64,
+    /// Where everything is written; a temp dir (removed at the end) when `None`.
+    pub dir: Option<PathBuf>,
+    /// How long the end waits for HQ to store and forward everything published.
+    pub settle_timeout: Duration,
+}
+
+/// The run's figures.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub published: u64,
+    pub stored_unique: u64,
+    pub lost: u64,
+    /// Holes HQ still waits on at the end (neither arrived nor declared lost).
+    pub pending: u64,
+    pub forwarded_twice: u64,
+    pub ambiguous: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+}
+
+impl Verdict {
+    /// Nothing lost, everything stored once, every repeat at an engine an announced one.
+    pub fn ok(&self) -> bool {
+        self.lost == 0
+            && self.pending == 0
+            && self.stored_unique == self.published
+            && self.forwarded_twice <= self.ambiguous
+    }
+}
+
+const API_KEY: &str = "fleet-bench-key";
+
+/// Runs the benchmark, prints its report; returns whether the verdict holds.
+pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(args.consumers >= 1, "--consumers must be at least 1");
+    match args.store {
+        StoreKind::Sqlite => anyhow::ensure!(
+            args.consumers == 1,
+            "a SQLite journey store has one consumer (--consumers 1); several share --store postgres"
+        ),
+        StoreKind::Postgres => anyhow::bail!(
+            "--store postgres: the bench does not start a PostgreSQL server yet (the consumers support it: docs/hq.md)"
+        ),
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("fleet-bench").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let engines = Engines::new(API_KEY, args.throttle);
+    let (listener, engines_addr) = rt.block_on(engines::bind())?;
+    rt.block_on(async { engines.serve(listener) });
+
+    // The test broker saves its whole in-memory store every second, for the fault tests'
+    // SIGKILLs. With a fleet's backlog queued for a consumer that lags, that is a save of
+    // hundreds of MB a second, and the broker stops answering pings. The bench stops the
+    // broker only with SIGTERM, which saves on the way out.
+    let mut broker = Mosquitto::start_with(
+        &dir.join("broker"),
+        "allow_anonymous true\nautosave_interval 60\n",
+    )
+    .context("starting mosquitto")?;
+    let broker_conf = dir.join("broker").join("mosquitto.conf");
+    let broker_conf = broker_conf.to_string_lossy().into_owned();
+    let mut consumers = Vec::new();
+    for k in 1..=args.consumers {
+        let mut c = Consumer::new(&dir, k);
+        write_consumer_config(&c, k, broker.port, engines_addr)?;
+        c.start(API_KEY)?;
+        consumers.push(c);
+    }
+    info!(dir = %dir.display(), broker = broker.port, engines = %engines_addr, "chain up; starting the fleet");
+
+    let start = Instant::now();
+    let mut sim = start_sim(&args, &dir, broker.port)?;
+    let mut meters = Meters::new(args.consumers);
+    let mut faults = Faults::new(&args);
+    let status = loop {
+        if let Some(status) = sim.try_wait()? {
+            break status;
+        }
+        faults.apply(start.elapsed(), &mut consumers, &mut broker)?;
+        meters.sample(&sim, &consumers, &broker_conf);
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut out = String::new();
+    sim.stdout.take().expect("piped").read_to_string(&mut out)?;
+    anyhow::ensure!(
+        status.success(),
+        "fleet-sim failed ({status}); see {}",
+        dir.join("fleet-sim.log").display()
+    );
+    let report: SimReport = serde_json::from_str(out.trim())
+        .with_context(|| format!("reading fleet-sim's report {out:?}"))?;
+
+    let store = dir.join("hq.db");
+    let settled = settle(&store, report.published, args.settle_timeout, || {
+        meters.sample_hq(&consumers, &broker_conf)
+    });
+    let elapsed = start.elapsed();
+    let verdict = collect(&report, &store, &consumers, &engines)?;
+    for c in &mut consumers {
+        c.terminate();
+    }
+    broker.stop(false);
+    print_report(
+        &args, &report, &verdict, &engines, &meters, elapsed, settled,
+    );
+    if args.dir.is_some() {
+        eprintln!("files kept in {}", dir.display());
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(verdict.ok())
+}
+
+fn write_consumer_config(
+    c: &Consumer,
+    k: usize,
+    broker_port: u16,
+    engines: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let status_port = free_port()?;
+    let key = super::procs::KEY_ENV;
+    let text = format!(
+        "[mqtt]\nport = {broker_port}\nclient_id = \"fleet-hq-{k}\"\ngroup = \"journey\"\nkeepalive = \"30s\"\n\
+         [store]\npath = \"hq.db\"\n\
+         [loss]\ngrace = \"10s\"\n\
+         [status]\nlisten = \"127.0.0.1:{status_port}\"\n\
+         [[sink]]\nname = \"braze\"\nkind = \"braze\"\nurl = \"http://{engines}\"\napi_key_env = \"{key}\"\n\
+         poll = \"100ms\"\nbackoff_min = \"200ms\"\n\
+         [[sink]]\nname = \"amplitude\"\nkind = \"amplitude\"\nurl = \"http://{engines}\"\napi_key_env = \"{key}\"\n\
+         batch = 1000\npoll = \"100ms\"\nbackoff_min = \"200ms\"\n"
+    );
+    std::fs::write(&c.config, text).with_context(|| format!("writing {}", c.config.display()))
+}
+
+fn start_sim(args: &BenchArgs, dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("fleet-sim.log"))?;
+    Command::new(std::env::current_exe()?)
+        .arg("fleet-sim")
+        .args(["--stores", &args.stores.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--duration", &format!("{}ms", args.duration.as_millis())])
+        .args(["--broker", &format!("127.0.0.1:{port}")])
+        .arg("--dir")
+        .arg(dir.join("stores"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting fleet-sim")
+}
+
+/// The faults, each once at its time.
+struct Faults {
+    kill_at: Option<Duration>,
+    restart_at: Option<Duration>,
+}
+
+impl Faults {
+    fn new(args: &BenchArgs) -> Faults {
+        Faults {
+            kill_at: args.kill_consumer_at,
+            restart_at: args.restart_broker_at,
+        }
+    }
+
+    fn apply(
+        &mut self,
+        t: Duration,
+        consumers: &mut [Consumer],
+        broker: &mut Mosquitto,
+    ) -> anyhow::Result<()> {
+        if self.kill_at.is_some_and(|at| t >= at) {
+            self.kill_at = None;
+            eprintln!("fault at {t:.1?}: SIGKILL {}", consumers[0].name);
+            consumers[0].kill9();
+            std::thread::sleep(Duration::from_secs(1));
+            consumers[0].start(API_KEY)?;
+            eprintln!("{} restarted", consumers[0].name);
+        }
+        if self.restart_at.is_some_and(|at| t >= at) {
+            self.restart_at = None;
+            // SIGTERM: mosquitto saves its sessions and queues. A SIGKILL would lose what
+            // it acknowledged since its last save — the broker's loss, not phygate's.
+            eprintln!("fault at {t:.1?}: broker stopped (SIGTERM)");
+            broker.stop(false);
+            std::thread::sleep(Duration::from_secs(1));
+            broker.restart()?;
+            eprintln!("broker restarted");
+        }
+        Ok(())
+    }
+}
+
+/// A meter per process role.
+struct Meters {
+    sim: Meter,
+    broker: Meter,
+    consumers: Vec<Meter>,
+}
+
+impl Meters {
+    fn new(consumers: usize) -> Meters {
+        Meters {
+            sim: Meter::default(),
+            broker: Meter::default(),
+            consumers: (0..consumers).map(|_| Meter::default()).collect(),
+        }
+    }
+
+    fn sample(&mut self, sim: &Child, consumers: &[Consumer], broker_conf: &str) {
+        self.sim.sample(Some(sim.id()));
+        self.sample_hq(consumers, broker_conf);
+    }
+
+    fn sample_hq(&mut self, consumers: &[Consumer], broker_conf: &str) {
+        self.broker.sample(pid_by_cmdline(broker_conf));
+        for (m, c) in self.consumers.iter_mut().zip(consumers) {
+            m.sample(c.pid());
+        }
+    }
+}
+
+/// Waits until the store holds `published` events and both sinks' cursors have reached its
+/// last event with nothing in flight; returns how long that took (None: timed out).
+fn settle(
+    store: &Path,
+    published: u64,
+    timeout: Duration,
+    mut sample: impl FnMut(),
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        sample();
+        if let Ok((stored, done)) = progress(store) {
+            if stored >= published && done {
+                return Some(start.elapsed());
+            }
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn open_store(store: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let c =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    Ok(c)
+}
+
+/// (events stored, whether both sinks are done with all of them).
+fn progress(store: &Path) -> rusqlite::Result<(u64, bool)> {
+    let c = open_store(store)?;
+    let (stored, last): (i64, i64) = c.query_row(
+        "SELECT count(*), coalesce(max(n), 0) FROM events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let done: i64 = c.query_row(
+        "SELECT count(*) FROM sink_cursors WHERE n >= ?1 AND inflight IS NULL",
+        [last],
+        |r| r.get(0),
+    )?;
+    Ok((stored as u64, done >= 2))
+}
+
+fn collect(
+    report: &SimReport,
+    store: &Path,
+    consumers: &[Consumer],
+    engines: &Arc<Engines>,
+) -> anyhow::Result<Verdict> {
+    let (stored_unique, _) = progress(store).context("reading the journey store")?;
+    let (lost, pending) = losses(&consumers[0].config)?;
+    let (p50_ms, p99_ms) = engines.percentiles();
+    Ok(Verdict {
+        published: report.published,
+        stored_unique,
+        lost,
+        pending,
+        forwarded_twice: engines.braze.lock().unwrap().twice()
+            + engines.amplitude.lock().unwrap().twice(),
+        ambiguous: consumers.iter().map(Consumer::ambiguous_events).sum(),
+        p50_ms,
+        p99_ms,
+    })
+}
+
+/// (lost, pending) seq numbers over all gateways, as `phygate-hq losses` reports them.
+fn losses(config: &Path) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["losses", "--config"])
+        .arg(config)
+        .env(super::procs::KEY_ENV, API_KEY)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "phygate-hq losses: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut lost, mut pending) = (0, 0);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        lost += v["lost"].as_u64().unwrap_or(0);
+        for r in v["pending_ranges"].as_array().into_iter().flatten() {
+            pending += r[1].as_u64().unwrap_or(0) + 1 - r[0].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((lost, pending))
+}
+
+fn print_report(
+    args: &BenchArgs,
+    r: &SimReport,
+    v: &Verdict,
+    engines: &Engines,
+    meters: &Meters,
+    elapsed: Duration,
+    settled: Option<Duration>,
+) {
+    println!(
+        "stores={} published={} stored_unique={} lost={} forwarded_twice={} ambiguous={} p50_ms={} p99_ms={}",
+        r.stores, v.published, v.stored_unique, v.lost, v.forwarded_twice, v.ambiguous, v.p50_ms, v.p99_ms
+    );
+    println!(
+        "rate: offered {:.0} ev/s, committed {:.0} ev/s over {:.0} s; outboxes drained {:.1} s after; HQ settled {}",
+        r.offered_per_s,
+        r.appended_per_s,
+        r.generate_s,
+        r.drain_s,
+        settled.map_or("NOT within the timeout".into(), |d| format!("{:.1} s after", d.as_secs_f64()))
+    );
+    if let Some(settled) = settled {
+        // From the first event to HQ done with the last: HQ's sustained rate over the run.
+        let span = r.generate_s + r.drain_s + settled.as_secs_f64();
+        println!(
+            "HQ: stored and forwarded {:.0} ev/s over {span:.0} s",
+            v.stored_unique as f64 / span
+        );
+    }
+    for (name, t) in [("braze", &engines.braze), ("amplitude", &engines.amplitude)] {
+        let t = t.lock().unwrap();
+        println!(
+            "engine {name}: {} events, {} requests, {} answered 429, {} refused",
+            t.taken.len(),
+            t.requests,
+            t.throttled,
+            t.refused
+        );
+    }
+    println!(
+        "process fleet-sim: cpu {:.1} s ({:.0} % of a core), rss peak {} MB, threads {}",
+        r.cpu_s,
+        100.0 * r.cpu_s / elapsed.as_secs_f64().max(0.001),
+        r.peak_rss_kib / 1024,
+        r.threads
+    );
+    println!("process mosquitto: {}", meters.broker.line(elapsed));
+    for (k, m) in meters.consumers.iter().enumerate() {
+        println!("process phygate-hq#{}: {}", k + 1, m.line(elapsed));
+    }
+    let mut own = Meter::default();
+    own.sample(Some(std::process::id()));
+    println!("process fleet-bench (engines): {}", own.line(elapsed));
+    if v.pending > 0 {
+        println!("pending: {} seq numbers still awaited by HQ", v.pending);
+    }
+    let faults = [
+        args.kill_consumer_at
+            .map(|t| format!("consumer SIGKILLed at {t:?}")),
+        args.restart_broker_at
+            .map(|t| format!("broker restarted at {t:?}")),
+    ];
+    let faults: Vec<String> = faults.into_iter().flatten().collect();
+    println!(
+        "verdict: {} (faults: {})",
+        if v.ok() { "ok" } else { "FAILED" },
+        if faults.is_empty() {
+            "none".into()
+        } else {
+            faults.join(", ")
+        }
+    );
+}

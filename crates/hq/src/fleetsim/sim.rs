@@ -1,0 +1,285 @@
+//! `phygate-hq fleet-sim`: N store gateways in one process, each the edge's own code — its
+//! outbox (its own SQLite file) and its uplink (its own MQTT connection and client id) — fed
+//! by [`super::mix::Mix`] at R events/s.
+//!
+//! Threads. The edge's outbox owns its SQLite connection on a thread of its own (rusqlite is
+//! blocking), and the sim keeps that: each gateway's outbox runs the edge's unchanged
+//! `Outbox::run` on its own thread, with a 256 KiB stack instead of the default 2 MiB. An idle
+//! outbox thread is blocked on its queue: it costs no CPU, and its memory is the stack pages it
+//! touched (measured: see docs/hq.md). Turning the outbox into a task would change the edge's
+//! commit loop for the sake of the simulator, and the sim is there to measure that loop as it
+//! ships. Everything asynchronous — the 1,000 uplinks and the 1,000 generators — shares one
+//! tokio runtime of two worker threads.
+//!
+//! Durability. The outboxes run with `synchronous = NORMAL` (WAL: no fsync per commit, only
+//! at checkpoints), not the edge's default FULL. A real store has a disk of its own and
+//! fsyncs ~10 commits/s; 1,000 simulated stores on this machine's one shared disk would
+//! fsync 10,000 times a second, and the run would measure the disk, not phygate. NORMAL keeps
+//! every promise the fleet runs test (a killed consumer, a restarted broker, a crashed
+//! simulator process lose nothing committed); only a power cut of the simulator's machine
+//! could lose the last commits, and no fleet run cuts power.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use phygate::config::Config as EdgeConfig;
+use phygate::event::Origin;
+use phygate::outbox::{Outbox, OutboxHandle};
+use phygate::uplink::Uplink;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::mix::Mix;
+
+/// The simulated fleet's tenant (the topics are `phygate/v1/fleet/<store>/…`).
+pub const TENANT: &str = "fleet";
+/// An outbox thread's stack: the edge's serve loop and SQLite need far less.
+const OUTBOX_STACK: usize = 256 * 1024;
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct SimArgs {
+    pub stores: usize,
+    /// Events per second per store.
+    pub rate: f64,
+    pub duration: Duration,
+    pub broker_host: String,
+    pub broker_port: u16,
+    /// Each store's outbox lives under `dir/<store>/`.
+    pub dir: PathBuf,
+    /// How long the end waits for every outbox to be acknowledged by the broker.
+    pub drain_timeout: Duration,
+}
+
+/// What the run did: printed as one JSON line on stdout for `fleet-bench`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimReport {
+    pub stores: usize,
+    /// Events committed to the outboxes.
+    pub appended: u64,
+    /// Of those, acknowledged by the broker (deleted from their outbox).
+    pub published: u64,
+    /// Appends the outbox refused (disk full, closed): none expected.
+    pub refused: u64,
+    pub offered_per_s: f64,
+    pub appended_per_s: f64,
+    pub generate_s: f64,
+    /// From the end of generation until every outbox was empty.
+    pub drain_s: f64,
+    pub open_s: f64,
+    /// The process's threads at the end of generation.
+    pub threads: u64,
+    /// The process's own CPU time (user + system) and peak RSS, read at its very end.
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
+}
+
+struct Gateway {
+    outbox: OutboxHandle,
+    thread: std::thread::JoinHandle<()>,
+    uplink: tokio::task::JoinHandle<()>,
+}
+
+/// The store id of gateway `i` (0-based): `s0001`, `s0002`, …
+pub fn store_id(i: usize) -> String {
+    format!("s{:04}", i + 1)
+}
+
+pub fn run(args: SimArgs) -> anyhow::Result<SimReport> {
+    anyhow::ensure!(args.stores > 0, "--stores must be at least 1");
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate.is_finite(),
+        "--rate must be a positive number of events per second per store"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(simulate(args))
+}
+
+async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
+    let (stop, stopped) = watch::channel(false);
+    let opening = Instant::now();
+    let mut gateways = Vec::with_capacity(args.stores);
+    for i in 0..args.stores {
+        gateways.push(open_gateway(&args, i, stopped.clone())?);
+    }
+    let open_s = opening.elapsed().as_secs_f64();
+    info!(stores = args.stores, open_s, "fleet open; generating");
+
+    let appended = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let start = Instant::now();
+    let end = start + args.duration;
+    let mut generators = Vec::new();
+    for (i, g) in gateways.iter().enumerate() {
+        let (outbox, appended, refused) = (g.outbox.clone(), appended.clone(), refused.clone());
+        let mix = Mix::new(&store_id(i), i as u64 + 1);
+        generators.push(tokio::spawn(generate(
+            outbox, mix, period, end, appended, refused,
+        )));
+    }
+    let progress = tokio::spawn(progress(appended.clone(), start, end));
+    for g in generators {
+        g.await.context("a generator panicked")?;
+    }
+    progress.abort();
+    let generate_s = start.elapsed().as_secs_f64();
+    let threads = own_threads();
+
+    let draining = Instant::now();
+    let left = drain(&gateways, args.drain_timeout).await;
+    let drain_s = draining.elapsed().as_secs_f64();
+    if left > 0 {
+        warn!(
+            left,
+            "events still in the outboxes after the drain timeout (not published)"
+        );
+    }
+    let _ = stop.send(true);
+    for g in gateways {
+        let _ = g.uplink.await;
+        drop(g.outbox);
+        tokio::task::spawn_blocking(move || g.thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("an outbox thread panicked"))?;
+    }
+    let appended = appended.load(Ordering::Relaxed);
+    let own = super::procstat::usage(std::process::id()).unwrap_or_default();
+    Ok(SimReport {
+        stores: args.stores,
+        appended,
+        published: appended.saturating_sub(left),
+        refused: refused.load(Ordering::Relaxed),
+        offered_per_s: args.rate * args.stores as f64,
+        appended_per_s: appended as f64 / generate_s,
+        generate_s,
+        drain_s,
+        open_s,
+        threads,
+        cpu_s: own.cpu.as_secs_f64(),
+        peak_rss_kib: own.peak_kib,
+    })
+}
+
+/// Opens gateway `i`'s outbox (its thread started) and starts its uplink.
+fn open_gateway(
+    args: &SimArgs,
+    i: usize,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Gateway> {
+    let store = store_id(i);
+    let dir = args.dir.join(&store);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = edge_config(&store, &dir, &args.broker_host, args.broker_port)?;
+    let origin = Origin {
+        store: store.clone(),
+        gateway: "gw1".into(),
+    };
+    let (outbox, handle) = Outbox::open(&config.outbox, origin)
+        .with_context(|| format!("opening the outbox of {store}"))?;
+    let thread = std::thread::Builder::new()
+        .name("outbox".into())
+        .stack_size(OUTBOX_STACK)
+        .spawn(move || outbox.run())
+        .context("starting an outbox thread")?;
+    let uplink = Uplink::new(&config, handle.clone(), stopped)
+        .with_context(|| format!("the uplink of {store}"))?;
+    let uplink = tokio::spawn(async move {
+        if let Err(e) = uplink.run().await {
+            warn!(store, error = %e, "uplink ended");
+        }
+    });
+    Ok(Gateway {
+        outbox: handle,
+        thread,
+        uplink,
+    })
+}
+
+/// The edge config of one simulated store, parsed by the edge's own parser.
+fn edge_config(store: &str, dir: &Path, host: &str, port: u16) -> anyhow::Result<EdgeConfig> {
+    let path = dir.join("phygate.toml");
+    let text = format!(
+        "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
+         [outbox]\npath = \"{}\"\nsynchronous = \"normal\"\n\
+         [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"fleet-{store}\"\nkeepalive = \"30s\"\n",
+        dir.join("outbox.db").display()
+    );
+    EdgeConfig::parse(&text, &path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One store's devices: an event every `period` (from a random phase, so the fleet's appends
+/// spread over the period), appended durably, until `end`. When the machine cannot keep up,
+/// missed ticks are skipped: the offered rate drops, and the report shows it.
+async fn generate(
+    outbox: OutboxHandle,
+    mut mix: Mix,
+    period: Duration,
+    end: Instant,
+    appended: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+) {
+    let phase = period.mul_f64(fastrand::f64());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if Instant::now() >= end {
+            return;
+        }
+        match outbox.append(mix.next_event()).await {
+            Ok(_) => appended.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                warn!(error = %e, "append refused");
+                refused.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+async fn progress(appended: Arc<AtomicU64>, start: Instant, end: Instant) {
+    let mut last = (0, start);
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let now = (appended.load(Ordering::Relaxed), Instant::now());
+        let rate = (now.0 - last.0) as f64 / now.1.duration_since(last.1).as_secs_f64();
+        let left_s = end.saturating_duration_since(now.1).as_secs();
+        info!(
+            appended = now.0,
+            per_s = rate.round(),
+            left_s,
+            "fleet generating"
+        );
+        last = now;
+    }
+}
+
+/// Waits until every outbox is empty (all acknowledged by the broker), or `timeout`; returns
+/// how many events are left.
+async fn drain(gateways: &[Gateway], timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut left = 0;
+        for g in gateways {
+            // A closed outbox cannot say: count it as not drained.
+            left += g.outbox.stats().await.map(|s| s.depth).unwrap_or(1);
+        }
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        info!(left, "draining the outboxes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `Threads:` of /proc/self/status (0 where there is no /proc).
+fn own_threads() -> u64 {
+    super::procstat::status_field(std::process::id(), "Threads:").unwrap_or(0)
+}
