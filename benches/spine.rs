@@ -258,7 +258,8 @@ async fn drain(n: usize) {
     let (outbox, handle) = Outbox::open(&cfg.outbox, origin()).unwrap();
     let thread = outbox.spawn().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let uplink = phygate::uplink::Uplink::new(&cfg, handle.clone(), stopped).unwrap();
+    let uplink =
+        phygate::uplink::Uplink::new(cfg.uplink_settings(), handle.clone(), stopped).unwrap();
     let start = Instant::now();
     let task = tokio::spawn(uplink.run());
     loop {

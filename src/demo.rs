@@ -206,32 +206,7 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
             .encode(fastrand::u64(..).to_le_bytes().repeat(4))
     };
 
-    let mut ptys = Vec::new();
-    let devices = Arc::new(Devices {
-        entrance: Arc::new(Mutex::new(scanner(
-            dir.path(),
-            "entrance-scanner",
-            &mut ptys,
-        )?)),
-        kiosk: Mutex::new(scanner(dir.path(), "kiosk-scanner", &mut ptys)?),
-        exit: Mutex::new(scanner(dir.path(), "exit-scanner", &mut ptys)?),
-        skin: {
-            let pty = Pty::open(&dir.path().join("skin-analyzer"))?;
-            let sim = SkinSim {
-                port: pty.master.try_clone()?,
-            };
-            ptys.push(pty);
-            Mutex::new(sim)
-        },
-        nfc: Pn532Sim::start(&dir.path().join("kiosk-nfc"))?,
-        gate: GateSim::start(&dir.path().join("turnstile"), 1)?,
-        camera: {
-            let camera = dir.path().join("kiosk-camera");
-            std::fs::create_dir_all(&camera)?;
-            camera
-        },
-        _ptys: ptys,
-    });
+    let devices = Arc::new(simulated_devices(dir.path())?);
 
     let config_path = dir.path().join("phygate.toml");
     std::fs::write(&config_path, config_text(dir.path(), port, &card_key))?;
@@ -255,19 +230,7 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         let (devices, stop) = (devices.clone(), stop.clone());
         std::thread::spawn(move || walk_customers(&devices, &signing, rate, &stop))
     };
-    {
-        // Pasted codes go to the entrance scanner.
-        let entrance = devices.entrance.clone();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-                let code = line.trim();
-                if !code.is_empty() {
-                    let mut sim = entrance.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = sim.scan(code);
-                }
-            }
-        });
-    }
+    forward_pasted_codes(devices.entrance.clone());
 
     let shutdown = async move {
         match seconds {
@@ -293,6 +256,45 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         devices.gate.coil_writes().len()
     );
     Ok(())
+}
+
+/// The store's devices, each simulated on a pseudo-terminal (the camera: a directory).
+fn simulated_devices(dir: &Path) -> anyhow::Result<Devices> {
+    let mut ptys = Vec::new();
+    Ok(Devices {
+        entrance: Arc::new(Mutex::new(scanner(dir, "entrance-scanner", &mut ptys)?)),
+        kiosk: Mutex::new(scanner(dir, "kiosk-scanner", &mut ptys)?),
+        exit: Mutex::new(scanner(dir, "exit-scanner", &mut ptys)?),
+        skin: {
+            let pty = Pty::open(&dir.join("skin-analyzer"))?;
+            let sim = SkinSim {
+                port: pty.master.try_clone()?,
+            };
+            ptys.push(pty);
+            Mutex::new(sim)
+        },
+        nfc: Pn532Sim::start(&dir.join("kiosk-nfc"))?,
+        gate: GateSim::start(&dir.join("turnstile"), 1)?,
+        camera: {
+            let camera = dir.join("kiosk-camera");
+            std::fs::create_dir_all(&camera)?;
+            camera
+        },
+        _ptys: ptys,
+    })
+}
+
+/// Codes pasted on the terminal are scanned at the entrance.
+fn forward_pasted_codes(entrance: Arc<Mutex<ScannerSim<std::fs::File>>>) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            let code = line.trim();
+            if !code.is_empty() {
+                let mut sim = entrance.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = sim.scan(code);
+            }
+        }
+    });
 }
 
 /// How to run this very binary from a second terminal, for the hints the demo prints. Under

@@ -125,11 +125,21 @@ pub struct QrScanned {
     pub gate_opened: Option<bool>,
 }
 
+/// A device's state in `store.device.status` (its sources report it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Up,
+    Down,
+    Silent,
+    Error,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceStatusData {
     pub device: String,
     pub kind: &'static str,
-    pub state: crate::sources::DeviceState,
+    pub state: DeviceState,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -184,7 +194,7 @@ pub struct SkinDiagnosed {
 pub struct GatePassed {
     /// The device that counted (turnstile module or people counter).
     pub gate: String,
-    pub direction: crate::sources::Direction,
+    pub direction: crate::station::Direction,
     pub count: u64,
     /// A network counter's own interval (RFC 3339 UTC), beyond the original design (docs/architecture.md §10): a count
     /// posted late (counter offline) still says when the people passed.
@@ -422,7 +432,7 @@ mod tests {
             EventData::DeviceStatus(DeviceStatusData {
                 device: "d".into(),
                 kind: "scanner",
-                state: crate::sources::DeviceState::Up,
+                state: DeviceState::Up,
                 reason: String::new(),
                 count: None,
             }),

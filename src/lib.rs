@@ -4,7 +4,11 @@
 //! devices ─► sources ─Reading─► link ─Event─► outbox (SQLite) ─batch─► uplink (MQTT QoS 1) ─► HQ
 //! ```
 //!
-//! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and field.
+//! - [`config`]: TOML → raw structs → validated [`config::Config`]; every error names file, line
+//!   and field. Each stage's settings are plain values defined next to the stage (`settings.rs`);
+//!   the config validates into them and the wiring hands each stage its own, so no stage imports
+//!   `config`. HQ's stored config and its precedence over the local file: `config::hq`.
+//! - [`station`]: a station's id, role and direction, shared by config, sources, link and events.
 //! - [`sources`]: one module per device kind; each owns its port and emits [`sources::Reading`]s.
 //!   Cameras decode QR frames on their own thread with the `phygate_qr` crate. Shared by the
 //!   kinds: one port-supervision loop (`supervise.rs`: open, serve, report down, back off,
@@ -15,15 +19,17 @@
 //! - [`event`]: the CloudEvents 1.0 envelope and each event type's data.
 //! - [`downlink`]: HQ → store messages (keys, members, commands, config), checked before use, on
 //!   their own persistent MQTT session, acknowledged to the broker only once applied and committed;
-//!   HQ's config is kept next to the outbox and applied like a SIGHUP reload.
-//! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota.
+//!   HQ's configs go to the reloader (`daemon::reload`), applied like a SIGHUP reload.
+//! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota;
+//!   every saved-state key format (`outbox::keys`).
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
 //!   book (packet id → rows, resend from the oldest after CONNACK) is pure state in
 //!   `uplink/book.rs`; `uplink/mod.rs` is the MQTT shell around it.
-//! - [`daemon`]: the wiring of all of the above, ordered shutdown, and the device controls
-//!   (gate unlocks by station) handed to whoever acts on devices.
+//! - [`daemon`]: the wiring of all of the above (each stage built from its own settings), ordered
+//!   shutdown, config reloads (SIGHUP, HQ's config), and the device controls (gate unlocks by
+//!   station) handed to whoever acts on devices.
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
-//!   watchdog; SIGHUP config reloads; the logger.
+//!   watchdog; the logger.
 //! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`, the status
 //!   page's clock card; the only file that asks the kernel), and `unix_ms`.
 //! - [`backoff`]: capped, jittered exponential backoff (port reopens, MQTT reconnects).
@@ -48,6 +54,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod sim;
 pub mod sources;
+pub mod station;
 pub mod status;
 pub mod uplink;
 pub mod words;

@@ -55,7 +55,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             // What load just read; HQ's stored config, when valid, takes precedence over it.
             let text = std::fs::read_to_string(&config)?;
-            let effective = phygate::downlink::hqconfig::effective(loaded, text);
+            let effective = phygate::config::hq::effective(loaded, text);
             let service = phygate::daemon::run_service(effective, config, shutdown_signal());
             runtime()?.block_on(service)?;
             Ok(ExitCode::SUCCESS)

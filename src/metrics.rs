@@ -55,128 +55,130 @@ pub static DOWNLINK_REFUSED: Counter = Counter::new();
 pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
-pub fn token_verdict(v: crate::link::token::Verdict) {
-    TOKEN_VERDICTS.inc(v.as_str());
-}
+/// Every metric: name, type, help, and the counter that holds its value.
+static TABLE: [(&str, &str, &str, &Counter); 19] = [
+    (
+        "phygate_readings_total",
+        "counter",
+        "readings received from devices",
+        &READINGS,
+    ),
+    (
+        "phygate_scanner_rejected_total",
+        "counter",
+        "scanner lines rejected",
+        &SCANNER_REJECTED,
+    ),
+    (
+        "phygate_camera_rejected_total",
+        "counter",
+        "camera frames that were not readable images",
+        &CAMERA_REJECTED,
+    ),
+    (
+        "phygate_skin_rejected_total",
+        "counter",
+        "skin analyzer lines rejected",
+        &SKIN_REJECTED,
+    ),
+    (
+        "phygate_ingest_rejected_total",
+        "counter",
+        "HTTP ingest requests refused (4xx, 5xx)",
+        &INGEST_REJECTED,
+    ),
+    (
+        "phygate_nfc_failures_total",
+        "counter",
+        "NFC reader exchanges that failed (each followed by a re-initialisation)",
+        &NFC_FAILURES,
+    ),
+    (
+        "phygate_nfc_bytes_discarded_total",
+        "counter",
+        "bytes from NFC readers that were not part of a frame",
+        &NFC_BYTES_DISCARDED,
+    ),
+    (
+        "phygate_events_accepted_total",
+        "counter",
+        "events durably accepted into the outbox",
+        &EVENTS_ACCEPTED,
+    ),
+    (
+        "phygate_events_published_total",
+        "counter",
+        "events acknowledged by the broker",
+        &EVENTS_PUBLISHED,
+    ),
+    (
+        "phygate_events_evicted_total",
+        "counter",
+        "events dropped by the outbox quota",
+        &EVENTS_EVICTED,
+    ),
+    (
+        "phygate_outbox_write_errors_total",
+        "counter",
+        "failed outbox transactions",
+        &OUTBOX_WRITE_ERRORS,
+    ),
+    (
+        "phygate_outbox_depth",
+        "gauge",
+        "events waiting in the outbox",
+        &OUTBOX_DEPTH,
+    ),
+    (
+        "phygate_outbox_bytes",
+        "gauge",
+        "bytes of events waiting in the outbox",
+        &OUTBOX_BYTES,
+    ),
+    (
+        "phygate_mqtt_reconnects_total",
+        "counter",
+        "MQTT connection attempts after a failure",
+        &MQTT_RECONNECTS,
+    ),
+    (
+        "phygate_mqtt_connected",
+        "gauge",
+        "1 while connected to the broker",
+        &MQTT_CONNECTED,
+    ),
+    (
+        "phygate_gate_polls_failed_total",
+        "counter",
+        "gate polls without a valid answer (timeout, CRC, exception)",
+        &GATE_POLLS_FAILED,
+    ),
+    (
+        "phygate_downlink_refused_total",
+        "counter",
+        "downlink messages refused (size, schema, version); nothing of them applied",
+        &DOWNLINK_REFUSED,
+    ),
+    (
+        "phygate_downlink_applied_total",
+        "counter",
+        "downlink messages applied",
+        &DOWNLINK_APPLIED,
+    ),
+    (
+        "phygate_gate_unlocks_total",
+        "counter",
+        "gate unlocks written (entry tokens and HQ commands)",
+        &GATE_UNLOCKS,
+    ),
+];
 
 /// Name, help and value of every metric, for exporters.
 pub fn snapshot() -> Vec<(&'static str, &'static str, &'static str, u64)> {
-    vec![
-        (
-            "phygate_readings_total",
-            "counter",
-            "readings received from devices",
-            READINGS.get(),
-        ),
-        (
-            "phygate_scanner_rejected_total",
-            "counter",
-            "scanner lines rejected",
-            SCANNER_REJECTED.get(),
-        ),
-        (
-            "phygate_camera_rejected_total",
-            "counter",
-            "camera frames that were not readable images",
-            CAMERA_REJECTED.get(),
-        ),
-        (
-            "phygate_skin_rejected_total",
-            "counter",
-            "skin analyzer lines rejected",
-            SKIN_REJECTED.get(),
-        ),
-        (
-            "phygate_ingest_rejected_total",
-            "counter",
-            "HTTP ingest requests refused (4xx, 5xx)",
-            INGEST_REJECTED.get(),
-        ),
-        (
-            "phygate_nfc_failures_total",
-            "counter",
-            "NFC reader exchanges that failed (each followed by a re-initialisation)",
-            NFC_FAILURES.get(),
-        ),
-        (
-            "phygate_nfc_bytes_discarded_total",
-            "counter",
-            "bytes from NFC readers that were not part of a frame",
-            NFC_BYTES_DISCARDED.get(),
-        ),
-        (
-            "phygate_events_accepted_total",
-            "counter",
-            "events durably accepted into the outbox",
-            EVENTS_ACCEPTED.get(),
-        ),
-        (
-            "phygate_events_published_total",
-            "counter",
-            "events acknowledged by the broker",
-            EVENTS_PUBLISHED.get(),
-        ),
-        (
-            "phygate_events_evicted_total",
-            "counter",
-            "events dropped by the outbox quota",
-            EVENTS_EVICTED.get(),
-        ),
-        (
-            "phygate_outbox_write_errors_total",
-            "counter",
-            "failed outbox transactions",
-            OUTBOX_WRITE_ERRORS.get(),
-        ),
-        (
-            "phygate_outbox_depth",
-            "gauge",
-            "events waiting in the outbox",
-            OUTBOX_DEPTH.get(),
-        ),
-        (
-            "phygate_outbox_bytes",
-            "gauge",
-            "bytes of events waiting in the outbox",
-            OUTBOX_BYTES.get(),
-        ),
-        (
-            "phygate_mqtt_reconnects_total",
-            "counter",
-            "MQTT connection attempts after a failure",
-            MQTT_RECONNECTS.get(),
-        ),
-        (
-            "phygate_mqtt_connected",
-            "gauge",
-            "1 while connected to the broker",
-            MQTT_CONNECTED.get(),
-        ),
-        (
-            "phygate_gate_polls_failed_total",
-            "counter",
-            "gate polls without a valid answer (timeout, CRC, exception)",
-            GATE_POLLS_FAILED.get(),
-        ),
-        (
-            "phygate_downlink_refused_total",
-            "counter",
-            "downlink messages refused (size, schema, version); nothing of them applied",
-            DOWNLINK_REFUSED.get(),
-        ),
-        (
-            "phygate_downlink_applied_total",
-            "counter",
-            "downlink messages applied",
-            DOWNLINK_APPLIED.get(),
-        ),
-        (
-            "phygate_gate_unlocks_total",
-            "counter",
-            "gate unlocks written (entry tokens and HQ commands)",
-            GATE_UNLOCKS.get(),
-        ),
-    ]
+    TABLE
+        .iter()
+        .map(|&(name, kind, help, counter)| (name, kind, help, counter.get()))
+        .collect()
 }
 
 /// A Prometheus-style histogram: cumulative counts per upper bound, with sum and count.

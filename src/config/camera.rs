@@ -1,52 +1,12 @@
 //! `kind = "camera"`: a camera read for QR codes (the URL forms are in `sources::camera`).
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{DeviceConfig, DeviceKind, Validator};
-use crate::sources::camera::CameraUrl;
-
-/// A validated camera.
-#[derive(Debug, Clone)]
-pub struct CameraConfig {
-    pub url: CameraUrl,
-    /// Frame period: how often a `file:` image is re-read, a `dir:` listed, a device read.
-    pub interval: Duration,
-    /// Only this part of the frame is searched.
-    pub roi: Option<phygate_qr::Rect>,
-    /// Frames are downscaled so their longer side is at most this.
-    pub max_side: u32,
-    /// Per-frame decode budget (the decoding thread's CPU time; see `phygate_qr::decode`).
-    pub budget: Duration,
-    /// A code seen again within this of its last sighting is the same sighting (sliding).
-    pub dedupe_window: Duration,
-    /// Report `silent` after this long without a code (None: a camera may see nothing).
-    pub silent_after: Option<Duration>,
-}
-
-impl fmt::Display for CameraConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = crate::words::duration;
-        write!(
-            f,
-            "camera on {}, a frame every {}, max side {} px, budget {}, dedupe {}",
-            self.url,
-            d(self.interval),
-            self.max_side,
-            d(self.budget),
-            d(self.dedupe_window)
-        )?;
-        if let Some(r) = self.roi {
-            write!(f, ", roi [{}, {}, {}, {}]", r.x, r.y, r.width, r.height)?;
-        }
-        if let Some(after) = self.silent_after {
-            write!(f, ", silent after {}", d(after))?;
-        }
-        Ok(())
-    }
-}
+use crate::sources::camera::feed::CameraUrl;
+use crate::sources::camera::settings::{CameraConfig, NO_V4L2};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,7 +22,7 @@ pub(super) struct RawCamera {
     max_side: u32,
     #[serde(default = "default_budget", with = "humantime_serde")]
     budget: Duration,
-    #[serde(default = "super::default_dedupe", with = "humantime_serde")]
+    #[serde(default = "super::serial::default_dedupe", with = "humantime_serde")]
     dedupe_window: Duration,
     #[serde(default, with = "humantime_serde")]
     silent_after: Option<Duration>,
@@ -92,7 +52,7 @@ impl Validator<'_> {
         };
         #[cfg(not(feature = "camera"))]
         if matches!(url, CameraUrl::V4l2(_)) {
-            self.problem(at("url"), crate::sources::camera::NO_V4L2);
+            self.problem(at("url"), NO_V4L2);
         }
         let ms = Duration::from_millis;
         if !(ms(10)..=ms(60_000)).contains(&c.interval) {

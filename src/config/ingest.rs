@@ -2,54 +2,9 @@
 //! (docs/protocols.md §3b, §4): serial SKN1 analyzers, tablet analyzers and people counters.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::*;
-
-/// A serial SKN1 skin analyzer.
-#[derive(Debug, Clone)]
-pub struct SkinConfig {
-    pub port: PathBuf,
-    pub baud: u32,
-    /// Report the device `silent` after this long without a reading (None: kiosks may idle).
-    pub silent_after: Option<Duration>,
-}
-
-/// A device that posts to the ingest listener (a tablet analyzer or a people counter).
-#[derive(Debug, Clone)]
-pub struct HttpDeviceConfig {
-    pub token: Token,
-}
-
-/// The local HTTP ingest listener.
-#[derive(Debug, Clone)]
-pub struct IngestConfig {
-    pub listen: SocketAddr,
-}
-
-/// A device's bearer token. A secret: never printed, compared in constant time.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl Token {
-    /// True when `presented` is this token. Constant time in the token's content, so a client
-    /// cannot guess it byte by byte from response times.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        if mine.len() != presented.len() {
-            return false;
-        }
-        mine.iter()
-            .zip(presented)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(redacted)")
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,7 +85,7 @@ impl Validator<'_> {
             id: d.id,
             station: d.station,
             kind: kind(HttpDeviceConfig {
-                token: Token(d.token),
+                token: Token::new(d.token),
             }),
         }
     }
@@ -260,7 +215,7 @@ host = "127.0.0.1"
 
     #[test]
     fn token_comparison() {
-        let t = Token("abcdefghijklmnop".into());
+        let t = Token::new("abcdefghijklmnop".into());
         assert!(t.matches(b"abcdefghijklmnop"));
         assert!(!t.matches(b"abcdefghijklmnoq"));
         assert!(!t.matches(b"abcdefghijklmno"));

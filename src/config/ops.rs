@@ -1,25 +1,9 @@
 //! Config of the operations side: the local status listener (`[status]`) and the log level
-//! (`[log]`). Both can change on a SIGHUP reload without a restart (see `status::reload`).
+//! (`[log]`). Both can change on a SIGHUP reload without a restart (see `daemon::reload`).
 
 use std::net::SocketAddr;
 
 use super::*;
-
-/// The local status listener: the staff page, `/status.json`, `/metrics`, `/healthz`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusConfig {
-    pub listen: SocketAddr,
-    /// Devices `/healthz` requires up. Default: every device with a port of its own (serial,
-    /// Modbus); devices that post over HTTP have no link state to check.
-    pub required: Vec<String>,
-}
-
-/// The log filter, in `RUST_LOG` syntax (`info`, `phygate=debug,rumqttc=warn`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    /// `None`: `RUST_LOG` from the environment, or `info`.
-    pub level: Option<String>,
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

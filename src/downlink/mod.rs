@@ -2,7 +2,7 @@
 //! (size cap, schema, version) before anything is applied; a bad one is logged, counted and
 //! changes nothing. [`session::Downlink`] owns the downlink's own MQTT connection (a persistent
 //! session) and hands each message over with a [`Receipt`]; the link (keys, members, commands)
-//! or the config applier (`status::reload`) applies it and settles the receipt once the effect
+//! or the config applier (`daemon::reload`) applies it and settles the receipt once the effect
 //! is committed, and only then is the message acknowledged to the broker.
 //!
 //! | topic | payload |
@@ -12,8 +12,8 @@
 //! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` |
 //! | `…/{tenant}/{store}/config` (retained) | a phygate TOML config, checked like a local one |
 
-pub mod hqconfig;
 pub mod session;
+pub mod settings;
 
 use std::time::SystemTime;
 

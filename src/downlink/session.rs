@@ -42,9 +42,10 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
-use crate::config::Config;
+use crate::uplink::settings::MqttConfig;
 
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
 const REQUESTS: usize = 256;
@@ -68,7 +69,7 @@ pub struct Downlink {
     store: String,
     /// Keys, members and commands: the link applies them.
     link: mpsc::Sender<Delivery>,
-    /// Config documents: the config applier (`status::reload`) takes them.
+    /// Config documents: the config applier (`daemon::reload`) takes them.
     config: mpsc::Sender<Delivery<String>>,
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: Pending,
@@ -79,12 +80,12 @@ pub struct Downlink {
 
 impl Downlink {
     pub fn new(
-        config: &Config,
+        settings: DownlinkSettings,
         link: mpsc::Sender<Delivery>,
         config_updates: mpsc::Sender<Delivery<String>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, DownlinkError> {
-        let mut o = crate::uplink::connect_options(&config.mqtt, &client_id(config))
+        let mut o = crate::uplink::connect_options(&settings.mqtt, &client_id(&settings.mqtt))
             .map_err(DownlinkError::Settings)?;
         o.set_clean_session(false);
         o.set_manual_acks(true);
@@ -94,12 +95,12 @@ impl Downlink {
         Ok(Downlink {
             client,
             eventloop,
-            tenant: config.tenant.clone(),
-            store: config.store.clone(),
+            tenant: settings.tenant,
+            store: settings.store,
             link,
             config: config_updates,
             pending: VecDeque::new(),
-            backoff: ReconnectBackoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            backoff: ReconnectBackoff::new(settings.backoff_min, settings.backoff_max),
             shutdown,
             pause: test_pause(),
         })
@@ -259,8 +260,8 @@ impl Downlink {
 
 /// The downlink session's client id: stable (the broker finds the session by it) and not the
 /// uplink's (a second connection with one id would take the first one over).
-pub fn client_id(config: &Config) -> String {
-    format!("{}-downlink", config.mqtt.client_id)
+pub fn client_id(mqtt: &MqttConfig) -> String {
+    format!("{}-downlink", mqtt.client_id)
 }
 
 /// Resolves when the oldest pending message is settled (or its receipt dropped).

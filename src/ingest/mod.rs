@@ -24,6 +24,9 @@
 pub mod counts;
 pub mod receipt;
 pub mod retention;
+pub mod settings;
+
+pub use settings::{Endpoint, HttpDeviceConfig, IngestConfig, IngestSettings, Token};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,12 +47,12 @@ use tracing::{debug, info, warn};
 use self::counts::CountsPost;
 use self::receipt::{Created, Receipt};
 use crate::clock::unix_ms;
-use crate::config::{Config, DeviceKind, Token};
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::outbox::{OutboxHandle, StateWrite};
 use crate::sources::skin::skn1;
-use crate::sources::{Direction, Observation, Passage, Reading};
+use crate::sources::{Observation, Passage, Reading};
+use crate::station::Direction;
 
 /// How often receipts past their time (and a tablet's sightings past the window) are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -66,13 +69,6 @@ pub enum IngestError {
     },
     #[error("the ingest listener failed: {0}")]
     Serve(std::io::Error),
-}
-
-/// Which endpoint a device may post to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Counts,
-    Skin,
 }
 
 struct Device {
@@ -98,51 +94,41 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Binds the listener when the config has one (`None`: no device posts here).
+    /// Binds the listener (the wiring starts none when no device posts here).
     pub async fn bind(
-        config: &Config,
+        settings: IngestSettings,
         link: LinkHandle,
         outbox: OutboxHandle,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Option<Ingest>, IngestError> {
-        let Some(ingest) = &config.ingest else {
-            return Ok(None);
-        };
-        let listener = tokio::net::TcpListener::bind(ingest.listen)
+    ) -> Result<Ingest, IngestError> {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| IngestError::Bind {
-                addr: ingest.listen,
+                addr: settings.listen,
                 source,
             })?;
-        let devices = config
+        let devices = settings
             .devices
-            .iter()
-            .filter_map(|d| {
-                let endpoint = match &d.kind {
-                    DeviceKind::PeopleCounter(_) => Endpoint::Counts,
-                    DeviceKind::SkinHttp(_) => Endpoint::Skin,
-                    _ => return None,
-                };
-                Some(Device {
-                    id: d.id.as_str().into(),
-                    station: d.station.as_str().into(),
-                    endpoint,
-                    token: d.kind.http()?.token.clone(),
-                    lock: Arc::default(),
-                })
+            .into_iter()
+            .map(|d| Device {
+                id: d.id.into(),
+                station: d.station.into(),
+                endpoint: d.endpoint,
+                token: d.token,
+                lock: Arc::default(),
             })
             .collect();
         let shared = Arc::new(Shared {
-            stations: config.stations.iter().map(|s| s.id.clone()).collect(),
+            stations: settings.stations.into_iter().collect(),
             devices,
             link,
             outbox,
         });
-        Ok(Some(Ingest {
+        Ok(Ingest {
             listener,
             shared,
             shutdown,
-        }))
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sources::Direction;
+use crate::station::Direction;
 
 /// One event a post created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,17 +62,10 @@ impl Receipt {
     }
 }
 
-pub fn device_prefix(device: &str) -> String {
-    format!("ingest/{device}/")
-}
-
-pub fn counts_key(device: &str, from: &str, to: &str) -> String {
-    format!("{}counts/{from}/{to}", device_prefix(device))
-}
-
-pub fn skin_key(device: &str, model: &str, seq: u64) -> String {
-    format!("{}skin/{model}/{seq}", device_prefix(device))
-}
+// The receipts' key formats live with every other saved-state key.
+pub use crate::outbox::keys::{
+    ingest_counts as counts_key, ingest_prefix as device_prefix, ingest_skin as skin_key,
+};
 
 #[cfg(test)]
 mod tests {

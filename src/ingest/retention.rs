@@ -21,11 +21,8 @@ use super::receipt::{self, Receipt};
 /// outbox thread with one huge commit.
 const DELETE_CHUNK: usize = 1_000;
 
-/// The prefix of the sightings the link writes for `device`'s skin readings (the keys of
-/// `sources::skin::seen_state`; a test keeps the two in step).
-pub fn seen_prefix(device: &str) -> String {
-    format!("skin/seen/{device}/")
-}
+/// The prefix of the sightings the link writes for `device`'s skin readings.
+pub use crate::outbox::keys::skin_seen_prefix as seen_prefix;
 
 /// The receipts past their time (or unreadable: at worst one duplicate later).
 pub fn stale_receipts(entries: Vec<(String, Vec<u8>)>, now_ms: u64) -> Vec<String> {
@@ -80,9 +77,9 @@ mod tests {
 
     use super::*;
     use crate::clock::unix_ms;
-    use crate::config::{OutboxConfig, Synchronous};
     use crate::ingest::counts;
     use crate::outbox::Outbox;
+    use crate::outbox::{OutboxConfig, Synchronous};
     use crate::sources::skin::seen_state;
 
     #[test]

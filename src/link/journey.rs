@@ -18,25 +18,25 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use self::members::scope_index;
 use super::jwks::KeySet;
 use super::replay::{apply_replay, ReplayGuard};
+use super::settings::JourneySettings;
 use super::stage::StageRules;
 use super::token::{extract_token, verify, Purpose, Verdict, VerifyContext};
 use super::{classify_code, CodeKind};
 use crate::clock::unix_ms;
-use crate::config::{Config, StationRole};
-use crate::downlink::{MemberScope, Members};
+use crate::downlink::MemberScope;
 use crate::event::*;
 use crate::outbox::StateWrite;
-use crate::sources::{Direction, Observation, Reading};
+use crate::sources::{Observation, Reading};
+use crate::station::Direction;
+use crate::station::StationRole;
 
 /// State keys the identity rules persist (in the outbox's state table).
-pub const JTI_PREFIX: &str = "jti/";
-/// `member/{store|all}/{card_hash}` → user id; `members.version/{store|all}` → version.
-pub const MEMBER_PREFIX: &str = "member/";
-pub const MEMBERS_VERSION: &str = "members.version/";
-pub const KEYS_JWKS: &str = "keys.jwks";
-pub const VISIT_PREFIX: &str = "visit/";
+pub use crate::outbox::keys::{
+    JTI_PREFIX, KEYS_JWKS, MEMBERS_VERSION, MEMBER_PREFIX, VISIT_PREFIX,
+};
 
 /// What one reading (or one tick) produced.
 #[derive(Debug, Default)]
@@ -85,17 +85,17 @@ pub struct Journey {
 }
 
 impl Journey {
-    pub fn new(config: &Config) -> Journey {
-        let id = &config.identity;
+    pub fn new(settings: JourneySettings) -> Journey {
+        let id = &settings.identity;
         Journey {
-            tenant: config.tenant.clone(),
-            store: config.store.clone(),
+            tenant: settings.tenant.clone(),
+            store: settings.store.clone(),
             card_key: id.card_key,
             skew: id.token_skew,
             session_window: id.session_window,
             visit_idle: id.visit_idle,
             stages: id.stages.clone(),
-            stations: config
+            stations: settings
                 .stations
                 .iter()
                 .map(|s| (s.id.clone(), (s.role, s.direction)))
@@ -145,75 +145,6 @@ impl Journey {
         let mut all = self.config_keys.clone();
         all.merge(keys);
         self.keys = all;
-    }
-
-    pub fn members_version(&self, scope: MemberScope) -> u64 {
-        self.members_version[scope as usize]
-    }
-
-    /// Checks a member snapshot (newer than what is held) or delta (on top of exactly what is
-    /// held) and returns the state to persist, all or nothing, or why it was refused. Memory is
-    /// not touched: call [`Self::commit_members`] once the writes are durable, so a disk that
-    /// refuses them leaves the map as the disk has it and the redelivered update applies then.
-    pub fn plan_members(&self, m: &Members) -> Result<Vec<StateWrite>, String> {
-        let i = m.scope as usize;
-        let held = self.members_version[i];
-        match m.base {
-            None if m.version <= held => {
-                return Err(format!(
-                    "stale snapshot version {} (holding {held})",
-                    m.version
-                ))
-            }
-            Some(base) if base != held => {
-                return Err(format!(
-                    "delta {} is based on {base}, holding {held}: waiting for a snapshot",
-                    m.version
-                ))
-            }
-            _ => {}
-        }
-        let scope = m.scope.as_str();
-        let key = |hash: &str| format!("{MEMBER_PREFIX}{scope}/{hash}");
-        let mut writes = Vec::new();
-        if m.base.is_none() {
-            writes.extend(self.members[i].keys().map(|hash| (key(hash), None)));
-        }
-        writes.extend(m.delete.iter().map(|hash| (key(hash), None)));
-        writes.extend(
-            m.upsert
-                .iter()
-                .map(|(hash, user)| (key(hash), Some(user.clone().into_bytes()))),
-        );
-        writes.push((
-            format!("{MEMBERS_VERSION}{scope}"),
-            Some(m.version.to_string().into_bytes()),
-        ));
-        Ok(writes)
-    }
-
-    /// Applies to memory an update whose [`Self::plan_members`] writes were committed.
-    pub fn commit_members(&mut self, m: &Members) {
-        let i = m.scope as usize;
-        let map = &mut self.members[i];
-        if m.base.is_none() {
-            map.clear();
-        }
-        for hash in &m.delete {
-            map.remove(hash);
-        }
-        for (hash, user) in &m.upsert {
-            map.insert(hash.clone(), user.clone());
-        }
-        self.members_version[i] = m.version;
-    }
-
-    /// The member a card belongs to: this store's map first, then the fleet-wide one.
-    pub fn member(&self, card_hash: &str) -> Option<&str> {
-        self.members
-            .iter()
-            .find_map(|m| m.get(card_hash))
-            .map(String::as_str)
     }
 
     /// One reading → its event(s), state and gate decision.
@@ -278,7 +209,7 @@ impl Journey {
                 counters,
             } => {
                 out.state.push((
-                    crate::sources::gate::state_key(&reading.device),
+                    crate::outbox::keys::gate(&reading.device),
                     Some(counters.encode()),
                 ));
                 out.events.push(Event::new(
@@ -289,7 +220,7 @@ impl Journey {
             }
             Observation::GateBaseline(counters) => {
                 out.state.push((
-                    crate::sources::gate::state_key(&reading.device),
+                    crate::outbox::keys::gate(&reading.device),
                     Some(counters.encode()),
                 ));
             }
@@ -345,7 +276,7 @@ impl Journey {
             &mut self.replay,
             ctx.now_unix,
         );
-        crate::metrics::token_verdict(checked.verdict);
+        crate::metrics::TOKEN_VERDICTS.inc(checked.verdict.as_str());
         let (role, direction) = self.station(&station);
         let at_gate = role == Some(StationRole::Gate);
         let mut event = Event::new(
@@ -427,7 +358,7 @@ impl Journey {
                 // Into this store's map, version unchanged: HQ's next snapshot will carry it.
                 self.members[MemberScope::Store as usize].insert(hash.clone(), user.clone());
                 out.state.push((
-                    format!("{MEMBER_PREFIX}store/{hash}"),
+                    crate::outbox::keys::member("store", &hash),
                     Some(user.clone().into_bytes()),
                 ));
                 // The registration is done: the session goes on as an ordinary one.
@@ -591,17 +522,11 @@ fn passed(
     })
 }
 
-fn scope_index(s: &str) -> Option<usize> {
-    match s {
-        "store" => Some(MemberScope::Store as usize),
-        "all" => Some(MemberScope::Fleet as usize),
-        _ => None,
-    }
-}
-
 fn unix_s(t: SystemTime) -> i64 {
     (unix_ms(t) / 1000) as i64
 }
+
+mod members;
 
 #[cfg(test)]
 #[path = "journey_tests.rs"]

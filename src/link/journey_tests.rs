@@ -1,4 +1,7 @@
 use super::*;
+// The journey is built here as the wiring builds it: from a config file's text.
+use crate::config::Config;
+use crate::downlink::Members;
 use crate::link::jwks::generate_key;
 use crate::link::token::{mint, Claims};
 use crate::sources::nfc::NfcTap;
@@ -52,7 +55,7 @@ visit_idle = "10m"
     );
     let config = Config::parse(&text, &dir.join("c.toml")).unwrap();
     T {
-        j: Journey::new(&config),
+        j: Journey::new(config.journey_settings()),
         key,
         t0: Instant::now(),
         wall0: SystemTime::now(),

@@ -15,10 +15,12 @@ pub mod journey;
 pub mod jwks;
 pub mod nfc;
 pub mod replay;
+pub mod settings;
 pub mod stage;
 pub mod token;
 
 pub use classify::{classify_code, CodeKind};
+pub use settings::IdentityConfig;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ const UPDATE_QUEUE: usize = 64;
 const UNLOCK_WAIT: Duration = Duration::from_millis(500);
 /// Command ids remembered (executed at most once) are kept this long.
 const COMMAND_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
-const COMMAND_PREFIX: &str = "cmd/";
+use crate::outbox::keys::COMMAND_PREFIX;
 /// How often remembered command ids past their memory are forgotten (and their keys deleted).
 const COMMAND_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -100,7 +102,7 @@ impl Link {
         readings: mpsc::Receiver<Reading>,
         outbox: OutboxHandle,
         journey: Journey,
-        config: &crate::config::Config,
+        gateway: &str,
     ) -> Self {
         Link {
             readings,
@@ -109,7 +111,7 @@ impl Link {
             updates: None,
             journey,
             gates: GateRegistry::default(),
-            gateway: config.gateway.as_str().into(),
+            gateway: gateway.into(),
             commands_seen: HashSet::new(),
             commands_pruned: Instant::now(),
             board: Default::default(),

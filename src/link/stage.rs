@@ -3,8 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::StationRole;
-use crate::sources::Direction;
+use crate::station::{Direction, StationRole};
 
 /// The journey stages HQ's engine knows.
 pub const STAGES: &[&str] = &["entry", "browse", "engage", "purchase_intent", "exit"];

@@ -7,8 +7,11 @@
 //! in one transaction (group commit): one fsync per group under load, one per event when idle,
 //! and no waiting for a group to fill.
 
+pub mod keys;
+pub mod settings;
 mod store;
 
+pub use settings::{OutboxConfig, Synchronous};
 pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
 use std::path::PathBuf;
@@ -17,9 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::config::OutboxConfig;
+use crate::event::DeviceState;
 use crate::event::{DeviceStatusData, Event, EventData, Origin, Prepared};
-use crate::sources::DeviceState;
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
 const QUEUE: usize = 4096;

@@ -56,7 +56,7 @@ async fn put_states_durable_answers_after_the_commit() {
     let dir = tempfile::tempdir().unwrap();
     let config = OutboxConfig {
         path: dir.path().join("o.db"),
-        synchronous: crate::config::Synchronous::Full,
+        synchronous: crate::outbox::Synchronous::Full,
         max_bytes: 1 << 20,
         max_age: Duration::from_secs(3600),
         max_file_bytes: None,
@@ -84,7 +84,7 @@ async fn put_states_durable_answers_after_the_commit() {
 fn config(dir: &std::path::Path) -> OutboxConfig {
     OutboxConfig {
         path: dir.join("o.db"),
-        synchronous: crate::config::Synchronous::Full,
+        synchronous: crate::outbox::Synchronous::Full,
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(3600),
         max_file_bytes: None,

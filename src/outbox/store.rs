@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tracing::error;
 
-use crate::config::Synchronous;
+use super::settings::Synchronous;
 use crate::event::{Event, Origin, Prepared};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.

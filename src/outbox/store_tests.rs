@@ -33,7 +33,7 @@ fn status() -> Event {
         EventData::DeviceStatus(DeviceStatusData {
             device: "d".into(),
             kind: "scanner",
-            state: crate::sources::DeviceState::Up,
+            state: crate::event::DeviceState::Up,
             reason: "x".repeat(200),
             count: None,
         }),

@@ -15,6 +15,10 @@ pub mod skin;
 pub mod supervise;
 pub mod throttle;
 
+/// A device's state, as its status events carry it (`crate::event`).
+pub use crate::event::DeviceState;
+/// Where a passage went; a station value (`crate::station`), named here too for the readings.
+pub use crate::station::Direction;
 pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,22 +68,6 @@ pub struct Passage {
     pub interval: Option<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-}
-
 /// A device went up / down / silent, or rejected input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStatus {
@@ -88,15 +76,6 @@ pub struct DeviceStatus {
     pub reason: String,
     /// For throttled errors: how many rejections this report stands for.
     pub count: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceState {
-    Up,
-    Down,
-    Silent,
-    Error,
 }
 
 /// Why a source stops.

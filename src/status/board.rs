@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use super::settings::BoardDevice;
 use crate::sources::{DeviceState, Observation, Reading};
 
 /// How long a rejected input or a device error keeps the device shown as `error` when nothing
@@ -58,7 +58,7 @@ pub struct DeviceView {
     /// The device's own words for its state (`opened`, `port lost: …`, `too_long`).
     pub reason: String,
     /// When the last reading (a code, a tap, a diagnosis, a passage) arrived.
-    #[serde(default, with = "super::report::rfc3339::option")]
+    #[serde(default, with = "super::rfc3339::option")]
     pub last_reading: Option<SystemTime>,
     pub readings: u64,
 }
@@ -113,14 +113,13 @@ pub struct Board {
 
 impl Board {
     /// A board with every configured device, in config order, waiting for its first word.
-    pub fn new(config: &Config) -> Board {
-        let devices = config
-            .devices
-            .iter()
+    pub fn new(devices: Vec<BoardDevice>) -> Board {
+        let devices = devices
+            .into_iter()
             .map(|d| Entry {
-                id: d.id.clone(),
-                kind: d.kind.name().into(),
-                station: d.station.clone(),
+                id: d.id,
+                kind: d.kind.into(),
+                station: d.station,
                 status: None,
                 error: None,
                 last_reading: None,
@@ -186,7 +185,11 @@ port = "/dev/null"
 [mqtt]
 host = "h"
 "#;
-        Board::new(&Config::parse(text, std::path::Path::new("x.toml")).unwrap())
+        Board::new(
+            crate::config::Config::parse(text, std::path::Path::new("x.toml"))
+                .unwrap()
+                .board_devices(),
+        )
     }
 
     fn status(at: SystemTime, state: DeviceState, reason: &str) -> Reading {

@@ -1,7 +1,7 @@
 //! Is the pipeline alive? The monitor asks the outbox thread for its stats every tick (one
 //! request outstanding at most), watches the link take readings off its queue, and samples the
 //! HQ link. Its findings are facts for the [`verdict`](super::verdict) (page, `/healthz`,
-//! `phygate status`, the `STATUS=` line this monitor keeps current); its own [`Pipeline::alive`]
+//! `phygate status`, the `STATUS=` line this monitor keeps current); its own [`Pipeline::alive`](super::pipeline::Pipeline::alive)
 //! drives systemd's watchdog.
 //!
 //! HQ being unreachable never stops the watchdog: restarting the gateway cannot fix a WAN
@@ -9,13 +9,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::notify::Notifier;
+use super::pipeline::WRITE_ERROR_HOLD;
 use super::report::{Report, Reporter};
 use super::verdict::Level;
 use crate::outbox::{OutboxError, OutboxHandle, Stats};
@@ -26,73 +27,6 @@ use crate::words;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Without a watchdog: an outbox that takes longer than this to answer is "not answering".
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-/// A failed outbox transaction this recent means the outbox is not writable (disk full, I/O
-/// errors). Appends the disk refused are retried every second, so a lasting problem keeps
-/// this fresh.
-const WRITE_ERROR_HOLD: Duration = Duration::from_secs(10);
-
-/// The last HQ link error, for the page (the uplink logs it too).
-static HQ_ERROR: Mutex<Option<(String, SystemTime)>> = Mutex::new(None);
-
-/// Called by the uplink when the HQ link fails.
-pub fn hq_link_failed(error: &dyn std::fmt::Display) {
-    *HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some((error.to_string(), SystemTime::now()));
-}
-
-pub fn hq_last_error() -> Option<(String, SystemTime)> {
-    HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-/// The monitor's latest findings.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    /// The outbox answered its last stats request within the deadline.
-    pub outbox_answering: bool,
-    /// No failed transaction in the last [`WRITE_ERROR_HOLD`].
-    pub outbox_writable: bool,
-    /// The link takes readings off its queue (or has none waiting).
-    pub link_draining: bool,
-    /// The last stats the outbox gave (may be old when it stopped answering).
-    pub stats: Option<Stats>,
-    pub hq_connected: bool,
-    /// Since when the HQ link is in its current state (up or down).
-    pub hq_since: SystemTime,
-}
-
-impl Pipeline {
-    /// Alive for systemd's watchdog: the stages a restart could fix are moving.
-    pub fn alive(&self) -> bool {
-        self.outbox_answering && self.link_draining
-    }
-}
-
-#[derive(Clone)]
-pub struct Health(Arc<Mutex<Pipeline>>);
-
-impl Default for Health {
-    fn default() -> Health {
-        Health(Arc::new(Mutex::new(Pipeline {
-            // Innocent until the first check: a page loaded during start says "starting".
-            outbox_answering: true,
-            outbox_writable: true,
-            link_draining: true,
-            stats: None,
-            hq_connected: false,
-            hq_since: SystemTime::now(),
-        })))
-    }
-}
-
-impl Health {
-    pub fn get(&self) -> Pipeline {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Pipeline)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 type StatsFuture = Pin<Box<dyn Future<Output = Result<Stats, OutboxError>> + Send>>;
 

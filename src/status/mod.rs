@@ -9,20 +9,24 @@
 //! - the listener (`[status] listen`, loopback by default): `/` the staff page ([`page`]),
 //!   `/status.json` (what `phygate status` prints, [`cli`]), `/metrics` ([`prom`]), `/healthz`.
 //! - [`notify`]: `READY=1`, `STATUS=`, `WATCHDOG=1`, `RELOADING=1`, `STOPPING=1`.
-//! - [`reload`]: SIGHUP re-reads the config; [`log`]: the logger and its live filter.
+//! - [`log`]: the logger and its live filter. Reloads (`daemon::reload`) belong to the wiring,
+//!   which alone knows the whole config; [`Ops::start`] hands them the live settings.
 //!
 //! A status listener that cannot bind is logged and retried, but never stops the gateway:
 //! events matter more than the page about them.
 
 pub mod board;
 pub mod cli;
+pub mod facts;
 pub mod health;
 pub mod log;
 pub mod notify;
 pub mod page;
+pub mod pipeline;
 pub mod prom;
-pub mod reload;
 pub mod report;
+pub mod rfc3339;
+pub mod settings;
 pub mod verdict;
 
 use std::net::SocketAddr;
@@ -40,13 +44,14 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 pub use board::Board;
-pub use health::hq_link_failed;
+pub use pipeline::hq_link_failed;
+pub use settings::{LogConfig, OpsSettings, StatusConfig};
 
-use self::health::{Health, Monitor};
+use self::health::Monitor;
 use self::notify::Notifier;
+use self::pipeline::Health;
 use self::report::Reporter;
 use self::verdict::Level;
-use crate::config::{Config, StatusConfig};
 use crate::outbox::OutboxHandle;
 use crate::sources::Reading;
 
@@ -66,43 +71,49 @@ pub struct Watched {
     pub outbox: OutboxHandle,
     /// The link's queue, to see it drain (weak: it must not keep the link running).
     pub readings: mpsc::WeakSender<Reading>,
-    /// Where configs come from: the file for SIGHUP reloads, HQ's from the downlink.
-    pub configs: reload::Sources,
+}
+
+/// What a config reloader is handed: the live settings it may change, systemd's notifier (it
+/// says `RELOADING=1`) and the stop of the status side, which it is part of.
+pub struct Live {
+    pub status: watch::Sender<StatusConfig>,
+    pub notifier: Notifier,
+    pub stop: watch::Receiver<bool>,
 }
 
 impl Ops {
-    /// Starts the monitor, the listener and the reloader, and tells systemd `READY=1`.
-    pub fn start(config: &Config, watched: Watched) -> Ops {
+    /// Starts the monitor, the listener and the reloader (`reloader`, from the wiring), and
+    /// tells systemd `READY=1`.
+    pub fn start(
+        settings: OpsSettings,
+        watched: Watched,
+        reloader: impl FnOnce(Live) -> JoinHandle<()>,
+    ) -> Ops {
         let notifier = Notifier::from_env();
-        log::apply(&config.log);
+        log::apply(&settings.log);
         let (stop, stopped) = watch::channel(false);
-        let (status_tx, status_rx) = watch::channel(config.status.clone());
+        let (status_tx, status_rx) = watch::channel(settings.status);
         let shared = Arc::new(Reporter::new(
-            config,
+            settings.report,
             watched.board,
             Health::default(),
             status_rx.clone(),
         ));
         let monitor = Monitor::new(
             shared.clone(),
-            watched.outbox.clone(),
+            watched.outbox,
             watched.readings,
             notifier.clone(),
         );
-        let mut tasks = vec![
+        let tasks = vec![
             tokio::spawn(monitor.run(stopped.clone())),
             tokio::spawn(serve(shared, status_rx, stopped.clone())),
+            reloader(Live {
+                status: status_tx,
+                notifier: notifier.clone(),
+                stop: stopped,
+            }),
         ];
-        if watched.configs.local.is_some() || watched.configs.hq.is_some() {
-            let reloader = reload::Reloader::new(
-                watched.configs,
-                config,
-                status_tx,
-                notifier.clone(),
-                watched.outbox,
-            );
-            tasks.push(tokio::spawn(reloader.run(stopped)));
-        }
         if let Some(w) = notifier.watchdog {
             info!(watchdog = ?w, "systemd watchdog on");
         }

@@ -38,6 +38,31 @@ pub fn render(r: &Report) -> String {
         level = r.verdict.level,
         summary = summary(r),
     );
+    device_rows(&mut h, r);
+    h.push_str("</tbody></table>\n<div class=\"cards\">\n");
+
+    // Each card takes its colour from the verdict's reasons about it: never greener or
+    // redder than the banner says.
+    hq_card(&mut h, r);
+    outbox_card(&mut h, r);
+    clock_card(&mut h, r);
+    let _ = write!(
+        h,
+        r#"</div></main>
+<footer>Gateway {gw} · phygate {version} · running {up} · updated {updated} · this page refreshes every {REFRESH_S} s</footer>
+</body></html>
+"#,
+        gw = esc(&r.gateway),
+        version = esc(&r.version),
+        up = ago(now, r.started),
+        updated = local_time(SystemTime::now()),
+    );
+    h
+}
+
+/// One table row per device.
+fn device_rows(h: &mut String, r: &Report) {
+    let now = r.now;
     for d in &r.devices {
         let v = &d.view;
         let last = match v.last_reading {
@@ -56,10 +81,11 @@ pub fn render(r: &Report) -> String {
             optional = if d.required { "" } else { " · not required" },
         );
     }
-    h.push_str("</tbody></table>\n<div class=\"cards\">\n");
+}
 
-    // Each card takes its colour from the verdict's reasons about it: never greener or
-    // redder than the banner says.
+/// The HQ link card.
+fn hq_card(h: &mut String, r: &Report) {
+    let now = r.now;
     let hq_class = r.verdict.level_of(Part::Hq);
     let hq_state = if r.hq.connected {
         "connected"
@@ -81,7 +107,11 @@ pub fn render(r: &Report) -> String {
         broker = esc(&r.hq.broker),
         reconnects = r.hq.reconnects,
     );
+}
 
+/// The card of the events waiting to be sent.
+fn outbox_card(h: &mut String, r: &Report) {
+    let now = r.now;
     let o = &r.outbox;
     let outbox_class = r.verdict.level_of(Part::Outbox);
     let waiting = match (o.answering, o.writable, o.depth) {
@@ -115,7 +145,10 @@ pub fn render(r: &Report) -> String {
         h,
         r#"<section class="card" id="outbox" data-state="{outbox_class}"><h2>Events to send</h2><p><span class="badge {outbox_class}">{waiting}</span></p>{oldest}{used}{evicted}</section>"#
     );
+}
 
+/// The clock card.
+fn clock_card(h: &mut String, r: &Report) {
     // Unknown is no reason in the verdict, and shows grey rather than green.
     let clock_class = match r.clock.synchronized {
         None => "waiting",
@@ -131,18 +164,6 @@ pub fn render(r: &Report) -> String {
         },
         esc(&r.clock.summary()),
     );
-    let _ = write!(
-        h,
-        r#"</div></main>
-<footer>Gateway {gw} · phygate {version} · running {up} · updated {updated} · this page refreshes every {REFRESH_S} s</footer>
-</body></html>
-"#,
-        gw = esc(&r.gateway),
-        version = esc(&r.version),
-        up = ago(now, r.started),
-        updated = local_time(SystemTime::now()),
-    );
-    h
 }
 
 /// Under the banner: what is fine, or every reason, worst first.

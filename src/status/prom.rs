@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::board::DeviceView;
-use super::health::Pipeline;
+use super::pipeline::Pipeline;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -15,8 +15,16 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
 
+    devices_part(&mut out, devices);
+    latency_and_tokens(&mut out);
+    pipeline_part(&mut out, pipeline);
+    out
+}
+
+/// Per device: readings, up, last reading.
+fn devices_part(out: &mut String, devices: &[DeviceView]) {
     header(
-        &mut out,
+        out,
         "phygate_device_readings_total",
         "counter",
         "readings taken from each device since start",
@@ -30,7 +38,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "phygate_device_up",
         "gauge",
         "1 while the device is connected (ok, silent or erring), 0 when unplugged or not heard yet",
@@ -44,7 +52,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "phygate_device_last_reading_timestamp_seconds",
         "gauge",
         "unix time of the device's last reading (absent before the first)",
@@ -62,11 +70,14 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
             );
         }
     }
+}
 
+/// The publish latency histogram and the token verdicts.
+fn latency_and_tokens(out: &mut String) {
     let (buckets, sum, count) = crate::metrics::PUBLISH_LATENCY.read();
     let name = "phygate_publish_latency_seconds";
     header(
-        &mut out,
+        out,
         name,
         "histogram",
         "from publishing a batch to the broker's PUBACK",
@@ -80,7 +91,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
 
     let verdicts = &crate::metrics::TOKEN_VERDICTS;
     header(
-        &mut out,
+        out,
         "phygate_token_verdicts_total",
         "counter",
         "app tokens checked, by verdict (docs/protocols.md §5)",
@@ -92,9 +103,12 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
             verdicts.label
         );
     }
+}
 
+/// The pipeline's verdict: outbox answering, link draining, oldest unsent event.
+fn pipeline_part(out: &mut String, pipeline: &Pipeline) {
     header(
-        &mut out,
+        out,
         "phygate_outbox_answering",
         "gauge",
         "1 while the outbox thread answers within its deadline",
@@ -105,7 +119,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
         u8::from(pipeline.outbox_answering)
     );
     header(
-        &mut out,
+        out,
         "phygate_link_draining",
         "gauge",
         "1 while the link takes readings off its queue",
@@ -117,7 +131,7 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
     );
     if let Some(oldest) = pipeline.stats.as_ref().and_then(|s| s.oldest_ms) {
         header(
-            &mut out,
+            out,
             "phygate_outbox_oldest_unsent_timestamp_seconds",
             "gauge",
             "event time of the oldest event not yet acknowledged by HQ",
@@ -128,7 +142,6 @@ pub fn render(devices: &[DeviceView], pipeline: &Pipeline) -> String {
             oldest as f64 / 1000.0
         );
     }
-    out
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

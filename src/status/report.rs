@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::board::{Board, DeviceView};
-use super::health::{hq_last_error, Health, Pipeline};
+pub use super::facts::{Device, Hq, Outbox};
+use super::pipeline::{hq_last_error, Health, Pipeline};
+use super::rfc3339;
+use super::settings::{ReportSettings, StatusConfig};
 use super::verdict::{self, Inputs, Level, Verdict};
 use crate::clock::Clock;
-use crate::config::{Config, StatusConfig};
 use crate::words;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,41 +34,6 @@ pub struct Report {
     pub clock: Clock,
     /// The link takes readings off its queue (or has none waiting).
     pub link_draining: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Device {
-    #[serde(flatten)]
-    pub view: DeviceView,
-    /// The gateway is down while this device is not connected (`[status] required`).
-    pub required: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hq {
-    pub broker: String,
-    pub connected: bool,
-    #[serde(with = "rfc3339")]
-    pub since: SystemTime,
-    pub reconnects: u64,
-    pub last_error: Option<String>,
-    #[serde(default, with = "rfc3339::option")]
-    pub last_error_at: Option<SystemTime>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outbox {
-    pub answering: bool,
-    pub writable: bool,
-    /// Events waiting for HQ's acknowledgement.
-    pub depth: Option<u64>,
-    pub bytes: Option<u64>,
-    /// `[outbox] max_bytes`: past it the oldest events are dropped.
-    pub quota_bytes: u64,
-    /// Event time of the oldest event not yet acknowledged.
-    #[serde(default, with = "rfc3339::option")]
-    pub oldest_unsent: Option<SystemTime>,
-    pub evicted_total: u64,
 }
 
 /// What the report is made of, besides the board and the pipeline.
@@ -150,7 +117,7 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(
-        config: &Config,
+        settings: ReportSettings,
         board: Board,
         health: Health,
         status: watch::Receiver<StatusConfig>,
@@ -159,19 +126,10 @@ impl Reporter {
             board,
             health,
             status,
-            store: config.store.clone(),
-            gateway: config.gateway.clone(),
-            broker: format!(
-                "{}:{}{}",
-                config.mqtt.host,
-                config.mqtt.port,
-                if config.mqtt.tls.is_some() {
-                    " (TLS)"
-                } else {
-                    ""
-                }
-            ),
-            quota_bytes: config.outbox.max_bytes,
+            store: settings.store,
+            gateway: settings.gateway,
+            broker: settings.broker,
+            quota_bytes: settings.quota_bytes,
             started: SystemTime::now(),
         }
     }
@@ -297,41 +255,5 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f, "\nCLOCK  {}", self.clock.summary())
-    }
-}
-
-/// Times in JSON as RFC 3339 UTC strings (what a script or a person reads), not serde's
-/// seconds-and-nanos pair.
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::event::format_time(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<SystemTime>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom))
-                .transpose()
-        }
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::board::Shown;
-use super::report::{Device, Hq, Outbox};
+use super::facts::{Device, Hq, Outbox};
 use crate::clock::Clock;
 use crate::words;
 
@@ -171,6 +171,49 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
         );
     }
 
+    device_reasons(i, &mut add);
+    hq_reasons(i, &mut add);
+
+    if let Some(bytes) = o.bytes {
+        if o.quota_bytes > 0 && bytes.saturating_mul(100) >= o.quota_bytes * NEAR_QUOTA_PERCENT {
+            add(
+                Level::Degraded,
+                Part::Outbox,
+                None,
+                format!(
+                    "the outbox is {}% full ({} of {}): the oldest events are dropped at the quota",
+                    (bytes.saturating_mul(100) / o.quota_bytes).min(100),
+                    words::bytes(bytes),
+                    words::bytes(o.quota_bytes)
+                ),
+            );
+        }
+    }
+
+    if i.clock.synchronized == Some(false) {
+        add(
+            Level::Degraded,
+            Part::Clock,
+            None,
+            "the clock is not synchronized (check NTP): event times and token checks may be off"
+                .into(),
+        );
+    }
+
+    // Stable: worst first, each level in the order above.
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
+    Verdict {
+        level: reasons.iter().map(|r| r.level).max().unwrap_or(Level::Ok),
+        reasons,
+    }
+}
+
+/// Adds a reason: its level, what it is about, the device it names, its text.
+type Add<'r> = dyn FnMut(Level, Part, Option<&str>, String) + 'r;
+
+/// A reason per device that is not fine; a missing one is down when required (or when none is
+/// up).
+fn device_reasons(i: &Inputs<'_>, add: &mut Add<'_>) {
     // With no device connected at all the gateway takes nothing: each one is a reason to act.
     let none_up = !i.devices.is_empty() && i.devices.iter().all(|d| !d.view.state.is_up());
     for d in i.devices {
@@ -192,7 +235,11 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
         };
         add(level, Part::Device, Some(&v.id), text);
     }
+}
 
+/// HQ not connected, or connected but not taking the backlog.
+fn hq_reasons(i: &Inputs<'_>, add: &mut Add<'_>) {
+    let o = i.outbox;
     let hq = i.hq;
     let waiting = match o.depth {
         Some(n) if n > 0 => format!(
@@ -231,39 +278,6 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 ),
             );
         }
-    }
-
-    if let Some(bytes) = o.bytes {
-        if o.quota_bytes > 0 && bytes.saturating_mul(100) >= o.quota_bytes * NEAR_QUOTA_PERCENT {
-            add(
-                Level::Degraded,
-                Part::Outbox,
-                None,
-                format!(
-                    "the outbox is {}% full ({} of {}): the oldest events are dropped at the quota",
-                    (bytes.saturating_mul(100) / o.quota_bytes).min(100),
-                    words::bytes(bytes),
-                    words::bytes(o.quota_bytes)
-                ),
-            );
-        }
-    }
-
-    if i.clock.synchronized == Some(false) {
-        add(
-            Level::Degraded,
-            Part::Clock,
-            None,
-            "the clock is not synchronized (check NTP): event times and token checks may be off"
-                .into(),
-        );
-    }
-
-    // Stable: worst first, each level in the order above.
-    reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
-    Verdict {
-        level: reasons.iter().map(|r| r.level).max().unwrap_or(Level::Ok),
-        reasons,
     }
 }
 

@@ -12,6 +12,9 @@
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
 mod book;
+pub mod settings;
+
+pub use settings::{MqttConfig, TlsConfig, UplinkConfig, UplinkSettings};
 
 use book::{Book, Sent};
 
@@ -27,7 +30,6 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backoff::ReconnectBackoff;
-use crate::config::{Config, MqttConfig, UplinkConfig};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
 
 /// Pause before reading the outbox again after a refused read.
@@ -73,24 +75,24 @@ pub struct Uplink {
 
 impl Uplink {
     pub fn new(
-        config: &Config,
+        settings: UplinkSettings,
         outbox: OutboxHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, UplinkError> {
-        let status_topic = config.status_topic();
-        let options = mqtt_options(&config.mqtt, &config.uplink, &status_topic, &config.gateway)?;
-        let (client, eventloop) = AsyncClient::new(options, config.uplink.inflight + 8);
+        let s = settings;
+        let options = mqtt_options(&s.mqtt, &s.batching, &s.status_topic, &s.gateway)?;
+        let (client, eventloop) = AsyncClient::new(options, s.batching.inflight + 8);
         Ok(Uplink {
             client,
             eventloop,
             committed: outbox.committed(),
             outbox,
             shutdown,
-            settings: config.uplink.clone(),
-            events_topic: config.events_topic(),
-            status_topic,
-            gateway: config.gateway.clone(),
-            backoff: ReconnectBackoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            backoff: ReconnectBackoff::new(s.batching.backoff_min, s.batching.backoff_max),
+            settings: s.batching,
+            events_topic: s.events_topic,
+            status_topic: s.status_topic,
+            gateway: s.gateway,
             book: Book::new(),
         })
     }

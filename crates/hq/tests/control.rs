@@ -445,7 +445,7 @@ fn an_invalid_config_is_refused_before_publishing_and_a_valid_one_is_applied_by_
         &["config", "push", "--all", "--file", file.to_str().unwrap()],
     );
     assert!(applied.status.success());
-    let version = phygate::downlink::hqconfig::version(&text);
+    let version = phygate::config::hq::version(&text);
     assert!(
         stdout(&applied).contains(&format!("s1: applied {version}")),
         "{}",

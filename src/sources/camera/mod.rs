@@ -4,11 +4,13 @@
 //! view with the scanner's sliding [`RepeatFilter`] (docs/protocols.md §1); unreadable images are
 //! throttled `error` reports; a missing directory or device is `down` until it appears.
 
-mod feed;
+pub mod feed;
+pub mod settings;
 #[cfg(feature = "camera")]
 mod v4l2;
 
 pub use feed::{list_dir, CameraUrl, DirFrames, UrlError};
+pub use settings::{CameraConfig, KIND, NO_V4L2};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,9 +27,7 @@ use super::{
     supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, StopFlag,
     Supervised,
 };
-use crate::config::CameraConfig;
 
-pub const KIND: &str = "camera";
 /// At most one error report per device per second, as for scanners (docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Larger images are refused before decoding: 16k × 16k luma is 256 MiB, more than a gateway
@@ -170,9 +170,6 @@ impl Supervised for Camera<'_> {
 }
 
 #[cfg(not(feature = "camera"))]
-pub const NO_V4L2: &str = "v4l2: capture is not in this build; build phygate with `cargo build \
-                           --release --features camera` (needs libclang for the V4L2 bindings)";
-
 /// What the decoding of frames asks the source to emit.
 #[derive(Debug, PartialEq)]
 enum Emit {

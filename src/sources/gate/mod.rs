@@ -12,9 +12,12 @@
 
 pub mod control;
 pub mod modbus;
+pub mod settings;
 mod tracker;
 
 pub use control::{GateControl, GateError, GateRegistry, UnlockQueue, UnlockReceipt};
+/// The device kind in status events.
+pub use settings::{GateConfig, Parity, StopBits, KIND};
 pub use tracker::{reason_of, GateTracker, FAILS_BEFORE_DOWN};
 
 use std::io;
@@ -27,11 +30,6 @@ use tracing::{debug, info, warn};
 use self::control::{UnlockRequest, Wake};
 use self::modbus::{GateRegisters, ModbusError, Request, Response, ResponseReader};
 use super::{supervise, Ended, Outage, ReadingSink, SourceError, StopFlag, Supervised};
-use crate::config::{GateConfig, Parity, StopBits};
-use crate::outbox::OutboxHandle;
-
-/// The device kind in status events.
-pub const KIND: &str = "gate";
 
 /// PASS A is `In` (into the store), PASS B is `Out`.
 pub use crate::sources::Direction;
@@ -70,17 +68,13 @@ impl Counters {
     }
 }
 
-/// The outbox state key of a gate's baseline.
-pub fn state_key(device: &str) -> String {
-    format!("gate/{device}")
-}
-
 pub struct GateSource {
     config: GateConfig,
     sink: ReadingSink,
     stop: StopFlag,
-    /// For reading the baseline at start only: new baselines travel with the readings.
-    outbox: OutboxHandle,
+    /// The saved baseline, read by the wiring at each (re)start: new baselines travel with the
+    /// readings, and the link saves them.
+    baseline: Option<Counters>,
     unlocks: UnlockQueue,
 }
 
@@ -89,25 +83,25 @@ impl GateSource {
         config: GateConfig,
         sink: ReadingSink,
         stop: StopFlag,
-        outbox: OutboxHandle,
+        baseline: Option<Counters>,
         unlocks: UnlockQueue,
     ) -> Self {
         GateSource {
             config,
             sink,
             stop,
-            outbox,
+            baseline,
             unlocks,
         }
     }
 
     /// Runs until stopped or the pipeline closes. Blocking: call on a dedicated thread.
     ///
-    /// The baseline is read here, once per run. A supervised restart after a panic reads it
-    /// again while readings of the old run may still be on their way to the link; the
+    /// The baseline is read by the wiring once per run. A supervised restart after a panic
+    /// reads it again while readings of the old run may still be on their way to the link; the
     /// supervisor's one-second pause lets them land first.
     pub fn run(self) -> Result<(), SourceError> {
-        let baseline = self.load_baseline()?;
+        let baseline = self.baseline;
         info!(device = self.sink.device(), ?baseline, "gate baseline");
         let tracker = GateTracker::new(
             baseline,
@@ -122,32 +116,6 @@ impl GateSource {
             },
             &self.stop,
         )
-    }
-
-    fn load_baseline(&self) -> Result<Option<Counters>, SourceError> {
-        let key = state_key(self.sink.device());
-        let entries = match self.outbox.state_blocking(&key) {
-            Ok(entries) => entries,
-            Err(crate::outbox::OutboxError::Closed) => return Err(SourceError::Closed),
-            Err(e) => {
-                // Counting from the first read loses only the downtime's passages; guessing
-                // would double-count them.
-                warn!(device = self.sink.device(), error = %e, "cannot read the gate baseline; starting without one");
-                return Ok(None);
-            }
-        };
-        // The scan is by prefix: `gate/g1` also finds `gate/g10`.
-        let value = entries.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v);
-        Ok(value.and_then(|v| {
-            let decoded = Counters::decode(&v);
-            if decoded.is_none() {
-                warn!(
-                    device = self.sink.device(),
-                    "unreadable gate baseline; starting without one"
-                );
-            }
-            decoded
-        }))
     }
 
     fn open(&self) -> io::Result<Box<dyn SerialPort>> {

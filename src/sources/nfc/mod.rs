@@ -5,6 +5,9 @@
 
 mod host;
 pub mod pn532;
+pub mod settings;
+
+pub use settings::NfcConfig;
 
 pub use pn532::CardType;
 
@@ -21,7 +24,6 @@ use super::{
     Supervised,
 };
 use crate::backoff::Backoff;
-use crate::config::NfcConfig;
 
 /// Re-initialisation while the reader keeps failing (§2: capped backoff). The first retry is
 /// quick: most failures are one lost frame.

@@ -2,7 +2,10 @@
 //! own thread, turns them into codes or throttled error reports, and reopens the port after an
 //! unplug with capped backoff.
 
-mod framing;
+pub mod framing;
+pub mod settings;
+
+pub use settings::ScannerConfig;
 
 pub use framing::{
     decode_line, symbology, Framing, Line, LineSplitter, Rejection, ScannedCode, Terminator,
@@ -18,7 +21,6 @@ use super::throttle::ErrorThrottle;
 use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
-use crate::config::ScannerConfig;
 
 /// Scanners send a line at once; a line still unterminated after this is a fragment.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);

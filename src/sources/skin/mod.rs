@@ -8,7 +8,10 @@
 //! ([`seen_state`]), and loaded here when the source starts. So after a crash either both the
 //! event and its key are stored, or neither is and a resend is accepted.
 
+pub mod settings;
 pub mod skn1;
+
+pub use settings::SkinConfig;
 
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +24,6 @@ use super::{
     serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
 };
 use crate::clock::unix_ms;
-use crate::config::SkinConfig;
 use crate::outbox::{OutboxHandle, StateWrite};
 
 /// Analyzers write a result at once; a line with no byte for this long is a fragment. Counted
@@ -34,16 +36,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The status `reason` for a line the port closed on or that stopped mid-way.
 const PARTIAL: &str = "partial";
 
-/// The state-key prefix of one device's de-duplication entries.
-fn seen_prefix(device: &str) -> String {
-    format!("skin/seen/{device}/")
-}
+use crate::outbox::keys::skin_seen_prefix as seen_prefix;
 
 /// The state written with a reading's event so its `model` + `seq` is still known after a
 /// restart (`None` when the reading has no `seq`: it cannot repeat).
 pub fn seen_state(device: &str, reading: &SkinReading, at: SystemTime) -> Option<StateWrite> {
     let seq = reading.seq?;
-    let key = format!("{}{}/{seq}", seen_prefix(device), reading.model);
+    let key = crate::outbox::keys::skin_seen(device, &reading.model, seq);
     Some((key, Some(unix_ms(at).to_string().into_bytes())))
 }
 

@@ -1,6 +1,6 @@
 //! `config push`: a phygate TOML config for one store or for every store, on each store's
 //! retained `…/{store}/config` topic. Checked first with the edge's own validator
-//! (`phygate::downlink::hqconfig::check_for`), for every target store: one invalid config
+//! (`phygate::config::hq::check_for`), for every target store: one invalid config
 //! refuses the whole push and nothing is published. Then each store's answer is awaited: a
 //! `store.config.applied` or `store.config.rejected` event carrying the version (the digest of
 //! the text, computed here the same way).
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use phygate::downlink::hqconfig;
+use phygate::config::hq as hqconfig;
 use phygate_proto::envelope::types;
 
 use super::mqtt::Link;

@@ -189,7 +189,7 @@ fn open_gateway(
         .stack_size(OUTBOX_STACK)
         .spawn(move || outbox.run())
         .context("starting an outbox thread")?;
-    let uplink = Uplink::new(&config, handle.clone(), stopped)
+    let uplink = Uplink::new(config.uplink_settings(), handle.clone(), stopped)
         .with_context(|| format!("the uplink of {store}"))?;
     let uplink = tokio::spawn(async move {
         if let Err(e) = uplink.run().await {

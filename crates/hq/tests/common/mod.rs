@@ -242,7 +242,8 @@ impl Edge {
     /// Starts publishing (the gateway's uplink, QoS 1, rows deleted on PUBACK).
     pub fn start_uplink(&mut self) {
         let (stop, stopped) = watch::channel(false);
-        let uplink = Uplink::new(&self.config, self.outbox.clone(), stopped).unwrap();
+        let uplink =
+            Uplink::new(self.config.uplink_settings(), self.outbox.clone(), stopped).unwrap();
         self.uplink = Some(tokio::spawn(async move {
             uplink.run().await.unwrap();
         }));

@@ -9,7 +9,7 @@
 //!   when the stored config no longer validates (e.g. after an upgrade), which is logged. To go
 //!   back to the local file, delete the stored file and restart. SIGHUP re-reads the stored
 //!   file while there is one. Relative paths in HQ's config are relative to the state directory.
-//! - **Applied** like a SIGHUP reload (`status::reload`): `[status]` and `[log]` at once, every
+//! - **Applied** like a SIGHUP reload (`daemon::reload`): `[status]` and `[log]` at once, every
 //!   other section at the next start (the event and the log say which).
 //! - **Rejected whole** when it does not validate, or names another tenant or store: nothing of
 //!   it is stored or applied.
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tracing::{error, info};
 
-use crate::config::Config;
+use super::Config;
 
 /// The stored HQ config's file name, next to the outbox database.
 pub const STORED_NAME: &str = "hq-config.toml";

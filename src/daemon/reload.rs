@@ -1,5 +1,5 @@
 //! Config reloads: SIGHUP re-reads the config file, and HQ's `config` topic sends a whole
-//! config (see `downlink::hqconfig` for where it is kept and its precedence over the local
+//! config (see `config::hq` for where it is kept and its precedence over the local
 //! file). Both are validated and applied the same way.
 //!
 //! An invalid config is rejected with every problem logged (and, from HQ, reported as
@@ -20,13 +20,16 @@ use std::time::SystemTime;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::notify::Notifier;
-use crate::config::{Config, StatusConfig};
-use crate::downlink::{hqconfig, Delivery};
+use crate::config::hq as hqconfig;
+use crate::config::Config;
+use crate::downlink::Delivery;
 use crate::event::{ConfigApplied, ConfigRejected, Event, EventData};
 use crate::outbox::OutboxHandle;
+use crate::status::notify::Notifier;
+use crate::status::{Live, StatusConfig};
 
 /// Top-level tables a reload applies without a restart.
 const LIVE: &[&str] = &["status", "log"];
@@ -67,6 +70,27 @@ pub struct Sources {
     /// Where HQ's config is kept: next to the local file's outbox (`hqconfig::Effective`), so a
     /// config that moves `[outbox] path` is found again at the next start.
     pub stored: PathBuf,
+}
+
+/// What the status side is handed to start the reloader with (`status::Ops::start`): HQ's
+/// configs from the downlink, and the file (when there is one) on SIGHUP.
+pub(super) fn spawner(
+    config: &Config,
+    source: super::ConfigSource,
+    hq: mpsc::Receiver<Delivery<String>>,
+    outbox: OutboxHandle,
+) -> impl FnOnce(Live) -> JoinHandle<()> {
+    let sources = Sources {
+        stored: (source.stored).unwrap_or_else(|| hqconfig::stored_path(&config.outbox.path)),
+        local: source.local,
+        text: source.text,
+        hq: Some(hq),
+    };
+    let started = config.clone();
+    move |live: Live| {
+        let reloader = Reloader::new(sources, &started, live.status, live.notifier, outbox);
+        tokio::spawn(reloader.run(live.stop))
+    }
 }
 
 pub struct Reloader {
@@ -231,7 +255,7 @@ impl Reloader {
             info!("config reloaded: nothing changed");
             return plan;
         }
-        super::log::apply(&config.log);
+        crate::status::log::apply(&config.log);
         self.status.send_if_modified(|s| {
             let changed = *s != config.status;
             *s = config.status.clone();

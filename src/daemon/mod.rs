@@ -1,0 +1,237 @@
+//! The wiring: who spawns what, and which channel goes where. Reads top to bottom as the flow:
+//! sources → link → outbox → uplink, and HQ's downlink back into the link (keys, members,
+//! commands) and the config reloader. Shutdown runs the same way: sources stop, the link hands on
+//! what it holds, the outbox commits, the uplink says goodbye; the downlink stops with the link,
+//! leaving what was not committed un-acknowledged for the next start.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::downlink::session::Downlink;
+use crate::event::Origin;
+use crate::ingest::Ingest;
+use crate::link::journey::Journey;
+use crate::link::Link;
+use crate::outbox::Outbox;
+use crate::sources::gate::GateRegistry;
+use crate::sources::StopFlag;
+use crate::status::{Board, Ops, Watched};
+use crate::uplink::Uplink;
+
+pub mod reload;
+mod sources;
+
+/// Readings waiting for the link; when full, sources block (their devices buffer).
+const READING_QUEUE: usize = 1024;
+/// How long shutdown waits for HTTP posts in progress (a stuck client must not hold it).
+const INGEST_GRACE: Duration = Duration::from_secs(5);
+/// Configs from HQ waiting for the reloader; when full, the downlink waits (it is one retained
+/// topic: more than one waiting is rare).
+const HQ_CONFIG_QUEUE: usize = 4;
+
+/// Handles for acting on devices, for whoever decides to act: the link's entry-token decisions
+/// and HQ's commands (to come), tests.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Gates by station id.
+    pub gates: GateRegistry,
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains in flow order.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// As [`run`], for a service: `config` is what `config::hq::effective` chose (HQ's
+/// stored config or the local file), and SIGHUP re-reads it (see `reload`).
+pub async fn run_service(
+    config: crate::config::hq::Effective,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let source = ConfigSource {
+        local: Some(config_path),
+        text: config.text,
+        stored: Some(config.stored),
+    };
+    start(config.config, source, shutdown, |_| {}).await
+}
+
+/// As [`run`], handing `ready` the device controls once the sources are started.
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Controls),
+) -> anyhow::Result<()> {
+    let source = ConfigSource {
+        local: None,
+        text: String::new(),
+        stored: None,
+    };
+    start(config, source, shutdown, ready).await
+}
+
+/// Where the config in force came from, for reloads.
+struct ConfigSource {
+    /// The local file, re-read on SIGHUP (`None`: tests, the demo).
+    local: Option<PathBuf>,
+    /// The text in force at start.
+    text: String,
+    /// Where HQ's config is kept (`None`: next to this config's outbox).
+    stored: Option<PathBuf>,
+}
+
+async fn start(
+    config: Config,
+    source: ConfigSource,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Controls),
+) -> anyhow::Result<()> {
+    crate::clock::set_mode(config.clock_sync);
+    let origin = Origin {
+        store: config.store.clone(),
+        gateway: config.gateway.clone(),
+    };
+    let (outbox, outbox_handle) = Outbox::open(&config.outbox, origin)
+        .with_context(|| format!("opening the outbox {}", config.outbox.path.display()))?;
+    // A corrupt file moved aside (at the open, or found later by the outbox's background
+    // check) is reported by the outbox itself, as its first event on the fresh file.
+    let outbox_thread = outbox.spawn().context("starting the outbox thread")?;
+
+    let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
+    let readings_probe = readings_tx.downgrade();
+    let board = Board::new(config.board_devices());
+    let mut link = Link::new(
+        readings_rx,
+        outbox_handle.clone(),
+        Journey::new(config.journey_settings()),
+        &config.gateway,
+    )
+    .with_board(board.clone());
+    let downlink = link.updates();
+
+    // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
+    let (stop_ingest, ingest_stopped) = watch::channel(false);
+    let ingest = match config.ingest_settings() {
+        None => None,
+        Some(s) => {
+            Some(Ingest::bind(s, link.handle(), outbox_handle.clone(), ingest_stopped).await?)
+        }
+    }
+    .map(|ingest| tokio::spawn(ingest.run()));
+
+    // Sources, each on its own supervised thread.
+    let stop = StopFlag::default();
+    let (sources, gates) = sources::spawn(&config.devices, &readings_tx, &outbox_handle, &stop)?;
+    drop(readings_tx);
+    link.set_gates(gates.clone());
+    ready(Controls { gates });
+
+    // Link → outbox → uplink; HQ → downlink → link and reloader.
+    let link = tokio::spawn(link.run());
+    let (stop_uplink, uplink_stopped) = watch::channel(false);
+    let uplink = Uplink::new(
+        config.uplink_settings(),
+        outbox_handle.clone(),
+        uplink_stopped,
+    )?;
+    let uplink = tokio::spawn(uplink.run());
+    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
+    let (stop_downlink, downlink_stopped) = watch::channel(false);
+    let downlink = Downlink::new(
+        config.downlink_settings(),
+        downlink,
+        hq_config,
+        downlink_stopped,
+    )?;
+    let downlink = tokio::spawn(downlink.run());
+    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone());
+    // Status last: READY=1 means everything above is running.
+    let watched = Watched {
+        board,
+        outbox: outbox_handle.clone(),
+        readings: readings_probe,
+    };
+    let ops = Ops::start(config.ops_settings(), watched, reloader);
+    drop(outbox_handle);
+    info!(store = %config.store, gateway = %config.gateway, devices = config.devices.len(), "phygate running");
+
+    shutdown.await;
+    Running {
+        ops,
+        stop,
+        stop_ingest,
+        ingest,
+        sources,
+        link,
+        stop_downlink,
+        downlink,
+        stop_uplink,
+        uplink,
+        outbox_thread,
+    }
+    .drain()
+    .await
+}
+
+/// What runs, in flow order, for the shutdown to stop and wait for.
+struct Running {
+    ops: Ops,
+    stop: StopFlag,
+    stop_ingest: watch::Sender<bool>,
+    ingest: Option<tokio::task::JoinHandle<Result<(), crate::ingest::IngestError>>>,
+    sources: Vec<JoinHandle<()>>,
+    link: tokio::task::JoinHandle<Result<(), crate::outbox::OutboxError>>,
+    stop_downlink: watch::Sender<bool>,
+    downlink: tokio::task::JoinHandle<Result<(), crate::downlink::session::DownlinkError>>,
+    stop_uplink: watch::Sender<bool>,
+    uplink: tokio::task::JoinHandle<Result<(), crate::uplink::UplinkError>>,
+    outbox_thread: JoinHandle<()>,
+}
+
+impl Running {
+    /// Sources stop, the link hands on what it holds, the downlink and the uplink end, the
+    /// outbox commits last.
+    async fn drain(self) -> anyhow::Result<()> {
+        info!("shutting down: stopping sources");
+        self.ops.stop().await;
+        self.stop.stop();
+        self.stop_ingest.send_replace(true);
+        if let Some(mut ingest) = self.ingest {
+            match tokio::time::timeout(INGEST_GRACE, &mut ingest).await {
+                Ok(r) => r?.context("ingest")?,
+                Err(_) => {
+                    error!(
+                        "HTTP posts still in progress after the grace period; dropping them unanswered"
+                    );
+                    ingest.abort();
+                }
+            }
+        }
+        let sources = self.sources;
+        tokio::task::spawn_blocking(move || {
+            for t in sources {
+                let _ = t.join();
+            }
+        })
+        .await?;
+        self.link.await?.context("link")?;
+        self.stop_downlink.send_replace(true);
+        self.downlink.await?.context("downlink")?;
+        self.stop_uplink.send_replace(true);
+        self.uplink.await?.context("uplink")?;
+        let outbox_thread = self.outbox_thread;
+        tokio::task::spawn_blocking(move || outbox_thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("outbox thread panicked"))?;
+        info!("stopped; everything accepted is in the outbox");
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! The MQTT session's settings, as the config validates them (`[mqtt]`, `[uplink]`): plain
+//! values, shared by the uplink and the downlink sessions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    /// Batches published and not yet acknowledged at once.
+    pub inflight: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Everything the uplink is given: the session, the batching, and where it publishes.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub mqtt: MqttConfig,
+    pub batching: UplinkConfig,
+    /// Where batches go (`…/events`).
+    pub events_topic: String,
+    /// The retained online/offline status (and the last will).
+    pub status_topic: String,
+    pub gateway: String,
+}
