@@ -14,12 +14,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::de::DeValue;
 
+mod brokers;
 mod camera;
 mod doc;
 mod gate;
 mod host;
 mod ingest;
 mod ops;
+pub use brokers::BrokerAddr;
 pub use camera::CameraConfig;
 pub use gate::{GateConfig, Parity, StopBits};
 pub use ingest::{HttpDeviceConfig, IngestConfig, SkinConfig, Token};
@@ -230,8 +232,9 @@ pub struct OutboxConfig {
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
+    /// Never empty: `host` (+ `port`), or a cluster's `brokers`, tried in turn on each failed
+    /// connect or lost connection (`uplink::brokers`).
+    pub brokers: Vec<BrokerAddr>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -386,9 +389,13 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "mqtt {}:{} as {}{}, events to {}",
-            self.mqtt.host,
-            self.mqtt.port,
+            "mqtt {} as {}{}, events to {}",
+            self.mqtt
+                .brokers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" then "),
             self.mqtt.client_id,
             if self.mqtt.tls.is_some() {
                 " over TLS"
@@ -562,9 +569,10 @@ fn default_max_age() -> Duration {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
-    host: String,
-    #[serde(default = "default_mqtt_port")]
-    port: u16,
+    host: Option<String>,
+    port: Option<u16>,
+    /// A cluster's nodes, `"host:port"` each, instead of `host` and `port`.
+    brokers: Option<Vec<String>>,
     client_id: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -573,9 +581,6 @@ struct RawMqtt {
     tls: Option<RawTls>,
 }
 
-fn default_mqtt_port() -> u16 {
-    1883
-}
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
@@ -1033,12 +1038,12 @@ impl<'a> Validator<'a> {
     }
 
     fn mqtt(&mut self, m: RawMqtt, client_id: String) -> MqttConfig {
-        if m.host.trim().is_empty() {
-            self.problem("mqtt.host", "must name the HQ broker");
-        }
-        if m.port == 0 {
-            self.problem("mqtt.port", "must be 1-65535");
-        }
+        let brokers = brokers::addresses(m.host, m.port, m.brokers).unwrap_or_else(|problems| {
+            for (key, message) in problems {
+                self.problem(key, message);
+            }
+            Vec::new()
+        });
         if !(Duration::from_secs(5)..=Duration::from_secs(65_535)).contains(&m.keepalive) {
             self.problem("mqtt.keepalive", "must be between 5s and 65535s");
         }
@@ -1065,8 +1070,7 @@ impl<'a> Validator<'a> {
             }
         }
         MqttConfig {
-            host: m.host,
-            port: m.port,
+            brokers,
             client_id,
             username: m.username,
             password: m.password,
@@ -1226,7 +1230,7 @@ host = "127.0.0.1"
         assert_eq!(c.gateway, "paris-01-gw");
         assert_eq!(c.outbox.path, Path::new("/etc/phygate/state/phygate.db"));
         assert_eq!(c.outbox.synchronous, Synchronous::Full);
-        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.brokers[0].port, 1883);
         assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
         let DeviceKind::Scanner(s) = &c.devices[0].kind else {
             panic!("a scanner")

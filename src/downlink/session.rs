@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
 use crate::config::Config;
+use crate::uplink::brokers::BrokerTurns;
 
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
 const REQUESTS: usize = 256;
@@ -73,6 +74,7 @@ pub struct Downlink {
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: Pending,
     backoff: ReconnectBackoff,
+    brokers: BrokerTurns,
     shutdown: watch::Receiver<bool>,
     pause: Option<Duration>,
 }
@@ -84,13 +86,16 @@ impl Downlink {
         config_updates: mpsc::Sender<Delivery<String>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, DownlinkError> {
-        let mut o = crate::uplink::connect_options(&config.mqtt, &client_id(config))
-            .map_err(DownlinkError::Settings)?;
-        o.set_clean_session(false);
-        o.set_manual_acks(true);
-        // Incoming: a member snapshot is the largest document; outgoing: only small packets.
-        o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
-        let (client, eventloop) = AsyncClient::new(o, REQUESTS);
+        let brokers = BrokerTurns::new(&config.mqtt.brokers, |broker| {
+            let mut o = crate::uplink::connect_options(&config.mqtt, broker, &client_id(config))?;
+            o.set_clean_session(false);
+            o.set_manual_acks(true);
+            // Incoming: a member snapshot is the largest document; outgoing: only small packets.
+            o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
+            Ok(o)
+        })
+        .map_err(DownlinkError::Settings)?;
+        let (client, eventloop) = AsyncClient::new(brokers.first(), REQUESTS);
         Ok(Downlink {
             client,
             eventloop,
@@ -100,6 +105,7 @@ impl Downlink {
             config: config_updates,
             pending: VecDeque::new(),
             backoff: ReconnectBackoff::new(config.uplink.backoff_min, config.uplink.backoff_max),
+            brokers,
             shutdown,
             pause: test_pause(),
         })
@@ -229,7 +235,8 @@ impl Downlink {
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
         self.pending.clear();
         let delay = self.backoff.next_delay();
-        debug!(error = %error, retry_in = ?delay, "downlink connection down");
+        let next = self.brokers.advance(&mut self.eventloop);
+        debug!(error = %error, retry_in = ?delay, next_broker = ?next, "downlink connection down");
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
             _ = self.shutdown.changed() => true,

@@ -162,9 +162,14 @@ impl Reporter {
             store: config.store.clone(),
             gateway: config.gateway.clone(),
             broker: format!(
-                "{}:{}{}",
-                config.mqtt.host,
-                config.mqtt.port,
+                "{}{}",
+                config
+                    .mqtt
+                    .brokers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 if config.mqtt.tls.is_some() {
                     " (TLS)"
                 } else {
