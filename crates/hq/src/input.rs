@@ -152,16 +152,14 @@ fn jetstream(r: RawInput, problems: &mut Vec<String>) -> Option<Input> {
     if r.max_ack_pending == 0 || r.max_ack_pending > u16::MAX as u32 {
         problems.push("input.max_ack_pending: 1 to 65535".into());
     }
-    (problems.len() == before).then(|| {
-        Input::JetStream(JetStreamConfig {
-            servers,
-            stream: r.stream,
-            durable: r.durable,
-            replicas: r.replicas,
-            ack_wait: r.ack_wait,
-            max_ack_pending: r.max_ack_pending,
-        })
-    })
+    (problems.len() == before).then_some(Input::JetStream(JetStreamConfig {
+        servers,
+        stream: r.stream,
+        durable: r.durable,
+        replicas: r.replicas,
+        ack_wait: r.ack_wait,
+        max_ack_pending: r.max_ack_pending,
+    }))
 }
 
 #[cfg(test)]
