@@ -6,10 +6,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{scan, wait_for, Edge, Hq};
+use phygate::downlink::session::Downlink;
+use phygate::downlink::Update;
 use phygate::sim::nats::NatsCluster;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::sync::{mpsc, watch};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -43,8 +47,7 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies_and_its_backlog_arr
         return;
     };
     let mqtt = nats.mqtt_addresses();
-    // HQ reads through nodes B and C only: A is the one that dies.
-    let hq = Hq::start_jetstream(&dir.path().join("hq"), &nats.client_urls()[1..], "30s");
+    let hq = Hq::start_jetstream(&dir.path().join("hq"), &nats.client_urls()[2..], "30s");
     let mut edge = Edge::open_brokers(&dir.path().join("s1"), "s1", &mqtt);
     edge.start_uplink();
 
@@ -55,13 +58,15 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies_and_its_backlog_arr
     wait_for(WAIT, "the first events at HQ", || {
         hq.stored("s1", "gw1").len() as u64 == last
     });
-    assert_eq!(
-        node_of(&nats, "edge-s1"),
-        Some(0),
-        "the gateway starts on the first broker of its list"
+    // The first broker of its list, or the next if the first was still setting up its MQTT
+    // side (it closes such an early connection). HQ reads through the last node.
+    let home = node_of(&nats, "edge-s1").expect("the gateway is connected");
+    assert!(
+        home < 2,
+        "the gateway reaches the third node only if two refuse"
     );
 
-    nats.kill(0);
+    nats.kill(home);
     // The backlog grows while the gateway finds the next node.
     for _ in 0..300 {
         last = edge.append(scan(40)).await;
@@ -76,7 +81,13 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies_and_its_backlog_arr
         "an event missing"
     );
     assert!(stored.values().all(|&n| n == 1), "an event stored twice");
-    assert_eq!(node_of(&nats, "edge-s1"), Some(1), "moved to the next node");
+    // The next node, or the one after it: a node may close the first attempt while JetStream
+    // elects new leaders for the streams the dead node led (`$MQTT_sess`).
+    let moved = node_of(&nats, "edge-s1");
+    assert!(
+        moved.is_some_and(|n| n != home),
+        "moved to another node: {moved:?} (home {home})"
+    );
     wait_for(WAIT, "the outbox emptied by PUBACKs", || {
         edge.backlog() == 0
     });
@@ -143,4 +154,131 @@ async fn jetstream_input_stores_every_event_once_across_a_node_kill9_and_an_hq_k
         edge.stop_uplink().await;
     }
     assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
+}
+
+/// HQ's side of a command: a plain MQTT client on node `node` publishing QoS 1.
+async fn hq_publisher(nats: &NatsCluster, node: usize) -> AsyncClient {
+    let o = MqttOptions::new("hq-commands", "127.0.0.1", nats.nodes[node].mqtt_port);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    // Polled for the test's whole life: a refused first connect (the node still starting its
+    // MQTT side) is retried, as any MQTT client would.
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    client
+}
+
+fn open_gate(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","expires_at":"{}","command":"open_gate","station":"gate-1"}}"#,
+        phygate::event::format_time(SystemTime::now() + Duration::from_secs(300))
+    )
+}
+
+/// The next command id the downlink hands on within `within`, its receipt settled (committed).
+async fn next_command(
+    rx: &mut mpsc::Receiver<phygate::downlink::Delivery>,
+    within: Duration,
+) -> Option<String> {
+    let d = tokio::time::timeout(within, rx.recv()).await.ok()??;
+    let Update::Command(c) = d.update else {
+        panic!("only commands are sent: {:?}", d.update)
+    };
+    d.receipt.settle();
+    Some(c.id)
+}
+
+/// The store's downlink session on its own (the gateway's `Downlink`), handing commands to
+/// the test instead of the link.
+struct DownlinkRun {
+    commands: mpsc::Receiver<phygate::downlink::Delivery>,
+    _configs: mpsc::Receiver<phygate::downlink::Delivery<String>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), phygate::downlink::session::DownlinkError>>,
+}
+
+impl DownlinkRun {
+    fn start(config: &phygate::config::Config) -> DownlinkRun {
+        let (link, commands) = mpsc::channel(16);
+        let (config_updates, configs) = mpsc::channel(4);
+        let (stop, stopped) = watch::channel(false);
+        let downlink = Downlink::new(config, link, config_updates, stopped).unwrap();
+        DownlinkRun {
+            commands,
+            _configs: configs,
+            stop,
+            task: tokio::spawn(downlink.run()),
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Known to fail on nats-server 2.9.10 in about two runs of three (docs/fleet.md, "Known
+/// limits"): the session resumes on another node (`session_present`), but the QoS 1 command
+/// queued for it after its node's SIGKILL is not delivered, not even once that node is back.
+/// Run it against another nats-server with `cargo test -p phygate-hq --test fleet_nats --
+/// --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "nats-server 2.9.10 loses a persistent session's queued QoS 1 message after its node's SIGKILL (docs/fleet.md)"]
+async fn the_downlink_session_moves_to_the_next_node_and_gets_what_was_queued_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = cluster(dir.path()) else {
+        return;
+    };
+    let edge = Edge::open_brokers(&dir.path().join("s1"), "s1", &nats.mqtt_addresses());
+    let mut downlink = DownlinkRun::start(&edge.config);
+    let topic = "phygate/v1/acme/s1/commands";
+
+    // HQ publishes through the third node. A command sent before the store's first
+    // subscription reaches nobody (it is not retained): send until one arrives.
+    let hq = hq_publisher(&nats, 2).await;
+    let first = loop {
+        hq.publish(topic, QoS::AtLeastOnce, false, open_gate("c-0"))
+            .await
+            .unwrap();
+        if let Some(id) = next_command(&mut downlink.commands, Duration::from_millis(500)).await {
+            break id;
+        }
+    };
+    assert_eq!(first, "c-0");
+    while next_command(&mut downlink.commands, Duration::from_millis(500))
+        .await
+        .is_some()
+    {}
+    // Usually the first node of its list; the next one if the first was still setting up its
+    // MQTT side (it closes such an early connection).
+    let home = node_of(&nats, "edge-s1-downlink").expect("the downlink is connected");
+    assert!(
+        home < 2,
+        "the downlink connects to the third node only if two refuse"
+    );
+
+    // The store's node dies: its session moves to another node (the next, or the one after if
+    // the next closes the first attempt while JetStream elects new stream leaders).
+    nats.kill(home);
+    wait_for(WAIT, "the downlink on another node", || {
+        node_of(&nats, "edge-s1-downlink").is_some_and(|n| n != home)
+    });
+    // The store goes offline; HQ sends a command meanwhile; the session keeps it.
+    downlink.stop().await;
+    hq.publish(topic, QoS::AtLeastOnce, false, open_gate("c-1"))
+        .await
+        .unwrap();
+    // Back, starting again from the first address of its list (still dead).
+    let mut downlink = DownlinkRun::start(&edge.config);
+    let got = next_command(&mut downlink.commands, WAIT).await;
+    assert_eq!(
+        got.as_deref(),
+        Some("c-1"),
+        "queued in the session on the cluster"
+    );
+    downlink.stop().await;
 }
