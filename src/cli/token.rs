@@ -142,8 +142,9 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             // The gateway's own rule, so the verdict printed is the one a scan would get.
             let Some(token) = crate::link::token::extract_token(&token) else {
                 bail!(
-                    "not an app token: it does not contain `{}`, the start of every compact JWT \
-                     (a gateway forwards such a code to HQ as it is)",
+                    "not an app token: it neither contains `{}` (how a compact JWT's `{{\"` header \
+                     begins) nor has a token's three-segment shape with a JSON header (a gateway \
+                     forwards such a code to HQ as it is)",
                     crate::link::token::JWT_PREFIX
                 );
             };

@@ -151,9 +151,11 @@ impl Journey {
         self.members_version[scope as usize]
     }
 
-    /// Applies a member snapshot (newer than what is held) or delta (on top of exactly what is
-    /// held), all or nothing. Returns the state to persist, or why it was refused.
-    pub fn apply_members(&mut self, m: &Members) -> Result<Vec<StateWrite>, String> {
+    /// Checks a member snapshot (newer than what is held) or delta (on top of exactly what is
+    /// held) and returns the state to persist, all or nothing, or why it was refused. Memory is
+    /// not touched: call [`Self::commit_members`] once the writes are durable, so a disk that
+    /// refuses them leaves the map as the disk has it and the redelivered update applies then.
+    pub fn plan_members(&self, m: &Members) -> Result<Vec<StateWrite>, String> {
         let i = m.scope as usize;
         let held = self.members_version[i];
         match m.base {
@@ -172,31 +174,38 @@ impl Journey {
             _ => {}
         }
         let scope = m.scope.as_str();
+        let key = |hash: &str| format!("{MEMBER_PREFIX}{scope}/{hash}");
         let mut writes = Vec::new();
-        let map = &mut self.members[i];
         if m.base.is_none() {
-            for hash in map.keys() {
-                writes.push((format!("{MEMBER_PREFIX}{scope}/{hash}"), None));
-            }
-            map.clear();
+            writes.extend(self.members[i].keys().map(|hash| (key(hash), None)));
         }
-        for hash in &m.delete {
-            map.remove(hash);
-            writes.push((format!("{MEMBER_PREFIX}{scope}/{hash}"), None));
-        }
-        for (hash, user) in &m.upsert {
-            map.insert(hash.clone(), user.clone());
-            writes.push((
-                format!("{MEMBER_PREFIX}{scope}/{hash}"),
-                Some(user.clone().into_bytes()),
-            ));
-        }
-        self.members_version[i] = m.version;
+        writes.extend(m.delete.iter().map(|hash| (key(hash), None)));
+        writes.extend(
+            m.upsert
+                .iter()
+                .map(|(hash, user)| (key(hash), Some(user.clone().into_bytes()))),
+        );
         writes.push((
             format!("{MEMBERS_VERSION}{scope}"),
             Some(m.version.to_string().into_bytes()),
         ));
         Ok(writes)
+    }
+
+    /// Applies to memory an update whose [`Self::plan_members`] writes were committed.
+    pub fn commit_members(&mut self, m: &Members) {
+        let i = m.scope as usize;
+        let map = &mut self.members[i];
+        if m.base.is_none() {
+            map.clear();
+        }
+        for hash in &m.delete {
+            map.remove(hash);
+        }
+        for (hash, user) in &m.upsert {
+            map.insert(hash.clone(), user.clone());
+        }
+        self.members_version[i] = m.version;
     }
 
     /// The member a card belongs to: this store's map first, then the fleet-wide one.

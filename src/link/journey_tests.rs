@@ -282,6 +282,34 @@ fn exit_ends_the_visit_with_dwell_and_idle_ends_it_too() {
     assert_eq!(idle.events[0].userid.as_deref(), Some("user-b"));
 }
 
+/// What the link does with a member update whose writes the disk took: plan, then commit.
+fn apply_members(j: &mut Journey, m: &Members) -> Result<Vec<StateWrite>, String> {
+    let writes = j.plan_members(m)?;
+    j.commit_members(m);
+    Ok(writes)
+}
+
+#[test]
+fn a_member_update_the_disk_refused_changes_nothing_and_applies_when_redelivered() {
+    let mut t = setup();
+    let h = |c: char| c.to_string().repeat(43);
+    let snap = Members {
+        scope: MemberScope::Store,
+        version: 5,
+        base: None,
+        upsert: vec![(h('a'), "u-a".into())],
+        delete: vec![],
+    };
+    // Planned, but the commit failed: nothing of it is held.
+    assert!(t.j.plan_members(&snap).is_ok());
+    assert_eq!(t.j.member(&h('a')), None);
+    assert_eq!(t.j.members_version(MemberScope::Store), 0);
+    // The broker's redelivery is not refused as stale: it applies.
+    assert!(apply_members(&mut t.j, &snap).is_ok());
+    assert_eq!(t.j.member(&h('a')), Some("u-a"));
+    assert_eq!(t.j.members_version(MemberScope::Store), 5);
+}
+
 #[test]
 fn members_snapshot_delta_stale_and_gap() {
     let mut t = setup();
@@ -293,14 +321,14 @@ fn members_snapshot_delta_stale_and_gap() {
         upsert: vec![(h('a'), "u-a".into()), (h('b'), "u-b".into())],
         delete: vec![],
     };
-    assert!(t.j.apply_members(&snap).is_ok());
+    assert!(apply_members(&mut t.j, &snap).is_ok());
     assert_eq!(t.j.member(&h('a')), Some("u-a"));
     let stale = Members {
         version: 5,
         ..snap.clone()
     };
     assert!(
-        t.j.apply_members(&stale).is_err(),
+        apply_members(&mut t.j, &stale).is_err(),
         "the same version again changes nothing"
     );
     let gap = Members {
@@ -310,7 +338,7 @@ fn members_snapshot_delta_stale_and_gap() {
         upsert: vec![(h('c'), "u-c".into())],
         delete: vec![],
     };
-    assert!(t.j.apply_members(&gap).is_err());
+    assert!(apply_members(&mut t.j, &gap).is_err());
     assert_eq!(t.j.member(&h('c')), None);
     let delta = Members {
         scope: MemberScope::Store,
@@ -319,7 +347,7 @@ fn members_snapshot_delta_stale_and_gap() {
         upsert: vec![(h('c'), "u-c".into())],
         delete: vec![h('a')],
     };
-    let writes = t.j.apply_members(&delta).unwrap();
+    let writes = apply_members(&mut t.j, &delta).unwrap();
     assert_eq!(t.j.member(&h('a')), None);
     assert_eq!(t.j.member(&h('c')), Some("u-c"));
     assert!(writes
@@ -333,7 +361,7 @@ fn members_snapshot_delta_stale_and_gap() {
         upsert: vec![(h('d'), "u-d".into())],
         delete: vec![],
     };
-    t.j.apply_members(&snap2).unwrap();
+    apply_members(&mut t.j, &snap2).unwrap();
     assert_eq!(
         (t.j.member(&h('b')), t.j.member(&h('d'))),
         (None, Some("u-d"))

@@ -318,14 +318,14 @@ impl Link {
                 }
                 r
             }
-            Update::Members(m) => match self.journey.apply_members(&m) {
-                // One request, one transaction: the map on disk is never half a snapshot. (If
-                // the disk refuses it, memory is ahead of disk until the redelivery or a restart:
-                // the redelivered update is then refused as already held, or applied after the
-                // restart reloads the map from disk.)
+            Update::Members(m) => match self.journey.plan_members(&m) {
+                // One request, one transaction: the map on disk is never half a snapshot, and
+                // memory follows only once the disk has it. A refused commit leaves both as
+                // they were, so the broker's redelivery applies the update then.
                 Ok(writes) => {
                     let r = self.outbox.put_states_durable(writes).await;
                     if r.is_ok() {
+                        self.journey.commit_members(&m);
                         crate::metrics::DOWNLINK_APPLIED.inc();
                         info!(
                             scope = m.scope.as_str(),

@@ -5,8 +5,9 @@
 //!
 //! # What is a token attempt
 //!
-//! A scanned code that contains [`JWT_PREFIX`] (`eyJ`, the base64url of `{"` that begins every
-//! compact JWT) anywhere is an app-token attempt ([`extract_token`]): it gets a verdict, and its
+//! A scanned code that contains [`JWT_PREFIX`] (`eyJ`, the base64url of `{"` that begins almost
+//! every compact JWT) anywhere, or that has the compact JWS shape with a header opening a JSON
+//! object after whitespace (`{ "alg"…`), is an app-token attempt ([`extract_token`]): it gets a verdict, and its
 //! text never leaves the gateway, whatever else is wrong with it. Only codes without it may be
 //! forwarded to HQ. Deciding on the prefix, not on the full shape, is what keeps a real token
 //! with a bit of junk around it (a suffix, a scanner prefix left on, a second copy) from being
@@ -246,26 +247,30 @@ impl Checked {
 /// text leave the gateway. The classifier (`classify_code`) calls this, so the two cannot
 /// disagree.
 ///
-/// The code is an attempt when it contains [`JWT_PREFIX`] anywhere. The text to verify, on the
-/// code with surrounding whitespace trimmed (scanners may leave a CR or spaces):
-/// - the code itself when it begins with the prefix;
+/// The code is an attempt when it contains [`JWT_PREFIX`] anywhere, or when it (or its URL's
+/// `t` parameter) has the compact JWS shape with a header that opens a JSON object after
+/// whitespace ([`is_jws_header`]: `{ "alg"…` is `eyAi…`, a pretty-printed `{\n` is `ewo…`;
+/// RFC 7515 allows both, and such a token must neither be forwarded in clear nor go unchecked).
+/// The text to verify, on the code with surrounding whitespace trimmed (scanners may leave a CR
+/// or spaces):
+/// - the code itself when it begins with the prefix or has the JWS shape;
 /// - for a URL (`https://…?t=…`, `app:…?x=1&t=…#frag`), the first `t` query parameter when
-///   it begins with the prefix (where §5 puts the token);
+///   it begins with the prefix or has the JWS shape (where §5 puts the token);
 /// - otherwise the whole code, which fails [`has_jwt_shape`] and so is `malformed`: a token in
 ///   the fragment, behind another `t`, in the path, or with junk before it is refused, not
 ///   guessed at.
 pub fn extract_token(qr_text: &str) -> Option<&str> {
     let text = qr_text.trim();
-    if !text.contains(JWT_PREFIX) {
-        return None;
-    }
-    if text.starts_with(JWT_PREFIX) {
+    if text.starts_with(JWT_PREFIX) || has_jwt_shape(text) {
         return Some(text);
     }
-    Some(token_in_url(text).unwrap_or(text))
+    if let Some(token) = token_in_url(text) {
+        return Some(token);
+    }
+    text.contains(JWT_PREFIX).then_some(text)
 }
 
-/// The first `t` query parameter of a URL, if it begins with [`JWT_PREFIX`].
+/// The first `t` query parameter of a URL, if it begins with [`JWT_PREFIX`] or has the JWS shape.
 fn token_in_url(text: &str) -> Option<&str> {
     let (scheme, rest) = text.split_once(':')?;
     if !is_url_scheme(scheme) {
@@ -277,7 +282,7 @@ fn token_in_url(text: &str) -> Option<&str> {
     // base64url needs no percent-encoding, so the raw value is the token. Only the first `t`
     // counts: a code with two would otherwise be ambiguous.
     let value = query.split('&').find_map(|pair| pair.strip_prefix("t="))?;
-    value.starts_with(JWT_PREFIX).then_some(value)
+    (value.starts_with(JWT_PREFIX) || has_jwt_shape(value)).then_some(value)
 }
 
 /// RFC 3986 scheme: a letter, then letters, digits, `+`, `-`, `.`.
@@ -288,11 +293,15 @@ fn is_url_scheme(scheme: &str) -> bool {
 }
 
 /// The one JWT shape rule: exactly three segments of the strict base64url alphabet
-/// (`A–Z a–z 0–9 - _`, no padding `=`, no `+` `/`, no whitespace), the header beginning with
-/// [`JWT_PREFIX`], the payload non-empty. The signature may be empty so that `alg: none`
-/// tokens get as far as their header, which refuses them. [`verify`] calls this first; a code
-/// that fails it is `malformed`.
+/// (`A–Z a–z 0–9 - _`, no padding `=`, no `+` `/`, no whitespace), the header a JSON object's
+/// opening ([`is_jws_header`]), the payload non-empty. The signature may be empty so that
+/// `alg: none` tokens get as far as their header, which refuses them. [`verify`] calls this
+/// first; a code that fails it is `malformed`.
 pub fn has_jwt_shape(s: &str) -> bool {
+    if s.len() > MAX_TOKEN_LEN {
+        // Bounds the header decoding below; `verify` refuses such a code on its length anyway.
+        return s.starts_with(JWT_PREFIX);
+    }
     let is_b64url = |seg: &str| {
         seg.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -305,12 +314,40 @@ pub fn has_jwt_shape(s: &str) -> bool {
         segments.next(),
     ) {
         (Some(header), Some(payload), Some(signature), None) => {
-            header.starts_with(JWT_PREFIX)
-                && !payload.is_empty()
+            !payload.is_empty()
                 && [header, payload, signature].into_iter().all(is_b64url)
+                && is_jws_header(header)
         }
         _ => false,
     }
+}
+
+/// A header segment opens a JSON object: base64url of optional JSON whitespace, then `{`.
+/// [`JWT_PREFIX`] (`{"`) is the common case and needs no decoding. Only the first bytes are
+/// decoded, with trailing bits allowed, so a forged header with a sloppy tail still counts as
+/// a token attempt (and is then refused by the strict decoding in [`verify`]).
+fn is_jws_header(header: &str) -> bool {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+    );
+    if header.starts_with(JWT_PREFIX) {
+        return true;
+    }
+    // 64 characters are 48 bytes: more leading whitespace than that is no JSON encoder's output.
+    // A 4n+1 tail holds no whole byte; any other length decodes.
+    let n = header.len().min(64);
+    let head = &header[..if n % 4 == 1 { n - 1 } else { n }];
+    let Ok(bytes) = LENIENT.decode(head) else {
+        return false;
+    };
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
 }
 
 /// Text a person may be shown (an event, a log line, the status page) and compare by eye:

@@ -455,6 +455,54 @@ fn extract_from_jwt_and_urls() {
     }
 }
 
+/// RFC 7515 lets a JWS header be any JSON object text: one with whitespace after `{` does not
+/// begin with `eyJ`, and claims written the same way carry no `eyJ` anywhere. Such a token is
+/// still an attempt (never forwarded as a plain code), and a correctly signed one is valid
+/// (it used to be `malformed`, or with spaced claims, forwarded in clear).
+#[test]
+fn a_header_with_whitespace_is_still_a_token() {
+    let (key, keys) = fixture();
+    let payload = serde_json::to_value(claims()).unwrap();
+    for header_text in [
+        "{ \"alg\": \"EdDSA\", \"kid\": \"KID\" }",
+        "{\n  \"alg\": \"EdDSA\",\n  \"kid\": \"KID\"\n}",
+        "\t{\"alg\":\"EdDSA\",\"kid\":\"KID\"}",
+    ] {
+        let header_text = header_text.replace("KID", KID);
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&header_text),
+            URL_SAFE_NO_PAD.encode(serde_json::to_string_pretty(&payload).unwrap())
+        );
+        let token = format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(key.sign(signed.as_bytes()).to_bytes())
+        );
+        assert!(!token.contains(JWT_PREFIX), "{token}");
+        assert_eq!(
+            super::super::classify::classify_code(&token),
+            super::super::classify::CodeKind::AppToken
+        );
+        assert!(has_jwt_shape(&token), "{header_text:?}");
+        assert_eq!(extract_token(&token), Some(token.as_str()));
+        let url = format!("https://app.example.com/e?t={token}&x=1");
+        assert_eq!(extract_token(&url), Some(token.as_str()));
+        let checked = verify(&token, &keys, &at(NOW));
+        assert_eq!(checked.verdict, Verdict::Valid, "{header_text:?}");
+        // Tampered, it is refused, not forwarded.
+        let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+        assert_eq!(extract_token(&forged), Some(forged.as_str()));
+        assert_eq!(
+            verify(&forged, &keys, &at(NOW)).verdict,
+            Verdict::BadSignature
+        );
+    }
+    // Three base64url segments whose first is not a JSON object's start stay ordinary codes.
+    for other in ["abc.def.ghi", "www.example.com", "e.x.y", "ew.x"] {
+        assert_eq!(extract_token(other), None, "{other}");
+    }
+}
+
 #[test]
 fn verdict_names_match_the_protocol() {
     let all = [
