@@ -184,17 +184,36 @@ impl NatsCluster {
         )))
     }
 
+    /// Waits for a meta leader that sees every running node as a current peer: before that,
+    /// creating a three-replica stream fails with "no suitable peers for placement".
     fn wait_meta_leader(&self) -> std::io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
+        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
         while Instant::now() < deadline {
-            if self.meta_leader().is_some() {
+            if self.current_peers() == Some(running) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(std::io::Error::other(
-            "the NATS cluster elected no JetStream meta leader",
-        ))
+        Err(std::io::Error::other(format!(
+            "the NATS cluster elected no JetStream meta leader with {running} current peers"
+        )))
+    }
+
+    /// The meta leader and the peers it sees as current, counted, as the leader reports them.
+    fn current_peers(&self) -> Option<usize> {
+        let leader = self.meta_leader()?;
+        let node = self.nodes.iter().find(|n| n.name == leader)?;
+        let jsz = http_get(node.http_port, "/jsz").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&jsz).ok()?;
+        let replicas = v["meta_cluster"]["replicas"].as_array()?;
+        let current = replicas
+            .iter()
+            .filter(|r| {
+                r["current"].as_bool() == Some(true) && r["offline"].as_bool() != Some(true)
+            })
+            .count();
+        Some(1 + current)
     }
 }
 

@@ -84,8 +84,10 @@ async fn mosquitto_after_stop(dir: &std::path::Path, hard: bool) -> usize {
 async fn a_mosquitto_puback_is_memory_until_the_next_save() {
     let dir = tempfile::tempdir().unwrap();
     let kept = mosquitto_after_stop(&dir.path().join("term"), false).await;
+    println!("mosquitto: pubacked=100 stop=SIGTERM kept={kept}");
     assert_eq!(kept, 100, "a clean stop saves the queued messages");
     let kept = mosquitto_after_stop(&dir.path().join("kill"), true).await;
+    println!("mosquitto: pubacked=100 stop=SIGKILL kept={kept}");
     assert_eq!(
         kept, 0,
         "SIGKILL before the autosave: every PUBACKed message is gone"
@@ -121,9 +123,12 @@ async fn a_nats_mqtt_puback_does_not_wait_for_the_stream() {
         .await
         .unwrap();
     publish_acked(nats.nodes[0].mqtt_port, "durability-pub", 5).await;
-    let info = stream.info().await.unwrap();
-    assert_eq!(
-        info.state.messages, 1,
-        "5 PUBACKs, 1 message stored: the PUBACK did not wait for the stream"
+    // The stream stores asynchronously: give it time, so a short count is not a late one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = stream.info().await.unwrap().state.messages;
+    println!("nats-server MQTT: pubacked=5 stored_in_stream={stored}");
+    assert!(
+        stored <= 1,
+        "5 PUBACKs, {stored} stored: the PUBACK did not wait for the stream"
     );
 }
