@@ -40,8 +40,21 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Writes three configs under `dir`, starts the nodes and waits for the JetStream meta
-    /// leader.
+    /// leader. A try whose node does not come up is thrown away and made again on new ports:
+    /// a port found free can be taken by another process before the node binds it.
     pub fn start(dir: &Path) -> std::io::Result<NatsCluster> {
+        let mut last = None;
+        for attempt in 1..=3 {
+            match NatsCluster::start_once(&dir.join(format!("try{attempt}"))) {
+                Ok(c) => return Ok(c),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three tries"))
+    }
+
+    fn start_once(dir: &Path) -> std::io::Result<NatsCluster> {
         let binary = find_program("nats-server").ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -167,12 +180,21 @@ impl NatsCluster {
         Ok(())
     }
 
-    fn wait_listening(&self, i: usize) -> std::io::Result<()> {
-        let n = &self.nodes[i];
+    fn wait_listening(&mut self, i: usize) -> std::io::Result<()> {
+        let n = &mut self.nodes[i];
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", n.mqtt_port)).is_ok() {
                 return Ok(());
+            }
+            // Exited (a port taken meanwhile): no use waiting.
+            if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                n.child = None;
+                return Err(std::io::Error::other(format!(
+                    "nats-server {} exited ({status}) before listening (see {})",
+                    n.name,
+                    n.log.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
