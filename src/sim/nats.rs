@@ -212,7 +212,7 @@ impl NatsCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
         while Instant::now() < deadline {
-            if self.current_peers() == Some(running) {
+            if self.current_peers() == Some(running) && self.routes_meshed(running) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -220,6 +220,19 @@ impl NatsCluster {
         Err(std::io::Error::other(format!(
             "the NATS cluster elected no JetStream meta leader with {running} current peers"
         )))
+    }
+
+    /// Every running node routes to every other one. Nodes that dial each other at once keep
+    /// one route of the pair and close the other ("Duplicate Route"); a stream created before
+    /// that settles was seen to miss the messages published on a node for minutes.
+    fn routes_meshed(&self, running: usize) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            http_get(n.http_port, "/routez")
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["num_routes"].as_u64())
+                == Some(running as u64 - 1)
+        })
     }
 
     /// The meta leader and the peers it sees as current, counted, as the leader reports them.

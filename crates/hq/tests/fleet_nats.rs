@@ -163,10 +163,15 @@ async fn jetstream_input_stores_every_event_once_across_a_node_kill9_and_an_hq_k
         let mut seen: std::collections::BTreeSet<u64> = stored.keys().copied().collect();
         assert!(seen.is_disjoint(&lost), "{store}: stored and lost: {g}");
         seen.extend(&lost);
-        assert_eq!(
-            seen,
-            (1..=last[i]).collect(),
-            "{store}: an event neither stored nor reported lost: {g}"
+        let missing: Vec<u64> = (1..=last[i]).filter(|s| !seen.contains(s)).collect();
+        assert!(
+            missing.is_empty(),
+            "{store}: {} neither stored nor reported lost ({}..={}); accounting {g}; HQ log: {} parked, {} not committed",
+            missing.len(),
+            missing[0],
+            missing[missing.len() - 1],
+            hq.log().matches("event parked").count(),
+            hq.log().matches("not committed").count()
         );
         println!(
             "{store}: published={} stored={} lost={}",
@@ -248,7 +253,7 @@ impl DownlinkRun {
     }
 }
 
-/// Known to fail on nats-server 2.9.10 in about two runs of three (docs/fleet.md, "Known
+/// Known to fail on nats-server 2.9.10 in about two runs of seven (docs/fleet.md, "Known
 /// limits"): the session resumes on another node (`session_present`), but the QoS 1 command
 /// queued for it after its node's SIGKILL is not delivered, not even once that node is back.
 /// Run it against another nats-server with `cargo test -p phygate-hq --test fleet_nats --
