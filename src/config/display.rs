@@ -79,9 +79,13 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "mqtt {}:{} as {}{}, events to {}",
-            self.mqtt.host,
-            self.mqtt.port,
+            "mqtt {} as {}{}, events to {}",
+            self.mqtt
+                .brokers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" then "),
             self.mqtt.client_id,
             if self.mqtt.tls.is_some() {
                 " over TLS"

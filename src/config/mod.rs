@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::de::DeValue;
 
 // One file per area: its raw structs, their defaults, and its part of the validation.
+mod brokers;
 mod camera;
 mod display;
 mod doc;
@@ -44,7 +45,7 @@ pub use crate::sources::scanner::settings::ScannerConfig;
 pub use crate::sources::skin::settings::SkinConfig;
 pub use crate::station::{Direction, Station, StationRole};
 pub use crate::status::settings::{LogConfig, StatusConfig};
-pub use crate::uplink::settings::{MqttConfig, TlsConfig, UplinkConfig};
+pub use crate::uplink::settings::{BrokerAddr, MqttConfig, TlsConfig, UplinkConfig};
 
 /// Everything wrong with one config file.
 #[derive(Debug, thiserror::Error)]

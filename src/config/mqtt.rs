@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{host, Validator};
+use super::{brokers, host, Validator};
 use crate::uplink::settings::{MqttConfig, TlsConfig, UplinkConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMqtt {
-    host: String,
-    #[serde(default = "default_mqtt_port")]
-    port: u16,
+    host: Option<String>,
+    port: Option<u16>,
+    /// A cluster's nodes, `"host:port"` each, instead of `host` and `port`.
+    brokers: Option<Vec<String>>,
     client_id: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -22,9 +23,6 @@ pub(super) struct RawMqtt {
     tls: Option<RawTls>,
 }
 
-fn default_mqtt_port() -> u16 {
-    1883
-}
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
@@ -97,12 +95,12 @@ impl Validator<'_> {
                 gateway.unwrap_or_default()
             )
         });
-        if m.host.trim().is_empty() {
-            self.problem("mqtt.host", "must name the HQ broker");
-        }
-        if m.port == 0 {
-            self.problem("mqtt.port", "must be 1-65535");
-        }
+        let brokers = brokers::addresses(m.host, m.port, m.brokers).unwrap_or_else(|problems| {
+            for (key, message) in problems {
+                self.problem(key, message);
+            }
+            Vec::new()
+        });
         if !(Duration::from_secs(5)..=Duration::from_secs(65_535)).contains(&m.keepalive) {
             self.problem("mqtt.keepalive", "must be between 5s and 65535s");
         }
@@ -129,8 +127,7 @@ impl Validator<'_> {
             }
         }
         MqttConfig {
-            host: m.host,
-            port: m.port,
+            brokers,
             client_id,
             username: m.username,
             password: m.password,

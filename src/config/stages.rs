@@ -85,9 +85,13 @@ impl Config {
                 store: self.store.clone(),
                 gateway: self.gateway.clone(),
                 broker: format!(
-                    "{}:{}{}",
-                    self.mqtt.host,
-                    self.mqtt.port,
+                    "{}{}",
+                    self.mqtt
+                        .brokers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if self.mqtt.tls.is_some() {
                         " (TLS)"
                     } else {

@@ -31,7 +31,7 @@ fn good_config_validates_with_defaults() {
     assert_eq!(c.gateway, "paris-01-gw");
     assert_eq!(c.outbox.path, Path::new("/etc/phygate/state/phygate.db"));
     assert_eq!(c.outbox.synchronous, Synchronous::Full);
-    assert_eq!(c.mqtt.port, 1883);
+    assert_eq!(c.mqtt.brokers[0].port, 1883);
     assert_eq!(c.events_topic(), "phygate/v1/acme/paris-01/events");
     let DeviceKind::Scanner(s) = &c.devices[0].kind else {
         panic!("a scanner")

@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
+use crate::uplink::brokers::BrokerTurns;
 use crate::uplink::settings::MqttConfig;
 
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
@@ -74,6 +75,7 @@ pub struct Downlink {
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: Pending,
     backoff: ReconnectBackoff,
+    brokers: BrokerTurns,
     shutdown: watch::Receiver<bool>,
     pause: Option<Duration>,
 }
@@ -85,13 +87,17 @@ impl Downlink {
         config_updates: mpsc::Sender<Delivery<String>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, DownlinkError> {
-        let mut o = crate::uplink::connect_options(&settings.mqtt, &client_id(&settings.mqtt))
-            .map_err(DownlinkError::Settings)?;
-        o.set_clean_session(false);
-        o.set_manual_acks(true);
-        // Incoming: a member snapshot is the largest document; outgoing: only small packets.
-        o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
-        let (client, eventloop) = AsyncClient::new(o, REQUESTS);
+        let brokers = BrokerTurns::new(&settings.mqtt.brokers, |broker| {
+            let mut o =
+                crate::uplink::connect_options(&settings.mqtt, broker, &client_id(&settings.mqtt))?;
+            o.set_clean_session(false);
+            o.set_manual_acks(true);
+            // Incoming: a member snapshot is the largest document; outgoing: only small packets.
+            o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
+            Ok(o)
+        })
+        .map_err(DownlinkError::Settings)?;
+        let (client, eventloop) = AsyncClient::new(brokers.first(), REQUESTS);
         Ok(Downlink {
             client,
             eventloop,
@@ -101,6 +107,7 @@ impl Downlink {
             config: config_updates,
             pending: VecDeque::new(),
             backoff: ReconnectBackoff::new(settings.backoff_min, settings.backoff_max),
+            brokers,
             shutdown,
             pause: test_pause(),
         })
@@ -230,7 +237,8 @@ impl Downlink {
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
         self.pending.clear();
         let delay = self.backoff.next_delay();
-        debug!(error = %error, retry_in = ?delay, "downlink connection down");
+        let next = self.brokers.advance(&mut self.eventloop);
+        debug!(error = %error, retry_in = ?delay, next_broker = ?next, "downlink connection down");
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
             _ = self.shutdown.changed() => true,

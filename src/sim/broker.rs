@@ -13,12 +13,18 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
-/// Where mosquitto is installed, if it is (Debian puts it in /usr/sbin, often not on PATH).
+/// Where mosquitto is installed, if it is.
 pub fn find_mosquitto() -> Option<PathBuf> {
+    find_program("mosquitto")
+}
+
+/// Where a broker's binary is installed, if it is (Debian puts mosquitto and nats-server in
+/// /usr/sbin, often not on PATH).
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|d| d.join("mosquitto"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 

@@ -5,6 +5,7 @@ pub mod broker;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 pub mod modbus_gate;
+pub mod nats;
 pub mod pn532;
 pub mod scanner;
 pub mod skin;

@@ -12,11 +12,13 @@
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
 mod book;
+pub mod brokers;
 pub mod settings;
 
-pub use settings::{MqttConfig, TlsConfig, UplinkConfig, UplinkSettings};
+pub use settings::{BrokerAddr, MqttConfig, TlsConfig, UplinkConfig, UplinkSettings};
 
 use book::{Book, Sent};
+use brokers::BrokerTurns;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,6 +70,7 @@ pub struct Uplink {
     status_topic: String,
     gateway: String,
     backoff: ReconnectBackoff,
+    brokers: BrokerTurns,
     /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
     /// publish → PUBACK is the latency metric.
     book: Book<Instant>,
@@ -80,8 +83,11 @@ impl Uplink {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, UplinkError> {
         let s = settings;
-        let options = mqtt_options(&s.mqtt, &s.batching, &s.status_topic, &s.gateway)?;
-        let (client, eventloop) = AsyncClient::new(options, s.batching.inflight + 8);
+        let brokers = BrokerTurns::new(&s.mqtt.brokers, |broker| {
+            mqtt_options(&s.mqtt, broker, &s.batching, &s.status_topic, &s.gateway)
+        })
+        .map_err(UplinkError::Settings)?;
+        let (client, eventloop) = AsyncClient::new(brokers.first(), s.batching.inflight + 8);
         Ok(Uplink {
             client,
             eventloop,
@@ -93,6 +99,7 @@ impl Uplink {
             events_topic: s.events_topic,
             status_topic: s.status_topic,
             gateway: s.gateway,
+            brokers,
             book: Book::new(),
         })
     }
@@ -193,7 +200,8 @@ impl Uplink {
         crate::metrics::MQTT_RECONNECTS.inc();
         self.book.disconnected();
         let delay = self.backoff.next_delay();
-        warn!(error = %error, retry_in = ?delay, "HQ link down");
+        let next = self.brokers.advance(&mut self.eventloop);
+        warn!(error = %error, retry_in = ?delay, next_broker = ?next, "HQ link down");
         crate::status::hq_link_failed(&error);
         tokio::select! {
             _ = tokio::time::sleep(delay) => Mode::Connecting,
@@ -286,11 +294,12 @@ fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
 
 fn mqtt_options(
     m: &MqttConfig,
+    broker: &BrokerAddr,
     u: &UplinkConfig,
     status_topic: &str,
     gateway: &str,
-) -> Result<MqttOptions, UplinkError> {
-    let mut o = connect_options(m, &m.client_id).map_err(UplinkError::Settings)?;
+) -> Result<MqttOptions, String> {
+    let mut o = connect_options(m, broker, &m.client_id)?;
     // The outbox is the session: a broker-side session would only replay what we resend anyway.
     o.set_clean_session(true);
     o.set_inflight((u.inflight + 2) as u16);
@@ -308,8 +317,12 @@ fn mqtt_options(
 
 /// Broker address, keepalive, credentials and TLS: what both of the store's connections (the
 /// uplink's, the downlink's) share. An error says which file could not be read.
-pub fn connect_options(m: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
-    let mut o = MqttOptions::new(client_id, &m.host, m.port);
+pub fn connect_options(
+    m: &MqttConfig,
+    broker: &BrokerAddr,
+    client_id: &str,
+) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(client_id, &broker.host, broker.port);
     o.set_keep_alive(m.keepalive);
     if let Some(user) = &m.username {
         o.set_credentials(user, m.password.clone().unwrap_or_default());

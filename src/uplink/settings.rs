@@ -1,13 +1,28 @@
 //! The MQTT session's settings, as the config validates them (`[mqtt]`, `[uplink]`): plain
 //! values, shared by the uplink and the downlink sessions.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
-pub struct MqttConfig {
+/// One broker to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Never empty: `host` (+ `port`), or a cluster's `brokers`, tried in turn on each failed
+    /// connect or lost connection (`uplink::brokers`).
+    pub brokers: Vec<BrokerAddr>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,

@@ -3,7 +3,10 @@
 //! when the TOML parser knows them.
 //!
 //! ```toml
-//! [mqtt]
+//! [input]
+//! kind = "mqtt"                # or "jetstream": see `input` for its keys
+//!
+//! [mqtt]                       # the MQTT input
 //! host = "127.0.0.1"
 //! port = 1883
 //! client_id = "phygate-hq-1"   # stable: the broker keeps the session under it
@@ -42,6 +45,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::input::{Input, RawInput};
 use crate::sink::config::{RawSink, Secret, SinkConfig};
 use crate::store::sqlite::Synchronous;
 
@@ -54,7 +58,8 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mqtt: MqttConfig,
+    /// Where the events come from: the MQTT shared subscription or a JetStream consumer.
+    pub input: Input,
     pub store: StoreConfig,
     pub loss_grace: Duration,
     pub status: Option<SocketAddr>,
@@ -110,7 +115,8 @@ impl StoreConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    mqtt: RawMqtt,
+    input: Option<RawInput>,
+    mqtt: Option<RawMqtt>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -226,37 +232,9 @@ impl Config {
             message,
         };
         let raw: Raw = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        let m = raw.mqtt;
         let mut problems = Vec::new();
-        if m.group.is_empty() || m.group.contains(['/', '+', '#']) {
-            problems.push(format!(
-                "mqtt.group {:?}: must be non-empty, without '/', '+' or '#'",
-                m.group
-            ));
-        }
-        if m.client_id.is_empty() {
-            problems.push(
-                "mqtt.client_id: must not be empty (the broker keeps the session under it)".into(),
-            );
-        }
-        if m.host.is_empty() {
-            problems.push("mqtt.host: must not be empty".into());
-        }
-        let expiry = m.session_expiry.as_secs();
-        if expiry == 0 || expiry > u32::MAX as u64 {
-            problems.push(format!(
-                "mqtt.session_expiry: {expiry} s; between 1 s and {} s, or the broker forgets what it queued for us",
-                u32::MAX
-            ));
-        }
-        if m.keepalive < Duration::from_secs(1)
-            || m.keepalive > Duration::from_secs(u16::MAX as u64)
-        {
-            problems.push("mqtt.keepalive: between 1 s and 65535 s".into());
-        }
-        if m.receive_maximum == 0 {
-            problems.push("mqtt.receive_maximum: at least 1".into());
-        }
+        let mqtt = raw.mqtt.map(|m| mqtt(m, &mut problems));
+        let input = crate::input::validate(raw.input, mqtt, &mut problems);
         let status = match raw.status {
             None => None,
             Some(s) => match s.listen.parse::<SocketAddr>() {
@@ -273,20 +251,11 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let store = validate_store(raw.store, base, &mut problems);
         let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
-        if !problems.is_empty() {
+        let (Some(input), true) = (input, problems.is_empty()) else {
             return Err(err(problems.join("\n  ")));
-        }
+        };
         Ok(Config {
-            mqtt: MqttConfig {
-                host: m.host,
-                port: m.port,
-                client_id: m.client_id,
-                group: m.group,
-                session_expiry: m.session_expiry,
-                keepalive: m.keepalive,
-                receive_maximum: m.receive_maximum,
-                max_packet_bytes: m.max_packet_bytes,
-            },
+            input,
             store,
             loss_grace: raw.loss.grace,
             status,
@@ -383,6 +352,47 @@ fn validate_store(raw: RawStore, base: &Path, problems: &mut Vec<String>) -> Sto
     StoreConfig { backend }
 }
 
+/// Checks `[mqtt]`, pushing what is wrong onto `problems`.
+fn mqtt(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
+    if m.group.is_empty() || m.group.contains(['/', '+', '#']) {
+        problems.push(format!(
+            "mqtt.group {:?}: must be non-empty, without '/', '+' or '#'",
+            m.group
+        ));
+    }
+    if m.client_id.is_empty() {
+        problems.push(
+            "mqtt.client_id: must not be empty (the broker keeps the session under it)".into(),
+        );
+    }
+    if m.host.is_empty() {
+        problems.push("mqtt.host: must not be empty".into());
+    }
+    let expiry = m.session_expiry.as_secs();
+    if expiry == 0 || expiry > u32::MAX as u64 {
+        problems.push(format!(
+            "mqtt.session_expiry: {expiry} s; between 1 s and {} s, or the broker forgets what it queued for us",
+            u32::MAX
+        ));
+    }
+    if m.keepalive < Duration::from_secs(1) || m.keepalive > Duration::from_secs(u16::MAX as u64) {
+        problems.push("mqtt.keepalive: between 1 s and 65535 s".into());
+    }
+    if m.receive_maximum == 0 {
+        problems.push("mqtt.receive_maximum: at least 1".into());
+    }
+    MqttConfig {
+        host: m.host,
+        port: m.port,
+        client_id: m.client_id,
+        group: m.group,
+        session_expiry: m.session_expiry,
+        keepalive: m.keepalive,
+        receive_maximum: m.receive_maximum,
+        max_packet_bytes: m.max_packet_bytes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,7 +404,10 @@ mod tests {
     #[test]
     fn the_smallest_config_takes_the_defaults() {
         let c = parse("[mqtt]\n").unwrap();
-        assert_eq!(c.mqtt.group, "journey");
+        let Input::Mqtt(m) = &c.input else {
+            panic!("MQTT is the default input")
+        };
+        assert_eq!(m.group, "journey");
         assert!(
             matches!(&c.store.backend, StoreBackend::Sqlite { path, .. } if path == Path::new("/etc/phygate/hq.db"))
         );

@@ -24,8 +24,9 @@ const RETAINED_QUIET: Duration = Duration::from_millis(400);
 /// Where the view reads from.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// `host:port` of the broker the stores publish to.
-    pub broker: String,
+    /// `host:port` of the MQTT broker the stores publish their retained statuses to; `None`
+    /// with the JetStream input and no `[mqtt]` (the view then shows the journey store alone).
+    pub broker: Option<String>,
     /// The SQLite journey store; `None` with PostgreSQL, which this view does not read yet
     /// (it then shows the broker's statuses alone).
     pub store_path: Option<PathBuf>,
@@ -35,7 +36,10 @@ impl Source {
     /// The broker and journey store of an HQ config.
     pub fn of(config: &crate::config::Config) -> Source {
         Source {
-            broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
+            broker: match &config.input {
+                crate::input::Input::Mqtt(m) => Some(format!("{}:{}", m.host, m.port)),
+                crate::input::Input::JetStream(_) => None,
+            },
             store_path: match &config.store.backend {
                 crate::config::StoreBackend::Sqlite { path, .. } => Some(path.clone()),
                 crate::config::StoreBackend::Postgres(_) => None,
@@ -73,14 +77,17 @@ pub struct StoreRow {
 /// The fleet view: the broker's statuses joined with the journey store's accounting.
 pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
     let mut rows: BTreeMap<(String, String), StoreRow> = BTreeMap::new();
-    let mut link = Link::connect(&source.broker, &Default::default()).await?;
-    let statuses = link
-        .retained(
-            &format!("{}/+/+/status", phygate_proto::topic::ROOT),
-            RETAINED_QUIET,
-        )
-        .await?;
-    link.close().await;
+    let mut statuses = Vec::new();
+    if let Some(broker) = &source.broker {
+        let mut link = Link::connect(broker, &Default::default()).await?;
+        statuses = link
+            .retained(
+                &format!("{}/+/+/status", phygate_proto::topic::ROOT),
+                RETAINED_QUIET,
+            )
+            .await?;
+        link.close().await;
+    }
     for p in statuses {
         let Some((tenant, store)) = status_topic(&p.topic) else {
             continue;

@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! stores ─MQTT─► broker ─$share/{group}─► consumer ─Delivery─► writer ─► journey store (SQLite | PostgreSQL)
-//!                        ◄── PUBACK once committed ──┘            │ dedupe (gateway, id)
+//!          (or NATS ─JetStream, durable─► jetstream ─┘)           │
+//!                        ◄── PUBACK / ack once committed ─┘       │ dedupe (gateway, id)
 //!                                                                 │ seq accounting → lost
 //!                                   journey engines ◄─HTTP─ sinks ◄─ cursor per sink (events.n)
 //! ```
 //!
 //! - [`config`]: `hq.toml` → validated [`config::Config`].
+//! - [`input`]: `[input]`, which of the two inputs below feeds the writer.
 //! - [`consumer`]: the MQTT 5 session (persistent, shared subscription, manual acks).
+//! - [`jetstream`]: or a NATS JetStream stream and its one durable pull consumer shared by
+//!   every worker, acked after commit.
 //! - [`ingest`]: a message → checked events (or parked ones, with the reason). Pure.
 //! - [`writer`]: the journey store's only owner; group commits, then settles each message.
 //! - [`seq`]: per gateway `seq` accounting: holes, announced evictions, losses. Pure.
@@ -30,6 +34,8 @@ pub mod control;
 pub mod fleet;
 pub mod fleetsim;
 pub mod ingest;
+pub mod input;
+pub mod jetstream;
 pub mod journey;
 pub mod metrics;
 pub mod run;

@@ -1,5 +1,6 @@
 //! The wiring, top to bottom as the flow goes, and the shutdown in the same order: the
-//! consumer stops taking messages (acknowledging what was committed), its sender drops, the
+//! input (MQTT or JetStream) stops taking messages (acknowledging what was committed), its
+//! sender drops, the
 //! writer commits what it holds and ends. The sinks stop at the same signal, each once its
 //! request out (if any) is answered.
 
@@ -11,6 +12,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
+use crate::input::Input;
+use crate::jetstream::JetStreamInput;
 use crate::metrics::Stats;
 use crate::sink::runner::SinkRunner;
 use crate::writer::Writer;
@@ -19,7 +22,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
     // Holds what the broker may have in flight to us, twice over (a reconnect's redeliveries
     // while the old ones are still queued): the consumer rarely waits on it.
-    let (tx, rx) = flume::bounded(2 * config.mqtt.receive_maximum as usize);
+    let (tx, rx) = flume::bounded(2 * config.input.in_flight());
     // Opening the store and loading the accounting block (PostgreSQL's client even runs a
     // runtime of its own, which tokio refuses on its workers): off the async workers.
     let (store_config, grace, writer_stats) =
@@ -46,7 +49,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stopped.clone(),
         ))
     });
-    let consumer = tokio::spawn(Consumer::new(&config.mqtt, tx, stopped.clone()).run());
+    let consumer = match &config.input {
+        Input::Mqtt(m) => tokio::spawn(Consumer::new(m, tx, stopped.clone()).run()),
+        Input::JetStream(j) => tokio::spawn(JetStreamInput::new(j, tx, stopped.clone()).run()),
+    };
     // Each sink reads the store through its own connection (WAL: readers do not block the
     // writer), at its own pace: a throttled engine slows only its sink. With PostgreSQL, the
     // connection also holds the sink's claim: one consumer of the group drives it at a time.

@@ -81,6 +81,20 @@ pub fn parse_events(topic: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The NATS subjects of every store's event batches, as a NATS server's MQTT listener maps the
+/// topics: a JetStream stream captures them (`phygate.v1.*.*.events`).
+pub const ALL_EVENTS_SUBJECT: &str = "phygate.v1.*.*.events";
+
+/// The MQTT topic a NATS subject came from, undoing nats-server's mapping of MQTT topics to
+/// subjects: `/` became `.`, and a `.` inside a topic level became `//`.
+pub fn topic_of_nats_subject(subject: &str) -> String {
+    subject
+        .split("//")
+        .map(|part| part.replace('.', "/"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +131,18 @@ mod tests {
         ] {
             assert_eq!(parse_events(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn nats_subjects_map_back_to_the_topics() {
+        assert_eq!(
+            topic_of_nats_subject("phygate.v1.acme.paris-01.events"),
+            "phygate/v1/acme/paris-01/events"
+        );
+        // nats-server writes a dot inside a level as `//`.
+        assert_eq!(
+            topic_of_nats_subject("phygate.v1.acme.paris//01.events"),
+            "phygate/v1/acme/paris.01/events"
+        );
     }
 }

@@ -53,14 +53,33 @@ impl Hq {
         client_id: &str,
         tables: &str,
     ) -> Hq {
+        let input = format!(
+            "[mqtt]\nport = {broker_port}\nclient_id = \"{client_id}\"\nkeepalive = \"5s\"\n"
+        );
+        Hq::start_input(dir, &input, grace, tables)
+    }
+
+    /// Starts HQ reading the JetStream stream of the NATS servers `servers` through the shared
+    /// durable consumer, and waits until it consumes.
+    pub fn start_jetstream(dir: &Path, servers: &[String], grace: &str) -> Hq {
+        let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+        let input = format!(
+            "[input]\nkind = \"jetstream\"\nservers = [{}]\nack_wait = \"3s\"\n",
+            servers.join(", ")
+        );
+        Hq::start_input(dir, &input, grace, "[store]\npath = \"hq.db\"\n")
+    }
+
+    /// Starts HQ with `input` (its `[input]` and/or `[mqtt]` tables), the loss grace, a status
+    /// endpoint and `tables` (`[store]`, `[[sink]]`), and waits until it consumes.
+    pub fn start_input(dir: &Path, input: &str, grace: &str, tables: &str) -> Hq {
         std::fs::create_dir_all(dir).unwrap();
         let status_port = free_port().unwrap();
         let config = dir.join("hq.toml");
         std::fs::write(
             &config,
             format!(
-                "[mqtt]\nport = {broker_port}\nclient_id = \"{client_id}\"\nkeepalive = \"5s\"\n\
-                 [loss]\ngrace = \"{grace}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n{tables}"
+                "{input}[loss]\ngrace = \"{grace}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n{tables}"
             ),
         )
         .unwrap();
@@ -81,8 +100,7 @@ impl Hq {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let before = self.log().matches("subscribed").count()
-            + self.log().matches("session_present=true").count();
+        let before = self.ready_marks();
         self.child = Some(
             Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
                 .args(["run", "--config"])
@@ -94,19 +112,23 @@ impl Hq {
                 .spawn()
                 .unwrap(),
         );
-        // Subscribed on a new session, or the broker resumed the old one.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.log().matches("subscribed").count()
-            + self.log().matches("session_present=true").count()
-            <= before
-        {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for HQ to subscribe; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(Duration::from_secs(20), "HQ subscribed", || {
+            self.ready_marks() > before
+        });
+    }
+
+    /// How often the log says HQ is ready to take messages: subscribed on a new session, the
+    /// broker resumed the old one, or the JetStream consumer is attached.
+    fn ready_marks(&self) -> usize {
+        let log = self.log();
+        [
+            "subscribed",
+            "session_present=true",
+            "consuming from JetStream",
+        ]
+        .iter()
+        .map(|m| log.matches(m).count())
+        .sum()
     }
 
     /// kill -9: nothing flushed, nothing acknowledged on the way out.
@@ -216,12 +238,29 @@ pub struct Edge {
 impl Edge {
     /// Opens the outbox of gateway `gw1` of `store`; nothing is published yet.
     pub fn open(dir: &Path, store: &str, broker_port: u16) -> Edge {
+        Edge::open_with(
+            dir,
+            store,
+            &format!("host = \"127.0.0.1\"\nport = {broker_port}"),
+        )
+    }
+
+    /// The same, with a list of brokers (`host:port`) tried in turn.
+    pub fn open_brokers(dir: &Path, store: &str, brokers: &[String]) -> Edge {
+        let list: Vec<String> = brokers.iter().map(|b| format!("{b:?}")).collect();
+        Edge::open_with(dir, store, &format!("brokers = [{}]", list.join(", ")))
+    }
+
+    /// `broker`: the `[mqtt]` keys that name the broker(s).
+    fn open_with(dir: &Path, store: &str, broker: &str) -> Edge {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("edge.toml");
+        // A short backoff cap: the tests kill brokers and wait for the reconnect.
         let text = format!(
             "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
              [outbox]\npath = \"{}\"\nmax_bytes = 1048576\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"edge-{store}\"\nkeepalive = \"5s\"\n",
+             [mqtt]\n{broker}\nclient_id = \"edge-{store}\"\nkeepalive = \"5s\"\n\
+             [uplink]\nbackoff_max = \"2s\"\n",
             dir.join("outbox.db").display()
         );
         let config = EdgeConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
@@ -260,6 +299,14 @@ impl Edge {
     /// Appends `event` durably; returns its seq.
     pub async fn append(&self, event: Event) -> u64 {
         self.outbox.append(event).await.unwrap()
+    }
+
+    /// Rows still in the outbox (published and not acknowledged, or not yet published).
+    pub fn backlog(&self) -> i64 {
+        let c = rusqlite::Connection::open(&self.config.outbox.path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
     }
 
     /// Deletes rows from the outbox's SQLite file behind its back: a simulated loss.

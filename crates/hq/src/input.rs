@@ -1,0 +1,219 @@
+//! `[input]`: where the fleet's events come from. `kind = "mqtt"` (the default) is the MQTT 5
+//! shared subscription of [`crate::consumer`], configured by `[mqtt]`; `kind = "jetstream"` is
+//! a NATS JetStream stream read through one durable pull consumer shared by every phygate-hq
+//! ([`crate::jetstream`]), for a NATS cluster, whose MQTT side has no `$share`.
+//!
+//! ```toml
+//! [input]
+//! kind = "jetstream"
+//! servers = ["nats://nats-1:4222", "nats://nats-2:4222", "nats://nats-3:4222"]
+//! stream = "PHYGATE_EVENTS"     # created if missing, capturing phygate.v1.*.*.events
+//! durable = "phygate-hq"        # the one consumer every phygate-hq shares
+//! replicas = 3                  # of the stream (and so of the consumer)
+//! ack_wait = "30s"              # a message not acked by then goes to another worker
+//! max_ack_pending = 256         # messages out to all workers, not yet acked
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::MqttConfig;
+
+/// The validated input.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Mqtt(MqttConfig),
+    JetStream(JetStreamConfig),
+}
+
+impl Input {
+    /// How many messages may be out to this worker and unacknowledged: what its queue to the
+    /// writer must hold.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Input::Mqtt(m) => m.receive_maximum as usize,
+            Input::JetStream(j) => j.max_ack_pending as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    pub servers: Vec<async_nats::ServerAddr>,
+    pub stream: String,
+    pub durable: String,
+    pub replicas: usize,
+    pub ack_wait: Duration,
+    pub max_ack_pending: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInput {
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default)]
+    servers: Vec<String>,
+    #[serde(default = "default_stream")]
+    stream: String,
+    #[serde(default = "default_durable")]
+    durable: String,
+    #[serde(default = "default_replicas")]
+    replicas: usize,
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    ack_wait: Duration,
+    #[serde(default = "default_max_ack_pending")]
+    max_ack_pending: u32,
+}
+
+fn default_kind() -> String {
+    "mqtt".into()
+}
+fn default_stream() -> String {
+    "PHYGATE_EVENTS".into()
+}
+fn default_durable() -> String {
+    "phygate-hq".into()
+}
+/// Three: one node of a three-node cluster may die without the stream losing a message or
+/// stopping (a quorum of two remains).
+fn default_replicas() -> usize {
+    3
+}
+/// Far above a commit group's time; a worker killed mid-batch hands its messages on after it.
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+/// As `[mqtt] receive_maximum`: enough to keep a commit group full while the last commits.
+fn default_max_ack_pending() -> u32 {
+    256
+}
+
+/// Which input `raw` names; the MQTT one takes its settings from `[mqtt]` (`mqtt`, absent
+/// when the file has no `[mqtt]` table).
+pub(crate) fn validate(
+    raw: Option<RawInput>,
+    mqtt: Option<MqttConfig>,
+    problems: &mut Vec<String>,
+) -> Option<Input> {
+    let kind = raw.as_ref().map_or("mqtt", |r| r.kind.as_str());
+    match kind {
+        "mqtt" => {
+            match mqtt {
+                Some(m) => Some(Input::Mqtt(m)),
+                None => {
+                    problems.push("mqtt: the [mqtt] table is required when input.kind = \"mqtt\" (the default)".into());
+                    None
+                }
+            }
+        }
+        "jetstream" => raw.and_then(|r| jetstream(r, problems)),
+        other => {
+            problems.push(format!(
+                "input.kind {other:?}: \"mqtt\" (shared subscription) or \"jetstream\" (NATS)"
+            ));
+            None
+        }
+    }
+}
+
+fn jetstream(r: RawInput, problems: &mut Vec<String>) -> Option<Input> {
+    let before = problems.len();
+    if r.servers.is_empty() {
+        problems.push(
+            "input.servers: list the NATS servers, e.g. [\"nats://nats-1:4222\", \"nats://nats-2:4222\"]"
+                .into(),
+        );
+    }
+    let mut servers = Vec::new();
+    for (i, s) in r.servers.iter().enumerate() {
+        match s.parse::<async_nats::ServerAddr>() {
+            Ok(a) => servers.push(a),
+            Err(e) => problems.push(format!("input.servers[{i}] {s:?}: {e}")),
+        }
+    }
+    for (key, name) in [("input.stream", &r.stream), ("input.durable", &r.durable)] {
+        if name.is_empty() || name.contains(['.', '*', '>', ' ', '\t', '/', '\\']) {
+            problems.push(format!(
+                "{key} {name:?}: must be non-empty, without '.', '*', '>', '/', '\\' or spaces"
+            ));
+        }
+    }
+    if !(1..=5).contains(&r.replicas) {
+        problems.push(format!(
+            "input.replicas {}: 1 to 5 (JetStream's limit)",
+            r.replicas
+        ));
+    }
+    if r.ack_wait < Duration::from_secs(1) {
+        problems.push("input.ack_wait: at least 1 s".into());
+    }
+    if r.max_ack_pending == 0 || r.max_ack_pending > u16::MAX as u32 {
+        problems.push("input.max_ack_pending: 1 to 65535".into());
+    }
+    (problems.len() == before).then_some(Input::JetStream(JetStreamConfig {
+        servers,
+        stream: r.stream,
+        durable: r.durable,
+        replicas: r.replicas,
+        ack_wait: r.ack_wait,
+        max_ack_pending: r.max_ack_pending,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+    use crate::input::Input;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/phygate/hq.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_jetstream_input_needs_no_mqtt_table_and_takes_the_defaults() {
+        let c =
+            parse("[input]\nkind = \"jetstream\"\nservers = [\"nats://n1:4222\", \"n2:4222\"]\n")
+                .unwrap();
+        let Input::JetStream(j) = &c.input else {
+            panic!("{:?}", c.input)
+        };
+        assert_eq!(j.servers.len(), 2);
+        assert_eq!(
+            (j.stream.as_str(), j.durable.as_str()),
+            ("PHYGATE_EVENTS", "phygate-hq")
+        );
+        assert_eq!(j.replicas, 3);
+        assert_eq!(c.input.in_flight(), 256);
+    }
+
+    #[test]
+    fn every_bad_jetstream_value_is_reported_at_once() {
+        let e = parse(
+            "[input]\nkind = \"jetstream\"\nstream = \"a.b\"\ndurable = \"\"\nreplicas = 7\n\
+             ack_wait = \"10ms\"\nmax_ack_pending = 0\n",
+        )
+        .unwrap_err();
+        for key in [
+            "input.servers",
+            "input.stream",
+            "input.durable",
+            "input.replicas",
+            "input.ack_wait",
+            "input.max_ack_pending",
+        ] {
+            assert!(e.contains(key), "{key} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_missing_mqtt_table_is_refused() {
+        let e = parse("[input]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(e.contains("input.kind \"kafka\""), "{e}");
+        let e = parse("[store]\npath = \"hq.db\"\n").unwrap_err();
+        assert!(e.contains("[mqtt] table is required"), "{e}");
+    }
+}

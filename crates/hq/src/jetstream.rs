@@ -1,0 +1,218 @@
+//! The JetStream input: the fleet's events from a NATS cluster, for HQs whose broker is NATS
+//! (its MQTT listener has no `$share`, so the workers cannot split an MQTT subscription).
+//!
+//! - **The stream** captures `phygate.v1.*.*.events`, the subjects nats-server gives the
+//!   stores' MQTT events topics, with `replicas` copies (3: one node of three may die). It is
+//!   created if missing. Work-queue retention: a message leaves the stream once acked, that is
+//!   once it is in the journey store, so the stream holds exactly HQ's backlog.
+//! - **One durable pull consumer** (`durable`), the same name in every phygate-hq: the workers
+//!   pull from it in turn, and the server hands each message to one of them. A message not
+//!   acked within `ack_wait` (a worker killed) goes to another.
+//! - **Ack after commit.** Each message goes to the writer with a receipt, exactly as the MQTT
+//!   input's; it is acked once its receipt is settled (the commit is durable), NAKed (sent
+//!   again at once) if the receipt is dropped (the commit failed). Unlike an MQTT packet id, a
+//!   JetStream ack names the message itself, so receipts outlive a reconnect and acks may go
+//!   in any order.
+//! - **Flow control**: `max_ack_pending` caps the messages out to all workers and not acked.
+//!
+//! So every event is stored at least once, and de-duplication by (gateway, id) makes it once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::input::JetStreamConfig;
+use crate::writer::Delivery;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A message handed to the writer, resolving with the message once its receipt is settled
+/// (`Ok`) or dropped (`Err`).
+type Settling = Pin<
+    Box<dyn Future<Output = (Result<(), oneshot::error::RecvError>, jetstream::Message)> + Send>,
+>;
+
+pub struct JetStreamInput {
+    config: JetStreamConfig,
+    writer: Option<flume::Sender<Delivery>>,
+    pending: FuturesUnordered<Settling>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Why one attachment to the consumer ended.
+enum Ended {
+    Shutdown,
+    Failed(String),
+}
+
+impl JetStreamInput {
+    pub fn new(
+        config: &JetStreamConfig,
+        writer: flume::Sender<Delivery>,
+        shutdown: watch::Receiver<bool>,
+    ) -> JetStreamInput {
+        JetStreamInput {
+            config: config.clone(),
+            writer: Some(writer),
+            pending: FuturesUnordered::new(),
+            shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        // The client reconnects by itself, to any server of the list and to those the
+        // cluster announces; a first connect that fails is retried the same way.
+        let client = match async_nats::ConnectOptions::new()
+            .name("phygate-hq")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .event_callback(|e| async move { info!(event = %e, "NATS connection") })
+            .connect(self.config.servers.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "NATS client could not start");
+                return;
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let mut delay = BACKOFF_MIN;
+        loop {
+            let ended = match attach(&self.config, &js).await {
+                Ok(consumer) => {
+                    delay = BACKOFF_MIN;
+                    self.consume(&consumer).await
+                }
+                Err(e) => Ended::Failed(e),
+            };
+            match ended {
+                Ended::Shutdown => break,
+                Ended::Failed(e) => {
+                    warn!(error = %e, retry_in = ?delay, "JetStream consumer unavailable");
+                    if self.pause(delay).await {
+                        break;
+                    }
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.shut_down(&client).await;
+    }
+
+    /// Pulls messages to the writer and acks each once settled, until shutdown or the pull
+    /// fails for good.
+    async fn consume(&mut self, consumer: &jetstream::consumer::Consumer<pull::Config>) -> Ended {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => return Ended::Failed(format!("pull: {e}")),
+        };
+        loop {
+            tokio::select! {
+                // Cancel-safe: the pull stream keeps what it has buffered.
+                next = messages.next() => match next {
+                    Some(Ok(message)) => self.deliver(message).await,
+                    // Missed heartbeats and the like while a node dies: the stream asks again.
+                    Some(Err(e)) => debug!(error = %e, "pull interrupted"),
+                    None => return Ended::Failed("the pull stream ended".into()),
+                },
+                // Cancel-safe: an unfinished future stays in the set.
+                Some((settled, message)) = self.pending.next(), if !self.pending.is_empty() => {
+                    settle(settled, &message).await;
+                }
+                _ = self.shutdown.changed() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    async fn deliver(&mut self, message: jetstream::Message) {
+        let Some(writer) = &self.writer else { return };
+        let (done, settled) = oneshot::channel();
+        let delivery = Delivery {
+            topic: phygate_proto::topic::topic_of_nats_subject(message.subject.as_str()),
+            payload: message.payload.to_vec(),
+            done,
+        };
+        // The writer's queue holds `max_ack_pending` messages and more: waiting here when it
+        // is full only slows the pull. A closed queue (shutdown) drops the receipt.
+        let _ = writer.send_async(delivery).await;
+        self.pending
+            .push(Box::pin(async move { (settled.await, message) }));
+    }
+
+    async fn pause(&mut self, d: Duration) -> bool {
+        // In [d/2, d]: workers do not come back in step.
+        let d = d.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    /// Lets the writer commit what it was given (its queue closes when this input's sender
+    /// drops), acks all of it, and flushes the acks out: nothing committed is sent again.
+    async fn shut_down(&mut self, client: &async_nats::Client) {
+        self.writer = None;
+        while let Some((settled, message)) = self.pending.next().await {
+            settle(settled, &message).await;
+        }
+        if let Err(e) = client.flush().await {
+            warn!(error = %e, "the last acks may not have reached NATS; those messages come again");
+        }
+        debug!("JetStream input stopped");
+    }
+}
+
+/// The stream (created if missing) and the shared durable consumer.
+async fn attach(
+    c: &JetStreamConfig,
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: c.stream.clone(),
+            subjects: vec![phygate_proto::topic::ALL_EVENTS_SUBJECT.into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: c.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("stream {}: {e}", c.stream))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &c.durable,
+            pull::Config {
+                durable_name: Some(c.durable.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: c.ack_wait,
+                max_ack_pending: c.max_ack_pending as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {}: {e}", c.durable))?;
+    info!(stream = %c.stream, durable = %c.durable, "consuming from JetStream");
+    Ok(consumer)
+}
+
+/// Acks a committed message; NAKs one whose commit failed, so it comes again at once. A lost
+/// ack only makes the message come again after `ack_wait`: the store drops the repeat.
+async fn settle(settled: Result<(), oneshot::error::RecvError>, message: &jetstream::Message) {
+    let result = match settled {
+        Ok(()) => message.ack().await,
+        Err(_) => {
+            warn!(subject = %message.subject, "batch not committed; asking JetStream to send it again");
+            message.ack_with(AckKind::Nak(None)).await
+        }
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "could not send an ack; the message will come again");
+    }
+}
