@@ -224,6 +224,17 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
         devices.camera.join("code.png").display()
     );
 
+    // For `phygate-hq demo` in another terminal: HQ's config for this broker, at a fixed
+    // place so that it needs no argument (removed when the demo ends).
+    let hq_config = std::env::temp_dir().join("phygate-demo-hq.toml");
+    std::fs::write(
+        &hq_config,
+        format!(
+            "# written by `phygate demo` for `phygate-hq demo`\n[mqtt]\nport = {port}\nclient_id = \"phygate-hq-demo\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("hq.db").display()
+        ),
+    )?;
+    eprintln!("HQ beside it, as the journey engine sees it (another terminal, in this repository):\n  cargo run -p phygate-hq -- demo\n");
     let hq = tokio::spawn(hq_view(port, config.events_topic()));
     let stop = Arc::new(AtomicBool::new(false));
     let customers = {
@@ -250,6 +261,7 @@ pub async fn run(seconds: Option<u64>, rate: f64) -> anyhow::Result<()> {
     // Give HQ's view a moment to print the last acknowledged events.
     tokio::time::sleep(Duration::from_millis(300)).await;
     hq.abort();
+    let _ = std::fs::remove_file(&hq_config);
     let _ = customers.join();
     eprintln!(
         "turnstile opened {} time(s)",

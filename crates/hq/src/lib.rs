@@ -31,6 +31,7 @@
 pub mod config;
 pub mod consumer;
 pub mod control;
+pub mod demo;
 pub mod fleet;
 pub mod fleetsim;
 pub mod ingest;

@@ -23,6 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Beside a running `phygate demo`: consume its events and print them as a journey engine
+    /// (a signed webhook) receives them. Needs no config: the store demo leaves one for it.
+    Demo {
+        /// HQ config to use instead of the one the store demo leaves in the temp dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Consume the fleet's events until SIGTERM or Ctrl-C.
     Run {
         #[arg(long, short)]
@@ -142,6 +149,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", phygate_hq::fleet::table(&rows));
             }
+        }
+        Command::Demo { config } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(phygate_hq::demo::run(config))?;
         }
         Command::Run { config } => {
             let config = Config::load(&config)?;
