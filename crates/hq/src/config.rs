@@ -13,7 +13,7 @@
 //! group = "journey"            # the share group: consumers of one group split the stream
 //! session_expiry = "1d"        # how long the broker keeps the session while we are away
 //! keepalive = "30s"
-//! receive_maximum = 2048       # unacknowledged messages the broker may send us at once
+//! receive_maximum = 256        # unacknowledged messages the broker may send us at once
 //! max_packet_bytes = 16777216
 //!
 //! [store]
@@ -199,8 +199,7 @@ fn default_keepalive() -> Duration {
 }
 /// Enough to keep a commit group full (`writer::MAX_GROUP`) while the previous one commits.
 fn default_receive_maximum() -> u16 {
-    // Twice the writer's group (`writer::MAX_GROUP`), so receiving overlaps committing.
-    2048
+    256
 }
 /// A gateway's largest batch is far below this (`[uplink] batch_max_bytes`).
 fn default_max_packet() -> u32 {

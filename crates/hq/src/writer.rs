@@ -19,11 +19,8 @@ use crate::metrics::{GatewayFigures, Shared};
 use crate::seq::GatewaySeq;
 use crate::store::{Expired, Group, JourneyStore, StoreError};
 
-/// Messages committed in one transaction at most: bounds a commit's latency and memory. With
-/// `receive_maximum` (2,048 by default) at twice this, one group is received while the previous
-/// one commits: at 256 a group was all the broker would send, so the consumer waited for every
-/// fsync with nothing to do (the fleet bench: ~2,500 events/s, the consumer at 30 % of a core).
-pub const MAX_GROUP: usize = 1024;
+/// Messages committed in one transaction at most: bounds a commit's latency and memory.
+pub const MAX_GROUP: usize = 256;
 /// How often the holes are checked against the grace.
 const TICK: Duration = Duration::from_secs(1);
 /// Pause after a failed commit, so a broken disk does not spin the thread.
