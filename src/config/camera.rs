@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{DeviceConfig, DeviceKind, Validator};
 use crate::sources::camera::feed::CameraUrl;
-use crate::sources::camera::settings::{CameraConfig, NO_V4L2};
+use crate::sources::camera::settings::CameraConfig;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +52,7 @@ impl Validator<'_> {
         };
         #[cfg(not(feature = "camera"))]
         if matches!(url, CameraUrl::V4l2(_)) {
-            self.problem(at("url"), NO_V4L2);
+            self.problem(at("url"), crate::sources::camera::settings::NO_V4L2);
         }
         let ms = Duration::from_millis;
         if !(ms(10)..=ms(60_000)).contains(&c.interval) {

@@ -169,7 +169,6 @@ impl Supervised for Camera<'_> {
     }
 }
 
-#[cfg(not(feature = "camera"))]
 /// What the decoding of frames asks the source to emit.
 #[derive(Debug, PartialEq)]
 enum Emit {
