@@ -74,3 +74,76 @@ fn run_and_check(extra: &[&str]) -> String {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     stdout.into_owned()
 }
+
+/// Ctrl-C in the middle of a run stops every process the bench started (simulator, consumers,
+/// broker, PostgreSQL) instead of leaving them running.
+#[test]
+fn an_interrupted_bench_leaves_no_process_behind() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
+        .args([
+            "fleet-bench",
+            "--stores",
+            "5",
+            "--rate",
+            "2",
+            "--duration",
+            "60s",
+        ])
+        .args(["--consumers", "2", "--store", "postgres", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = |needle: &str| -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle))
+            .collect()
+    };
+    // Up: the simulator runs once the consumers and the broker do.
+    let needle = dir.path().join("stores").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while running(&needle).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let status = bench.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "an interrupted run has no verdict");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let dir_text = dir.path().display().to_string();
+    let left = running(&dir_text);
+    // PostgreSQL's temp dir is its own; its server is found by the bench's database port
+    // in the consumers' configs, which are in `dir`.
+    let pg_port = std::fs::read_to_string(dir.path().join("hq-1.toml"))
+        .unwrap()
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_owned)
+        .unwrap();
+    let pg_left = running(&format!("-p {pg_port} "));
+    assert!(
+        left.is_empty() && pg_left.is_empty(),
+        "left running: {left:?} {pg_left:?}"
+    );
+}

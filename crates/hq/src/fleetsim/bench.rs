@@ -14,6 +14,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let interrupted = interrupt_flag(&rt);
     let engines = Engines::new(API_KEY, args.throttle);
     let (listener, engines_addr) = rt.block_on(engines::bind())?;
     rt.block_on(async { engines.serve(listener) });
@@ -141,6 +143,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         if let Some(status) = sim.try_wait()? {
             break status;
         }
+        if interrupted.load(Ordering::SeqCst) {
+            let _ = sim.kill();
+            let _ = sim.wait();
+            // Returning drops the consumers, the broker and PostgreSQL: each stops its process.
+            anyhow::bail!("interrupted: the simulator, consumers, broker and database are stopped");
+        }
         faults.apply(start.elapsed(), &mut consumers, &mut broker)?;
         meters.sample(&sim, &consumers, &broker_conf);
         std::thread::sleep(Duration::from_millis(500));
@@ -156,8 +164,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("reading fleet-sim's report {out:?}"))?;
 
     let settled = settle(&journey, report.published, args.settle_timeout, || {
-        meters.sample_hq(&consumers, &broker_conf)
+        meters.sample_hq(&consumers, &broker_conf);
+        !interrupted.load(Ordering::SeqCst)
     });
+    anyhow::ensure!(
+        !interrupted.load(Ordering::SeqCst),
+        "interrupted: the consumers, broker and database are stopped"
+    );
     let elapsed = start.elapsed();
     let verdict = collect(&report, &journey, &consumers, &engines)?;
     for c in &mut consumers {
@@ -173,6 +186,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(verdict.ok())
+}
+
+/// Set on Ctrl-C or SIGTERM. The bench owns child processes (simulator, consumers, broker,
+/// database), so it must not die on the default handler: it stops them on its way out.
+fn interrupt_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("interrupted: stopping the fleet's processes");
+        set.store(true, Ordering::SeqCst);
+    });
+    flag
 }
 
 fn write_consumer_config(
@@ -291,16 +324,19 @@ impl Meters {
 }
 
 /// Waits until the store holds `published` events and both sinks' cursors have reached its
-/// last event with nothing in flight; returns how long that took (None: timed out).
+/// last event with nothing in flight; returns how long that took (None: timed out, or
+/// `sample` said to stop).
 fn settle(
     store: &Journey,
     published: u64,
     timeout: Duration,
-    mut sample: impl FnMut(),
+    mut sample: impl FnMut() -> bool,
 ) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        sample();
+        if !sample() {
+            return None;
+        }
         if let Ok((stored, done)) = store.progress() {
             if stored >= published && done {
                 return Some(start.elapsed());
