@@ -33,6 +33,7 @@
 //! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`, the status
 //!   page's clock card; the only file that asks the kernel), and `unix_ms`.
 //! - [`backoff`]: capped, jittered exponential backoff (port reopens, MQTT reconnects).
+//! - [`settle`]: manual MQTT acknowledgements in arrival order (downlink; HQ's consumer too).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
 //! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
@@ -52,6 +53,7 @@ pub mod ingest;
 pub mod link;
 pub mod metrics;
 pub mod outbox;
+pub mod settle;
 pub mod sim;
 pub mod sources;
 pub mod station;

@@ -33,18 +33,18 @@
 //! message"), so a test can `kill -9` the daemon between receipt and commit. Release builds
 //! never read the variable.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS, SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
+use crate::settle::SettleQueue;
 use crate::uplink::brokers::BrokerTurns;
 use crate::uplink::settings::MqttConfig;
 
@@ -61,8 +61,6 @@ pub enum DownlinkError {
     Settings(String),
 }
 
-type Pending = VecDeque<(Publish, oneshot::Receiver<()>)>;
-
 pub struct Downlink {
     client: AsyncClient,
     eventloop: EventLoop,
@@ -73,7 +71,7 @@ pub struct Downlink {
     /// Config documents: the config applier (`daemon::reload`) takes them.
     config: mpsc::Sender<Delivery<String>>,
     /// Messages of this connection not yet acknowledged, in arrival order.
-    pending: Pending,
+    pending: SettleQueue<Publish>,
     backoff: ReconnectBackoff,
     brokers: BrokerTurns,
     shutdown: watch::Receiver<bool>,
@@ -105,7 +103,7 @@ impl Downlink {
             store: settings.store,
             link,
             config: config_updates,
-            pending: VecDeque::new(),
+            pending: SettleQueue::default(),
             backoff: ReconnectBackoff::new(settings.backoff_min, settings.backoff_max),
             brokers,
             shutdown,
@@ -126,8 +124,7 @@ impl Downlink {
                     }
                 },
                 // Cancel-safe: the receiver is polled by reference and stays at the front.
-                settled = front(&mut self.pending), if !self.pending.is_empty() => {
-                    let (publish, _) = self.pending.pop_front().expect("guarded");
+                (publish, settled) = self.pending.next(), if !self.pending.is_empty() => {
                     match settled {
                         Ok(()) => self.ack(&publish),
                         Err(_) if self.link.is_closed() || self.config.is_closed() => {
@@ -191,8 +188,8 @@ impl Downlink {
             tokio::time::sleep(pause).await;
         }
         let (receipt, settled) = Receipt::new();
-        self.pending.push_back((publish, settled));
-        let publish = &self.pending.back().expect("just pushed").0;
+        self.pending.push(publish, settled);
+        let publish = self.pending.last().expect("just pushed");
         let (topic, payload) = (publish.topic.clone(), publish.payload.clone());
         // The appliers are quick; waiting here briefly holds the MQTT loop, which is better than
         // dropping a message. A closed queue (shutdown) drops the receipt: redelivered next start.
@@ -247,12 +244,7 @@ impl Downlink {
 
     /// Acknowledges what was settled by now, then disconnects; the rest comes again next start.
     async fn shut_down(&mut self) {
-        while let Some((publish, settled)) = self.pending.front_mut() {
-            if settled.try_recv().is_err() {
-                break;
-            }
-            let publish = publish.clone();
-            self.pending.pop_front();
+        for publish in self.pending.take_settled() {
             self.ack(&publish);
         }
         let _ = self.client.try_disconnect();
@@ -270,14 +262,6 @@ impl Downlink {
 /// uplink's (a second connection with one id would take the first one over).
 pub fn client_id(mqtt: &MqttConfig) -> String {
     format!("{}-downlink", mqtt.client_id)
-}
-
-/// Resolves when the oldest pending message is settled (or its receipt dropped).
-async fn front(pending: &mut Pending) -> Result<(), oneshot::error::RecvError> {
-    match pending.front_mut() {
-        Some((_, settled)) => settled.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The test pause (see [`TEST_PAUSE_ENV`]); release builds never read it.

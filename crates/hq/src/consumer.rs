@@ -19,8 +19,10 @@
 //! So every event is stored at least once, and de-duplication by (gateway, id) makes it once.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use phygate::backoff::ReconnectBackoff;
+use phygate::settle::SettleQueue;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -30,12 +32,8 @@ use tracing::{debug, info, warn};
 use crate::config::MqttConfig;
 use crate::writer::Delivery;
 
-/// A connection that lasted this long was a working one: the backoff starts over.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-type Pending = VecDeque<(Publish, oneshot::Receiver<()>)>;
 
 pub struct Consumer {
     client: AsyncClient,
@@ -43,13 +41,14 @@ pub struct Consumer {
     filter: String,
     writer: flume::Sender<Delivery>,
     /// Messages of this connection not yet acknowledged, in arrival order.
-    pending: Pending,
+    pending: SettleQueue<Publish>,
     /// Acknowledgements the request queue had no room for, oldest first: sent as the event
     /// loop drains the queue. Dropping one instead would leave its message unacknowledged on
     /// a live connection, and once `receive_maximum` of them pile up the broker sends no more.
     unsent_acks: VecDeque<Publish>,
-    delay: Duration,
-    connected_at: Option<Instant>,
+    /// The gateway's reconnect backoff: jittered, and it starts over only after a connection
+    /// that stayed up (a broker that accepts and drops at once is retried at the capped pace).
+    backoff: ReconnectBackoff,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -73,10 +72,9 @@ impl Consumer {
             eventloop,
             filter: phygate_proto::topic::shared_events(&m.group),
             writer,
-            pending: VecDeque::new(),
+            pending: SettleQueue::default(),
             unsent_acks: VecDeque::new(),
-            delay: BACKOFF_MIN,
-            connected_at: None,
+            backoff: ReconnectBackoff::new(BACKOFF_MIN, BACKOFF_MAX),
             shutdown,
         }
     }
@@ -95,8 +93,7 @@ impl Consumer {
                     }
                 },
                 // Cancel-safe: the receiver is polled by reference and stays at the front.
-                settled = front(&mut self.pending), if !self.pending.is_empty() => {
-                    let (publish, _) = self.pending.pop_front().expect("guarded");
+                (publish, settled) = self.pending.next(), if !self.pending.is_empty() => {
                     match settled {
                         Ok(()) => self.ack(&publish),
                         Err(_) => {
@@ -118,7 +115,7 @@ impl Consumer {
         match ev {
             Event::Incoming(Packet::ConnAck(c)) => {
                 info!(session_present = c.session_present, filter = %self.filter, "connected to the broker");
-                self.connected_at = Some(Instant::now());
+                self.backoff.connected();
                 self.pending.clear();
                 self.unsent_acks.clear();
                 // Every connection subscribes, a resumed session too: mosquitto 2.0.11 keeps
@@ -139,7 +136,7 @@ impl Consumer {
                     payload: p.payload.to_vec(),
                     done,
                 };
-                self.pending.push_back((p, settled));
+                self.pending.push(p, settled);
                 // The writer's queue holds `receive_maximum` messages and more; waiting here
                 // when it is full holds the MQTT loop briefly, which beats dropping a message.
                 // A closed queue (shutdown) drops the receipt: the message comes again next start.
@@ -177,16 +174,8 @@ impl Consumer {
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
         self.pending.clear();
         self.unsent_acks.clear();
-        if self
-            .connected_at
-            .take()
-            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
-        {
-            self.delay = BACKOFF_MIN;
-        }
         // In [d/2, d]: a fleet of consumers does not come back in step.
-        let d = self.delay.mul_f64(0.5 + fastrand::f64() / 2.0);
-        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        let d = self.backoff.next_delay();
         warn!(error = %error, retry_in = ?d, "broker connection down");
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
@@ -197,12 +186,7 @@ impl Consumer {
     /// Acknowledges what was committed by now, then disconnects; the broker keeps the session
     /// and sends the rest again at the next start.
     async fn shut_down(&mut self) {
-        while let Some((publish, settled)) = self.pending.front_mut() {
-            if settled.try_recv().is_err() {
-                break;
-            }
-            let publish = publish.clone();
-            self.pending.pop_front();
+        for publish in self.pending.take_settled() {
             self.ack(&publish);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
@@ -221,13 +205,5 @@ impl Consumer {
             }
         }
         debug!("consumer stopped");
-    }
-}
-
-/// Resolves when the oldest pending message is settled (or its receipt dropped).
-async fn front(pending: &mut Pending) -> Result<(), oneshot::error::RecvError> {
-    match pending.front_mut() {
-        Some((_, settled)) => settled.await,
-        None => std::future::pending().await,
     }
 }
