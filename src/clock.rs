@@ -25,6 +25,11 @@ pub enum ClockSync {
 }
 
 /// The process's answer source; set once at start, read by every new event.
+///
+/// Global on purpose: every event built anywhere (sources' readings, the link's visits, the
+/// outbox's eviction notices) stamps `clocksync`, and the answer is the host's, one per
+/// process. Threading a handle through every constructor that may create an event would
+/// carry the same value everywhere for nothing.
 static MODE: AtomicU8 = AtomicU8::new(ClockSync::Kernel as u8);
 
 pub fn set_mode(mode: ClockSync) {

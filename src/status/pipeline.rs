@@ -13,6 +13,10 @@ use crate::outbox::Stats;
 pub(super) const WRITE_ERROR_HOLD: Duration = Duration::from_secs(10);
 
 /// The last HQ link error, for the page (the uplink logs it too).
+///
+/// Global for now, and known as such (issue 11): both MQTT sessions (uplink and downlink) and
+/// the status page would otherwise need a shared handle wired through the daemon; it holds
+/// one process-wide fact, written rarely, read by the page.
 static HQ_ERROR: Mutex<Option<(String, SystemTime)>> = Mutex::new(None);
 
 /// Called by the uplink when the HQ link fails.
