@@ -150,19 +150,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", phygate_hq::fleet::table(&rows));
             }
         }
-        Command::Demo { config } => {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(phygate_hq::demo::run(config))?;
-        }
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(phygate_hq::run::run(config))?;
-        }
+        Command::Demo { config } => serve(phygate_hq::demo::run(config))?,
+        Command::Run { config } => serve(phygate_hq::run::run(Config::load(&config)?))?,
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
             println!("{c:#?}");
@@ -256,4 +245,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn open(config: &std::path::Path) -> anyhow::Result<Box<dyn JourneyStore>> {
     let c = Config::load(config)?;
     Ok(phygate_hq::store::open_journey(&c.store)?)
+}
+
+/// Runs a long-lived service (`run`, `demo`) on a multi-threaded runtime: the consumer, the
+/// sinks and the status endpoint run side by side.
+fn serve(service: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(service)
 }
