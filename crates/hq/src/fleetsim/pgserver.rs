@@ -157,19 +157,25 @@ impl Postgres {
         }
     }
 
+    /// A client tool (`createdb`, `psql`) pointed at this server as its superuser.
+    fn client(&self, tool: &str) -> Command {
+        let mut c = self.command(tool);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        c
+    }
+
     /// A new, empty database; its URL.
     pub fn database(&self, name: &str) -> anyhow::Result<String> {
         let out = self
-            .command("createdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                name,
-            ])
+            .client("createdb")
+            .arg(name)
             .output()
             .context("running createdb")?;
         ensure!(
@@ -183,20 +189,8 @@ impl Postgres {
     /// Runs `sql` in database `db` with `psql`; the rows, fields separated by `|`.
     pub fn query(&self, db: &str, sql: &str) -> anyhow::Result<Vec<String>> {
         let out = self
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-At",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
+            .client("psql")
+            .args(["-At", "-d", db, "-c", sql])
             .output()
             .context("running psql")?;
         ensure!(
