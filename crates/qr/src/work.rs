@@ -5,7 +5,7 @@
 use crate::decode::{DecodeConfig, DecodedCode, Pass};
 use crate::finder::{Candidate, census, refine};
 use crate::frame::{GrayFrame, Plane, Rect};
-use crate::grid::has_plausible_triple;
+use crate::grid::{Probe, has_plausible_triple};
 use crate::preprocess::{
     Integral, Threshold, adaptive_threshold, box3, contrast_stretch, is_dark_module, min_delta,
     noise_level, window_radius,
@@ -282,8 +282,10 @@ impl<'f> Work<'f> {
             Pass::Adaptive => {
                 let sh = shared(&self.base, (self.radius, self.min_delta), &mut self.shared);
                 let r = self.radius;
-                let dark =
-                    |x, y, rs| is_dark_module(&self.base, &sh.integral, (r, rs), false, (x, y));
+                let dark = |x, y, p: Probe| {
+                    let r = (p.window_r.unwrap_or(r), p.box_r);
+                    is_dark_module(&self.base, &sh.integral, r, false, (x, y))
+                };
                 // The screen's finders first, then census candidates not already among them.
                 let mut pool = self.screened.clone();
                 pool.extend(sh.census.iter().filter(|c| {
@@ -333,7 +335,10 @@ impl<'f> Work<'f> {
                         cands.push(c);
                     }
                 }
-                let dark = |x, y, rs| is_dark_module(&big, &ii, (t.radius, rs), false, (x, y));
+                let dark = |x, y, p: Probe| {
+                    let r = (p.window_r.unwrap_or(t.radius), p.box_r);
+                    is_dark_module(&big, &ii, r, false, (x, y))
+                };
                 let found = scan_census_then_rqrr(big.w, big.h, &bin, &cands, false, dark);
                 let mut codes = to_frame_coords(found, rect, big.w, big.h, &self.frame, pass);
                 codes.iter_mut().for_each(|c| c.inverted = self.invert);
