@@ -26,8 +26,8 @@ pub(crate) type GridCode = (String, [(f32, f32); 4]);
 /// Above this many strong candidates the frame is clutter, not codes: triples grow cubically.
 pub(crate) const MAX_GRID_CANDIDATES: usize = 12;
 /// Decode attempts (grid sizes, each sampled both ways) per call, so a pathological frame cannot
-/// take more than a few ms here.
-const MAX_ATTEMPTS: usize = 24;
+/// take more than a few ms here: eight triples' worth of [`Triple::sizes`].
+const MAX_ATTEMPTS: usize = 40;
 
 /// One sample point's question to the caller's `dark` test: is the mean of the `(2 box_r + 1)²`
 /// box around the point below the mean of the `(2 window_r + 1)²` window around it (for the
@@ -196,13 +196,15 @@ impl Triple {
         })
     }
 
-    /// Candidate grid sizes, nearest to the estimate first (±1 version: the module estimate is
-    /// only as good as the run lengths).
+    /// Candidate grid sizes, nearest to the estimate first (±2 versions: the module estimate is
+    /// only as good as the run lengths, and at 1–2 px per module, where one pixel more or less
+    /// per run is 10 % of it, ±1 version missed the true size of codes read at ±2). A wrong
+    /// size costs one timing-pattern check.
     fn sizes(&self) -> Vec<usize> {
         let d = (self.ab.0.hypot(self.ab.1) + self.ac.0.hypot(self.ac.1)) / 2.0;
         let n_est = d / self.module + 7.0;
         let v_est = ((n_est - 17.0) / 4.0).round() as i32;
-        [v_est, v_est - 1, v_est + 1]
+        [v_est, v_est - 1, v_est + 1, v_est - 2, v_est + 2]
             .into_iter()
             .filter(|v| (1..=40).contains(v))
             .map(|v| 17 + 4 * v as usize)
@@ -444,5 +446,22 @@ mod tests {
         let found = decode_from_finders(&cands, p.w, p.h, dark);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, text);
+    }
+
+    #[test]
+    fn grid_sizes_are_tried_nearest_first_within_two_versions() {
+        // Finder centres 50 modules apart at 4 px/module: 57 modules, version 10.
+        let f = |x: f32, y: f32| Candidate {
+            x,
+            y,
+            module: 4.0,
+            inverted: false,
+            rows: 12,
+        };
+        let tri = Triple::new(&f(20.0, 20.0), &f(220.0, 20.0), &f(20.0, 220.0)).unwrap();
+        assert_eq!(tri.sizes(), [57, 53, 61, 49, 65]);
+        // Version 2 near the bottom: no size below version 1.
+        let tri = Triple::new(&f(20.0, 20.0), &f(92.0, 20.0), &f(20.0, 92.0)).unwrap();
+        assert_eq!(tri.sizes(), [25, 21, 29, 33]);
     }
 }
