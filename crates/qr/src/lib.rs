@@ -11,7 +11,7 @@
 //! - `finder`: a census of 1:1:3:1:1 finder candidates on a region's binary image; it gates the
 //!   rqrr calls, places the upscaled region and finds a second code.
 //! - `grid`: census finder triples as affine grids, decoded by rqrr's decoder (the triples
-//!   rqrr's own grouping rejects).
+//!   rqrr's own grouping rejects); a grid that fails is sampled again the way blur needs.
 //! - `scan`: the calls into rqrr (panics contained).
 //! - `work`: the frame's base plane, one region's state (a light-on-dark region is decoded
 //!   from its negative) and each pass's preprocessing.

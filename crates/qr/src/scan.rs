@@ -7,7 +7,7 @@ use rqrr::PreparedImage;
 
 use crate::finder::{Candidate, refine};
 use crate::frame::Plane;
-use crate::grid::{MAX_GRID_CANDIDATES, decode_from_finders, has_plausible_triple};
+use crate::grid::{MAX_GRID_CANDIDATES, Probe, decode_from_finders, has_plausible_triple};
 
 /// rqrr needs three finder patterns; with fewer candidates in the census it cannot find a grid,
 /// so a pass that would call it is skipped.
@@ -18,7 +18,7 @@ pub(crate) const MIN_FINDERS: usize = 3;
 pub(crate) type Found = Vec<(String, [(f32, f32); 4])>;
 
 /// Decodes a binary image (`true` = dark modules of the polarity at hand) in two steps
-/// (`dark(x, y, r)` samples a module centre for step 1, see [`crate::grid`]):
+/// (`dark(x, y, probe)` samples a module centre for step 1, see [`crate::grid`]):
 ///
 /// 1. the census' finder triples (strong or cross-checked, centres refined), sampled as affine
 ///    grids and decoded by rqrr's decoder
@@ -34,7 +34,7 @@ pub(crate) fn scan_census_then_rqrr(
     bin: &[bool],
     census: &[Candidate],
     inverted: bool,
-    dark: impl Fn(usize, usize, usize) -> bool,
+    dark: impl Fn(usize, usize, Probe) -> bool,
 ) -> Found {
     // Strong candidates, plus weak ones that the cross-check confirms: finders, with their
     // centres re-measured. Data-area look-alikes and clutter rarely pass both.

@@ -5,7 +5,7 @@
 use crate::decode::{DecodeConfig, DecodedCode, Pass};
 use crate::finder::{Candidate, census, refine};
 use crate::frame::{GrayFrame, Plane, Rect};
-use crate::grid::has_plausible_triple;
+use crate::grid::{Probe, has_plausible_triple};
 use crate::preprocess::{
     Integral, Threshold, adaptive_threshold, box3, contrast_stretch, is_dark_module, min_delta,
     noise_level, window_radius,
@@ -205,23 +205,26 @@ impl<'f> Work<'f> {
         self.found = codes.iter().map(|c| c.bbox).collect();
     }
 
-    /// Census candidates outside every code decoded so far (2 modules of slack for the
-    /// census' centre error).
+    /// Census candidates outside every code decoded so far.
     fn uncovered(&mut self) -> Vec<Candidate> {
+        let census = self.shared().census.clone();
+        self.outside_found(&census)
+    }
+
+    /// The candidates of `cands` outside every code decoded so far (2 modules of slack for
+    /// the centre error).
+    fn outside_found(&self, cands: &[Candidate]) -> Vec<Candidate> {
         let (sx, sy) = (
             self.roi.width as f32 / self.base.w as f32,
             self.roi.height as f32 / self.base.h as f32,
         );
         let (rx, ry) = (self.roi.x as f32, self.roi.y as f32);
-        let found = std::mem::take(&mut self.found);
-        let out = self
-            .shared()
-            .census
+        cands
             .iter()
             .filter(|c| {
                 let (x, y) = (rx + c.x * sx, ry + c.y * sy);
                 let pad = 2.0 * c.module * sx;
-                !found.iter().any(|b| {
+                !self.found.iter().any(|b| {
                     x + pad >= b.x as f32
                         && y + pad >= b.y as f32
                         && x - pad <= (b.x + b.width) as f32
@@ -229,9 +232,7 @@ impl<'f> Work<'f> {
                 })
             })
             .copied()
-            .collect();
-        self.found = found;
-        out
+            .collect()
     }
 
     /// Whether the census shows a plausible finder triple outside the codes decoded so far: a
@@ -282,8 +283,10 @@ impl<'f> Work<'f> {
             Pass::Adaptive => {
                 let sh = shared(&self.base, (self.radius, self.min_delta), &mut self.shared);
                 let r = self.radius;
-                let dark =
-                    |x, y, rs| is_dark_module(&self.base, &sh.integral, (r, rs), false, (x, y));
+                let dark = |x, y, p: Probe| {
+                    let r = (p.window_r.unwrap_or(r), p.box_r);
+                    is_dark_module(&self.base, &sh.integral, r, false, (x, y))
+                };
                 // The screen's finders first, then census candidates not already among them.
                 let mut pool = self.screened.clone();
                 pool.extend(sh.census.iter().filter(|c| {
@@ -333,7 +336,10 @@ impl<'f> Work<'f> {
                         cands.push(c);
                     }
                 }
-                let dark = |x, y, rs| is_dark_module(&big, &ii, (t.radius, rs), false, (x, y));
+                let dark = |x, y, p: Probe| {
+                    let r = (p.window_r.unwrap_or(t.radius), p.box_r);
+                    is_dark_module(&big, &ii, r, false, (x, y))
+                };
                 let found = scan_census_then_rqrr(big.w, big.h, &bin, &cands, false, dark);
                 let mut codes = to_frame_coords(found, rect, big.w, big.h, &self.frame, pass);
                 codes.iter_mut().for_each(|c| c.inverted = self.invert);
@@ -385,9 +391,13 @@ impl<'f> Work<'f> {
         median_module(&cands).is_some_and(|m| m < SMALL_MODULE_PX)
     }
 
-    /// The candidates that place and size the code for the upscaled pass: the strong ones, or
-    /// when there are none, all of them if at least three (a small or blurred code shows only
-    /// short finder hits, and its data area more of them).
+    /// The candidates that place and size the code for the upscaled pass: the screen's finders
+    /// when it saw three or more, and the census' strong ones; when there are none, all of the
+    /// census' if at least three (a small or blurred code shows only short finder hits, and
+    /// its data area more of them). The screen's count because the census' run test on the
+    /// binary image misses finders of 1–2 px modules that the screen, testing every line
+    /// against block levels, confirmed: without them the enlarged area was cut to the finders
+    /// the census saw and could leave the third one out.
     fn upscale_candidates(&mut self) -> Vec<Candidate> {
         // Only where no code was read yet: after the first code of a frame, the second one.
         let weak: Vec<Candidate> = self
@@ -395,7 +405,19 @@ impl<'f> Work<'f> {
             .into_iter()
             .filter(|c| !c.inverted)
             .collect();
-        let strong: Vec<Candidate> = weak.iter().filter(|c| c.is_strong()).copied().collect();
+        let mut strong = self.outside_found(&self.screened);
+        if strong.len() < MIN_FINDERS {
+            // A pair or a lone finder places nothing the census' own do not.
+            strong.clear();
+        }
+        for c in weak.iter().filter(|c| c.is_strong()) {
+            let near = |s: &Candidate| {
+                (s.x - c.x).abs().max((s.y - c.y).abs()) <= 2.0 * s.module.max(c.module)
+            };
+            if !strong.iter().any(near) {
+                strong.push(*c);
+            }
+        }
         if !strong.is_empty() {
             return strong;
         }
@@ -570,3 +592,6 @@ fn fit(w: u32, h: u32, max_side: u32) -> (usize, usize) {
     let scale = |v: u32| ((v as u64 * max_side as u64 / long as u64) as usize).max(1);
     (scale(w), scale(h))
 }
+
+#[cfg(test)]
+mod tests;

@@ -65,6 +65,20 @@ fn decodes_a_clean_jwt_code() {
 }
 
 #[test]
+fn decodes_a_jwt_code_at_under_two_pixels_per_module() {
+    // Drawn at 7 px/module and averaged down by 4: 1.75 px/module, modules straddling pixels,
+    // as a camera sees a phone at arm's length.
+    let mut big = GrayImage::from_pixel(620, 620, image::Luma([160]));
+    draw(&mut big, JWT, 20, 20, 7, 20, 235);
+    let img = image::imageops::resize(&big, 155, 155, image::imageops::FilterType::Triangle);
+    let mut frame = GrayImage::from_pixel(640, 480, image::Luma([160]));
+    image::imageops::overlay(&mut frame, &img, 200, 150);
+    let codes = decoder().decode(&frame);
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert_eq!(codes[0].text, JWT);
+}
+
+#[test]
 fn decodes_an_inverted_code_from_the_negative_of_its_region() {
     let img = frame_with("https://app.example/s/Ab12Cd", 6, 230, 25, 15);
     let report = decoder().decode_report(&img);
