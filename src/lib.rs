@@ -54,6 +54,7 @@ pub mod link;
 pub mod metrics;
 pub mod outbox;
 pub mod settle;
+pub mod shutdown;
 pub mod sim;
 pub mod sources;
 pub mod station;

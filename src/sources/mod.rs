@@ -21,9 +21,8 @@ pub use crate::event::DeviceState;
 pub use crate::station::Direction;
 pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
@@ -147,32 +146,5 @@ impl ReadingSink {
             Some((reason, count)) => self.status(DeviceState::Error, reason, Some(count)),
             None => Ok(()),
         }
-    }
-}
-
-/// One stop signal shared by every source thread (blocking code polls it between reads).
-#[derive(Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// Sleeps up to `d`, returning early (true) when stopped.
-    pub fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        while !self.is_stopped() {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
-        }
-        true
     }
 }

@@ -20,9 +20,7 @@ use tracing::{debug, warn};
 
 use self::skn1::{LineReader, SeqDeduper, SkinReading};
 use super::throttle::ErrorThrottle;
-use super::{
-    serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
-};
+use super::{serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError};
 use crate::clock::unix_ms;
 use crate::outbox::{OutboxHandle, StateWrite};
 
@@ -37,6 +35,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const PARTIAL: &str = "partial";
 
 use crate::outbox::keys::skin_seen_prefix as seen_prefix;
+use crate::shutdown::Shutdown;
 
 /// The state written with a reading's event so its `model` + `seq` is still known after a
 /// restart (`None` when the reading has no `seq`: it cannot repeat).
@@ -50,7 +49,7 @@ pub struct SkinSource {
     config: SkinConfig,
     sink: ReadingSink,
     outbox: OutboxHandle,
-    stop: StopFlag,
+    stop: Shutdown,
 }
 
 /// What one port session keeps between reads.
@@ -67,7 +66,7 @@ impl SkinSource {
         config: SkinConfig,
         sink: ReadingSink,
         outbox: OutboxHandle,
-        stop: StopFlag,
+        stop: Shutdown,
     ) -> Self {
         SkinSource {
             config,
