@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
+use crate::clock::unix_ms;
 use crate::config::{DeviceConfig, DeviceKind};
+use crate::outbox::keys;
 use crate::outbox::{OutboxError, OutboxHandle};
 use crate::shutdown::Shutdown;
 use crate::sources::camera::CameraSource;
@@ -18,7 +20,7 @@ use crate::sources::gate::control::UnlockQueue;
 use crate::sources::gate::{Counters, GateRegistry, GateSource};
 use crate::sources::nfc::NfcSource;
 use crate::sources::scanner::ScannerSource;
-use crate::sources::skin::SkinSource;
+use crate::sources::skin::{skn1, Sighting, SkinSource};
 use crate::sources::{Reading, ReadingSink, SourceError};
 
 /// Every device's source, ready to start: the gates' controls exist before any thread does, so
@@ -84,10 +86,13 @@ impl Devices {
                     })?
                 }
                 DeviceKind::Skin(cfg) => {
-                    let (cfg, outbox) = (cfg.clone(), outbox.clone());
+                    let cfg = cfg.clone();
+                    // As for a gate: the saved sightings at each (re)start; new ones and the
+                    // deletion of forgotten ones go through the link.
+                    let (outbox, id) = (outbox.clone(), device.id.clone());
                     spawn_supervised(&device.id, stop.clone(), move || {
-                        SkinSource::new(cfg.clone(), sink.clone(), outbox.clone(), stop.clone())
-                            .run()
+                        let saved = skin_sightings(&outbox, &id)?;
+                        SkinSource::new(cfg.clone(), sink.clone(), stop.clone(), saved).run()
                     })?
                 }
                 DeviceKind::Gate(cfg) => {
@@ -164,4 +169,107 @@ fn gate_baseline(outbox: &OutboxHandle, device: &str) -> Result<Option<Counters>
         }
         decoded
     }))
+}
+
+/// A serial skin analyzer's saved sightings still within the de-duplication window; the stale
+/// or unreadable ones are deleted here (those the running source forgets, the link deletes).
+fn skin_sightings(outbox: &OutboxHandle, device: &str) -> Result<Vec<Sighting>, SourceError> {
+    let entries = match outbox.state_blocking(&keys::skin_seen_prefix(device)) {
+        Ok(entries) => entries,
+        Err(OutboxError::Closed) => return Err(SourceError::Closed),
+        Err(e) => {
+            // Not fatal: the worst case is one duplicate of a reading resent right now.
+            warn!(device, error = %e, "cannot load the skin de-duplication state");
+            return Ok(Vec::new());
+        }
+    };
+    let (live, stale) = split_seen(device, entries, unix_ms(SystemTime::now()));
+    for key in stale {
+        if let Err(e) = outbox.put_state_blocking(key, None) {
+            warn!(device, error = %e, "cannot delete a stale de-duplication key");
+            break;
+        }
+    }
+    debug!(
+        device,
+        loaded = live.len(),
+        "skin de-duplication state loaded"
+    );
+    Ok(live)
+}
+
+/// Saved sightings → the live ones, and the keys of stale or unreadable ones.
+fn split_seen(
+    device: &str,
+    entries: Vec<(String, Vec<u8>)>,
+    now_ms: u64,
+) -> (Vec<Sighting>, Vec<String>) {
+    let mut live = Vec::new();
+    let mut stale = Vec::new();
+    for (key, value) in entries {
+        let at = std::str::from_utf8(&value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        match (keys::parse_skin_seen(device, &key), at) {
+            (Some((model, seq)), Some(at_ms))
+                if now_ms.saturating_sub(at_ms) < skn1::DEDUP_WINDOW_MS =>
+            {
+                live.push(Sighting { model, seq, at_ms })
+            }
+            _ => stale.push(key),
+        }
+    }
+    live.sort_by_key(|s| s.at_ms);
+    (live, stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::link::journey::skin_seen_state;
+    use crate::sources::skin::skn1::SkinReading;
+
+    fn reading(model: &str, seq: Option<u64>) -> SkinReading {
+        SkinReading {
+            model: model.into(),
+            seq,
+            device_time: None,
+            measures: [("moisture".to_string(), 40.0)].into(),
+            extra: Default::default(),
+            skin_type: None,
+        }
+    }
+
+    #[test]
+    fn seen_state_round_trips_through_split() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(5_000);
+        let (key, value) = skin_seen_state("skin-1", &reading("AX/200", Some(7)), at).unwrap();
+        assert_eq!(key, "skin/seen/skin-1/AX/200/7");
+        let entries = vec![(key.clone(), value.unwrap())];
+        let (live, stale) = split_seen("skin-1", entries.clone(), 6_000);
+        let seen = Sighting {
+            model: "AX/200".into(),
+            seq: 7,
+            at_ms: 5_000,
+        };
+        assert_eq!(live, vec![seen]);
+        assert!(stale.is_empty());
+        let (live, stale) = split_seen("skin-1", entries, 5_000 + skn1::DEDUP_WINDOW_MS);
+        assert!(live.is_empty());
+        assert_eq!(stale, vec![key]);
+        assert!(skin_seen_state("skin-1", &reading("AX", None), at).is_none());
+    }
+
+    #[test]
+    fn unreadable_state_is_stale_not_fatal() {
+        let entries = vec![
+            ("skin/seen/d/M/x".to_string(), b"1".to_vec()),
+            ("skin/seen/d/M/3".to_string(), b"soon".to_vec()),
+        ];
+        let (live, stale) = split_seen("d", entries, 10);
+        assert!(live.is_empty());
+        assert_eq!(stale.len(), 2);
+    }
 }

@@ -54,6 +54,9 @@ pub enum Observation {
     /// A gate baseline that no passage carries (first read, a counter reset to zero): the link
     /// persists it alone. Not an event.
     GateBaseline(gate::Counters),
+    /// A serial skin analyzer's `model` + `seq` sightings that left its de-duplication window:
+    /// the link deletes their saved keys. Not an event.
+    SkinForgotten(Vec<(String, u64)>),
     /// A card newly tapped on an NFC reader; its raw UID stays in memory (the link hashes it).
     NfcTap(nfc::NfcTap),
 }
