@@ -16,11 +16,12 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::downlink::session::Downlink;
+use crate::downlink::Delivery;
 use crate::event::Origin;
 use crate::ingest::Ingest;
 use crate::link::journey::Journey;
 use crate::link::Link;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxHandle};
 use crate::shutdown::Shutdown;
 use crate::sources::gate::GateRegistry;
 use crate::status::{Board, Ops, Watched};
@@ -129,20 +130,7 @@ async fn start(
     let link_ended = Shutdown::new();
     let link_ending = link_ended.stop_on_drop();
 
-    // The HQ side is built (not started) before any thread runs: settings it refuses (TLS
-    // files) fail the start with nothing left running.
-    let uplink = Uplink::new(
-        config.uplink_settings(),
-        outbox_handle.clone(),
-        link_ended.clone(),
-    )?;
-    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
-    let downlink = Downlink::new(
-        config.downlink_settings(),
-        downlink,
-        hq_config,
-        link_ended.clone(),
-    )?;
+    let (uplink, downlink, hq_configs) = hq_side(&config, &outbox_handle, downlink, &link_ended)?;
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
     let ingest = match config.ingest_settings() {
@@ -190,6 +178,26 @@ async fn start(
     }
     .drain()
     .await
+}
+
+/// The HQ side, built (not started) before any thread runs, so settings it refuses (TLS files)
+/// fail the start with nothing left running; both stop at the link's end. The receiver takes
+/// HQ's configs from the downlink, for the reloader.
+fn hq_side(
+    config: &Config,
+    outbox: &OutboxHandle,
+    updates: mpsc::Sender<Delivery>,
+    link_ended: &Shutdown,
+) -> anyhow::Result<(Uplink, Downlink, mpsc::Receiver<Delivery<String>>)> {
+    let uplink = Uplink::new(config.uplink_settings(), outbox.clone(), link_ended.clone())?;
+    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
+    let downlink = Downlink::new(
+        config.downlink_settings(),
+        updates,
+        hq_config,
+        link_ended.clone(),
+    )?;
+    Ok((uplink, downlink, hq_configs))
 }
 
 /// What runs, in flow order, for the shutdown to stop and wait for.

@@ -310,5 +310,6 @@ impl NfcSource {
     }
 }
 
-#[cfg(test)]
+// Against the PN532 simulator (feature `sim`, on by default).
+#[cfg(all(test, feature = "sim"))]
 mod tests;
