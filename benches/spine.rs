@@ -257,9 +257,9 @@ async fn drain(n: usize) {
     // phygate: the uplink drains until the outbox is empty.
     let (outbox, handle) = Outbox::open(&cfg.outbox, origin()).unwrap();
     let thread = outbox.spawn().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = phygate::shutdown::Shutdown::new();
     let uplink =
-        phygate::uplink::Uplink::new(cfg.uplink_settings(), handle.clone(), stopped).unwrap();
+        phygate::uplink::Uplink::new(cfg.uplink_settings(), handle.clone(), stop.clone()).unwrap();
     let start = Instant::now();
     let task = tokio::spawn(uplink.run());
     loop {
@@ -269,7 +269,7 @@ async fn drain(n: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let phygate_s = start.elapsed().as_secs_f64();
-    stop.send_replace(true);
+    stop.stop();
     task.await.unwrap().unwrap();
     drop(handle);
     tokio::task::spawn_blocking(move || thread.join().unwrap())

@@ -56,8 +56,9 @@ cargo-deb --version >/dev/null 2>&1 || cargo install --locked "cargo-deb@$deb_ve
 
 step "binary: $target, glibc $glibc"
 # The `.2.31` suffix pins the glibc zig links against; the output still goes to
-# target/$target/release/, where cargo-deb looks for it.
-cargo zigbuild --locked --release --target "$target.$glibc"
+# target/$target/release/, where cargo-deb looks for it. --no-default-features: the store's
+# binary, without the simulators and the demo (feature `sim`).
+cargo zigbuild --locked --release --no-default-features --target "$target.$glibc"
 
 step "man pages and completions"
 rm -rf target/gen

@@ -25,9 +25,10 @@
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
 //!   book (packet id → rows, resend from the oldest after CONNACK) is pure state in
 //!   `uplink/book.rs`; `uplink/mod.rs` is the MQTT shell around it.
-//! - [`daemon`]: the wiring of all of the above (each stage built from its own settings), ordered
-//!   shutdown, config reloads (SIGHUP, HQ's config), and the device controls (gate unlocks by
-//!   station) handed to whoever acts on devices.
+//! - [`daemon`]: the wiring of all of the above (each stage built whole from its own settings and
+//!   saved state, nothing set after it runs), config reloads (SIGHUP, HQ's config), and the
+//!   device controls (gate unlocks by station) handed to whoever acts on devices.
+//! - [`shutdown`]: the one shutdown signal, and the flow order the gateway drains in after it.
 //! - [`status`]: the staff page, `/status.json`, `/metrics`, `/healthz`; systemd notify and
 //!   watchdog; the logger.
 //! - [`clock`]: whether the wall clock is synchronised (each event's `clocksync`, the status
@@ -36,8 +37,9 @@
 //! - [`settle`]: manual MQTT acknowledgements in arrival order (downlink; HQ's consumer too).
 //! - [`metrics`]: process-wide counters for the status view.
 //! - [`words`]: durations and sizes in words for people (page, CLI, device reasons).
-//! - [`sim`]: device simulators on pseudo-terminals, for tests and the demo.
-//! - [`demo`]: the one-command demo (simulated store, local broker, HQ view).
+//! - `sim`: device simulators on pseudo-terminals, for tests and the demo (feature `sim`, on by
+//!   default, off in the store's package).
+//! - `demo`: the one-command demo (simulated store, local broker, HQ view; feature `sim`).
 //! - [`cli`]: the command line's definition (also rendered as the package's man pages and shell
 //!   completions by `crates/gen`) and the token tools.
 
@@ -46,6 +48,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod downlink;
 pub mod event;
@@ -54,6 +57,8 @@ pub mod link;
 pub mod metrics;
 pub mod outbox;
 pub mod settle;
+pub mod shutdown;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod sources;
 pub mod station;

@@ -3,13 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use phygate::cli::{Cli, Command, SimKind};
+#[cfg(feature = "sim")]
+use phygate::cli::SimKind;
+use phygate::cli::{Cli, Command};
 use phygate::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is HQ's view: only warnings besides it, unless RUST_LOG says otherwise.
     phygate::status::log::init(match cli.command {
+        #[cfg(feature = "sim")]
         Command::Demo { .. } => "warn,rumqttd=off",
         _ => "info",
     });
@@ -79,10 +82,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        #[cfg(feature = "sim")]
         Command::Demo { seconds, rate } => {
             runtime()?.block_on(phygate::demo::run(seconds, rate))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "sim")]
         Command::Simulate {
             kind,
             link,

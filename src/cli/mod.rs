@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Writes to standard output and flushes. A closed pipe is success: `phygate status | head -1`
 /// or `phygate check-config x.toml | less` quit before reading everything, and that is the
@@ -49,8 +49,20 @@ macro_rules! outln {
     name = "phygate",
     version,
     about = "Store edge gateway: reads scanners and other store devices, buffers every event in SQLite, syncs to HQ over MQTT",
-    long_about = None,
-    after_help = "Start with `phygate demo` to see the whole flow, `phygate check-config FILE` before installing a config.\nLogs go to stderr; set RUST_LOG=debug for more."
+    long_about = None
+)]
+// The store's package (no `sim`) has no demo to point at.
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Start with `phygate demo` to see the whole flow, `phygate check-config FILE` before installing a config.\nLogs go to stderr; set RUST_LOG=debug for more."
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Run `phygate check-config FILE` before installing a config.\nLogs go to stderr; set RUST_LOG=debug for more."
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -85,6 +97,7 @@ pub enum Command {
         file: PathBuf,
     },
     /// One-command demo: a simulated scanner, a local SQLite outbox, a local broker, and HQ's view.
+    #[cfg(feature = "sim")]
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -97,6 +110,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(token::TokenCommand),
     /// Play a device on a pseudo-terminal, for bench work and tests. Prints the port to configure.
+    #[cfg(feature = "sim")]
     Simulate {
         #[arg(value_enum)]
         kind: SimKind,
@@ -126,7 +140,9 @@ pub enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// The devices `phygate simulate` plays (feature `sim`).
+#[cfg(feature = "sim")]
+#[derive(Clone, Copy, clap::ValueEnum)]
 pub enum SimKind {
     Scanner,
     /// A skin analyzer speaking SKN1.

@@ -1,8 +1,9 @@
 //! The wiring: who spawns what, and which channel goes where. Reads top to bottom as the flow:
 //! sources → link → outbox → uplink, and HQ's downlink back into the link (keys, members,
-//! commands) and the config reloader. Shutdown runs the same way: sources stop, the link hands on
-//! what it holds, the outbox commits, the uplink says goodbye; the downlink stops with the link,
-//! leaving what was not committed un-acknowledged for the next start.
+//! commands) and the config reloader. Every stage is built whole before it runs: nothing is set
+//! after spawn. Shutdown is one signal and runs the same way (`crate::shutdown`): sources stop,
+//! the link hands on what it holds, the outbox commits, the uplink says goodbye; the downlink
+//! stops with the link, leaving what was not committed un-acknowledged for the next start.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,18 +11,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::downlink::session::Downlink;
+use crate::downlink::Delivery;
 use crate::event::Origin;
 use crate::ingest::Ingest;
 use crate::link::journey::Journey;
 use crate::link::Link;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxHandle};
+use crate::shutdown::Shutdown;
 use crate::sources::gate::GateRegistry;
-use crate::sources::StopFlag;
 use crate::status::{Board, Ops, Watched};
 use crate::uplink::Uplink;
 
@@ -91,7 +93,7 @@ struct ConfigSource {
 async fn start(
     config: Config,
     source: ConfigSource,
-    shutdown: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
     ready: impl FnOnce(Controls),
 ) -> anyhow::Result<()> {
     crate::clock::set_mode(config.clock_sync);
@@ -108,49 +110,49 @@ async fn start(
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
     let readings_probe = readings_tx.downgrade();
     let board = Board::new(config.board_devices());
+    // The gates' controls first: the link is built whole, with the gates it may open.
+    let devices = sources::Devices::new(&config.devices);
     let mut link = Link::new(
         readings_rx,
         outbox_handle.clone(),
         Journey::new(config.journey_settings()),
         &config.gateway,
+        devices.gates(),
     )
     .with_board(board.clone());
     let downlink = link.updates();
 
+    // One shutdown signal for the stages fed from outside; the HQ side's is the link's end
+    // (`crate::shutdown` has the order).
+    let shutdown = Shutdown::new();
+    // However `start` returns (an error half-way included), what it started stops.
+    let _stop_on_return = shutdown.stop_on_drop();
+    let link_ended = Shutdown::new();
+    let link_ending = link_ended.stop_on_drop();
+
+    let (uplink, downlink, hq_configs) = hq_side(&config, &outbox_handle, downlink, &link_ended)?;
+
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
-    let (stop_ingest, ingest_stopped) = watch::channel(false);
     let ingest = match config.ingest_settings() {
         None => None,
         Some(s) => {
-            Some(Ingest::bind(s, link.handle(), outbox_handle.clone(), ingest_stopped).await?)
+            Some(Ingest::bind(s, link.handle(), outbox_handle.clone(), shutdown.clone()).await?)
         }
     }
     .map(|ingest| tokio::spawn(ingest.run()));
 
     // Sources, each on its own supervised thread.
-    let stop = StopFlag::default();
-    let (sources, gates) = sources::spawn(&config.devices, &readings_tx, &outbox_handle, &stop)?;
+    let gates = devices.gates();
+    let sources = devices.spawn(&readings_tx, &outbox_handle, &shutdown)?;
     drop(readings_tx);
-    link.set_gates(gates.clone());
     ready(Controls { gates });
 
     // Link → outbox → uplink; HQ → downlink → link and reloader.
-    let link = tokio::spawn(link.run());
-    let (stop_uplink, uplink_stopped) = watch::channel(false);
-    let uplink = Uplink::new(
-        config.uplink_settings(),
-        outbox_handle.clone(),
-        uplink_stopped,
-    )?;
+    let link = tokio::spawn(async move {
+        let _ending = link_ending;
+        link.run().await
+    });
     let uplink = tokio::spawn(uplink.run());
-    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
-    let (stop_downlink, downlink_stopped) = watch::channel(false);
-    let downlink = Downlink::new(
-        config.downlink_settings(),
-        downlink,
-        hq_config,
-        downlink_stopped,
-    )?;
     let downlink = tokio::spawn(downlink.run());
     let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone());
     // Status last: READY=1 means everything above is running.
@@ -159,21 +161,18 @@ async fn start(
         outbox: outbox_handle.clone(),
         readings: readings_probe,
     };
-    let ops = Ops::start(config.ops_settings(), watched, reloader);
+    let ops = Ops::start(config.ops_settings(), watched, reloader, shutdown.clone());
     drop(outbox_handle);
     info!(store = %config.store, gateway = %config.gateway, devices = config.devices.len(), "phygate running");
 
-    shutdown.await;
+    stop.await;
     Running {
+        shutdown,
         ops,
-        stop,
-        stop_ingest,
         ingest,
         sources,
         link,
-        stop_downlink,
         downlink,
-        stop_uplink,
         uplink,
         outbox_thread,
     }
@@ -181,29 +180,46 @@ async fn start(
     .await
 }
 
+/// The HQ side, built (not started) before any thread runs, so settings it refuses (TLS files)
+/// fail the start with nothing left running; both stop at the link's end. The receiver takes
+/// HQ's configs from the downlink, for the reloader.
+fn hq_side(
+    config: &Config,
+    outbox: &OutboxHandle,
+    updates: mpsc::Sender<Delivery>,
+    link_ended: &Shutdown,
+) -> anyhow::Result<(Uplink, Downlink, mpsc::Receiver<Delivery<String>>)> {
+    let uplink = Uplink::new(config.uplink_settings(), outbox.clone(), link_ended.clone())?;
+    let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
+    let downlink = Downlink::new(
+        config.downlink_settings(),
+        updates,
+        hq_config,
+        link_ended.clone(),
+    )?;
+    Ok((uplink, downlink, hq_configs))
+}
+
 /// What runs, in flow order, for the shutdown to stop and wait for.
 struct Running {
+    shutdown: Shutdown,
     ops: Ops,
-    stop: StopFlag,
-    stop_ingest: watch::Sender<bool>,
     ingest: Option<tokio::task::JoinHandle<Result<(), crate::ingest::IngestError>>>,
     sources: Vec<JoinHandle<()>>,
     link: tokio::task::JoinHandle<Result<(), crate::outbox::OutboxError>>,
-    stop_downlink: watch::Sender<bool>,
     downlink: tokio::task::JoinHandle<Result<(), crate::downlink::session::DownlinkError>>,
-    stop_uplink: watch::Sender<bool>,
     uplink: tokio::task::JoinHandle<Result<(), crate::uplink::UplinkError>>,
     outbox_thread: JoinHandle<()>,
 }
 
 impl Running {
-    /// Sources stop, the link hands on what it holds, the downlink and the uplink end, the
-    /// outbox commits last.
+    /// Stops the one signal, then waits for each stage in flow order: the sources and the
+    /// ingest stop, the link hands on what it holds (the outbox commits it), which ends the
+    /// downlink and the uplink (its goodbye), and the outbox thread ends with its last handle.
     async fn drain(self) -> anyhow::Result<()> {
         info!("shutting down: stopping sources");
-        self.ops.stop().await;
-        self.stop.stop();
-        self.stop_ingest.send_replace(true);
+        self.ops.stopping();
+        self.shutdown.stop();
         if let Some(mut ingest) = self.ingest {
             match tokio::time::timeout(INGEST_GRACE, &mut ingest).await {
                 Ok(r) => r?.context("ingest")?,
@@ -223,10 +239,9 @@ impl Running {
         })
         .await?;
         self.link.await?.context("link")?;
-        self.stop_downlink.send_replace(true);
         self.downlink.await?.context("downlink")?;
-        self.stop_uplink.send_replace(true);
         self.uplink.await?.context("uplink")?;
+        self.ops.stopped().await;
         let outbox_thread = self.outbox_thread;
         tokio::task::spawn_blocking(move || outbox_thread.join())
             .await?

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::downlink::Delivery;
 use crate::event::{ConfigApplied, ConfigRejected, Event, EventData};
 use crate::outbox::OutboxHandle;
+use crate::shutdown::Shutdown;
 use crate::status::notify::Notifier;
 use crate::status::{Live, StatusConfig};
 
@@ -89,7 +90,7 @@ pub(super) fn spawner(
     let started = config.clone();
     move |live: Live| {
         let reloader = Reloader::new(sources, &started, live.status, live.notifier, outbox);
-        tokio::spawn(reloader.run(live.stop))
+        tokio::spawn(reloader.run(live.shutdown))
     }
 }
 
@@ -140,8 +141,8 @@ impl Reloader {
         }
     }
 
-    /// Reloads on every SIGHUP and HQ config until `stop`.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Reloads on every SIGHUP and HQ config until `shutdown`.
+    pub async fn run(mut self, shutdown: Shutdown) {
         let mut hup = self.hup.take();
         let mut hq = self.hq.take();
         loop {
@@ -157,7 +158,7 @@ impl Reloader {
                     }
                     None => hq = None,
                 },
-                _ = stop.changed() => return,
+                _ = shutdown.stopped() => return,
             }
         }
     }

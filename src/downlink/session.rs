@@ -38,13 +38,14 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS, SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
 use crate::settle::SettleQueue;
+use crate::shutdown::Shutdown;
 use crate::uplink::brokers::BrokerTurns;
 use crate::uplink::settings::MqttConfig;
 
@@ -74,7 +75,7 @@ pub struct Downlink {
     pending: SettleQueue<Publish>,
     backoff: ReconnectBackoff,
     brokers: BrokerTurns,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     pause: Option<Duration>,
 }
 
@@ -83,7 +84,7 @@ impl Downlink {
         settings: DownlinkSettings,
         link: mpsc::Sender<Delivery>,
         config_updates: mpsc::Sender<Delivery<String>>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Self, DownlinkError> {
         let brokers = BrokerTurns::new(&settings.mqtt.brokers, |broker| {
             let mut o =
@@ -142,7 +143,7 @@ impl Downlink {
                         }
                     }
                 }
-                _ = self.shutdown.changed() => break,
+                _ = self.shutdown.stopped() => break,
             }
         }
         self.shut_down().await;
@@ -238,7 +239,7 @@ impl Downlink {
         debug!(error = %error, retry_in = ?delay, next_broker = ?next, "downlink connection down");
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
-            _ = self.shutdown.changed() => true,
+            _ = self.shutdown.stopped() => true,
         }
     }
 

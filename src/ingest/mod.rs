@@ -41,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde_json::json;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use self::counts::CountsPost;
@@ -50,6 +50,7 @@ use crate::clock::unix_ms;
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::outbox::{OutboxHandle, StateWrite};
+use crate::shutdown::Shutdown;
 use crate::sources::skin::skn1;
 use crate::sources::{Observation, Passage, Reading};
 use crate::station::Direction;
@@ -90,7 +91,7 @@ struct Shared {
 pub struct Ingest {
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 impl Ingest {
@@ -99,7 +100,7 @@ impl Ingest {
         settings: IngestSettings,
         link: LinkHandle,
         outbox: OutboxHandle,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Ingest, IngestError> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -149,11 +150,9 @@ impl Ingest {
                 post(post_skin).layer(DefaultBodyLimit::max(skn1::MAX_JSON_BODY)),
             )
             .with_state(self.shared.clone());
-        let mut shutdown = self.shutdown;
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
-            // An error means the sender is gone: that is a shutdown too.
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        });
+        let shutdown = self.shutdown;
+        let serve = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { shutdown.stopped().await });
         tokio::select! {
             r = serve => r.map_err(IngestError::Serve),
             // Never ends; dropping it mid-prune only leaves some stale receipts for next time.

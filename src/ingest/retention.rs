@@ -5,9 +5,10 @@
 //!   (24 h for a skin reading, 7 days past a counts interval);
 //! - for a skin tablet, the de-duplication sightings the link writes with each reading that has a
 //!   `seq` (`skin/seen/{device}/{model}/{seq}` → first sighting, ms; see
-//!   `sources::skin::seen_state`), kept for the de-duplication window. The serial skin source
-//!   prunes its own device's; an HTTP device's are read by nobody (its receipts de-duplicate), so
-//!   they are this stage's to prune, or they pile up forever.
+//!   `link::journey::skin_seen_state`), kept for the de-duplication window. The serial skin
+//!   source reports the ones it forgets, for the link to delete; an HTTP device's are read by
+//!   nobody (its receipts de-duplicate), so they are this stage's to prune, or they pile up
+//!   forever.
 //!
 //! Both are pruned hourly, so a device's keys are bounded by its post rate times the retention
 //! plus one hour, whatever the uptime.
@@ -78,9 +79,9 @@ mod tests {
     use super::*;
     use crate::clock::unix_ms;
     use crate::ingest::counts;
+    use crate::link::journey::skin_seen_state as seen_state;
     use crate::outbox::Outbox;
     use crate::outbox::{OutboxConfig, Synchronous};
-    use crate::sources::skin::seen_state;
 
     #[test]
     fn the_sightings_prefix_is_the_one_the_link_writes_under() {

@@ -29,6 +29,7 @@ use crate::clock::unix_ms;
 use crate::downlink::MemberScope;
 use crate::event::*;
 use crate::outbox::StateWrite;
+use crate::sources::skin::skn1::SkinReading;
 use crate::sources::{Observation, Reading};
 use crate::station::Direction;
 use crate::station::StationRole;
@@ -180,7 +181,7 @@ impl Journey {
             Observation::NfcTap(tap) => self.tap(&mut out, station, at, &tap, now),
             Observation::Skin(skin) => {
                 out.state
-                    .extend(crate::sources::skin::seen_state(&reading.device, &skin, at));
+                    .extend(skin_seen_state(&reading.device, &skin, at));
                 let data = EventData::SkinDiagnosed(SkinDiagnosed {
                     model: skin.model,
                     measures: skin.measures,
@@ -223,6 +224,14 @@ impl Journey {
                     crate::outbox::keys::gate(&reading.device),
                     Some(counters.encode()),
                 ));
+            }
+            Observation::SkinForgotten(sightings) => {
+                out.state.extend(sightings.iter().map(|(model, seq)| {
+                    (
+                        crate::outbox::keys::skin_seen(&reading.device, model, *seq),
+                        None,
+                    )
+                }));
             }
             Observation::Passed(p) => {
                 out.events.push(Event::new(
@@ -520,6 +529,15 @@ fn passed(
         from,
         to,
     })
+}
+
+/// The state saved with a skin reading's event so its `model` + `seq` is still known after a
+/// restart (`None` when the reading has no `seq`: it cannot repeat). The serial source is handed
+/// these back at start; an HTTP device's are pruned by the ingest.
+pub fn skin_seen_state(device: &str, reading: &SkinReading, at: SystemTime) -> Option<StateWrite> {
+    let seq = reading.seq?;
+    let key = crate::outbox::keys::skin_seen(device, &reading.model, seq);
+    Some((key, Some(unix_ms(at).to_string().into_bytes())))
 }
 
 fn unix_s(t: SystemTime) -> i64 {

@@ -422,3 +422,21 @@ fn regression_a_valid_token_with_a_suffix_was_forwarded_raw() {
     // The token itself was never spent: it still opens the gate.
     assert!(t.scan("in", 9, &token).unlock.is_some());
 }
+
+#[test]
+fn forgotten_skin_sightings_become_deletes_of_their_keys_and_no_event() {
+    let mut t = setup();
+    let linked = t.at(
+        "kiosk",
+        1,
+        Observation::SkinForgotten(vec![("AX/200".into(), 7), ("B".into(), 8)]),
+    );
+    assert!(linked.events.is_empty());
+    assert_eq!(
+        linked.state,
+        vec![
+            ("skin/seen/dev/AX/200/7".to_string(), None),
+            ("skin/seen/dev/B/8".to_string(), None),
+        ]
+    );
+}

@@ -98,11 +98,14 @@ impl LinkHandle {
 }
 
 impl Link {
+    /// `gates`: the gates entry tokens and HQ commands may open (made before the sources
+    /// start, so the link is whole before anything runs).
     pub fn new(
         readings: mpsc::Receiver<Reading>,
         outbox: OutboxHandle,
         journey: Journey,
         gateway: &str,
+        gates: GateRegistry,
     ) -> Self {
         Link {
             readings,
@@ -110,7 +113,7 @@ impl Link {
             requests: None,
             updates: None,
             journey,
-            gates: GateRegistry::default(),
+            gates,
             gateway: gateway.into(),
             commands_seen: HashSet::new(),
             commands_pruned: Instant::now(),
@@ -130,11 +133,6 @@ impl Link {
         let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
         self.requests = Some(rx);
         LinkHandle { tx }
-    }
-
-    /// The gates entry tokens and HQ commands may open (known once the sources start).
-    pub fn set_gates(&mut self, gates: GateRegistry) {
-        self.gates = gates;
     }
 
     /// Where the downlink sends checked updates.

@@ -43,6 +43,15 @@ pub fn skin_seen(device: &str, model: &str, seq: u64) -> String {
     format!("{}{model}/{seq}", skin_seen_prefix(device))
 }
 
+/// The `model` + `seq` of one of `device`'s sighting keys ([`skin_seen`]); `None` when it is
+/// not one. A model may hold `/`: the seq is after the last one.
+pub fn parse_skin_seen(device: &str, key: &str) -> Option<(String, u64)> {
+    let (model, seq) = key
+        .strip_prefix(&skin_seen_prefix(device))?
+        .rsplit_once('/')?;
+    Some((model.to_owned(), seq.parse().ok()?))
+}
+
 /// The prefix of one HTTP device's idempotency receipts.
 pub fn ingest_prefix(device: &str) -> String {
     format!("ingest/{device}/")

@@ -21,9 +21,8 @@ pub use crate::event::DeviceState;
 pub use crate::station::Direction;
 pub use supervise::{serve_serial_port, supervise, Ended, Outage, Supervised, READ_TICK};
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
@@ -55,6 +54,9 @@ pub enum Observation {
     /// A gate baseline that no passage carries (first read, a counter reset to zero): the link
     /// persists it alone. Not an event.
     GateBaseline(gate::Counters),
+    /// A serial skin analyzer's `model` + `seq` sightings that left its de-duplication window:
+    /// the link deletes their saved keys. Not an event.
+    SkinForgotten(Vec<(String, u64)>),
     /// A card newly tapped on an NFC reader; its raw UID stays in memory (the link hashes it).
     NfcTap(nfc::NfcTap),
 }
@@ -147,32 +149,5 @@ impl ReadingSink {
             Some((reason, count)) => self.status(DeviceState::Error, reason, Some(count)),
             None => Ok(()),
         }
-    }
-}
-
-/// One stop signal shared by every source thread (blocking code polls it between reads).
-#[derive(Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// Sleeps up to `d`, returning early (true) when stopped.
-    pub fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        while !self.is_stopped() {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
-        }
-        true
     }
 }

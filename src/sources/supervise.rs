@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use super::{DeviceState, ReadingSink, SourceError, StopFlag};
+use super::{DeviceState, ReadingSink, SourceError};
 use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
 
 /// How long a blocking read waits before a source checks its stop flag and timers.
 pub const READ_TICK: Duration = Duration::from_millis(100);
@@ -62,13 +63,13 @@ pub trait Supervised {
     fn down(&mut self, outage: Outage) -> Result<(), SourceError>;
 
     /// Waits `delay` before the next open; true when the source stopped meanwhile.
-    fn wait(&mut self, stop: &StopFlag, delay: Duration) -> bool {
+    fn wait(&mut self, stop: &Shutdown, delay: Duration) -> bool {
         stop.sleep(delay)
     }
 }
 
 /// The open → serve → down → back off → reopen loop, until stopped or the pipeline closes.
-pub fn supervise(device: &mut impl Supervised, stop: &StopFlag) -> Result<(), SourceError> {
+pub fn supervise(device: &mut impl Supervised, stop: &Shutdown) -> Result<(), SourceError> {
     let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
     while !stop.is_stopped() {
         let outage = match device.open() {
@@ -94,7 +95,7 @@ pub fn supervise(device: &mut impl Supervised, stop: &StopFlag) -> Result<(), So
 /// or a port that will not open). `session` reads the open port until it is lost.
 pub fn serve_serial_port(
     sink: &ReadingSink,
-    stop: &StopFlag,
+    stop: &Shutdown,
     path: &Path,
     baud: u32,
     session: impl FnMut(Box<dyn serialport::SerialPort>) -> Result<Ended, SourceError>,
@@ -207,7 +208,7 @@ mod tests {
             Ok(())
         }
 
-        fn wait(&mut self, _stop: &StopFlag, delay: Duration) -> bool {
+        fn wait(&mut self, _stop: &Shutdown, delay: Duration) -> bool {
             self.delays.push(delay);
             self.opens.is_empty()
         }
@@ -219,7 +220,7 @@ mod tests {
             opens: [None, None, None, Some(false), None, Some(true)].into(),
             ..Default::default()
         };
-        supervise(&mut d, &StopFlag::default()).unwrap();
+        supervise(&mut d, &Shutdown::new()).unwrap();
         assert_eq!(
             d.calls,
             [
@@ -244,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_stopped_source_does_not_open() {
-        let stop = StopFlag::default();
+        let stop = Shutdown::new();
         stop.stop();
         let mut d = Scripted {
             opens: [Some(true)].into(),

@@ -145,7 +145,7 @@ impl Board {
             }
             Observation::Status(s) => e.status = Some((s.state, s.reason.clone(), reading.at)),
             // Moves state only; not something the device read.
-            Observation::GateBaseline(_) => {}
+            Observation::GateBaseline(_) | Observation::SkinForgotten(_) => {}
             _ => {
                 e.last_reading = Some(reading.at);
                 e.readings += 1;

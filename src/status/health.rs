@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::notify::Notifier;
@@ -20,6 +20,7 @@ use super::pipeline::WRITE_ERROR_HOLD;
 use super::report::{Report, Reporter};
 use super::verdict::Level;
 use crate::outbox::{OutboxError, OutboxHandle, Stats};
+use crate::shutdown::Shutdown;
 use crate::sources::Reading;
 use crate::words;
 
@@ -63,7 +64,7 @@ impl Monitor {
     }
 
     /// Checks until `stop`; pings the watchdog after each check that finds the pipeline alive.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Shutdown) {
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe: Option<(Instant, StatsFuture)> = None;
@@ -146,7 +147,7 @@ impl Monitor {
                         last_status = line;
                     }
                 }
-                _ = stop.changed() => return,
+                _ = stop.stopped() => return,
             }
         }
     }

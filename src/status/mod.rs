@@ -53,14 +53,14 @@ use self::pipeline::Health;
 use self::report::Reporter;
 use self::verdict::Level;
 use crate::outbox::OutboxHandle;
+use crate::shutdown::Shutdown;
 use crate::sources::Reading;
 
 /// Wait before trying again to bind a status address that was taken.
 const REBIND_EVERY: Duration = Duration::from_secs(30);
 
-/// The running status side: monitor, listener, reloader. Stopped first at shutdown.
+/// The running status side: monitor, listener, reloader; they stop at the shutdown signal.
 pub struct Ops {
-    stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     notifier: Notifier,
 }
@@ -74,24 +74,24 @@ pub struct Watched {
 }
 
 /// What a config reloader is handed: the live settings it may change, systemd's notifier (it
-/// says `RELOADING=1`) and the stop of the status side, which it is part of.
+/// says `RELOADING=1`) and the shutdown signal, at which it stops with the status side.
 pub struct Live {
     pub status: watch::Sender<StatusConfig>,
     pub notifier: Notifier,
-    pub stop: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
 }
 
 impl Ops {
-    /// Starts the monitor, the listener and the reloader (`reloader`, from the wiring), and
-    /// tells systemd `READY=1`.
+    /// Starts the monitor, the listener and the reloader (`reloader`, from the wiring), which
+    /// all run until `shutdown`, and tells systemd `READY=1`.
     pub fn start(
         settings: OpsSettings,
         watched: Watched,
         reloader: impl FnOnce(Live) -> JoinHandle<()>,
+        shutdown: Shutdown,
     ) -> Ops {
         let notifier = Notifier::from_env();
         log::apply(&settings.log);
-        let (stop, stopped) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(settings.status);
         let shared = Arc::new(Reporter::new(
             settings.report,
@@ -106,29 +106,28 @@ impl Ops {
             notifier.clone(),
         );
         let tasks = vec![
-            tokio::spawn(monitor.run(stopped.clone())),
-            tokio::spawn(serve(shared, status_rx, stopped.clone())),
+            tokio::spawn(monitor.run(shutdown.clone())),
+            tokio::spawn(serve(shared, status_rx, shutdown.clone())),
             reloader(Live {
                 status: status_tx,
                 notifier: notifier.clone(),
-                stop: stopped,
+                shutdown,
             }),
         ];
         if let Some(w) = notifier.watchdog {
             info!(watchdog = ?w, "systemd watchdog on");
         }
         notifier.ready("running");
-        Ops {
-            stop,
-            tasks,
-            notifier,
-        }
+        Ops { tasks, notifier }
     }
 
-    /// Tells systemd `STOPPING=1` and ends the status tasks.
-    pub async fn stop(self) {
+    /// Tells systemd `STOPPING=1`: call as the shutdown begins.
+    pub fn stopping(&self) {
         self.notifier.stopping();
-        self.stop.send_replace(true);
+    }
+
+    /// Waits for the status tasks, which end at the shutdown signal.
+    pub async fn stopped(self) {
         for t in self.tasks {
             // A status task that panicked has nothing left to hand on: shutdown goes on.
             let _ = t.await;
@@ -138,11 +137,7 @@ impl Ops {
 
 /// Serves on `[status] listen` until `stop`; moves to a new address when a reload changes it
 /// (bound before the old one is let go, so a bad address keeps the page where it was).
-async fn serve(
-    shared: Arc<Reporter>,
-    mut status: watch::Receiver<StatusConfig>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(shared: Arc<Reporter>, mut status: watch::Receiver<StatusConfig>, stop: Shutdown) {
     let router = Router::new()
         .route("/", get(page))
         .route("/status.json", get(json))
@@ -158,7 +153,7 @@ async fn serve(
                 tokio::select! {
                     _ = tokio::time::sleep(REBIND_EVERY) => {}
                     _ = status.changed() => {}
-                    _ = stop.changed() => return,
+                    _ = stop.stopped() => return,
                 }
             }
         }
@@ -178,7 +173,7 @@ async fn serve(
                 return;
             }
             next = next_listener(&mut status, addr) => listener = next,
-            _ = stop.changed() => return,
+            _ = stop.stopped() => return,
         }
     }
 }

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::ReconnectBackoff;
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
+use crate::shutdown::Shutdown;
 
 /// Pause before reading the outbox again after a refused read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
@@ -64,7 +65,7 @@ pub struct Uplink {
     eventloop: EventLoop,
     outbox: OutboxHandle,
     committed: watch::Receiver<u64>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     settings: UplinkConfig,
     events_topic: String,
     status_topic: String,
@@ -80,7 +81,7 @@ impl Uplink {
     pub fn new(
         settings: UplinkSettings,
         outbox: OutboxHandle,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Self, UplinkError> {
         let s = settings;
         let brokers = BrokerTurns::new(&s.mqtt.brokers, |broker| {
@@ -139,7 +140,7 @@ impl Uplink {
                     Ok(_) => {}
                     Err(e) => return Mode::BackingOff(e),
                 },
-                _ = self.shutdown.changed() => return Mode::ShuttingDown,
+                _ = self.shutdown.stopped() => return Mode::ShuttingDown,
             }
         }
     }
@@ -178,7 +179,7 @@ impl Uplink {
                             warn!(error = %e, "could not read the next batch; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(FETCH_RETRY) => {}
-                                _ = self.shutdown.changed() => return Ok(Mode::ShuttingDown),
+                                _ = self.shutdown.stopped() => return Ok(Mode::ShuttingDown),
                             }
                         }
                     }
@@ -190,7 +191,7 @@ impl Uplink {
                     }
                     caught_up = false;
                 }
-                _ = self.shutdown.changed() => return Ok(Mode::ShuttingDown),
+                _ = self.shutdown.stopped() => return Ok(Mode::ShuttingDown),
             }
         }
     }
@@ -205,7 +206,7 @@ impl Uplink {
         crate::status::hq_link_failed(&error);
         tokio::select! {
             _ = tokio::time::sleep(delay) => Mode::Connecting,
-            _ = self.shutdown.changed() => Mode::ShuttingDown,
+            _ = self.shutdown.stopped() => Mode::ShuttingDown,
         }
     }
 

@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime};
 use common::{scan, wait_for, Edge, Hq};
 use phygate::downlink::session::Downlink;
 use phygate::downlink::Update;
+use phygate::shutdown::Shutdown;
 use phygate::sim::nats::NatsCluster;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -229,7 +230,7 @@ async fn next_command(
 struct DownlinkRun {
     commands: mpsc::Receiver<phygate::downlink::Delivery>,
     _configs: mpsc::Receiver<phygate::downlink::Delivery<String>>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     task: tokio::task::JoinHandle<Result<(), phygate::downlink::session::DownlinkError>>,
 }
 
@@ -237,9 +238,14 @@ impl DownlinkRun {
     fn start(config: &phygate::config::Config) -> DownlinkRun {
         let (link, commands) = mpsc::channel(16);
         let (config_updates, configs) = mpsc::channel(4);
-        let (stop, stopped) = watch::channel(false);
-        let downlink =
-            Downlink::new(config.downlink_settings(), link, config_updates, stopped).unwrap();
+        let stop = Shutdown::new();
+        let downlink = Downlink::new(
+            config.downlink_settings(),
+            link,
+            config_updates,
+            stop.clone(),
+        )
+        .unwrap();
         DownlinkRun {
             commands,
             _configs: configs,
@@ -249,7 +255,7 @@ impl DownlinkRun {
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
+        self.stop.stop();
         self.task.await.unwrap().unwrap();
     }
 }

@@ -24,9 +24,9 @@ use super::repeat::RepeatFilter;
 use super::scanner::ScannedCode;
 use super::throttle::ErrorThrottle;
 use super::{
-    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, StopFlag,
-    Supervised,
+    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, Supervised,
 };
+use crate::shutdown::Shutdown;
 
 /// At most one error report per device per second, as for scanners (docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,11 +54,11 @@ pub trait Feed {
 pub struct CameraSource {
     config: CameraConfig,
     sink: ReadingSink,
-    stop: StopFlag,
+    stop: Shutdown,
 }
 
 impl CameraSource {
-    pub fn new(config: CameraConfig, sink: ReadingSink, stop: StopFlag) -> Self {
+    pub fn new(config: CameraConfig, sink: ReadingSink, stop: Shutdown) -> Self {
         CameraSource { config, sink, stop }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::modbus::ModbusError;
-use crate::sources::StopFlag;
+use crate::shutdown::Shutdown;
 
 /// Unlocks waiting for one gate's thread; more are refused (`Busy`), not queued for later.
 const QUEUE: usize = 4;
@@ -141,7 +141,7 @@ pub enum Wake {
 impl UnlockQueue {
     /// Waits until `deadline`, returning early for an unlock (before the deadline's poll, even
     /// when both are ready) or a stop.
-    pub fn wait(&self, deadline: Instant, stop: &StopFlag) -> Wake {
+    pub fn wait(&self, deadline: Instant, stop: &Shutdown) -> Wake {
         loop {
             if stop.is_stopped() {
                 return Wake::Stop;
@@ -199,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn unlock_is_answered_by_the_thread_and_refused_when_busy_or_stopped() {
         let (control, queue) = channel("gate-a", Duration::from_millis(10));
-        let stop = StopFlag::default();
+        let stop = Shutdown::new();
         let thread = std::thread::spawn(move || {
             match queue.wait(Instant::now() + Duration::from_secs(5), &stop) {
                 Wake::Unlock(r) => {
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn wait_prefers_an_unlock_over_a_due_poll_and_sees_stop() {
         let (control, queue) = channel("g", Duration::from_millis(10));
-        let stop = StopFlag::default();
+        let stop = Shutdown::new();
         let (reply, _keep) = oneshot::channel();
         control
             .tx

@@ -29,7 +29,8 @@ use tracing::{debug, info, warn};
 
 use self::control::{UnlockRequest, Wake};
 use self::modbus::{GateRegisters, ModbusError, Request, Response, ResponseReader};
-use super::{supervise, Ended, Outage, ReadingSink, SourceError, StopFlag, Supervised};
+use super::{supervise, Ended, Outage, ReadingSink, SourceError, Supervised};
+use crate::shutdown::Shutdown;
 
 /// PASS A is `In` (into the store), PASS B is `Out`.
 pub use crate::sources::Direction;
@@ -71,7 +72,7 @@ impl Counters {
 pub struct GateSource {
     config: GateConfig,
     sink: ReadingSink,
-    stop: StopFlag,
+    stop: Shutdown,
     /// The saved baseline, read by the wiring at each (re)start: new baselines travel with the
     /// readings, and the link saves them.
     baseline: Option<Counters>,
@@ -82,7 +83,7 @@ impl GateSource {
     pub fn new(
         config: GateConfig,
         sink: ReadingSink,
-        stop: StopFlag,
+        stop: Shutdown,
         baseline: Option<Counters>,
         unlocks: UnlockQueue,
     ) -> Self {
@@ -281,7 +282,7 @@ impl Supervised for GatePort<'_> {
 
     /// Unlocks asked for while the port is closed are refused at once, not held until it
     /// reopens: the customer has walked on by then.
-    fn wait(&mut self, stop: &StopFlag, delay: Duration) -> bool {
+    fn wait(&mut self, stop: &Shutdown, delay: Duration) -> bool {
         let reopen = Instant::now() + delay;
         loop {
             match self.source.unlocks.wait(reopen, stop) {

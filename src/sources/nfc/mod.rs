@@ -20,10 +20,10 @@ use tracing::{debug, info, warn};
 use self::host::{ExchangeError, Host};
 use self::pn532::TapTracker;
 use super::{
-    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, StopFlag,
-    Supervised,
+    supervise, DeviceState, Ended, Observation, Outage, ReadingSink, SourceError, Supervised,
 };
 use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
 
 /// Re-initialisation while the reader keeps failing (§2: capped backoff). The first retry is
 /// quick: most failures are one lost frame.
@@ -106,7 +106,7 @@ enum Failure {
 pub struct NfcSource {
     config: NfcConfig,
     sink: ReadingSink,
-    stop: StopFlag,
+    stop: Shutdown,
 }
 
 /// A reader's part in the supervision loop: `up` is reported once the reader answers its
@@ -154,7 +154,7 @@ impl Supervised for Reader<'_> {
 }
 
 impl NfcSource {
-    pub fn new(config: NfcConfig, sink: ReadingSink, stop: StopFlag) -> Self {
+    pub fn new(config: NfcConfig, sink: ReadingSink, stop: Shutdown) -> Self {
         NfcSource { config, sink, stop }
     }
 
@@ -310,5 +310,6 @@ impl NfcSource {
     }
 }
 
-#[cfg(test)]
+// Against the PN532 simulator (feature `sim`, on by default).
+#[cfg(all(test, feature = "sim"))]
 mod tests;

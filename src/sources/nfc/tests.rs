@@ -15,7 +15,7 @@ const UID7: [u8; 7] = [0x04, 0xA2, 0x2B, 0x19, 0x3C, 0x5E, 0x80];
 struct Harness {
     sim: Pn532Sim,
     rx: mpsc::Receiver<Reading>,
-    stop: StopFlag,
+    stop: Shutdown,
     thread: Option<JoinHandle<Result<(), SourceError>>>,
     got: Vec<Reading>,
     _dir: tempfile::TempDir,
@@ -31,7 +31,7 @@ impl Harness {
         let link = dir.path().join("nfc0");
         let sim = Pn532Sim::start(&link).unwrap();
         let (tx, rx) = mpsc::channel(64);
-        let stop = StopFlag::default();
+        let stop = Shutdown::new();
         let config = NfcConfig {
             port: link,
             baud: 115_200,

@@ -374,6 +374,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg(feature = "sim")]
         fn encode_decode_round_trip(payload in "[ -~]{1,200}", term in 0u8..3) {
             let terminator = [Terminator::Cr, Terminator::Lf, Terminator::Crlf][term as usize];
             let f = Framing { terminator, aim: true, prefix: b"@".to_vec(), ..Framing::default() };

@@ -18,9 +18,8 @@ use tracing::debug;
 
 use super::repeat::RepeatFilter;
 use super::throttle::ErrorThrottle;
-use super::{
-    serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
-};
+use super::{serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError};
+use crate::shutdown::Shutdown;
 
 /// Scanners send a line at once; a line still unterminated after this is a fragment.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,11 +29,11 @@ const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct ScannerSource {
     config: ScannerConfig,
     sink: ReadingSink,
-    stop: StopFlag,
+    stop: Shutdown,
 }
 
 impl ScannerSource {
-    pub fn new(config: ScannerConfig, sink: ReadingSink, stop: StopFlag) -> Self {
+    pub fn new(config: ScannerConfig, sink: ReadingSink, stop: Shutdown) -> Self {
         ScannerSource { config, sink, stop }
     }
 

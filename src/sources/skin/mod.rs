@@ -3,10 +3,11 @@
 //! readings or throttled error reports, drops a `model` + `seq` seen within 24 h, and reopens
 //! the port after an unplug with capped backoff.
 //!
-//! The de-duplication survives a restart: each reading's key (`skin/seen/{device}/{model}/
-//! {seq}` → first sighting, ms) is written by the link in the same transaction as its event
-//! ([`seen_state`]), and loaded here when the source starts. So after a crash either both the
-//! event and its key are stored, or neither is and a resend is accepted.
+//! The de-duplication survives a restart without the source touching the store: each reading's
+//! sighting is saved by the link in the same transaction as its event, the wiring hands the
+//! sightings still within the window to [`SkinSource::new`], and the source reports the ones it
+//! forgets ([`Observation::SkinForgotten`]) so the link deletes them. So after a crash either
+//! both the event and its sighting are stored, or neither is and a resend is accepted.
 
 pub mod settings;
 pub mod skn1;
@@ -16,41 +17,42 @@ pub use settings::SkinConfig;
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use self::skn1::{LineReader, SeqDeduper, SkinReading};
+use self::skn1::{LineReader, SeqDeduper};
 use super::throttle::ErrorThrottle;
-use super::{
-    serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError, StopFlag,
-};
+use super::{serve_serial_port, DeviceState, Ended, Observation, ReadingSink, SourceError};
 use crate::clock::unix_ms;
-use crate::outbox::{OutboxHandle, StateWrite};
 
 /// Analyzers write a result at once; a line with no byte for this long is a fragment. Counted
 /// from the last byte, so a 16 KiB line at 9600 baud (17 s) is still whole.
 const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one error report per device per second (as for scanners, docs/protocols.md §1).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often persisted de-duplication keys past the window are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the sightings that left the window are reported, for the link to delete.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+/// Most forgotten sightings in one report: one report is one transaction, and a device that
+/// read fast for a day does not stall the outbox with one huge commit.
+const FORGOTTEN_CHUNK: usize = 1_000;
 /// The status `reason` for a line the port closed on or that stopped mid-way.
 const PARTIAL: &str = "partial";
 
-use crate::outbox::keys::skin_seen_prefix as seen_prefix;
+use crate::shutdown::Shutdown;
 
-/// The state written with a reading's event so its `model` + `seq` is still known after a
-/// restart (`None` when the reading has no `seq`: it cannot repeat).
-pub fn seen_state(device: &str, reading: &SkinReading, at: SystemTime) -> Option<StateWrite> {
-    let seq = reading.seq?;
-    let key = crate::outbox::keys::skin_seen(device, &reading.model, seq);
-    Some((key, Some(unix_ms(at).to_string().into_bytes())))
+/// A reading's `model` + `seq` first seen at `at_ms` (Unix ms), as saved with its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub model: String,
+    pub seq: u64,
+    pub at_ms: u64,
 }
 
 pub struct SkinSource {
     config: SkinConfig,
     sink: ReadingSink,
-    outbox: OutboxHandle,
-    stop: StopFlag,
+    stop: Shutdown,
+    /// The saved sightings still within the window, oldest first (from the wiring).
+    saved: Vec<Sighting>,
 }
 
 /// What one port session keeps between reads.
@@ -63,23 +65,29 @@ struct Session {
 }
 
 impl SkinSource {
+    /// `saved`: the sightings still within the de-duplication window, as saved before a
+    /// restart (any order).
     pub fn new(
         config: SkinConfig,
         sink: ReadingSink,
-        outbox: OutboxHandle,
-        stop: StopFlag,
+        stop: Shutdown,
+        mut saved: Vec<Sighting>,
     ) -> Self {
+        saved.sort_by_key(|s| s.at_ms);
         SkinSource {
             config,
             sink,
-            outbox,
             stop,
+            saved,
         }
     }
 
     /// Runs until stopped or the pipeline closes. Blocking: call on a dedicated thread.
     pub fn run(self) -> Result<(), SourceError> {
-        let mut seen = self.load_seen();
+        let mut seen = SeqDeduper::default();
+        for s in &self.saved {
+            seen.is_new(&s.model, s.seq, s.at_ms);
+        }
         let mut last_prune = Instant::now();
         let (path, baud) = (self.config.port.clone(), self.config.baud);
         serve_serial_port(&self.sink, &self.stop, &path, baud, |port| {
@@ -121,9 +129,9 @@ impl SkinSource {
                         self.reject(&mut s.throttle, PARTIAL, now)?;
                     }
                     self.check_silent(&mut s, now)?;
-                    if last_prune.elapsed() >= PRUNE_EVERY {
+                    if last_prune.elapsed() >= FORGET_EVERY {
                         *last_prune = Instant::now();
-                        self.prune_seen();
+                        self.report_forgotten(seen)?;
                     }
                 }
                 Err(e) => {
@@ -196,124 +204,14 @@ impl SkinSource {
         self.sink.error_report(throttle.record(reason, now))
     }
 
-    /// The persisted sightings still within the window; older ones are deleted.
-    fn load_seen(&self) -> SeqDeduper {
-        let mut seen = SeqDeduper::default();
-        let entries = match self.outbox.state_blocking(&seen_prefix(self.sink.device())) {
-            Ok(e) => e,
-            Err(e) => {
-                // Not fatal: the worst case is one duplicate of a reading resent right now.
-                warn!(device = self.sink.device(), error = %e, "cannot load the skin de-duplication state");
-                return seen;
-            }
-        };
-        let now = unix_ms(SystemTime::now());
-        let (live, stale) = split_seen(self.sink.device(), entries, now);
-        for (model, seq, at) in live {
-            seen.is_new(&model, seq, at);
+    /// Reports the sightings that left the window (or the cap) since the last report: the link
+    /// deletes their saved keys, which would otherwise pile up forever.
+    fn report_forgotten(&self, seen: &mut SeqDeduper) -> Result<(), SourceError> {
+        seen.forget_expired(unix_ms(SystemTime::now()));
+        let forgotten = seen.take_forgotten();
+        for chunk in forgotten.chunks(FORGOTTEN_CHUNK) {
+            self.sink.emit(Observation::SkinForgotten(chunk.to_vec()))?;
         }
-        self.delete_keys(stale);
-        debug!(
-            device = self.sink.device(),
-            loaded = seen.len(),
-            "skin de-duplication state loaded"
-        );
-        seen
-    }
-
-    /// Deletes persisted sightings past the window (the deduper forgets them by itself).
-    fn prune_seen(&self) {
-        match self.outbox.state_blocking(&seen_prefix(self.sink.device())) {
-            Ok(entries) => {
-                let now = unix_ms(SystemTime::now());
-                let (_, stale) = split_seen(self.sink.device(), entries, now);
-                self.delete_keys(stale);
-            }
-            Err(e) => {
-                warn!(device = self.sink.device(), error = %e, "cannot prune the skin de-duplication state")
-            }
-        }
-    }
-
-    fn delete_keys(&self, keys: Vec<String>) {
-        for key in keys {
-            if let Err(e) = self.outbox.put_state_blocking(key, None) {
-                warn!(device = self.sink.device(), error = %e, "cannot delete a stale de-duplication key");
-                return;
-            }
-        }
-    }
-}
-
-/// Persisted sightings → the live ones `(model, seq, first_ms)` in time order, and the keys
-/// of stale or unreadable ones.
-fn split_seen(
-    device: &str,
-    entries: Vec<(String, Vec<u8>)>,
-    now_ms: u64,
-) -> (Vec<(String, u64, u64)>, Vec<String>) {
-    let prefix = seen_prefix(device);
-    let mut live = Vec::new();
-    let mut stale = Vec::new();
-    for (key, value) in entries {
-        let parsed = key
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.rsplit_once('/'))
-            .and_then(|(model, seq)| Some((model.to_owned(), seq.parse::<u64>().ok()?)))
-            .zip(
-                std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok()),
-            );
-        match parsed {
-            Some(((model, seq), at)) if now_ms.saturating_sub(at) < skn1::DEDUP_WINDOW_MS => {
-                live.push((model, seq, at))
-            }
-            _ => stale.push(key),
-        }
-    }
-    live.sort_by_key(|&(_, _, at)| at);
-    (live, stale)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reading(model: &str, seq: Option<u64>) -> SkinReading {
-        SkinReading {
-            model: model.into(),
-            seq,
-            device_time: None,
-            measures: [("moisture".to_string(), 40.0)].into(),
-            extra: Default::default(),
-            skin_type: None,
-        }
-    }
-
-    #[test]
-    fn seen_state_round_trips_through_split() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(5_000);
-        let (key, value) = seen_state("skin-1", &reading("AX/200", Some(7)), at).unwrap();
-        assert_eq!(key, "skin/seen/skin-1/AX/200/7");
-        let entries = vec![(key.clone(), value.unwrap())];
-        let (live, stale) = split_seen("skin-1", entries.clone(), 6_000);
-        assert_eq!(live, vec![("AX/200".to_string(), 7, 5_000)]);
-        assert!(stale.is_empty());
-        let (live, stale) = split_seen("skin-1", entries, 5_000 + skn1::DEDUP_WINDOW_MS);
-        assert!(live.is_empty());
-        assert_eq!(stale, vec![key]);
-        assert!(seen_state("skin-1", &reading("AX", None), at).is_none());
-    }
-
-    #[test]
-    fn unreadable_state_is_stale_not_fatal() {
-        let entries = vec![
-            ("skin/seen/d/M/x".to_string(), b"1".to_vec()),
-            ("skin/seen/d/M/3".to_string(), b"soon".to_vec()),
-        ];
-        let (live, stale) = split_seen("d", entries, 10);
-        assert!(live.is_empty());
-        assert_eq!(stale.len(), 2);
+        Ok(())
     }
 }

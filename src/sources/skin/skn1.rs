@@ -329,13 +329,16 @@ impl LineReader {
 
 /// `model` + `seq` seen again within the window (24 h) is the same reading. The window runs
 /// from the first sighting, so a device resending forever cannot keep an entry alive. Time is
-/// u64 milliseconds (wall clock allowed) so the caller can persist and reload entries.
+/// u64 milliseconds (wall clock allowed) so the caller can persist and reload entries, and
+/// delete the persisted ones it forgot ([`SeqDeduper::take_forgotten`]).
 #[derive(Debug)]
 pub struct SeqDeduper {
     window_ms: u64,
     cap: usize,
     seen: HashMap<(String, u64), u64>,
     order: VecDeque<((String, u64), u64)>,
+    /// Entries dropped (out of the window, or past the cap) since the last `take_forgotten`.
+    forgotten: Vec<(String, u64)>,
 }
 
 pub const DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
@@ -356,6 +359,7 @@ impl SeqDeduper {
             cap,
             seen: HashMap::new(),
             order: VecDeque::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -386,6 +390,19 @@ impl SeqDeduper {
         self.seen.is_empty()
     }
 
+    /// Forgets the entries that left the window by `now_ms` (`is_new` does it too).
+    pub fn forget_expired(&mut self, now_ms: u64) {
+        self.expire(now_ms);
+    }
+
+    /// The entries forgotten since the last call, except those seen again since (their
+    /// persisted copy is the new sighting's).
+    pub fn take_forgotten(&mut self) -> Vec<(String, u64)> {
+        let mut forgotten = std::mem::take(&mut self.forgotten);
+        forgotten.retain(|key| !self.seen.contains_key(key));
+        forgotten
+    }
+
     fn expire(&mut self, now_ms: u64) {
         while let Some((_, t)) = self.order.front() {
             if now_ms.saturating_sub(*t) < self.window_ms {
@@ -400,6 +417,7 @@ impl SeqDeduper {
             // Only remove the map entry this queue entry created, not a later re-sighting.
             if self.seen.get(&key) == Some(&t) {
                 self.seen.remove(&key);
+                self.forgotten.push(key);
             }
         }
     }

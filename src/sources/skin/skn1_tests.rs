@@ -243,6 +243,30 @@ fn seq_dedup_window_and_cap() {
     assert!(small.is_new("m", 0, 0), "evicted by the cap");
 }
 
+#[test]
+fn forgotten_entries_are_handed_out_once_and_never_a_live_one() {
+    let mut d = SeqDeduper::default();
+    assert!(d.is_new("AX", 1, 1_000));
+    assert!(d.is_new("AX", 2, 2_000));
+    d.forget_expired(1_000 + DEDUP_WINDOW_MS);
+    assert_eq!(d.take_forgotten(), vec![("AX".to_string(), 1)]);
+    assert!(d.take_forgotten().is_empty(), "handed out once");
+    // Seq 2 leaves the window inside is_new, then comes again: its saved key is the new one.
+    assert!(d.is_new("AX", 2, 2_000 + DEDUP_WINDOW_MS));
+    assert!(d.take_forgotten().is_empty());
+    assert_eq!(d.len(), 1);
+
+    let mut small = SeqDeduper::new(DEDUP_WINDOW_MS, 2);
+    for seq in 0..3 {
+        assert!(small.is_new("m", seq, 0));
+    }
+    assert_eq!(
+        small.take_forgotten(),
+        vec![("m".to_string(), 0)],
+        "past the cap"
+    );
+}
+
 fn arb_reading() -> impl Strategy<Value = SkinReading> {
     // Values of k/100 print and parse back exactly with serde_json's default float parser.
     let score = (0u32..=10_000).prop_map(|k| f64::from(k) / 100.0);

@@ -28,9 +28,9 @@ use anyhow::Context;
 use phygate::config::Config as EdgeConfig;
 use phygate::event::Origin;
 use phygate::outbox::{Outbox, OutboxHandle};
+use phygate::shutdown::Shutdown;
 use phygate::uplink::Uplink;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::mix::Mix;
@@ -103,11 +103,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<SimReport> {
 }
 
 async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
-    let (stop, stopped) = watch::channel(false);
+    let stop = Shutdown::new();
     let opening = Instant::now();
     let mut gateways = Vec::with_capacity(args.stores);
     for i in 0..args.stores {
-        gateways.push(open_gateway(&args, i, stopped.clone())?);
+        gateways.push(open_gateway(&args, i, stop.clone())?);
     }
     let open_s = opening.elapsed().as_secs_f64();
     info!(stores = args.stores, open_s, "fleet open; generating");
@@ -142,7 +142,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
             "events still in the outboxes after the drain timeout (not published)"
         );
     }
-    let _ = stop.send(true);
+    stop.stop();
     for g in gateways {
         let _ = g.uplink.await;
         drop(g.outbox);
@@ -169,11 +169,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
 }
 
 /// Opens gateway `i`'s outbox (its thread started) and starts its uplink.
-fn open_gateway(
-    args: &SimArgs,
-    i: usize,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<Gateway> {
+fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<Gateway> {
     let store = store_id(i);
     let dir = args.dir.join(&store);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use phygate::config::Config as EdgeConfig;
 use phygate::event::{Event, EventData, Origin, QrScanned};
 use phygate::outbox::{Outbox, OutboxHandle};
+use phygate::shutdown::Shutdown;
 use phygate::sim::broker::{free_port, Mosquitto};
 use phygate::uplink::Uplink;
 use serde_json::Value;
-use tokio::sync::watch;
 
 pub const TENANT: &str = "acme";
 
@@ -231,7 +231,7 @@ impl Drop for Hq {
 pub struct Edge {
     pub config: EdgeConfig,
     pub outbox: OutboxHandle,
-    stop: Option<watch::Sender<bool>>,
+    stop: Option<Shutdown>,
     uplink: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -280,9 +280,13 @@ impl Edge {
 
     /// Starts publishing (the gateway's uplink, QoS 1, rows deleted on PUBACK).
     pub fn start_uplink(&mut self) {
-        let (stop, stopped) = watch::channel(false);
-        let uplink =
-            Uplink::new(self.config.uplink_settings(), self.outbox.clone(), stopped).unwrap();
+        let stop = Shutdown::new();
+        let uplink = Uplink::new(
+            self.config.uplink_settings(),
+            self.outbox.clone(),
+            stop.clone(),
+        )
+        .unwrap();
         self.uplink = Some(tokio::spawn(async move {
             uplink.run().await.unwrap();
         }));
@@ -291,7 +295,7 @@ impl Edge {
 
     pub async fn stop_uplink(&mut self) {
         if let Some(stop) = self.stop.take() {
-            stop.send(true).unwrap();
+            stop.stop();
             self.uplink.take().unwrap().await.unwrap();
         }
     }
