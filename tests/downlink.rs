@@ -279,7 +279,9 @@ fn assert_applied_once(
 /// On MQTT 5 this is also the session expiry's test: with clean start off but no
 /// `session_expiry_interval` (0) the broker would end the session at the gateway's DISCONNECT,
 /// and the delta and the command sent meanwhile would never arrive.
-fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_once_when_it_is_back(mqtt: Mqtt) {
+fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_once_when_it_is_back(
+    mqtt: Mqtt,
+) {
     let rig = Rig::on(mqtt);
     rig.write_config_with(&rig.gate_device(""), "");
     let hq = rig.hq("offline");
@@ -307,7 +309,9 @@ fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_o
     assert_applied_once(&rig, &hq, &mut gw, &gate);
 }
 
-fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once(mqtt: Mqtt) {
+fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once(
+    mqtt: Mqtt,
+) {
     let rig = Rig::on(mqtt);
     rig.write_config_with(&rig.gate_device(""), "");
     let hq = rig.hq("killed");

@@ -167,9 +167,7 @@ fn v5_subscriber(port: u16) -> (Client, mpsc::Receiver<Publish>) {
     options.set_keep_alive(Duration::from_secs(5));
     options.set_max_packet_size(Some(16 * 1024 * 1024));
     let (client, mut connection) = Client::new(options, 16);
-    client
-        .subscribe(status_topic(), QoS::AtLeastOnce)
-        .unwrap();
+    client.subscribe(status_topic(), QoS::AtLeastOnce).unwrap();
     client.subscribe(events_topic(), QoS::AtLeastOnce).unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -193,10 +193,16 @@ fn mqtt_protocol_is_3_1_1_unless_5_is_asked_for_and_says_what_it_accepts() {
     .unwrap();
     assert_eq!(c.mqtt.session_expiry, Duration::from_secs(2 * 24 * 3600));
     for (bad, says) in [
-        ("protocol = \"3\"", "must be \"3.1.1\" (the default) or \"5\""),
+        (
+            "protocol = \"3\"",
+            "must be \"3.1.1\" (the default) or \"5\"",
+        ),
         ("protocol = 4", "must be \"3.1.1\""),
         ("session_expiry = \"1d\"", "is an MQTT 5 setting"),
-        ("protocol = \"5\"\nsession_expiry = \"10s\"", "must be between 1m"),
+        (
+            "protocol = \"5\"\nsession_expiry = \"10s\"",
+            "must be between 1m",
+        ),
     ] {
         let err = Config::parse(&format!("{GOOD}{bad}\n"), path).unwrap_err();
         let p = err

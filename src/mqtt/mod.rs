@@ -246,3 +246,36 @@ fn transport(m: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
     };
     Ok(Some(rumqttc::Transport::tls(ca, client_auth, None)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
+    use rumqttc::v5::{ConnectionError as E5, StateError};
+
+    #[test]
+    fn a_refused_or_closed_connection_names_the_brokers_reason() {
+        let refused = LinkError::V5(E5::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword,
+        ));
+        assert_eq!(
+            refused.to_string(),
+            "the broker refused the connection: BadUserNamePassword (0x86)"
+        );
+        let closed = LinkError::V5(E5::MqttState(StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::NotAuthorized,
+            reason_string: Some("ACL changed".into()),
+        }));
+        assert_eq!(
+            closed.to_string(),
+            "the broker closed the connection: NotAuthorized (0x87): ACL changed"
+        );
+        let old = LinkError::V311(rumqttc::ConnectionError::ConnectionRefused(
+            rumqttc::ConnectReturnCode::NotAuthorized,
+        ));
+        assert_eq!(
+            old.to_string(),
+            "the broker refused the connection: NotAuthorized"
+        );
+    }
+}
