@@ -23,8 +23,11 @@
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota;
 //!   every saved-state key format (`outbox::keys`).
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
-//!   book (packet id → rows, resend from the oldest after CONNACK) is pure state in
-//!   `uplink/book.rs`; `uplink/mod.rs` is the MQTT shell around it.
+//!   book (packet id → rows, resend from the oldest after CONNACK, hold after a refused
+//!   PUBACK) is pure state in `uplink/book.rs`; `uplink/mod.rs` is the session around it.
+//! - [`mqtt`]: the thin MQTT shell under both sessions: rumqttc's 3.1.1 or v5 client as
+//!   `[mqtt] protocol` says, one event type for both, the broker's reason codes named
+//!   (`mqtt::reason`), the brokers of a cluster tried in turn (`mqtt::brokers`).
 //! - [`daemon`]: the wiring of all of the above (each stage built whole from its own settings and
 //!   saved state, nothing set after it runs), config reloads (SIGHUP, HQ's config), and the
 //!   device controls (gate unlocks by station) handed to whoever acts on devices.
@@ -55,6 +58,7 @@ pub mod event;
 pub mod ingest;
 pub mod link;
 pub mod metrics;
+pub mod mqtt;
 pub mod outbox;
 pub mod settle;
 pub mod shutdown;

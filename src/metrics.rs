@@ -49,6 +49,7 @@ pub static OUTBOX_DEPTH: Counter = Counter::new();
 pub static OUTBOX_BYTES: Counter = Counter::new();
 pub static MQTT_RECONNECTS: Counter = Counter::new();
 pub static MQTT_CONNECTED: Counter = Counter::new();
+pub static PUBLISHES_REFUSED: Counter = Counter::new();
 pub static GATE_POLLS_FAILED: Counter = Counter::new();
 
 pub static DOWNLINK_REFUSED: Counter = Counter::new();
@@ -56,7 +57,7 @@ pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
 /// Every metric: name, type, help, and the counter that holds its value.
-static TABLE: [(&str, &str, &str, &Counter); 19] = [
+static TABLE: [(&str, &str, &str, &Counter); 20] = [
     (
         "phygate_readings_total",
         "counter",
@@ -140,6 +141,12 @@ static TABLE: [(&str, &str, &str, &Counter); 19] = [
         "counter",
         "MQTT connection attempts after a failure",
         &MQTT_RECONNECTS,
+    ),
+    (
+        "phygate_mqtt_publishes_refused_total",
+        "counter",
+        "event batches the broker refused with an MQTT 5 reason code (kept and sent again)",
+        &PUBLISHES_REFUSED,
     ),
     (
         "phygate_mqtt_connected",

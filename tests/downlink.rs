@@ -45,9 +45,8 @@ fn results(hq: &Hq) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn a_command_runs_once_even_when_redelivered_and_after_a_restart() {
-    let rig = Rig::new();
+fn a_command_runs_once_even_when_redelivered_and_after_a_restart(mqtt: Mqtt) {
+    let rig = Rig::on(mqtt);
     rig.write_config_with(&rig.gate_device(""), "");
     let hq = rig.hq("commands");
     let (_pty, _scanner) = rig.scanner();
@@ -277,10 +276,13 @@ fn assert_applied_once(
     assert_eq!(applied_6, 1, "{log}");
 }
 
-#[test]
+/// On MQTT 5 this is also the session expiry's test: with clean start off but no
+/// `session_expiry_interval` (0) the broker would end the session at the gateway's DISCONNECT,
+/// and the delta and the command sent meanwhile would never arrive.
 fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_once_when_it_is_back(
+    mqtt: Mqtt,
 ) {
-    let rig = Rig::new();
+    let rig = Rig::on(mqtt);
     rig.write_config_with(&rig.gate_device(""), "");
     let hq = rig.hq("offline");
     let (_pty, _scanner) = rig.scanner();
@@ -307,9 +309,10 @@ fn regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_o
     assert_applied_once(&rig, &hq, &mut gw, &gate);
 }
 
-#[test]
-fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once() {
-    let rig = Rig::new();
+fn regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once(
+    mqtt: Mqtt,
+) {
+    let rig = Rig::on(mqtt);
     rig.write_config_with(&rig.gate_device(""), "");
     let hq = rig.hq("killed");
     let (_pty, _scanner) = rig.scanner();
@@ -489,3 +492,9 @@ fn regression_an_hq_config_that_moves_the_outbox_is_still_the_one_found_at_the_n
     );
     assert!(gw.terminate().success());
 }
+
+on_both_protocols!(
+    a_command_runs_once_even_when_redelivered_and_after_a_restart,
+    regression_a_delta_and_a_command_sent_while_the_gateway_is_down_are_applied_once_when_it_is_back,
+    regression_a_kill_between_receipt_and_commit_gets_the_message_again_and_applies_it_once,
+);

@@ -24,9 +24,8 @@ fn scanner_up(hq: &Hq, ups: usize) -> bool {
         >= ups
 }
 
-#[test]
-fn thousand_codes_arrive_once_each_in_seq_order_intact() {
-    let rig = Rig::new();
+fn thousand_codes_arrive_once_each_in_seq_order_intact(mqtt: Mqtt) {
+    let rig = Rig::on(mqtt);
     let hq = rig.hq("thousand");
     let (_pty, mut scanner) = rig.scanner();
     let _gw = rig.start_gateway();
@@ -63,9 +62,8 @@ fn thousand_codes_arrive_once_each_in_seq_order_intact() {
     assert!(e["time"].as_str().unwrap().ends_with('Z'));
 }
 
-#[test]
-fn broker_outage_of_ten_seconds_loses_nothing() {
-    let mut rig = Rig::new();
+fn broker_outage_of_ten_seconds_loses_nothing(mqtt: Mqtt) {
+    let mut rig = Rig::on(mqtt);
     rig.write_config("\n[uplink]\nbackoff_min = \"200ms\"\nbackoff_max = \"2s\"\n");
     let hq = rig.hq("outage");
     let (_pty, mut scanner) = rig.scanner();
@@ -100,9 +98,8 @@ fn broker_outage_of_ten_seconds_loses_nothing() {
     assert!(gw.log().contains("HQ link down"), "the outage was noticed");
 }
 
-#[test]
-fn sigkill_mid_stream_loses_nothing_that_was_accepted() {
-    let rig = Rig::new();
+fn sigkill_mid_stream_loses_nothing_that_was_accepted(mqtt: Mqtt) {
+    let rig = Rig::on(mqtt);
     let hq = rig.hq("kill9");
     let (_pty, mut scanner) = rig.scanner();
     let mut gw = rig.start_gateway();
@@ -256,9 +253,8 @@ fn unplugged_scanner_is_reported_down_and_reopened() {
     );
 }
 
-#[test]
-fn sigterm_flushes_and_exits_zero() {
-    let rig = Rig::new();
+fn sigterm_flushes_and_exits_zero(mqtt: Mqtt) {
+    let rig = Rig::on(mqtt);
     let (_pty, mut scanner) = rig.scanner();
     let hq = rig.hq("term");
     let mut gw = rig.start_gateway();
@@ -275,3 +271,10 @@ fn sigterm_flushes_and_exits_zero() {
         gw.log()
     );
 }
+
+on_both_protocols!(
+    thousand_codes_arrive_once_each_in_seq_order_intact,
+    broker_outage_of_ten_seconds_loses_nothing,
+    sigkill_mid_stream_loses_nothing_that_was_accepted,
+    sigterm_flushes_and_exits_zero,
+);

@@ -205,8 +205,7 @@ fn mosquitto_passwd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-#[test]
-fn username_and_password_are_checked_by_the_broker() {
+fn username_and_password_are_checked_by_the_broker(mqtt: Mqtt) {
     let Some(passwd) = mosquitto_passwd() else {
         eprintln!("NOTICE: skipping: mosquitto_passwd is not installed (it comes with mosquitto)");
         return;
@@ -222,10 +221,10 @@ fn username_and_password_are_checked_by_the_broker() {
             .success();
         assert!(ok, "mosquitto_passwd");
     }
-    let rig = Rig::with_broker(&format!(
-        "allow_anonymous false\npassword_file {}\n",
-        pw.display()
-    ));
+    let rig = Rig::with_broker_on(
+        &format!("allow_anonymous false\npassword_file {}\n", pw.display()),
+        mqtt,
+    );
     let hq = Hq::connect_as(rig.broker.port, "passwords", Some(("hq", "hq-secret")));
     let (_pty, mut scanner) = rig.scanner();
 
@@ -241,6 +240,13 @@ fn username_and_password_are_checked_by_the_broker() {
     let mut gw = rig.start_gateway();
     let log = fails_and_retries(&mut gw, 3);
     assert!(log.contains("NotAuthorized"), "{log}");
+    if mqtt == Mqtt::V5 {
+        // MQTT 5's CONNACK reason code, named with its number.
+        assert!(
+            log.contains("the broker refused the connection: NotAuthorized (0x87)"),
+            "{log}"
+        );
+    }
 
     with("store-secret");
     let _gw = rig.start_gateway();
@@ -249,3 +255,5 @@ fn username_and_password_are_checked_by_the_broker() {
         h.scanned_payloads() == ["WITH-PASSWORD"]
     });
 }
+
+on_both_protocols!(username_and_password_are_checked_by_the_broker);

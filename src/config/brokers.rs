@@ -1,7 +1,7 @@
 //! `[mqtt]`'s broker addresses: the single `host` (+ `port`) of a store that talks to one
 //! broker, or `brokers = ["host:port", …]` for a clustered one (every node of a NATS, EMQX or
 //! HiveMQ cluster takes the store's connection). Both sessions try them in turn
-//! (`uplink::brokers`).
+//! (`mqtt::brokers`).
 
 use crate::uplink::settings::BrokerAddr;
 

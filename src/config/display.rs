@@ -79,7 +79,8 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "mqtt {} as {}{}, events to {}",
+            "{} {} as {}{}, events to {}",
+            self.mqtt.protocol,
             self.mqtt
                 .brokers
                 .iter()

@@ -45,7 +45,7 @@ pub use crate::sources::scanner::settings::ScannerConfig;
 pub use crate::sources::skin::settings::SkinConfig;
 pub use crate::station::{Direction, Station, StationRole};
 pub use crate::status::settings::{LogConfig, StatusConfig};
-pub use crate::uplink::settings::{BrokerAddr, MqttConfig, TlsConfig, UplinkConfig};
+pub use crate::uplink::settings::{BrokerAddr, MqttConfig, Protocol, TlsConfig, UplinkConfig};
 
 /// Everything wrong with one config file.
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{brokers, host, Validator};
-use crate::uplink::settings::{MqttConfig, TlsConfig, UplinkConfig};
+use crate::uplink::settings::{MqttConfig, Protocol, TlsConfig, UplinkConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMqtt {
+    /// `"3.1.1"` (the default) or `"5"`.
+    protocol: Option<toml::Value>,
+    /// MQTT 5 only (see [`MqttConfig::session_expiry`]).
+    #[serde(default, with = "humantime_serde")]
+    session_expiry: Option<Duration>,
     host: Option<String>,
     port: Option<u16>,
     /// A cluster's nodes, `"host:port"` each, instead of `host` and `port`.
@@ -25,6 +30,26 @@ pub(super) struct RawMqtt {
 
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
+}
+
+/// A week: a store closed over a long weekend, or waiting days for a replacement gateway,
+/// still finds HQ's commands, member deltas and keys when it is back. Beyond it the broker
+/// may drop the session; the retained keys and config come again anyway.
+pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `protocol = "3.1.1"` or `"5"` (a bare `5` or `"5.0"` too: people write it so); `None`
+/// when it is something else.
+fn protocol(value: Option<&toml::Value>) -> Option<Protocol> {
+    match value {
+        None => Some(Protocol::V311),
+        Some(toml::Value::String(s)) => match s.trim() {
+            "3.1.1" => Some(Protocol::V311),
+            "5" | "5.0" => Some(Protocol::V5),
+            _ => None,
+        },
+        Some(toml::Value::Integer(5)) => Some(Protocol::V5),
+        Some(_) => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -107,6 +132,31 @@ impl Validator<'_> {
         if client_id.is_empty() || client_id.len() > 128 {
             self.problem("mqtt.client_id", "must be 1-128 characters");
         }
+        let protocol = protocol(m.protocol.as_ref()).unwrap_or_else(|| {
+            self.problem(
+                "mqtt.protocol",
+                "must be \"3.1.1\" (the default) or \"5\" (MQTT 5)",
+            );
+            Protocol::V311
+        });
+        let session_expiry = match (protocol, m.session_expiry) {
+            (Protocol::V311, Some(_)) => {
+                self.problem(
+                    "mqtt.session_expiry",
+                    "is an MQTT 5 setting (protocol = \"5\"); with 3.1.1 the broker decides how long a session lives (mosquitto: persistent_client_expiration)",
+                );
+                DEFAULT_SESSION_EXPIRY
+            }
+            (_, Some(d)) if d < Duration::from_secs(60) || d.as_secs() >= u64::from(u32::MAX) => {
+                self.problem(
+                    "mqtt.session_expiry",
+                    "must be between 1m and 136 years (MQTT 5 counts it in seconds, 32 bits)",
+                );
+                DEFAULT_SESSION_EXPIRY
+            }
+            (_, Some(d)) => d,
+            (_, None) => DEFAULT_SESSION_EXPIRY,
+        };
         if m.password.is_some() && m.username.is_none() {
             self.problem("mqtt.password", "a password needs a username");
         }
@@ -127,6 +177,8 @@ impl Validator<'_> {
             }
         }
         MqttConfig {
+            protocol,
+            session_expiry,
             brokers,
             client_id,
             username: m.username,

@@ -174,3 +174,42 @@ fn every_hw_profile_is_a_valid_device() {
         }
     }
 }
+
+#[test]
+fn mqtt_protocol_is_3_1_1_unless_5_is_asked_for_and_says_what_it_accepts() {
+    let path = Path::new("/etc/phygate/phygate.toml");
+    let c = Config::parse(GOOD, path).unwrap();
+    assert_eq!(c.mqtt.protocol, Protocol::V311);
+    for five in ["protocol = \"5\"", "protocol = 5", "protocol = \"5.0\""] {
+        let c = Config::parse(&format!("{GOOD}{five}\n"), path).unwrap();
+        assert_eq!(c.mqtt.protocol, Protocol::V5, "{five}");
+        assert_eq!(c.mqtt.session_expiry, Duration::from_secs(7 * 24 * 3600));
+        assert!(c.to_string().contains("MQTT 5 127.0.0.1:1883"), "{c}");
+    }
+    let c = Config::parse(
+        &format!("{GOOD}protocol = \"5\"\nsession_expiry = \"2d\"\n"),
+        path,
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.session_expiry, Duration::from_secs(2 * 24 * 3600));
+    for (bad, says) in [
+        (
+            "protocol = \"3\"",
+            "must be \"3.1.1\" (the default) or \"5\"",
+        ),
+        ("protocol = 4", "must be \"3.1.1\""),
+        ("session_expiry = \"1d\"", "is an MQTT 5 setting"),
+        (
+            "protocol = \"5\"\nsession_expiry = \"10s\"",
+            "must be between 1m",
+        ),
+    ] {
+        let err = Config::parse(&format!("{GOOD}{bad}\n"), path).unwrap_err();
+        let p = err
+            .problems
+            .iter()
+            .find(|p| p.field.starts_with("mqtt."))
+            .unwrap_or_else(|| panic!("{bad}: {err}"));
+        assert!(p.message.contains(says), "{bad}: {err}");
+    }
+}

@@ -3,10 +3,13 @@
 //!
 //! Why a second client instead of subscribing on the uplink's:
 //!
-//! - The downlink needs a persistent session (`clean_session = false`, a stable client id): the
-//!   broker then keeps the subscriptions while the store is offline, queues the QoS 1 messages
-//!   sent meanwhile (a member delta, a command), and sends again any message it delivered but
-//!   never got a PUBACK for (the daemon was killed before committing it).
+//! - The downlink needs a persistent session (a stable client id, and 3.1.1's
+//!   `clean_session = false` or MQTT 5's clean start off with a session expiry interval,
+//!   `[mqtt] session_expiry`): the broker then keeps the subscriptions while the store is
+//!   offline, queues the QoS 1 messages sent meanwhile (a member delta, a command), and sends
+//!   again any message it delivered but never got a PUBACK for (the daemon was killed before
+//!   committing it). On MQTT 5 the session ends `session_expiry` after the store disconnects;
+//!   without the interval it would end at once and nothing sent meanwhile would arrive.
 //! - The uplink wants the opposite. Its durable copy is the outbox, and it republishes from the
 //!   oldest un-acked row after every CONNACK; with a persistent session rumqttc would also replay
 //!   its own pending queue (`eventloop.rs`, the `session_present` branch), doubling every resend,
@@ -26,7 +29,8 @@
 //! idempotent (a command id runs once, a member update carries its version, keys and config
 //! replace whole), which makes the effect exactly once. The session lives on the broker: a
 //! message published before the store's very first connection, or after the broker dropped
-//! the session (expiry, a broker without persistence restarted), reaches it only if retained.
+//! the session (its expiry, a broker without persistence restarted), reaches it only if
+//! retained.
 //!
 //! Test hook: in debug builds only, `PHYGATE_TEST_DOWNLINK_PAUSE_MS=N` makes every received
 //! message wait N ms before it is handed on (logged as "test pause before applying a downlink
@@ -35,18 +39,15 @@
 
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS, SubscribeReasonCode,
-};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
+use crate::mqtt::{LinkEvent, Received, Session, SessionOptions};
 use crate::settle::SettleQueue;
 use crate::shutdown::Shutdown;
-use crate::uplink::brokers::BrokerTurns;
 use crate::uplink::settings::MqttConfig;
 
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
@@ -63,8 +64,7 @@ pub enum DownlinkError {
 }
 
 pub struct Downlink {
-    client: AsyncClient,
-    eventloop: EventLoop,
+    session: Session,
     tenant: String,
     store: String,
     /// Keys, members and commands: the link applies them.
@@ -72,9 +72,8 @@ pub struct Downlink {
     /// Config documents: the config applier (`daemon::reload`) takes them.
     config: mpsc::Sender<Delivery<String>>,
     /// Messages of this connection not yet acknowledged, in arrival order.
-    pending: SettleQueue<Publish>,
+    pending: SettleQueue<Received>,
     backoff: ReconnectBackoff,
-    brokers: BrokerTurns,
     shutdown: Shutdown,
     pause: Option<Duration>,
 }
@@ -86,27 +85,27 @@ impl Downlink {
         config_updates: mpsc::Sender<Delivery<String>>,
         shutdown: Shutdown,
     ) -> Result<Self, DownlinkError> {
-        let brokers = BrokerTurns::new(&settings.mqtt.brokers, |broker| {
-            let mut o =
-                crate::uplink::connect_options(&settings.mqtt, broker, &client_id(&settings.mqtt))?;
-            o.set_clean_session(false);
-            o.set_manual_acks(true);
+        let options = SessionOptions {
+            client_id: client_id(&settings.mqtt),
+            persistent: true,
+            manual_acks: true,
+            // It publishes nothing: acknowledgements are not publishes.
+            inflight: 8,
             // Incoming: a member snapshot is the largest document; outgoing: only small packets.
-            o.set_max_packet_size(super::MAX_MEMBERS_BYTES + 1024, 64 * 1024);
-            Ok(o)
-        })
-        .map_err(DownlinkError::Settings)?;
-        let (client, eventloop) = AsyncClient::new(brokers.first(), REQUESTS);
+            max_incoming: super::MAX_MEMBERS_BYTES + 1024,
+            max_outgoing: 64 * 1024,
+            will: None,
+            requests: REQUESTS,
+        };
+        let session = Session::new(&settings.mqtt, &options).map_err(DownlinkError::Settings)?;
         Ok(Downlink {
-            client,
-            eventloop,
+            session,
             tenant: settings.tenant,
             store: settings.store,
             link,
             config: config_updates,
             pending: SettleQueue::default(),
             backoff: ReconnectBackoff::new(settings.backoff_min, settings.backoff_max),
-            brokers,
             shutdown,
             pause: test_pause(),
         })
@@ -116,7 +115,7 @@ impl Downlink {
         loop {
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
-                ev = self.eventloop.poll() => match ev {
+                ev = self.session.poll() => match ev {
                     Ok(ev) => self.on_event(ev).await,
                     Err(e) => {
                         if self.back_off(e).await {
@@ -129,14 +128,14 @@ impl Downlink {
                     match settled {
                         Ok(()) => self.ack(&publish),
                         Err(_) if self.link.is_closed() || self.config.is_closed() => {
-                            debug!(topic = %publish.topic, "downlink message left for the next start");
+                            debug!(topic = %publish.topic(), "downlink message left for the next start");
                         }
                         Err(_) => {
                             warn!(
-                                topic = %publish.topic,
+                                topic = %publish.topic(),
                                 "downlink message not applied; reconnecting so the broker sends it again"
                             );
-                            self.eventloop.clean();
+                            self.session.clean();
                             if self.back_off("a downlink message was not applied").await {
                                 break;
                             }
@@ -150,48 +149,41 @@ impl Downlink {
         Ok(())
     }
 
-    async fn on_event(&mut self, ev: MqttEvent) {
+    async fn on_event(&mut self, ev: LinkEvent) {
         match ev {
-            MqttEvent::Incoming(Packet::ConnAck(c)) => {
-                info!(
-                    session_present = c.session_present,
-                    "downlink connected to HQ"
-                );
+            LinkEvent::Connected { session_present } => {
+                info!(session_present, "downlink connected to HQ");
                 self.backoff.connected();
                 self.pending.clear();
                 // The broker keeps the subscriptions with the session; a new session (the first
-                // start, or the broker lost it) subscribes, and the retained keys and config
-                // then come again (applying them is idempotent).
-                if !c.session_present {
-                    let filters = super::topics(&self.tenant, &self.store)
-                        .into_iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
-                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                // start, the broker lost it, or it expired) subscribes, and the retained keys
+                // and config then come again (applying them is idempotent).
+                if !session_present {
+                    let topics = super::topics(&self.tenant, &self.store);
+                    if let Err(e) = self.session.try_subscribe_many(topics) {
                         warn!(error = %e, "could not subscribe to the downlink topics");
                     }
                 }
             }
-            MqttEvent::Incoming(Packet::SubAck(s))
-                if s.return_codes.contains(&SubscribeReasonCode::Failure) =>
-            {
-                warn!("the broker refused a downlink subscription (ACL?); HQ's messages on it will not arrive");
+            LinkEvent::SubscribeRefused(codes) => {
+                warn!(codes, "the broker refused a downlink subscription (ACL?); HQ's messages on it will not arrive");
             }
-            MqttEvent::Incoming(Packet::Publish(p)) => self.receive(p).await,
+            LinkEvent::Message(p) => self.receive(p).await,
             _ => {}
         }
     }
 
     /// Checks a message and hands it on; a refused one is settled at once (a redelivery would
     /// be refused again).
-    async fn receive(&mut self, publish: Publish) {
+    async fn receive(&mut self, publish: Received) {
         if let Some(pause) = self.pause {
-            info!(topic = %publish.topic, ms = pause.as_millis() as u64, "test pause before applying a downlink message");
+            info!(topic = %publish.topic(), ms = pause.as_millis() as u64, "test pause before applying a downlink message");
             tokio::time::sleep(pause).await;
         }
         let (receipt, settled) = Receipt::new();
         self.pending.push(publish, settled);
         let publish = self.pending.last().expect("just pushed");
-        let (topic, payload) = (publish.topic.clone(), publish.payload.clone());
+        let (topic, payload) = (publish.topic(), publish.payload().to_vec());
         // The appliers are quick; waiting here briefly holds the MQTT loop, which is better than
         // dropping a message. A closed queue (shutdown) drops the receipt: redelivered next start.
         let handed = match super::parse(&self.tenant, &self.store, &topic, &payload) {
@@ -223,11 +215,11 @@ impl Downlink {
         }
     }
 
-    fn ack(&mut self, publish: &Publish) {
+    fn ack(&mut self, publish: &Received) {
         // The request queue holds one acknowledgement per message in flight at most; if it
         // were full the message would simply come again on the next connection.
-        if let Err(e) = self.client.try_ack(publish) {
-            warn!(error = %e, topic = %publish.topic, "could not queue a downlink acknowledgement");
+        if let Err(e) = self.session.try_ack(publish) {
+            warn!(error = %e, topic = %publish.topic(), "could not queue a downlink acknowledgement");
         }
     }
 
@@ -235,7 +227,7 @@ impl Downlink {
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
         self.pending.clear();
         let delay = self.backoff.next_delay();
-        let next = self.brokers.advance(&mut self.eventloop);
+        let next = self.session.next_broker();
         debug!(error = %error, retry_in = ?delay, next_broker = ?next, "downlink connection down");
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
@@ -248,11 +240,12 @@ impl Downlink {
         for publish in self.pending.take_settled() {
             self.ack(&publish);
         }
-        let _ = self.client.try_disconnect();
-        // Sends the acknowledgements and the DISCONNECT; the broker keeps the session either way.
+        let _ = self.session.try_disconnect();
+        // Sends the acknowledgements and the DISCONNECT; the broker keeps the session either way
+        // (on MQTT 5 for `session_expiry`: a normal DISCONNECT does not change the interval).
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-            if matches!(ev, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.session.poll()).await {
+            if matches!(ev, LinkEvent::DisconnectSent) {
                 break;
             }
         }

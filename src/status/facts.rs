@@ -26,6 +26,12 @@ pub struct Hq {
     pub last_error: Option<String>,
     #[serde(default, with = "rfc3339::option")]
     pub last_error_at: Option<SystemTime>,
+    /// The broker refuses the events (MQTT 5 PUBACK reason code, e.g. an ACL denial), since
+    /// when; cleared by the next batch it takes. The events stay in the outbox meanwhile.
+    #[serde(default)]
+    pub refused: Option<String>,
+    #[serde(default, with = "rfc3339::option")]
+    pub refused_since: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 pub use board::Board;
-pub use pipeline::hq_link_failed;
+pub use pipeline::{hq_link_failed, hq_publish_accepted, hq_publish_refused};
 pub use settings::{LogConfig, OpsSettings, StatusConfig};
 
 use self::health::Monitor;

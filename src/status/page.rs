@@ -100,9 +100,17 @@ fn hq_card(h: &mut String, r: &Report) {
         ),
         _ => String::new(),
     };
+    let refused = match (&r.hq.refused, r.hq.refused_since) {
+        (Some(why), Some(at)) => format!(
+            r#"<p id="hq-refused"><small>The broker refuses the events for {}: {} (they stay in the outbox and are sent again)</small></p>"#,
+            ago(now, at),
+            esc(why)
+        ),
+        _ => String::new(),
+    };
     let _ = writeln!(
         h,
-        r#"<section class="card" id="hq" data-state="{hq_class}"><h2>HQ link</h2><p><span class="badge {hq_class}">{hq_state}</span> for {since}</p><p><small>{broker} · {reconnects} reconnect attempts</small></p>{hq_error}</section>"#,
+        r#"<section class="card" id="hq" data-state="{hq_class}"><h2>HQ link</h2><p><span class="badge {hq_class}">{hq_state}</span> for {since}</p><p><small>{broker} · {reconnects} reconnect attempts</small></p>{hq_error}{refused}</section>"#,
         since = ago(now, r.hq.since),
         broker = esc(&r.hq.broker),
         reconnects = r.hq.reconnects,

@@ -29,6 +29,30 @@ pub fn hq_last_error() -> Option<(String, SystemTime)> {
     HQ_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// The broker's refusal of the events (MQTT 5 PUBACK reason code), and since when it lasts;
+/// global for the reason [`HQ_ERROR`] is.
+static HQ_REFUSAL: Mutex<Option<(String, SystemTime)>> = Mutex::new(None);
+
+/// Called by the uplink when the broker refuses a batch; the first refusal of a run of them
+/// keeps its time (the page says for how long the broker has refused).
+pub fn hq_publish_refused(reason: &dyn std::fmt::Display) {
+    let mut r = HQ_REFUSAL.lock().unwrap_or_else(|p| p.into_inner());
+    let since = r.as_ref().map_or_else(SystemTime::now, |(_, t)| *t);
+    *r = Some((reason.to_string(), since));
+}
+
+/// Called by the uplink when the broker takes a batch: the refusal, if any, is over.
+pub fn hq_publish_accepted() {
+    let mut r = HQ_REFUSAL.lock().unwrap_or_else(|p| p.into_inner());
+    if r.is_some() {
+        *r = None;
+    }
+}
+
+pub fn hq_refusal() -> Option<(String, SystemTime)> {
+    HQ_REFUSAL.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// The monitor's latest findings.
 #[derive(Debug, Clone)]
 pub struct Pipeline {

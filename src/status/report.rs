@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::board::{Board, DeviceView};
 pub use super::facts::{Device, Hq, Outbox};
-use super::pipeline::{hq_last_error, Health, Pipeline};
+use super::pipeline::{hq_last_error, hq_refusal, Health, Pipeline};
 use super::rfc3339;
 use super::settings::{ReportSettings, StatusConfig};
 use super::verdict::{self, Inputs, Level, Verdict};
@@ -57,6 +57,7 @@ impl Report {
             })
             .collect();
         let (last_error, last_error_at) = hq_last_error().unzip();
+        let (refused, refused_since) = hq_refusal().unzip();
         let stats = pipeline.stats.as_ref();
         let hq = Hq {
             broker: facts.broker,
@@ -65,6 +66,8 @@ impl Report {
             reconnects: crate::metrics::MQTT_RECONNECTS.get(),
             last_error,
             last_error_at,
+            refused,
+            refused_since,
         };
         let outbox = Outbox {
             answering: pipeline.outbox_answering,
@@ -230,6 +233,13 @@ impl fmt::Display for Report {
             self.hq.connected,
         ) {
             writeln!(f, "  last error {} ago: {e}", ago(now, at))?;
+        }
+        if let (Some(r), Some(at)) = (&self.hq.refused, self.hq.refused_since) {
+            writeln!(
+                f,
+                "  the broker REFUSES the events for {}: {r} (they stay in the outbox)",
+                ago(now, at)
+            )?;
         }
         writeln!(f, "\nOUTBOX")?;
         match (self.outbox.depth, self.outbox.oldest_unsent) {

@@ -248,7 +248,14 @@ fn hq_reasons(i: &Inputs<'_>, add: &mut Add<'_>) {
         ),
         _ => String::new(),
     };
-    if !hq.connected {
+    if let (true, Some(why)) = (hq.connected, &hq.refused) {
+        add(
+            Level::Degraded,
+            Part::Hq,
+            None,
+            format!("HQ's broker refuses the events: {why}{waiting}"),
+        );
+    } else if !hq.connected {
         // Whole seconds: "for 4 s", not "for 4.1 s".
         let since =
             Duration::from_secs(i.now.duration_since(hq.since).unwrap_or_default().as_secs());

@@ -52,6 +52,8 @@ impl World {
                 reconnects: 0,
                 last_error: None,
                 last_error_at: None,
+                refused: None,
+                refused_since: None,
             },
             outbox: Outbox {
                 answering: true,
@@ -120,6 +122,21 @@ fn regression_hq_down_is_degraded_and_says_how_long_and_what_waits() {
     assert_eq!(
         v.texts().collect::<Vec<_>>(),
         ["HQ is not connected for 3 min (last error: connection refused); 12 events wait in the outbox"]
+    );
+    assert_eq!(v.level_of(Part::Hq), Level::Degraded);
+}
+
+#[test]
+fn a_broker_refusing_the_events_is_degraded_and_names_its_reason_code() {
+    let mut w = World::fine();
+    w.hq.refused = Some("NotAuthorized (0x87)".into());
+    w.hq.refused_since = Some(now() - Duration::from_secs(30));
+    w.outbox.depth = Some(3);
+    let v = w.judge();
+    assert_eq!(v.level, Level::Degraded);
+    assert_eq!(
+        v.texts().collect::<Vec<_>>(),
+        ["HQ's broker refuses the events: NotAuthorized (0x87); 3 events wait in the outbox"]
     );
     assert_eq!(v.level_of(Part::Hq), Level::Degraded);
 }

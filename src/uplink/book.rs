@@ -12,6 +12,23 @@
 //!   The outbox still holds exactly those rows, so on [`Book::connected`] the book forgets too
 //!   and the next batch is read from the oldest unacknowledged row (`after == 0`).
 //!
+//! - An MQTT 5 broker may refuse a publish (a PUBACK with a failure reason code: an ACL denial,
+//!   a quota). Its rows are not delivered and stay in the outbox. The book then holds
+//!   ([`Book::refused`]): no new batch goes out, the batches already on the wire are settled by
+//!   their own PUBACKs, and once none is left and the shell's backoff has passed,
+//!   [`Book::resume`] starts again from the oldest unacknowledged row, which is the refused
+//!   batch's first (PUBACKs come in publish order, so every batch before it is settled).
+//!   Waiting for the window to empty is what keeps the resend from publishing a later batch
+//!   twice while its PUBACK is still on the way.
+//!
+//! What a refusal means for the outbox's in-order watermark: a batch published after the
+//! refused one and accepted is acknowledged out of order. The watermark stays below the refused
+//! batch (it only moves over a prefix), and the outbox deletes the accepted batch's rows one by
+//! one instead (`outbox::watermark`, `AckStep::Delete`): correct, slower, and only until the
+//! refused rows are accepted. HQ then receives that later batch before the refused one: its
+//! first arrivals are not in `seq` order for the span of the refusal, and its seq tracking sees
+//! a hole that the retry fills (a refusal that lasts is visible on the store's status page).
+//!
 //! The invariants, checked by the proptest below against a model of the client, the broker
 //! and the outbox: a batch's rows are acknowledged only by the PUBACK of the publish that
 //! carried them (never a row the broker did not get), and every row is eventually published
@@ -43,6 +60,8 @@ pub struct Book<T> {
     inflight: HashMap<u16, Sent<T>>,
     /// Highest seq handed to a publish on this connection: the next batch starts after it.
     sent_through: u64,
+    /// A batch was refused: nothing new goes out until [`Book::resume`].
+    held: bool,
 }
 
 impl<T> Default for Book<T> {
@@ -51,6 +70,7 @@ impl<T> Default for Book<T> {
             unassigned: VecDeque::new(),
             inflight: HashMap::new(),
             sent_through: 0,
+            held: false,
         }
     }
 }
@@ -65,6 +85,8 @@ impl<T> Book<T> {
     pub fn connected(&mut self) {
         self.forget();
         self.sent_through = 0;
+        // The reconnect's own backoff has passed, and this resend starts from the oldest row.
+        self.held = false;
     }
 
     /// The connection is gone: no PUBACK of it will come. What was in flight stays in the
@@ -81,7 +103,7 @@ impl<T> Book<T> {
     /// Where the next batch starts (`fetch_after`), while fewer than `max_batches` batches are
     /// out; `None` when the window is full.
     pub fn next_fetch(&self, max_batches: usize) -> Option<u64> {
-        (self.batches_in_flight() < max_batches).then_some(self.sent_through)
+        (!self.held && self.batches_in_flight() < max_batches).then_some(self.sent_through)
     }
 
     /// Batches queued or on the wire.
@@ -120,6 +142,38 @@ impl<T> Book<T> {
     /// now be deleted from the outbox).
     pub fn acked(&mut self, pkid: u16) -> Option<Sent<T>> {
         self.inflight.remove(&pkid)
+    }
+
+    /// A PUBACK with a failure reason code: the publish it settles, which the broker did not
+    /// take. A refused batch's rows stay in the outbox, and the book holds until
+    /// [`Book::resume`].
+    pub fn refused(&mut self, pkid: u16) -> Option<Sent<T>> {
+        let sent = self.inflight.remove(&pkid);
+        if matches!(sent, Some(Sent::Batch { .. })) {
+            self.held = true;
+        }
+        sent
+    }
+
+    /// A refused batch holds the book.
+    #[cfg(test)]
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// After a refusal's backoff: once no batch is in flight any more, starts again from the
+    /// oldest unacknowledged row and says true; false while batches are still out (call again
+    /// after their PUBACKs).
+    pub fn resume(&mut self) -> bool {
+        if !self.held {
+            return true;
+        }
+        if self.batches_in_flight() > 0 {
+            return false;
+        }
+        self.held = false;
+        self.sent_through = 0;
+        true
     }
 
     /// Nothing queued or on the wire.

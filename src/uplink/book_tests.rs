@@ -74,6 +74,51 @@ fn the_window_counts_batches_queued_or_on_the_wire_not_status() {
     assert_eq!(b.next_fetch(2), Some(2));
 }
 
+#[test]
+fn a_refused_batch_holds_the_book_until_the_window_empties_then_resends_from_the_oldest_row() {
+    let mut b = Book::new();
+    b.connected();
+    b.queued_batch(1, 10, 10, ());
+    b.queued_batch(11, 20, 10, ());
+    b.assigned(1);
+    b.assigned(2);
+    // 0x87 NotAuthorized on the first: its rows stay in the outbox.
+    assert_eq!(b.refused(1), Some(batch(1, 10)));
+    assert!(b.is_held());
+    assert_eq!(b.next_fetch(8), None, "nothing new while held");
+    assert!(!b.resume(), "the second batch is still on the wire");
+    assert_eq!(b.acked(2), Some(batch(11, 20)));
+    assert!(b.resume());
+    assert_eq!(
+        b.next_fetch(8),
+        Some(0),
+        "again from the oldest unacknowledged row"
+    );
+}
+
+#[test]
+fn a_refused_status_message_does_not_hold_the_events() {
+    let mut b = Book::<()>::new();
+    b.connected();
+    b.queued_status();
+    b.assigned(3);
+    assert_eq!(b.refused(3), Some(Sent::Status));
+    assert!(!b.is_held());
+    assert_eq!(b.next_fetch(8), Some(0));
+}
+
+#[test]
+fn a_reconnect_ends_the_hold() {
+    let mut b = Book::<()>::new();
+    b.connected();
+    b.queued_batch(1, 1, 1, ());
+    b.assigned(1);
+    b.refused(1);
+    b.disconnected();
+    b.connected();
+    assert_eq!(b.next_fetch(8), Some(0));
+}
+
 /// What happens next, in the model of the client, the broker and the outbox.
 #[derive(Debug, Clone)]
 enum Step {
@@ -87,6 +132,10 @@ enum Step {
     Wire,
     /// The broker acknowledges one of the publishes it got (any order).
     Ack(usize),
+    /// The broker refuses one of the publishes it got (an MQTT 5 PUBACK with a failure code).
+    Refuse(usize),
+    /// The shell's backoff after a refusal has passed.
+    Resume,
     /// A PUBACK for an id the broker has nothing outstanding under.
     StrayAck(u16),
     /// The connection drops: queued publishes and unsent PUBACKs are gone.
@@ -102,6 +151,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Status),
         4 => Just(Step::Wire),
         3 => any::<usize>().prop_map(Step::Ack),
+        1 => any::<usize>().prop_map(Step::Refuse),
+        1 => Just(Step::Resume),
         1 => (1u16..6).prop_map(Step::StrayAck),
         1 => Just(Step::Disconnect),
         2 => Just(Step::Connack),
@@ -113,18 +164,23 @@ const WINDOW: usize = 3;
 /// Packet ids wrap this soon, so that ids are recycled within and across connections.
 const PKIDS: u16 = 5;
 
+/// A publish the broker holds: its packet id, the batch's range (`None`: a status message) and
+/// the rows it carried.
+type OnBroker = (u16, Option<(u64, u64)>, Vec<u64>);
+
 /// The book with everything around it: the outbox's rows, the client's queue, the broker.
 struct World {
     book: Book<()>,
     outbox: BTreeSet<u64>,
     next_seq: u64,
-    /// Rows the broker has received, on any connection.
+    /// Rows the broker has accepted (a PUBACK without a failure code), on any connection.
     delivered: BTreeSet<u64>,
     connected: bool,
     /// Publishes queued in the client: a batch's rows, or `None` for a status message.
     client: VecDeque<Option<(u64, u64)>>,
-    /// Publishes the broker got and has not acknowledged yet, with their packet ids.
-    broker: Vec<(u16, Option<(u64, u64)>)>,
+    /// Publishes the broker got and has not acknowledged yet, with their packet ids and the
+    /// rows they carried.
+    broker: Vec<OnBroker>,
     next_pkid: u16,
 }
 
@@ -147,7 +203,7 @@ impl World {
         loop {
             let id = self.next_pkid;
             self.next_pkid = id % PKIDS + 1;
-            if !self.broker.iter().any(|(p, _)| *p == id) {
+            if !self.broker.iter().any(|(p, ..)| *p == id) {
                 return id;
             }
         }
@@ -195,16 +251,18 @@ impl World {
                 };
                 let pkid = self.pkid();
                 self.book.assigned(pkid);
-                if let Some((first, last)) = publish {
-                    self.delivered.extend(self.outbox.range(first..=last));
-                }
-                self.broker.push((pkid, publish));
+                let rows = match publish {
+                    Some((first, last)) => self.outbox.range(first..=last).copied().collect(),
+                    None => Vec::new(),
+                };
+                self.broker.push((pkid, publish, rows));
             }
             Step::Ack(i) => {
                 if !self.connected || self.broker.is_empty() {
                     return Ok(());
                 }
-                let (pkid, publish) = self.broker.remove(i % self.broker.len());
+                let (pkid, publish, rows) = self.broker.remove(i % self.broker.len());
+                self.delivered.extend(rows);
                 let settled = self.book.acked(pkid);
                 match (publish, settled) {
                     (None, Some(Sent::Status)) => {}
@@ -242,8 +300,39 @@ impl World {
                     }
                 }
             }
+            Step::Refuse(i) => {
+                if !self.connected || self.broker.is_empty() {
+                    return Ok(());
+                }
+                let (pkid, publish, _) = self.broker.remove(i % self.broker.len());
+                let settled = self.book.refused(pkid);
+                // Nothing is deleted: the refused rows stay in the outbox.
+                match (publish, settled) {
+                    (None, Some(Sent::Status)) => {}
+                    (
+                        Some((first, last)),
+                        Some(Sent::Batch {
+                            first: f, last: l, ..
+                        }),
+                    ) => {
+                        prop_assert_eq!((f, l), (first, last));
+                    }
+                    (publish, settled) => {
+                        prop_assert!(
+                            false,
+                            "refusal {} for {:?} settled {:?}",
+                            pkid,
+                            publish,
+                            settled
+                        )
+                    }
+                }
+            }
+            Step::Resume => {
+                self.book.resume();
+            }
             Step::StrayAck(pkid) => {
-                if !self.broker.iter().any(|(p, _)| *p == pkid) {
+                if !self.broker.iter().any(|(p, ..)| *p == pkid) {
                     prop_assert_eq!(self.book.acked(pkid), None);
                 }
             }
@@ -276,6 +365,7 @@ impl World {
             if self.outbox.is_empty() {
                 return Ok(());
             }
+            self.apply(Step::Resume)?;
             self.apply(Step::Fetch(5))?;
             while !self.client.is_empty() || !self.broker.is_empty() {
                 self.apply(Step::Wire)?;
@@ -299,6 +389,6 @@ proptest! {
         w.drain()?;
         prop_assert!(w.outbox.is_empty());
         let all: BTreeSet<u64> = (1..w.next_seq).collect();
-        prop_assert_eq!(&w.delivered, &all, "every row reached the broker");
+        prop_assert_eq!(&w.delivered, &all, "every row was accepted by the broker");
     }
 }

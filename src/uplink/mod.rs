@@ -8,30 +8,33 @@
 //! publishes were queued. That order is only reliable within one connection, and this task is
 //! the only one queueing publishes, only while connected, so it holds.
 //!
+//! The MQTT version (`[mqtt] protocol`) is the shell's business ([`crate::mqtt::Session`]); the
+//! book and this loop are the same for both. On MQTT 5 a PUBACK may refuse a batch (an ACL
+//! denial, a quota): the batch is not delivered, its rows stay, the refusal is logged and shown
+//! on the status page, and the book holds until a backoff has passed (`book.rs` says what this
+//! does to the in-order watermark). On 3.1.1 a broker that refuses a publish still acknowledges
+//! it: there the PUBACK is the only word, and it is taken as delivered.
+//!
 //! HQ's messages to the store do not come in here: they need the opposite session (persistent,
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
 mod book;
-pub mod brokers;
 pub mod settings;
 
-pub use settings::{BrokerAddr, MqttConfig, TlsConfig, UplinkConfig, UplinkSettings};
+pub use settings::{BrokerAddr, MqttConfig, Protocol, TlsConfig, UplinkConfig, UplinkSettings};
 
 use book::{Book, Sent};
-use brokers::BrokerTurns;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing,
-    Packet, QoS,
-};
+use phygate_proto::envelope::BATCH_CONTENT_TYPE;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backoff::ReconnectBackoff;
+use crate::backoff::{Backoff, ReconnectBackoff};
+use crate::mqtt::{LinkError, LinkEvent, Refusal, Session, SessionOptions, Will, JSON};
 use crate::outbox::{Batch, OutboxError, OutboxHandle};
 use crate::shutdown::Shutdown;
 
@@ -54,15 +57,14 @@ pub enum UplinkError {
 enum Mode {
     Connecting,
     Live,
-    BackingOff(ConnectionError),
+    BackingOff(LinkError),
     ShuttingDown,
 }
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Option<Batch>, OutboxError>> + Send>>;
 
 pub struct Uplink {
-    client: AsyncClient,
-    eventloop: EventLoop,
+    session: Session,
     outbox: OutboxHandle,
     committed: watch::Receiver<u64>,
     shutdown: Shutdown,
@@ -71,7 +73,10 @@ pub struct Uplink {
     status_topic: String,
     gateway: String,
     backoff: ReconnectBackoff,
-    brokers: BrokerTurns,
+    /// Between retries of a batch the broker refused (MQTT 5): reset by an accepted batch.
+    refusal_backoff: Backoff,
+    /// After a refusal: when the book may start again from the oldest unacknowledged row.
+    retry_at: Option<tokio::time::Instant>,
     /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
     /// publish → PUBACK is the latency metric.
     book: Book<Instant>,
@@ -84,23 +89,19 @@ impl Uplink {
         shutdown: Shutdown,
     ) -> Result<Self, UplinkError> {
         let s = settings;
-        let brokers = BrokerTurns::new(&s.mqtt.brokers, |broker| {
-            mqtt_options(&s.mqtt, broker, &s.batching, &s.status_topic, &s.gateway)
-        })
-        .map_err(UplinkError::Settings)?;
-        let (client, eventloop) = AsyncClient::new(brokers.first(), s.batching.inflight + 8);
+        let session = Session::new(&s.mqtt, &session_options(&s)).map_err(UplinkError::Settings)?;
         Ok(Uplink {
-            client,
-            eventloop,
+            session,
             committed: outbox.committed(),
             outbox,
             shutdown,
             backoff: ReconnectBackoff::new(s.batching.backoff_min, s.batching.backoff_max),
+            refusal_backoff: Backoff::new(s.batching.backoff_min, s.batching.backoff_max),
+            retry_at: None,
             settings: s.batching,
             events_topic: s.events_topic,
             status_topic: s.status_topic,
             gateway: s.gateway,
-            brokers,
             book: Book::new(),
         })
     }
@@ -124,9 +125,9 @@ impl Uplink {
         loop {
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
-                ev = self.eventloop.poll() => match ev {
-                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                        info!(broker = ?self.eventloop.mqtt_options.broker_address(), "connected to HQ");
+                ev = self.session.poll() => match ev {
+                    Ok(LinkEvent::Connected { .. }) => {
+                        info!(broker = ?self.session.broker_address(), "connected to HQ");
                         crate::metrics::MQTT_CONNECTED.set(1);
                         // The backoff resets only once the link proves useful (a batch acked, or
                         // a stable connection): a broker that accepts and then drops us (an ACL
@@ -134,6 +135,7 @@ impl Uplink {
                         self.backoff.connected();
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
+                        self.retry_at = None;
                         self.publish_status("online");
                         return Mode::Live;
                     }
@@ -149,6 +151,17 @@ impl Uplink {
         let mut fetch: Option<FetchFuture> = None;
         let mut caught_up = false;
         loop {
+            // A refused batch's backoff has passed: start again from its rows once the
+            // batches sent after it are settled (the next PUBACK brings us back here).
+            if self
+                .retry_at
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+                && self.book.resume()
+            {
+                self.retry_at = None;
+                caught_up = false;
+            }
+            let retry_wait = self.retry_at.filter(|at| *at > tokio::time::Instant::now());
             let wanted = match (&fetch, caught_up) {
                 (None, false) => self.book.next_fetch(self.settings.inflight),
                 _ => None,
@@ -163,10 +176,12 @@ impl Uplink {
                 fetch = Some(Box::pin(async move { h.fetch_after(after, n, b).await }));
             }
             tokio::select! {
-                ev = self.eventloop.poll() => match ev {
+                ev = self.session.poll() => match ev {
                     Ok(ev) => self.on_event(ev).await?,
                     Err(e) => return Ok(Mode::BackingOff(e)),
                 },
+                // Cancel-safe: a plain timer, rebuilt from `retry_at` each turn.
+                _ = tokio::time::sleep_until(retry_wait.unwrap_or_else(tokio::time::Instant::now)), if retry_wait.is_some() => {}
                 batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
                     fetch = None;
                     match batch {
@@ -196,12 +211,12 @@ impl Uplink {
         }
     }
 
-    async fn back_off(&mut self, error: ConnectionError) -> Mode {
+    async fn back_off(&mut self, error: LinkError) -> Mode {
         crate::metrics::MQTT_CONNECTED.set(0);
         crate::metrics::MQTT_RECONNECTS.inc();
         self.book.disconnected();
         let delay = self.backoff.next_delay();
-        let next = self.brokers.advance(&mut self.eventloop);
+        let next = self.session.next_broker();
         warn!(error = %error, retry_in = ?delay, next_broker = ?next, "HQ link down");
         crate::status::hq_link_failed(&error);
         tokio::select! {
@@ -218,22 +233,25 @@ impl Uplink {
         self.publish_status("offline");
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.book.is_empty() {
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+            match tokio::time::timeout_at(deadline, self.session.poll()).await {
                 Ok(Ok(ev)) => self.on_event(ev).await?,
                 Ok(Err(_)) | Err(_) => break,
             }
         }
         // Best effort: the broker would publish the Last Will (offline) anyway.
-        let _ = self.client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
+        let _ = self.session.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.session.poll()).await;
         crate::metrics::MQTT_CONNECTED.set(0);
         Ok(())
     }
 
-    async fn on_event(&mut self, ev: MqttEvent) -> Result<(), UplinkError> {
+    async fn on_event(&mut self, ev: LinkEvent) -> Result<(), UplinkError> {
         match ev {
-            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => self.book.assigned(pkid),
-            MqttEvent::Incoming(Packet::PubAck(ack)) => match self.book.acked(ack.pkid) {
+            LinkEvent::PublishSent(pkid) => self.book.assigned(pkid),
+            LinkEvent::PubAck {
+                pkid,
+                refused: None,
+            } => match self.book.acked(pkid) {
                 Some(Sent::Batch {
                     first,
                     last,
@@ -242,16 +260,55 @@ impl Uplink {
                 }) => {
                     crate::metrics::PUBLISH_LATENCY.observe(queued.elapsed());
                     self.backoff.reset();
+                    self.refusal_backoff.reset();
+                    crate::status::hq_publish_accepted();
                     debug!(first, last, count, "batch acknowledged");
                     self.outbox.ack(first, last).await?;
                     crate::metrics::EVENTS_PUBLISHED.add(count as u64);
                 }
                 Some(Sent::Status) => {}
-                None => debug!(pkid = ack.pkid, "PUBACK for no publish of this connection"),
+                None => debug!(pkid, "PUBACK for no publish of this connection"),
+            },
+            LinkEvent::PubAck {
+                pkid,
+                refused: Some(why),
+            } => match self.book.refused(pkid) {
+                Some(Sent::Batch {
+                    first, last, count, ..
+                }) => self.batch_refused(first, last, count, &why),
+                Some(Sent::Status) => {
+                    warn!(reason = %why, topic = %self.status_topic, "HQ's broker refused the status message")
+                }
+                None => {
+                    debug!(pkid, reason = %why, "refusing PUBACK for no publish of this connection")
+                }
             },
             _ => {}
         }
         Ok(())
+    }
+
+    /// The broker did not take rows `first..=last`: they stay in the outbox and go again, from
+    /// the oldest, after a backoff (see the module doc).
+    fn batch_refused(&mut self, first: u64, last: u64, count: usize, why: &Refusal) {
+        crate::metrics::PUBLISHES_REFUSED.inc();
+        crate::status::hq_publish_refused(why);
+        // Only the first refusal of a hold sets the time: the other batches of the same window
+        // refused with it are the same story, not a reason to back off further.
+        let now = tokio::time::Instant::now();
+        let retry_at = *self
+            .retry_at
+            .get_or_insert_with(|| now + self.refusal_backoff.next_delay());
+        let delay = retry_at.saturating_duration_since(now);
+        warn!(
+            first,
+            last,
+            count,
+            reason = %why,
+            retry_in = ?delay,
+            topic = %self.events_topic,
+            "HQ's broker refused a batch; its events stay in the outbox and are sent again"
+        );
     }
 
     fn publish_batch(&mut self, batch: Batch) {
@@ -259,8 +316,8 @@ impl Uplink {
         // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
         // a full channel cannot happen; if it did, the batch is simply fetched again.
         match self
-            .client
-            .try_publish(&self.events_topic, QoS::AtLeastOnce, false, batch.payload)
+            .session
+            .try_publish(&self.events_topic, batch.payload, false, BATCH_CONTENT_TYPE)
         {
             Ok(()) => self
                 .book
@@ -272,8 +329,8 @@ impl Uplink {
     fn publish_status(&mut self, state: &str) {
         let payload = status_payload(state, &self.gateway);
         match self
-            .client
-            .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
+            .session
+            .try_publish(&self.status_topic, payload, true, JSON)
         {
             Ok(()) => self.book.queued_status(),
             Err(e) => warn!(error = %e, "could not queue the status message"),
@@ -293,51 +350,24 @@ fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn mqtt_options(
-    m: &MqttConfig,
-    broker: &BrokerAddr,
-    u: &UplinkConfig,
-    status_topic: &str,
-    gateway: &str,
-) -> Result<MqttOptions, String> {
-    let mut o = connect_options(m, broker, &m.client_id)?;
-    // The outbox is the session: a broker-side session would only replay what we resend anyway.
-    o.set_clean_session(true);
-    o.set_inflight((u.inflight + 2) as u16);
-    // Outgoing: a batch, or one event larger than a batch (a long scanner line). Incoming:
-    // nothing but acknowledgements (the downlink has its own connection).
-    o.set_max_packet_size(64 * 1024, (u.batch_max_bytes * 2).max(4 * 1024 * 1024));
-    o.set_last_will(LastWill::new(
-        status_topic,
-        status_payload("offline", gateway),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    Ok(o)
-}
-
-/// Broker address, keepalive, credentials and TLS: what both of the store's connections (the
-/// uplink's, the downlink's) share. An error says which file could not be read.
-pub fn connect_options(
-    m: &MqttConfig,
-    broker: &BrokerAddr,
-    client_id: &str,
-) -> Result<MqttOptions, String> {
-    let mut o = MqttOptions::new(client_id, &broker.host, broker.port);
-    o.set_keep_alive(m.keepalive);
-    if let Some(user) = &m.username {
-        o.set_credentials(user, m.password.clone().unwrap_or_default());
+/// The uplink's connection: a clean session (the outbox is the session: a broker-side one
+/// would only replay what the book resends anyway), the retained offline status as its will.
+fn session_options(s: &UplinkSettings) -> SessionOptions {
+    let u = &s.batching;
+    SessionOptions {
+        client_id: s.mqtt.client_id.clone(),
+        persistent: false,
+        manual_acks: false,
+        inflight: (u.inflight + 2) as u16,
+        // Incoming: nothing but acknowledgements (the downlink has its own connection).
+        max_incoming: 64 * 1024,
+        // Outgoing: a batch, or one event larger than a batch (a long scanner line).
+        max_outgoing: (u.batch_max_bytes * 2).max(4 * 1024 * 1024),
+        will: Some(Will {
+            topic: s.status_topic.clone(),
+            payload: status_payload("offline", &s.gateway),
+        }),
+        // At most `inflight` batches and a status message are queued at once.
+        requests: u.inflight + 8,
     }
-    if let Some(tls) = &m.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let ca = read(&tls.ca)?;
-        let client_auth = match (&tls.cert, &tls.key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        o.set_transport(rumqttc::Transport::tls(ca, client_auth, None));
-    }
-    Ok(o)
 }

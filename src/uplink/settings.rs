@@ -18,15 +18,39 @@ impl fmt::Display for BrokerAddr {
     }
 }
 
+/// Which MQTT the store speaks (`[mqtt] protocol`). Both sessions use the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1, the default: every broker speaks it (NATS's MQTT listener only this).
+    V311,
+    /// MQTT 5: the broker's reason codes (a refused publish says so), a session expiry for
+    /// the downlink's persistent session, the batch's content type as a property.
+    V5,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::V311 => "MQTT 3.1.1",
+            Protocol::V5 => "MQTT 5",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
+    pub protocol: Protocol,
     /// Never empty: `host` (+ `port`), or a cluster's `brokers`, tried in turn on each failed
-    /// connect or lost connection (`uplink::brokers`).
+    /// connect or lost connection (`mqtt::brokers`).
     pub brokers: Vec<BrokerAddr>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
     pub keepalive: Duration,
+    /// MQTT 5 only: how long the broker keeps the downlink's session (its subscriptions and
+    /// the messages queued for it) after the store disconnects. 3.1.1 has no such field: the
+    /// broker's own setting decides (mosquitto: `persistent_client_expiration`, default never).
+    pub session_expiry: Duration,
     pub tls: Option<TlsConfig>,
 }
 

@@ -24,6 +24,42 @@ pub fn events_topic() -> String {
     format!("phygate/v1/{TENANT}/{STORE}/events")
 }
 
+/// The MQTT version a rig's gateway speaks (`[mqtt] protocol`); HQ's test subscriber stays on
+/// 3.1.1 (mosquitto bridges the two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mqtt {
+    V311,
+    V5,
+}
+
+impl Mqtt {
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Mqtt::V311 => "3.1.1",
+            Mqtt::V5 => "5",
+        }
+    }
+}
+
+/// Runs each named broker test once per MQTT version: `fn name(mqtt: Mqtt)` becomes the tests
+/// `name::mqtt_3_1_1` and `name::mqtt_5`. The gateway's uplink and downlink are the same code
+/// above a thin per-version shell, so the same test body must hold on both.
+#[macro_export]
+macro_rules! on_both_protocols {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn mqtt_3_1_1() {
+                super::$name($crate::common::Mqtt::V311)
+            }
+            #[test]
+            fn mqtt_5() {
+                super::$name($crate::common::Mqtt::V5)
+            }
+        }
+    )*};
+}
+
 /// Everything one test needs, in its own temp dir.
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -34,6 +70,8 @@ pub struct Rig {
     pub status_port: u16,
     /// `[[station]]` / `[[device]]` tables added by `add_devices`.
     devices: std::cell::RefCell<String>,
+    /// `[mqtt] protocol` of the gateway.
+    pub mqtt: Mqtt,
 }
 
 impl Rig {
@@ -44,6 +82,16 @@ impl Rig {
     /// A rig whose mosquitto has `settings` (see [`Mosquitto::start_with`]), e.g. a password
     /// file or a TLS listener.
     pub fn with_broker(settings: &str) -> Rig {
+        Rig::with_broker_on(settings, Mqtt::V311)
+    }
+
+    /// A rig whose gateway speaks `mqtt`.
+    pub fn on(mqtt: Mqtt) -> Rig {
+        Rig::with_broker_on("allow_anonymous true\n", mqtt)
+    }
+
+    /// [`Rig::with_broker`] with the gateway speaking `mqtt`.
+    pub fn with_broker_on(settings: &str, mqtt: Mqtt) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let broker =
             Mosquitto::start_with(&dir.path().join("broker"), settings).expect("mosquitto");
@@ -56,6 +104,7 @@ impl Rig {
             scanner_link,
             status_port: phygate::sim::broker::free_port().unwrap(),
             devices: Default::default(),
+            mqtt,
         };
         rig.write_config("");
         rig
@@ -107,13 +156,15 @@ path = "{}"
 host = "127.0.0.1"
 port = {}
 keepalive = "5s"
+protocol = "{}"
 {extra}
 "#,
             self.scanner_link.display(),
             self.devices.borrow(),
             self.status_port,
             self.db_path().display(),
-            self.broker.port
+            self.broker.port,
+            self.mqtt.config_value()
         );
         std::fs::write(&self.config, text).unwrap();
     }

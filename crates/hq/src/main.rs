@@ -71,6 +71,9 @@ enum Command {
         /// How long the end waits for every outbox to be acknowledged.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway): 3.1.1 or 5.
+        #[arg(long, default_value = "3.1.1")]
+        mqtt: String,
     },
     /// The fleet benchmark: a local mosquitto, K consumers, Braze- and Amplitude-like servers
     /// and fleet-sim; prints published, stored, lost, repeats, latency, CPU and memory.
@@ -100,6 +103,9 @@ enum Command {
         /// How long the end waits for HQ to store and forward everything.
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         settle_timeout: Duration,
+        /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway): 3.1.1 or 5.
+        #[arg(long, default_value = "3.1.1")]
+        mqtt: String,
     },
     /// Every store: its retained online/offline status, last event and losses, as a table.
     Stores {
@@ -194,6 +200,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             dir,
             drain_timeout,
+            mqtt,
         } => {
             let (host, port) = broker
                 .rsplit_once(':')
@@ -207,6 +214,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 broker_port: port,
                 dir,
                 drain_timeout,
+                mqtt,
             })?;
             println!("{}", serde_json::to_string(&report)?);
         }
@@ -221,6 +229,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             throttle,
             dir,
             settle_timeout,
+            mqtt,
         } => {
             let ok = phygate_hq::fleetsim::bench::run(BenchArgs {
                 stores,
@@ -233,6 +242,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 throttle,
                 dir,
                 settle_timeout,
+                mqtt,
             })?;
             if !ok {
                 return Ok(ExitCode::from(3));

@@ -33,6 +33,15 @@ fn a_small_fleet_loses_nothing_and_repeats_only_announced_events_across_a_consum
     run_and_check(&[]);
 }
 
+/// The same fleet with the stores on MQTT 5 (their uplink's v5 shell; HQ's consumers as before).
+#[test]
+fn a_small_fleet_on_mqtt_5_loses_nothing_and_repeats_only_announced_events() {
+    if !have_mosquitto() {
+        return;
+    }
+    run_and_check(&["--mqtt", "5"]);
+}
+
 /// The setup in small: two consumers in one share group, one PostgreSQL journey store
 /// (started by the bench), one of them SIGKILLed mid-run.
 #[test]

@@ -49,6 +49,8 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
     /// How long the end waits for HQ to store and forward everything published.
     pub settle_timeout: Duration,
+    /// The stores' `[mqtt] protocol` ("3.1.1" or "5"); HQ's consumers are unchanged.
+    pub mqtt: String,
 }
 
 /// The run's figures.
@@ -242,6 +244,7 @@ fn start_sim(args: &BenchArgs, dir: &Path, port: u16) -> anyhow::Result<Child> {
         .args(["--rate", &args.rate.to_string()])
         .args(["--duration", &format!("{}ms", args.duration.as_millis())])
         .args(["--broker", &format!("127.0.0.1:{port}")])
+        .args(["--mqtt", &args.mqtt])
         .arg("--dir")
         .arg(dir.join("stores"))
         .env("RUST_LOG", "info")

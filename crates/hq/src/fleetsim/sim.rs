@@ -54,6 +54,8 @@ pub struct SimArgs {
     pub dir: PathBuf,
     /// How long the end waits for every outbox to be acknowledged by the broker.
     pub drain_timeout: Duration,
+    /// Each store's `[mqtt] protocol` ("3.1.1" or "5"), checked by the edge's own validator.
+    pub mqtt: String,
 }
 
 /// What the run did: printed as one JSON line on stdout for `fleet-bench`.
@@ -173,7 +175,7 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
     let store = store_id(i);
     let dir = args.dir.join(&store);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = edge_config(&store, &dir, &args.broker_host, args.broker_port)?;
+    let config = edge_config(&store, &dir, args)?;
     let origin = Origin {
         store: store.clone(),
         gateway: "gw1".into(),
@@ -200,12 +202,14 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
 }
 
 /// The edge config of one simulated store, parsed by the edge's own parser.
-fn edge_config(store: &str, dir: &Path, host: &str, port: u16) -> anyhow::Result<EdgeConfig> {
+fn edge_config(store: &str, dir: &Path, args: &SimArgs) -> anyhow::Result<EdgeConfig> {
     let path = dir.join("phygate.toml");
+    let (host, port, mqtt) = (&args.broker_host, args.broker_port, &args.mqtt);
     let text = format!(
         "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
          [outbox]\npath = \"{}\"\nsynchronous = \"normal\"\n\
-         [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"fleet-{store}\"\nkeepalive = \"30s\"\n",
+         [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"fleet-{store}\"\nkeepalive = \"30s\"\n\
+         protocol = \"{mqtt}\"\n",
         dir.join("outbox.db").display()
     );
     EdgeConfig::parse(&text, &path).map_err(|e| anyhow::anyhow!("{e}"))
