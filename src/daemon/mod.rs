@@ -108,13 +108,17 @@ async fn start(
     let (readings_tx, readings_rx) = mpsc::channel(READING_QUEUE);
     let readings_probe = readings_tx.downgrade();
     let board = Board::new(config.board_devices());
-    let mut link = Link::new(
+    let link = Link::new(
         readings_rx,
         outbox_handle.clone(),
         Journey::new(config.journey_settings()),
         &config.gateway,
     )
     .with_board(board.clone());
+    // The versions HQ's config, keys and members are at: posted by the link and the config
+    // applier, carried by the uplink's status report.
+    let applied = crate::uplink::report::AppliedHandle::default();
+    let mut link = link.with_applied(applied.clone());
     let downlink = link.updates();
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
@@ -141,7 +145,11 @@ async fn start(
         config.uplink_settings(),
         outbox_handle.clone(),
         uplink_stopped,
-    )?;
+    )?
+    .with_report(crate::uplink::report::ReportSources {
+        applied: applied.subscribe(),
+        board: board.clone(),
+    });
     let uplink = tokio::spawn(uplink.run());
     let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
     let (stop_downlink, downlink_stopped) = watch::channel(false);
@@ -152,7 +160,7 @@ async fn start(
         downlink_stopped,
     )?;
     let downlink = tokio::spawn(downlink.run());
-    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone());
+    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone(), applied);
     // Status last: READY=1 means everything above is running.
     let watched = Watched {
         board,

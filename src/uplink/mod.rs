@@ -13,12 +13,14 @@
 
 mod book;
 pub mod brokers;
+pub mod report;
 pub mod settings;
 
 pub use settings::{BrokerAddr, MqttConfig, TlsConfig, UplinkConfig, UplinkSettings};
 
 use book::{Book, Sent};
 use brokers::BrokerTurns;
+use report::{ReportSources, Reporter};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,6 +76,8 @@ pub struct Uplink {
     /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
     /// publish → PUBACK is the latency metric.
     book: Book<Instant>,
+    /// The report the status carries ([`report`]); `None`: a bare status (the fleet simulator).
+    reporter: Option<Reporter>,
 }
 
 impl Uplink {
@@ -101,7 +105,15 @@ impl Uplink {
             gateway: s.gateway,
             brokers,
             book: Book::new(),
+            reporter: None,
         })
+    }
+
+    /// Makes the status carry the gateway's report (applied versions, devices in error,
+    /// backlog), sent again when it changes.
+    pub fn with_report(mut self, sources: ReportSources) -> Self {
+        self.reporter = Some(Reporter::new(sources));
+        self
     }
 
     pub async fn run(mut self) -> Result<(), UplinkError> {
@@ -133,7 +145,7 @@ impl Uplink {
                         self.backoff.connected();
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
-                        self.publish_status("online");
+                        self.publish_status("online", true).await;
                         return Mode::Live;
                     }
                     Ok(_) => {}
@@ -147,6 +159,9 @@ impl Uplink {
     async fn live(&mut self) -> Result<Mode, UplinkError> {
         let mut fetch: Option<FetchFuture> = None;
         let mut caught_up = false;
+        let mut report_check = tokio::time::interval(report::CHECK_EVERY);
+        report_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        report_check.reset();
         loop {
             let wanted = match (&fetch, caught_up) {
                 (None, false) => self.book.next_fetch(self.settings.inflight),
@@ -190,6 +205,13 @@ impl Uplink {
                     }
                     caught_up = false;
                 }
+                // Cancel-safe: a watch change is seen by the next borrow.
+                _ = async { self.reporter.as_mut().expect("guarded").applied_changed().await }, if self.reporter.is_some() => {
+                    self.publish_status("online", true).await;
+                }
+                _ = report_check.tick(), if self.reporter.is_some() => {
+                    self.publish_status("online", false).await;
+                }
                 _ = self.shutdown.changed() => return Ok(Mode::ShuttingDown),
             }
         }
@@ -214,7 +236,7 @@ impl Uplink {
         if crate::metrics::MQTT_CONNECTED.get() == 0 {
             return Ok(());
         }
-        self.publish_status("offline");
+        self.publish_status("offline", true).await;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.book.is_empty() {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
@@ -268,8 +290,25 @@ impl Uplink {
         }
     }
 
-    fn publish_status(&mut self, state: &str) {
-        let payload = status_payload(state, &self.gateway);
+    /// Publishes the retained status with the report; unless `always`, only when the report
+    /// changed enough to be worth a message ([`report`]).
+    async fn publish_status(&mut self, state: &str, always: bool) {
+        let now = SystemTime::now();
+        let report = match self.reporter.as_mut() {
+            None => None,
+            Some(r) => {
+                let (report, due) = r.check(&self.outbox, now).await;
+                if !always && !due {
+                    return;
+                }
+                r.sent(&report, now);
+                Some(report)
+            }
+        };
+        if report.is_none() && !always {
+            return;
+        }
+        let payload = status_payload(state, &self.gateway, report);
         match self
             .client
             .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
@@ -280,16 +319,20 @@ impl Uplink {
     }
 }
 
-/// `{"state":…,"gateway":…,"version":…,"since":…}` (docs/architecture.md §3).
-fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
-    serde_json::json!({
-        "state": state,
-        "gateway": gateway,
-        "version": env!("CARGO_PKG_VERSION"),
-        "since": crate::event::format_time(SystemTime::now()),
-    })
-    .to_string()
-    .into_bytes()
+/// `{"state":…,"gateway":…,"version":…,"since":…,"report":…}` (docs/events.md "Status").
+fn status_payload(
+    state: &str,
+    gateway: &str,
+    report: Option<phygate_proto::status::Report>,
+) -> Vec<u8> {
+    let status = phygate_proto::status::Status {
+        state: state.to_owned(),
+        gateway: gateway.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        since: crate::event::format_time(SystemTime::now()),
+        report,
+    };
+    serde_json::to_vec(&status).expect("a status serialises")
 }
 
 fn mqtt_options(
@@ -308,7 +351,7 @@ fn mqtt_options(
     o.set_max_packet_size(64 * 1024, (u.batch_max_bytes * 2).max(4 * 1024 * 1024));
     o.set_last_will(LastWill::new(
         status_topic,
-        status_payload("offline", gateway),
+        status_payload("offline", gateway, None),
         QoS::AtLeastOnce,
         true,
     ));
