@@ -105,9 +105,9 @@ mod tests {
         let text = render(Some(&rows));
         assert!(text.contains("phygate_hq_store_online{tenant=\"acme\",store=\"s1\"} 1"));
         assert!(text.contains("phygate_hq_store_online{tenant=\"acme\",store=\"s2\"} 0"));
-        assert!(text.contains(
-            "phygate_hq_store_backlog_age_seconds{tenant=\"acme\",store=\"s1\"} 42"
-        ));
+        assert!(
+            text.contains("phygate_hq_store_backlog_age_seconds{tenant=\"acme\",store=\"s1\"} 42")
+        );
         assert!(
             !text.contains("backlog_age_seconds{tenant=\"acme\",store=\"s2\"}"),
             "no report, no backlog figure"
