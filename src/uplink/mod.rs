@@ -295,25 +295,26 @@ impl Uplink {
     async fn publish_status(&mut self, state: &str, always: bool) {
         let now = SystemTime::now();
         let report = match self.reporter.as_mut() {
-            None => None,
-            Some(r) => {
-                let (report, due) = r.check(&self.outbox, now).await;
-                if !always && !due {
-                    return;
-                }
-                r.sent(&report, now);
-                Some(report)
-            }
+            None if always => None,
+            None => return,
+            Some(r) => match r.check(&self.outbox, now).await {
+                (_, false) if !always => return,
+                (report, _) => Some(report),
+            },
         };
-        if report.is_none() && !always {
-            return;
-        }
-        let payload = status_payload(state, &self.gateway, report);
+        let payload = status_payload(state, &self.gateway, report.clone());
         match self
             .client
             .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
         {
-            Ok(()) => self.book.queued_status(),
+            Ok(()) => {
+                self.book.queued_status();
+                // Only a queued report counts as sent: one that could not be queued is due
+                // again at the next check.
+                if let (Some(r), Some(report)) = (self.reporter.as_mut(), &report) {
+                    r.sent(report, now);
+                }
+            }
             Err(e) => warn!(error = %e, "could not queue the status message"),
         }
     }
