@@ -112,7 +112,7 @@ async fn start(
     let board = Board::new(config.board_devices());
     // The gates' controls first: the link is built whole, with the gates it may open.
     let devices = sources::Devices::new(&config.devices);
-    let mut link = Link::new(
+    let link = Link::new(
         readings_rx,
         outbox_handle.clone(),
         Journey::new(config.journey_settings()),
@@ -120,6 +120,10 @@ async fn start(
         devices.gates(),
     )
     .with_board(board.clone());
+    // The versions HQ's config, keys and members are at: posted by the link and the config
+    // applier, carried by the uplink's status report.
+    let applied = crate::uplink::report::AppliedHandle::default();
+    let mut link = link.with_applied(applied.clone());
     let downlink = link.updates();
 
     // One shutdown signal for the stages fed from outside; the HQ side's is the link's end
@@ -130,7 +134,12 @@ async fn start(
     let link_ended = Shutdown::new();
     let link_ending = link_ended.stop_on_drop();
 
-    let (uplink, downlink, hq_configs) = hq_side(&config, &outbox_handle, downlink, &link_ended)?;
+    let report = crate::uplink::report::ReportSources {
+        applied: applied.subscribe(),
+        board: board.clone(),
+    };
+    let (uplink, downlink, hq_configs) =
+        hq_side(&config, &outbox_handle, downlink, report, &link_ended)?;
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
     let ingest = match config.ingest_settings() {
@@ -144,7 +153,14 @@ async fn start(
     // Sources, each on its own supervised thread.
     let gates = devices.gates();
     let sources = devices.spawn(&readings_tx, &outbox_handle, &shutdown)?;
-    drop(readings_tx);
+    // The link also applies HQ's keys, members and commands, so it must run until the shutdown
+    // even in a gateway with no device and no ingest: one sender is held until the signal.
+    let held = readings_tx;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal.stopped().await;
+        drop(held);
+    });
     ready(Controls { gates });
 
     // Link → outbox → uplink; HQ → downlink → link and reloader.
@@ -154,7 +170,7 @@ async fn start(
     });
     let uplink = tokio::spawn(uplink.run());
     let downlink = tokio::spawn(downlink.run());
-    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone());
+    let reloader = reload::spawner(&config, source, hq_configs, outbox_handle.clone(), applied);
     // Status last: READY=1 means everything above is running.
     let watched = Watched {
         board,
@@ -187,9 +203,11 @@ fn hq_side(
     config: &Config,
     outbox: &OutboxHandle,
     updates: mpsc::Sender<Delivery>,
+    report: crate::uplink::report::ReportSources,
     link_ended: &Shutdown,
 ) -> anyhow::Result<(Uplink, Downlink, mpsc::Receiver<Delivery<String>>)> {
-    let uplink = Uplink::new(config.uplink_settings(), outbox.clone(), link_ended.clone())?;
+    let uplink = Uplink::new(config.uplink_settings(), outbox.clone(), link_ended.clone())?
+        .with_report(report);
     let (hq_config, hq_configs) = mpsc::channel(HQ_CONFIG_QUEUE);
     let downlink = Downlink::new(
         config.downlink_settings(),

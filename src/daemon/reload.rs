@@ -71,6 +71,8 @@ pub struct Sources {
     /// Where HQ's config is kept: next to the local file's outbox (`hqconfig::Effective`), so a
     /// config that moves `[outbox] path` is found again at the next start.
     pub stored: PathBuf,
+    /// Where the version of HQ's config in force is posted (the status report).
+    pub applied: crate::uplink::report::AppliedHandle,
 }
 
 /// What the status side is handed to start the reloader with (`status::Ops::start`): HQ's
@@ -80,8 +82,10 @@ pub(super) fn spawner(
     source: super::ConfigSource,
     hq: mpsc::Receiver<Delivery<String>>,
     outbox: OutboxHandle,
+    applied: crate::uplink::report::AppliedHandle,
 ) -> impl FnOnce(Live) -> JoinHandle<()> {
     let sources = Sources {
+        applied,
         stored: (source.stored).unwrap_or_else(|| hqconfig::stored_path(&config.outbox.path)),
         local: source.local,
         text: source.text,
@@ -108,6 +112,7 @@ pub struct Reloader {
     hq: Option<mpsc::Receiver<Delivery<String>>>,
     /// Where HQ's configs are reported.
     outbox: OutboxHandle,
+    applied: crate::uplink::report::AppliedHandle,
 }
 
 impl Reloader {
@@ -121,6 +126,12 @@ impl Reloader {
         outbox: OutboxHandle,
     ) -> Self {
         let running = toml::from_str(&sources.text).unwrap_or_default();
+        // HQ's config is in force when the text at start is the stored one.
+        let from_hq = std::fs::read_to_string(&sources.stored)
+            .is_ok_and(|stored| !sources.text.is_empty() && stored == sources.text);
+        sources
+            .applied
+            .set_config(from_hq.then(|| hqconfig::version(&sources.text)));
         let hup = sources.local.as_ref().and_then(|_| {
             signal(SignalKind::hangup())
                 .inspect_err(
@@ -138,6 +149,7 @@ impl Reloader {
             hup,
             hq: sources.hq,
             outbox,
+            applied: sources.applied,
         }
     }
 
@@ -224,6 +236,7 @@ impl Reloader {
                 }
                 info!(version, file = %self.stored.display(), "config from HQ stored; it is the config in force from now on");
                 let plan = self.apply(&config, table);
+                self.applied.set_config(Some(version.clone()));
                 crate::metrics::DOWNLINK_APPLIED.inc();
                 EventData::ConfigApplied(ConfigApplied {
                     version,

@@ -29,12 +29,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::downlink::{Action, Command, Delivery, Receipt, Update};
+use crate::downlink::{Action, Command, Delivery, MemberScope, Receipt, Update};
 use crate::event::{CommandResult, Event, EventData, QrScanned};
 use crate::outbox::{OutboxError, OutboxHandle};
 use crate::sources::gate::GateRegistry;
 use crate::sources::Reading;
 use journey::{Journey, Linked};
+use jwks::KeySet;
 
 /// Readings waiting in a [`LinkHandle`]'s queue; when full, callers wait (HTTP requests queue).
 const HANDLE_QUEUE: usize = 64;
@@ -65,6 +66,8 @@ pub struct Link {
     /// When remembered command ids were last pruned.
     commands_pruned: Instant,
     board: crate::status::Board,
+    /// Where the key set and member versions in force are posted for HQ (the status report).
+    applied: crate::uplink::report::AppliedHandle,
 }
 
 /// A reading whose caller wants its event back (and stores it itself).
@@ -118,12 +121,19 @@ impl Link {
             commands_seen: HashSet::new(),
             commands_pruned: Instant::now(),
             board: Default::default(),
+            applied: Default::default(),
         }
     }
 
     /// Posts every reading's device state and time on `board` (the status page).
     pub fn with_board(mut self, board: crate::status::Board) -> Self {
         self.board = board;
+        self
+    }
+
+    /// Posts the key set and member versions in force on `applied` (the status report to HQ).
+    pub fn with_applied(mut self, applied: crate::uplink::report::AppliedHandle) -> Self {
+        self.applied = applied;
         self
     }
 
@@ -221,8 +231,25 @@ impl Link {
         }
         self.prune_commands().await?;
         debug!(entries = entries.len(), "identity state restored");
+        let hq_keys = entries
+            .iter()
+            .find(|(k, _)| k == journey::KEYS_JWKS)
+            .and_then(|(_, v)| KeySet::from_jwks_json(&String::from_utf8_lossy(v)).ok());
         self.journey.restore(entries);
+        if let Some(keys) = hq_keys {
+            self.post_keys(&keys);
+        }
+        for scope in [MemberScope::Store, MemberScope::Fleet] {
+            self.applied
+                .set_members(scope, self.journey.members_version(scope));
+        }
         Ok(())
+    }
+
+    /// The key set from HQ in force, as the gateway keeps it, for the status report.
+    fn post_keys(&self, keys: &KeySet) {
+        let kids = keys.kids().map(str::to_owned).collect();
+        self.applied.set_keys(&keys.to_jwks_json(), kids);
     }
 
     /// Forgets the command ids whose memory ended: without it their keys stayed forever.
@@ -307,12 +334,14 @@ impl Link {
             Update::Keys(keys) => {
                 let kids: Vec<String> = keys.kids().map(str::to_owned).collect();
                 let jwks = keys.to_jwks_json();
+                let reported = keys.clone();
                 self.journey.set_downlink_keys(keys);
                 let r = self
                     .outbox
                     .put_states_durable(vec![(journey::KEYS_JWKS.into(), Some(jwks.into_bytes()))])
                     .await;
                 if r.is_ok() {
+                    self.post_keys(&reported);
                     crate::metrics::DOWNLINK_APPLIED.inc();
                     info!(?kids, "token keys from HQ applied");
                 }
@@ -326,6 +355,7 @@ impl Link {
                     let r = self.outbox.put_states_durable(writes).await;
                     if r.is_ok() {
                         self.journey.commit_members(&m);
+                        self.applied.set_members(m.scope, m.version);
                         crate::metrics::DOWNLINK_APPLIED.inc();
                         info!(
                             scope = m.scope.as_str(),

@@ -19,11 +19,13 @@
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
 mod book;
+pub mod report;
 pub mod settings;
 
 pub use settings::{BrokerAddr, MqttConfig, Protocol, TlsConfig, UplinkConfig, UplinkSettings};
 
 use book::{Book, Sent};
+use report::{ReportSources, Reporter};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,6 +82,8 @@ pub struct Uplink {
     /// What is in flight, and which PUBACK settles it. A batch's tag is when it was queued:
     /// publish → PUBACK is the latency metric.
     book: Book<Instant>,
+    /// The report the status carries ([`report`]); `None`: a bare status (the fleet simulator).
+    reporter: Option<Reporter>,
 }
 
 impl Uplink {
@@ -103,7 +107,15 @@ impl Uplink {
             status_topic: s.status_topic,
             gateway: s.gateway,
             book: Book::new(),
+            reporter: None,
         })
+    }
+
+    /// Makes the status carry the gateway's report (applied versions, devices in error,
+    /// backlog), sent again when it changes.
+    pub fn with_report(mut self, sources: ReportSources) -> Self {
+        self.reporter = Some(Reporter::new(sources));
+        self
     }
 
     pub async fn run(mut self) -> Result<(), UplinkError> {
@@ -136,7 +148,7 @@ impl Uplink {
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
                         self.retry_at = None;
-                        self.publish_status("online");
+                        self.publish_status("online", true).await;
                         return Mode::Live;
                     }
                     Ok(_) => {}
@@ -150,6 +162,9 @@ impl Uplink {
     async fn live(&mut self) -> Result<Mode, UplinkError> {
         let mut fetch: Option<FetchFuture> = None;
         let mut caught_up = false;
+        let mut report_check = tokio::time::interval(report::CHECK_EVERY);
+        report_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        report_check.reset();
         loop {
             // A refused batch's backoff has passed: start again from its rows once the
             // batches sent after it are settled (the next PUBACK brings us back here).
@@ -206,6 +221,13 @@ impl Uplink {
                     }
                     caught_up = false;
                 }
+                // Cancel-safe: a watch change is seen by the next borrow.
+                _ = async { self.reporter.as_mut().expect("guarded").applied_changed().await }, if self.reporter.is_some() => {
+                    self.publish_status("online", true).await;
+                }
+                _ = report_check.tick(), if self.reporter.is_some() => {
+                    self.publish_status("online", false).await;
+                }
                 _ = self.shutdown.stopped() => return Ok(Mode::ShuttingDown),
             }
         }
@@ -230,7 +252,7 @@ impl Uplink {
         if crate::metrics::MQTT_CONNECTED.get() == 0 {
             return Ok(());
         }
-        self.publish_status("offline");
+        self.publish_status("offline", true).await;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.book.is_empty() {
             match tokio::time::timeout_at(deadline, self.session.poll()).await {
@@ -326,28 +348,50 @@ impl Uplink {
         }
     }
 
-    fn publish_status(&mut self, state: &str) {
-        let payload = status_payload(state, &self.gateway);
+    /// Publishes the retained status with the report; unless `always`, only when the report
+    /// changed enough to be worth a message ([`report`]).
+    async fn publish_status(&mut self, state: &str, always: bool) {
+        let now = SystemTime::now();
+        let report = match self.reporter.as_mut() {
+            None if always => None,
+            None => return,
+            Some(r) => match r.check(&self.outbox, now).await {
+                (_, false) if !always => return,
+                (report, _) => Some(report),
+            },
+        };
+        let payload = status_payload(state, &self.gateway, report.clone());
         match self
             .session
             .try_publish(&self.status_topic, payload, true, JSON)
         {
-            Ok(()) => self.book.queued_status(),
+            Ok(()) => {
+                self.book.queued_status();
+                // Only a queued report counts as sent: one that could not be queued is due
+                // again at the next check.
+                if let (Some(r), Some(report)) = (self.reporter.as_mut(), &report) {
+                    r.sent(report, now);
+                }
+            }
             Err(e) => warn!(error = %e, "could not queue the status message"),
         }
     }
 }
 
-/// `{"state":…,"gateway":…,"version":…,"since":…}` (docs/architecture.md §3).
-fn status_payload(state: &str, gateway: &str) -> Vec<u8> {
-    serde_json::json!({
-        "state": state,
-        "gateway": gateway,
-        "version": env!("CARGO_PKG_VERSION"),
-        "since": crate::event::format_time(SystemTime::now()),
-    })
-    .to_string()
-    .into_bytes()
+/// `{"state":…,"gateway":…,"version":…,"since":…,"report":…}` (docs/events.md "Status").
+fn status_payload(
+    state: &str,
+    gateway: &str,
+    report: Option<phygate_proto::status::Report>,
+) -> Vec<u8> {
+    let status = phygate_proto::status::Status {
+        state: state.to_owned(),
+        gateway: gateway.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        since: crate::event::format_time(SystemTime::now()),
+        report,
+    };
+    serde_json::to_vec(&status).expect("a status serialises")
 }
 
 /// The uplink's connection: a clean session (the outbox is the session: a broker-side one
@@ -365,7 +409,7 @@ fn session_options(s: &UplinkSettings) -> SessionOptions {
         max_outgoing: (u.batch_max_bytes * 2).max(4 * 1024 * 1024),
         will: Some(Will {
             topic: s.status_topic.clone(),
-            payload: status_payload("offline", &s.gateway),
+            payload: status_payload("offline", &s.gateway, None),
         }),
         // At most `inflight` batches and a status message are queued at once.
         requests: u.inflight + 8,

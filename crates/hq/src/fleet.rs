@@ -1,6 +1,8 @@
 //! The fleet at a glance: every store with its gateway's retained `online`/`offline` status
-//! (and software version), read from the broker, beside what the journey store knows of it:
-//! its last event, its highest seq and its losses (the seq accounting of [`crate::seq`]).
+//! (its software version, and its report: backlog, devices in error, config, key set and member
+//! versions in force, [`phygate_proto::status`]), read from the broker, beside what the journey
+//! store knows of it: its last event, its highest seq and its losses (the seq accounting of
+//! [`crate::seq`]).
 //! Shown by `phygate-hq stores` as a table, and as `/stores`, a small HTML page with no external
 //! assets, on the status listener.
 //!
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
+
+use phygate_proto::status::{Report, Status};
 
 use crate::control::mqtt::Link;
 use crate::seq::GatewaySeq;
@@ -72,6 +76,11 @@ pub struct StoreRow {
     /// The last config from HQ the store answered about: its version and `applied` or
     /// `rejected` (from its `store.config.applied` / `store.config.rejected` events).
     pub config: Option<String>,
+    /// The status's report, as the store last sent it; `None`: no report (its Last Will, or a
+    /// gateway without reports).
+    pub report: Option<Report>,
+    /// Seconds since the oldest event of the reported backlog was made, at this view.
+    pub backlog_age_s: Option<u64>,
 }
 
 /// The fleet view: the broker's statuses joined with the journey store's accounting.
@@ -92,12 +101,21 @@ pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
         let Some((tenant, store)) = status_topic(&p.topic) else {
             continue;
         };
-        let body: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-        let field = |k: &str| body[k].as_str().map(str::to_owned);
         let row = row(&mut rows, tenant, store);
-        row.status = field("state").or_else(|| Some("?".into()));
-        row.since = field("since");
-        row.version = field("version");
+        match serde_json::from_slice::<Status>(&p.payload) {
+            Ok(s) => {
+                row.backlog_age_s = s
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.backlog.as_ref())
+                    .and_then(|b| age_s(&b.oldest));
+                row.status = Some(s.state);
+                row.since = Some(s.since);
+                row.version = Some(s.version);
+                row.report = s.report;
+            }
+            Err(_) => row.status = Some("?".into()),
+        }
     }
     if let Some(path) = source.store_path.clone().filter(|p| p.exists()) {
         let stored = tokio::task::spawn_blocking(move || from_journey_store(&path)).await??;
@@ -127,6 +145,15 @@ fn row<'a>(
             store: store.to_owned(),
             ..StoreRow::default()
         })
+}
+
+/// Seconds from an RFC 3339 time to now.
+fn age_s(time: &str) -> Option<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+    let ms = chrono::Utc::now()
+        .signed_duration_since(t)
+        .num_milliseconds();
+    Some(u64::try_from(ms).unwrap_or(0) / 1000)
 }
 
 /// `(tenant, store)` of a status topic.
@@ -207,8 +234,15 @@ pub fn table(rows: &[StoreRow]) -> String {
         "LOST",
         "PENDING",
         "CONFIG",
+        "BACKLOG",
+        "DEVICES IN ERROR",
+        "KEYS",
+        "MEMBERS",
     ];
-    let cells: Vec<[String; 10]> = rows.iter().map(cells).collect();
+    let cells: Vec<[String; COLUMNS]> = rows
+        .iter()
+        .map(|r| cells(r).map(|(text, _)| text))
+        .collect();
     let mut widths = head.map(str::len);
     for c in &cells {
         for (w, cell) in widths.iter_mut().zip(c) {
@@ -230,20 +264,76 @@ pub fn table(rows: &[StoreRow]) -> String {
     out
 }
 
-fn cells(r: &StoreRow) -> [String; 10] {
+const COLUMNS: usize = 14;
+
+/// Each column's text, and for the page the number it sorts by when the text is not one.
+fn cells(r: &StoreRow) -> [(String, Option<u64>); COLUMNS] {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let text = |s: String| (s, None);
+    let report = r.report.as_ref();
+    let backlog = match (report, r.backlog_age_s) {
+        (None, _) => text("-".into()),
+        (Some(rep), Some(age)) => (
+            format!(
+                "{age} s ({} events)",
+                rep.backlog.as_ref().map_or(0, |b| b.events)
+            ),
+            Some(age),
+        ),
+        (Some(_), None) => ("none".into(), Some(0)),
+    };
+    let devices = match report {
+        None => text("-".into()),
+        Some(rep) if rep.devices_in_error.is_empty() => ("none".into(), Some(0)),
+        Some(rep) => (
+            rep.devices_in_error
+                .iter()
+                .map(|d| format!("{} {}: {}", d.device, d.state, d.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Some(rep.devices_in_error.len() as u64),
+        ),
+    };
+    let keys = match report.map(|rep| &rep.keys) {
+        None => "-".into(),
+        Some(None) => "none from HQ".into(),
+        Some(Some(k)) => format!("{} {}", k.kids.join(","), k.version),
+    };
+    let members = report.map_or("-".into(), |rep| {
+        format!("store {}, all {}", rep.members.store, rep.members.all)
+    });
     [
-        r.tenant.clone(),
-        r.store.clone(),
-        r.status.clone().unwrap_or_else(|| "unknown".into()),
-        dash(&r.since),
-        dash(&r.version),
-        dash(&r.last_event),
-        r.last_seq.map_or("-".into(), |s| s.to_string()),
-        r.lost.to_string(),
-        r.pending.to_string(),
-        dash(&r.config),
+        text(r.tenant.clone()),
+        text(r.store.clone()),
+        text(r.status.clone().unwrap_or_else(|| "unknown".into())),
+        text(dash(&r.since)),
+        text(dash(&r.version)),
+        text(dash(&r.last_event)),
+        text(r.last_seq.map_or("-".into(), |s| s.to_string())),
+        text(r.lost.to_string()),
+        text(r.pending.to_string()),
+        text(config_cell(r)),
+        backlog,
+        devices,
+        text(keys),
+        text(members),
     ]
+}
+
+/// The config in force as the report says (`local`: the store's own file), and the last
+/// answer from the events when it was a rejection; without a report, the last answer alone.
+fn config_cell(r: &StoreRow) -> String {
+    let answer = r.config.as_deref();
+    match r.report.as_ref().map(|rep| rep.config.as_deref()) {
+        None => answer.unwrap_or("-").to_owned(),
+        Some(in_force) => {
+            let in_force = in_force.unwrap_or("local");
+            match answer {
+                Some(a) if a.ends_with("rejected") => format!("{in_force} (last answer: {a})"),
+                _ => in_force.to_owned(),
+            }
+        }
+    }
 }
 
 /// The view as a self-contained HTML page: inline style, and a few lines of inline script
@@ -258,9 +348,22 @@ pub fn html(rows: &[StoreRow]) -> String {
             (Some("online"), _) => "online",
             _ => "offline",
         };
+        let mut class = class.to_owned();
+        if r.report
+            .as_ref()
+            .is_some_and(|rep| !rep.devices_in_error.is_empty())
+        {
+            class.push_str(" deverr");
+        }
+        if r.backlog_age_s.is_some() {
+            class.push_str(" backlog");
+        }
         body.push_str(&format!("<tr class=\"{class}\">"));
-        for cell in c {
-            body.push_str(&format!("<td>{}</td>", escape(&cell)));
+        for (cell, sort) in c {
+            match sort {
+                Some(n) => body.push_str(&format!("<td data-sort=\"{n}\">{}</td>", escape(&cell))),
+                None => body.push_str(&format!("<td>{}</td>", escape(&cell))),
+            }
         }
         body.push_str("</tr>\n");
     }
@@ -275,16 +378,17 @@ th {{ cursor: pointer; background: #f4f4f4; }}
 tr.offline td:nth-child(3) {{ color: #b00; font-weight: bold; }}
 tr.online td:nth-child(3) {{ color: #070; }}
 tr.loss td:nth-child(8) {{ color: #fff; background: #b00; }}
+tr.backlog td:nth-child(11), tr.deverr td:nth-child(12) {{ color: #fff; background: #c60; }}
 </style></head><body>
-<h1>Fleet: {n} stores, {online} online, {lossy} with losses</h1>
-<table id="fleet"><thead><tr><th>tenant</th><th>store</th><th>status</th><th>since</th><th>version</th><th>last event</th><th>last seq</th><th>lost</th><th>pending</th><th>config</th></tr></thead>
+<h1>Fleet: {n} stores, {online} online, {lossy} with losses, {deverr} with devices in error, {backlogged} with a backlog</h1>
+<table id="fleet"><thead><tr><th>tenant</th><th>store</th><th>status</th><th>since</th><th>version</th><th>last event</th><th>last seq</th><th>lost</th><th>pending</th><th>config</th><th>backlog</th><th>devices in error</th><th>keys</th><th>members</th></tr></thead>
 <tbody>
 {body}</tbody></table>
 <script>
 document.querySelectorAll('#fleet th').forEach((th, i) => th.onclick = () => {{
   const tb = document.querySelector('#fleet tbody');
   const asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
-  const key = tr => {{ const t = tr.children[i].textContent; const n = Number(t); return isNaN(n) ? t : n; }};
+  const key = tr => {{ const c = tr.children[i]; const t = c.dataset.sort ?? c.textContent; const n = Number(t); return isNaN(n) ? t : n; }};
   [...tb.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1))
     .forEach(tr => tb.appendChild(tr));
 }});
@@ -300,6 +404,14 @@ if (m) document.querySelectorAll('#fleet th')[Number(m[1])]?.click();
             .filter(|r| r.status.as_deref() == Some("online"))
             .count(),
         lossy = rows.iter().filter(|r| r.lost > 0).count(),
+        deverr = rows
+            .iter()
+            .filter(|r| r
+                .report
+                .as_ref()
+                .is_some_and(|rep| !rep.devices_in_error.is_empty()))
+            .count(),
+        backlogged = rows.iter().filter(|r| r.backlog_age_s.is_some()).count(),
     )
 }
 
@@ -340,7 +452,7 @@ mod tests {
             h.contains("&lt;lyon&gt;") && !h.contains("<lyon>"),
             "escaped"
         );
-        assert!(h.contains("2 stores, 1 online, 1 with losses"));
+        assert!(h.contains("2 stores, 1 online, 1 with losses, 0 with devices in error"));
         assert!(
             !h.contains("http://") && !h.contains("https://"),
             "no external assets"

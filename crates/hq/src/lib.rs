@@ -33,6 +33,7 @@ pub mod consumer;
 pub mod control;
 pub mod demo;
 pub mod fleet;
+pub mod fleet_metrics;
 pub mod fleetsim;
 pub mod ingest;
 pub mod input;

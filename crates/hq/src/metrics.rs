@@ -225,7 +225,7 @@ pub fn render(s: &Stats) -> String {
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -19,12 +19,15 @@ pub async fn serve(
     fleet: crate::fleet::Source,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let metrics_fleet = fleet.clone();
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let text = render(&stats.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let mut text = render(&stats.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let fleet = metrics_fleet.clone();
                 async move {
+                    text.push_str(&fleet_series(&fleet).await);
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
                 }
             }),
@@ -44,6 +47,25 @@ pub async fn serve(
             let _ = shutdown.changed().await;
         })
         .await
+}
+
+/// Each store's series from the broker's retained statuses (not the journey store: a scrape
+/// stays light); none without an MQTT broker to read.
+async fn fleet_series(fleet: &crate::fleet::Source) -> String {
+    if fleet.broker.is_none() {
+        return String::new();
+    }
+    let statuses_only = crate::fleet::Source {
+        broker: fleet.broker.clone(),
+        store_path: None,
+    };
+    match crate::fleet::view(&statuses_only).await {
+        Ok(rows) => crate::fleet_metrics::render(Some(&rows)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the fleet's statuses could not be read for /metrics");
+            crate::fleet_metrics::render(None)
+        }
+    }
 }
 
 /// The fleet page; a broker or journey store that cannot be read is a 503 that says why.

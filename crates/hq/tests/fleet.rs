@@ -8,7 +8,12 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{broker, scan, wait_for, Edge, Hq};
-use phygate::event::{ConfigApplied, Event, EventData};
+use phygate::downlink::MemberScope;
+use phygate::event::{ConfigApplied, DeviceState, Event, EventData};
+use phygate::sources::{DeviceStatus, Observation, Reading};
+use phygate::status::settings::BoardDevice;
+use phygate::status::Board;
+use phygate::uplink::report::{AppliedHandle, ReportSources};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -51,7 +56,29 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
         .await;
     clean.append(scan(10)).await;
     lossy.delete_behind_its_back(&[3]);
-    lossy.start_uplink();
+    // s1 reports: the fleet's member map at version 7, its scanner unplugged.
+    let applied = AppliedHandle::default();
+    applied.set_members(MemberScope::Fleet, 7);
+    let board = Board::new(vec![BoardDevice {
+        id: "scanner-1".into(),
+        kind: "scanner",
+        station: "entrance".into(),
+    }]);
+    board.observe(&Reading {
+        device: "scanner-1".into(),
+        station: "entrance".into(),
+        at: SystemTime::now(),
+        observation: Observation::Status(DeviceStatus {
+            kind: "scanner",
+            state: DeviceState::Down,
+            reason: "port lost: unplugged".into(),
+            count: None,
+        }),
+    });
+    lossy.start_uplink_with(Some(ReportSources {
+        applied: applied.subscribe(),
+        board,
+    }));
     clean.start_uplink();
     wait_for(WAIT, "s1 loss reported", || {
         hq.query(&["losses"])
@@ -75,6 +102,16 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
         (Some("online"), Some(1))
     );
     assert_eq!(s1["last_seq"], 5);
+    let report = &s1["report"];
+    assert_eq!(report["members"]["all"], 7, "{s1}");
+    assert_eq!(report["devices_in_error"][0]["device"], "scanner-1", "{s1}");
+    assert_eq!(report["devices_in_error"][0]["state"], "unplugged", "{s1}");
+    assert_eq!(
+        report["config"],
+        serde_json::Value::Null,
+        "the local file in force"
+    );
+    assert_eq!(s1["backlog_age_s"], serde_json::Value::Null, "no backlog");
     assert!(
         s1["last_event"]
             .as_str()
@@ -112,12 +149,19 @@ async fn stores_shows_each_stores_status_last_event_and_losses() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("2 stores, 1 online, 1 with losses"), "{page}");
     assert!(page.contains("<td>s1</td>"), "{page}");
+    assert!(
+        page.contains("scanner-1 unplugged: port lost: unplugged")
+            && page.contains("store 0, all 7"),
+        "{page}"
+    );
+    assert!(page.contains("1 with devices in error"), "{page}");
     in_headless_chromium(&dir.path().join("chromium"), hq.status_port);
     lossy.stop_uplink().await;
 }
 
 /// The page in a real browser: its script runs (`#sort=7` sorts by losses, s2's 0 before
-/// s1's 1, the reverse of the server's order), and a screenshot for the eye
+/// s1's 1, the reverse of the server's order), and a screenshot for the eye, with s1's report
+/// (its unplugged scanner, its member versions)
 /// (`target/fleet-page.png`).
 fn in_headless_chromium(profile: &std::path::Path, port: u16) {
     let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -144,7 +188,7 @@ fn in_headless_chromium(profile: &std::path::Path, port: u16) {
                 "--disable-sync",
                 "--no-first-run",
                 "--hide-scrollbars",
-                "--window-size=1100,260",
+                "--window-size=2300,300",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)

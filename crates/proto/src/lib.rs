@@ -6,7 +6,10 @@
 //! - [`topic`]: the MQTT topic names, both directions, and HQ's shared subscription.
 //! - [`downlink`]: the HQ → store message bodies (members, commands) and their size caps
 //!   (docs/downlink.md). The gateway's own checks on them stay in its `downlink` module.
+//! - [`status`]: the gateway's retained status and its report to HQ (applied versions,
+//!   devices in error, backlog).
 
 pub mod downlink;
 pub mod envelope;
+pub mod status;
 pub mod topic;

@@ -97,6 +97,7 @@ pub async fn push(
     link.subscribe(&phygate_proto::topic::events(&target.tenant, "+"))
         .await?;
     let mut waiting: BTreeMap<String, String> = BTreeMap::new();
+    let start = tokio::time::Instant::now();
     for (store, text) in texts {
         let version = hqconfig::version(&text);
         let topic = phygate_proto::topic::config(&target.tenant, &store);
@@ -107,6 +108,20 @@ pub async fn push(
     let answers = await_answers(&mut link, &waiting, wait).await?;
     link.close().await;
     let mut all_applied = true;
+    let applied = answers
+        .values()
+        .filter(|a| matches!(a, Outcome::Applied(_)))
+        .count();
+    let same = waiting.values().collect::<std::collections::BTreeSet<_>>();
+    let which = match same.len() {
+        1 => format!("config {}", same.first().expect("one")),
+        _ => "their config (each with its own `store` line)".to_owned(),
+    };
+    println!(
+        "{applied} of {} stores applied {which} (waited {:.1} s)",
+        waiting.len(),
+        start.elapsed().as_secs_f64()
+    );
     for (store, version) in &waiting {
         match answers.get(store) {
             Some(Outcome::Applied(detail)) => println!("{store}: applied {version} ({detail})"),

@@ -6,15 +6,18 @@
 //! The state file (`keys-{tenant}.json`) keeps each published kid, its public key and when it
 //! was published: the JWKS is rebuilt from it, never read back from the broker.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use phygate::link::jwks::{generate_key, jwks_json, signing_key_to_base64url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::applied::{self, KeysAt, Targets};
 use super::mqtt::Link;
 use super::{state, Target};
 
@@ -44,7 +47,12 @@ fn state_path(target: &Target) -> PathBuf {
 /// Adds `kid` (a fresh key; its private half goes to `key_out`, mode 0600) and publishes the
 /// JWKS of every kid still in force. Run again with the same kid, it publishes the same JWKS
 /// again and makes no new key.
-pub async fn rotate(target: &Target, kid: &str, key_out: Option<&Path>) -> anyhow::Result<()> {
+pub async fn rotate(
+    target: &Target,
+    kid: &str,
+    key_out: Option<&Path>,
+    wait: Option<Duration>,
+) -> anyhow::Result<bool> {
     if kid.is_empty()
         || kid.len() > 64
         || !kid
@@ -79,26 +87,26 @@ pub async fn rotate(target: &Target, kid: &str, key_out: Option<&Path>) -> anyho
         });
         state::save(&path, &keys)?;
     }
-    publish(target, &keys).await?;
+    let sent = publish(target, &keys, wait).await?;
     let now = state::now_s();
     for k in keys.kids.iter_mut().filter(|k| k.published_at == 0) {
         k.published_at = now;
     }
     state::save(&path, &keys)?;
     println!(
-        "published the key set of {} (retained): {}; the broker acknowledged it. Stores apply it when they receive it (now, or when they are back online); they send no event for keys.",
+        "published the key set of {} (retained): {}; the broker acknowledged it. Stores apply it when they receive it (now, or when they are back online); each reports the key set it holds in its status (`--wait` reads them).",
         target.tenant,
         kid_list(&keys),
     );
     if keys.kids.len() > 1 {
         println!("an older kid can be retired ({RETIRE_AFTER_S} s, the longest token lifetime, after {kid} was published): `phygate-hq keys retire --kid …`");
     }
-    Ok(())
+    sent.settle(&target.tenant, wait).await
 }
 
 /// Publishes the JWKS without `kid`, once the newest other kid has been out for longer than a
 /// token lives. Refused for the last kid, and for a kid this state does not know.
-pub async fn retire(target: &Target, kid: &str) -> anyhow::Result<()> {
+pub async fn retire(target: &Target, kid: &str, wait: Option<Duration>) -> anyhow::Result<bool> {
     let path = state_path(target);
     let mut keys: KeysState = state::load(&path)?;
     let Some(index) = keys.kids.iter().position(|k| k.kid == kid) else {
@@ -135,28 +143,80 @@ pub async fn retire(target: &Target, kid: &str) -> anyhow::Result<()> {
         );
     }
     keys.kids.remove(index);
-    publish(target, &keys).await?;
+    let sent = publish(target, &keys, wait).await?;
     state::save(&path, &keys)?;
     println!(
         "retired {kid}: published the key set of {} (retained) with {}",
         target.tenant,
         kid_list(&keys)
     );
-    Ok(())
+    sent.settle(&target.tenant, wait).await
 }
 
-/// Checks the JWKS with the edge's own parser, then publishes it retained.
-async fn publish(target: &Target, keys: &KeysState) -> anyhow::Result<()> {
+/// Checks the JWKS with the edge's own parser, then publishes it retained. With `wait`, it
+/// listens to the stores' statuses first, so [`Sent::settle`] can read back which hold this key
+/// set (by its version: the digest of the set as the stores keep it).
+async fn publish(
+    target: &Target,
+    keys: &KeysState,
+    wait: Option<Duration>,
+) -> anyhow::Result<Sent> {
     let jwks: Vec<Value> = keys.kids.iter().map(|k| k.jwk.clone()).collect();
     let body = jwks_json(&jwks).to_string().into_bytes();
     let topic = phygate_proto::topic::keys(&target.tenant);
     // The store name does not matter for the keys topic (it is the tenant's).
-    phygate::downlink::parse(&target.tenant, "-", &topic, &body)
+    let parsed = phygate::downlink::parse(&target.tenant, "-", &topic, &body)
         .map_err(|e| anyhow::anyhow!("the key set would be refused by the stores: {e}"))?;
+    let phygate::downlink::Update::Keys(set) = parsed else {
+        bail!("the keys topic parsed as something else than a key set");
+    };
+    let wanted = KeysAt {
+        version: phygate::uplink::report::keys_version(&set.to_jwks_json()),
+        kids: set.kids().map(str::to_owned).collect(),
+    };
     let mut link = Link::to(target).await?;
+    let known = match wait {
+        Some(_) => Some(applied::listen(&mut link, &target.tenant).await?),
+        None => None,
+    };
+    let start = tokio::time::Instant::now();
     link.publish(&topic, body, true).await?;
-    link.close().await;
-    Ok(())
+    Ok(Sent {
+        link,
+        known,
+        wanted,
+        start,
+    })
+}
+
+/// A key set the broker acknowledged, and how to read back the stores' reports of it.
+struct Sent {
+    link: Link,
+    known: Option<BTreeMap<String, applied::Seen>>,
+    wanted: KeysAt,
+    start: tokio::time::Instant,
+}
+
+impl Sent {
+    /// With `wait`: waits for every store with a status to hold the key set and prints the
+    /// result; returns whether they all do (true without `wait`).
+    async fn settle(self, tenant: &str, wait: Option<Duration>) -> anyhow::Result<bool> {
+        let Sent {
+            mut link,
+            known,
+            wanted,
+            start,
+        } = self;
+        let (Some(wait), Some(known)) = (wait, known) else {
+            link.close().await;
+            return Ok(true);
+        };
+        let all = Targets::All;
+        let outcome = applied::wait(&mut link, tenant, known, &all, &wanted, start, wait).await?;
+        link.close().await;
+        applied::print(&outcome, &wanted);
+        Ok(outcome.all_hold())
+    }
 }
 
 fn kid_list(keys: &KeysState) -> String {

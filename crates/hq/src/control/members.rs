@@ -4,9 +4,9 @@
 //! a delta is computed from exactly the map the stores hold at its base.
 //!
 //! Checked with the edge's own parser (`phygate::downlink::parse`) on the very bytes published.
-//! The stores send no event for a member update: the answer is in each store's state
-//! (`members.version/{store|all}`), and a delta a store cannot apply (a gap) waits there for a
-//! snapshot.
+//! Each store reports the member versions it holds in its retained status; with `--wait` the
+//! push reads them back ([`super::applied`]). A delta a store cannot apply (a gap) leaves it at
+//! its version, waiting for a snapshot.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use phygate_proto::downlink::{MemberEntry, MembersMessage, MAX_MEMBERS_BYTES};
 use serde::{Deserialize, Serialize};
 
+use super::applied::{self, MembersAt, Targets};
 use super::mqtt::Link;
 use super::{state, Target};
 
@@ -52,13 +53,16 @@ struct MembersState {
 /// Pushes the map in `file` as version `version` (default: the last one + 1), as a delta on
 /// top of `delta_from` when given. The same map as the last push is sent again with the same
 /// version: stores that have it refuse it as not newer, one that missed it applies it.
+/// With `wait`, reads back the stores' reports; returns whether every targeted store holds the
+/// version (always true without `wait`).
 pub async fn push(
     target: &Target,
     scope: &Scope,
     file: &Path,
     version: Option<u64>,
     delta_from: Option<u64>,
-) -> anyhow::Result<()> {
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<bool> {
     let map = read_map(file)?;
     let path = state_path(target, scope);
     let mut st: MembersState = state::load(&path)?;
@@ -94,8 +98,13 @@ pub async fn push(
     phygate::downlink::parse(&target.tenant, scope.name(), &topic, &body)
         .map_err(|e| anyhow::anyhow!("the stores would refuse this update: {e}"))?;
     let mut link = Link::to(target).await?;
+    // Listening before publishing: no report can come before we read.
+    let known = match wait {
+        Some(_) => Some(applied::listen(&mut link, &target.tenant).await?),
+        None => None,
+    };
+    let start = tokio::time::Instant::now();
     link.publish(&topic, body, false).await?;
-    link.close().await;
     st.maps.insert(version, map.clone());
     st.version = st.version.max(version);
     state::save(&path, &st)?;
@@ -104,14 +113,34 @@ pub async fn push(
         Some(base) => format!("delta from {base}"),
     };
     println!(
-        "published members {kind} version {version} ({} cards) to {topic}; the broker acknowledged it. Each store applies it when it receives it and reports nothing: its status shows members.version/{} = {version}. A store that holds another version than the delta's base refuses it and waits for a snapshot.",
+        "published members {kind} version {version} ({} cards) to {topic}; the broker acknowledged it. Each store reports the version it holds in its status (`--wait` reads them). A store that holds another version than the delta's base refuses it and waits for a snapshot.",
         map.len(),
-        match scope {
-            Scope::Store(_) => "store",
-            Scope::Fleet => "all",
-        }
     );
-    Ok(())
+    let (Some(wait), Some(known)) = (wait, known) else {
+        link.close().await;
+        return Ok(true);
+    };
+    let targets = match scope {
+        Scope::Store(s) => Targets::One(s.clone()),
+        Scope::Fleet => Targets::All,
+    };
+    let wanted = MembersAt {
+        fleet: matches!(scope, Scope::Fleet),
+        version,
+    };
+    let outcome = applied::wait(
+        &mut link,
+        &target.tenant,
+        known,
+        &targets,
+        &wanted,
+        start,
+        wait,
+    )
+    .await?;
+    link.close().await;
+    applied::print(&outcome, &wanted);
+    Ok(outcome.all_hold())
 }
 
 fn state_path(target: &Target, scope: &Scope) -> PathBuf {

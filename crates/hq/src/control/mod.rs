@@ -12,6 +12,7 @@
 //! applied.
 
 pub mod answers;
+pub mod applied;
 pub mod command;
 pub mod config;
 pub mod keys;
@@ -81,6 +82,9 @@ pub enum KeysCommand {
         /// Where the private key goes (default `{state-dir}/{kid}.key`, mode 0600).
         #[arg(long)]
         key_out: Option<PathBuf>,
+        /// Wait this long for every store to report the new key set, and say which did.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Publishes the key set without `--kid`, once no token it signed can still be valid.
     Retire {
@@ -88,6 +92,9 @@ pub enum KeysCommand {
         target: Target,
         #[arg(long)]
         kid: String,
+        /// Wait this long for every store to report the key set without it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
 }
 
@@ -112,6 +119,10 @@ pub enum MembersCommand {
         /// Send a delta from this previously pushed version instead of a snapshot.
         #[arg(long)]
         delta_from: Option<u64>,
+        /// Wait this long for the targeted stores (one, or every store with a status) to
+        /// report the version, and say which did.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
 }
 
@@ -168,14 +179,19 @@ async fn run(control: Control) -> anyhow::Result<ExitCode> {
             target,
             kid,
             key_out,
+            wait,
         }) => {
             check_target(&target, None)?;
             let kid = kid.unwrap_or_else(|| format!("hq-{}", state::now_s()));
-            keys::rotate(&target, &kid, key_out.as_deref()).await?;
+            if !keys::rotate(&target, &kid, key_out.as_deref(), wait).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
-        Control::Keys(KeysCommand::Retire { target, kid }) => {
+        Control::Keys(KeysCommand::Retire { target, kid, wait }) => {
             check_target(&target, None)?;
-            keys::retire(&target, &kid).await?;
+            if !keys::retire(&target, &kid, wait).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Control::Members(MembersCommand::Push {
             target,
@@ -184,6 +200,7 @@ async fn run(control: Control) -> anyhow::Result<ExitCode> {
             file,
             version,
             delta_from,
+            wait,
         }) => {
             let scope = match (scope.as_str(), store) {
                 ("store", Some(s)) => members::Scope::Store(s),
@@ -195,7 +212,9 @@ async fn run(control: Control) -> anyhow::Result<ExitCode> {
                 check_target(&target, Some(s))?;
             }
             check_target(&target, None)?;
-            members::push(&target, &scope, &file, version, delta_from).await?;
+            if !members::push(&target, &scope, &file, version, delta_from, wait).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Control::StoreConfig(ConfigCommand::Push {
             target,

@@ -280,13 +280,17 @@ impl Edge {
 
     /// Starts publishing (the gateway's uplink, QoS 1, rows deleted on PUBACK).
     pub fn start_uplink(&mut self) {
+        self.start_uplink_with(None)
+    }
+
+    /// The same, its status carrying the gateway's report from `report`.
+    pub fn start_uplink_with(&mut self, report: Option<phygate::uplink::report::ReportSources>) {
         let stop = Shutdown::new();
-        let uplink = Uplink::new(
-            self.config.uplink_settings(),
-            self.outbox.clone(),
-            stop.clone(),
-        )
-        .unwrap();
+        let mut uplink =
+            Uplink::new(self.config.uplink_settings(), self.outbox.clone(), stop.clone()).unwrap();
+        if let Some(report) = report {
+            uplink = uplink.with_report(report);
+        }
         self.uplink = Some(tokio::spawn(async move {
             uplink.run().await.unwrap();
         }));

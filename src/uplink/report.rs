@@ -1,0 +1,260 @@
+//! The gateway's report to HQ, carried by its retained status message (`…/{store}/status`,
+//! [`phygate_proto::status`]): the config, key set and member map versions it applied, the
+//! devices in error, and the age of its backlog.
+//!
+//! Why the status and not events: the report is a state ("what I hold now"), and a retained
+//! message is what MQTT keeps per topic for state. HQ reads the whole fleet's in one
+//! subscription, a push's `--wait` sees at once the stores that already hold the version (so a
+//! repeated push says what the stores hold, not that nobody answered), and a backlog's age can
+//! only travel beside the backlog, not behind it in the outbox. The applied events
+//! (`store.config.applied`) stay the durable record of each change.
+//!
+//! Not a flood: the versions are sent when one changes; the devices and the backlog are looked
+//! at every [`CHECK_EVERY`] and sent only when a device enters or leaves an error state or a
+//! backlog appears or clears, and, while a backlog lasts, again every [`BACKLOG_REFRESH`]
+//! (its `oldest` time moves as it drains; its age grows at HQ without any message).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use phygate_proto::status::{Backlog, DeviceError, KeysReport, MembersReport, Report};
+use tokio::sync::watch;
+
+use crate::outbox::OutboxHandle;
+use crate::status::board::Shown;
+use crate::status::Board;
+
+/// How often the devices and the backlog are looked at.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// An unacknowledged event older than this is a backlog worth reporting; below it, it is
+/// simply on its way.
+pub const BACKLOG_AFTER: Duration = Duration::from_secs(10);
+/// While a backlog lasts, how often its report is renewed.
+pub const BACKLOG_REFRESH: Duration = Duration::from_secs(30);
+
+/// The versions applied from HQ, written by whoever applies them (the link: keys and members;
+/// the config applier: configs) and read by the uplink.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    pub config: Option<String>,
+    pub keys: Option<KeysReport>,
+    pub members: MembersReport,
+}
+
+/// A cloneable handle on the applied versions.
+#[derive(Clone)]
+pub struct AppliedHandle(Arc<watch::Sender<Applied>>);
+
+impl Default for AppliedHandle {
+    fn default() -> Self {
+        AppliedHandle(Arc::new(watch::channel(Applied::default()).0))
+    }
+}
+
+impl AppliedHandle {
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.0.subscribe()
+    }
+
+    pub fn set_config(&self, version: Option<String>) {
+        self.0.send_if_modified(|a| replace(&mut a.config, version));
+    }
+
+    /// The key set from HQ as the gateway keeps it (its JWKS text) and its kids.
+    pub fn set_keys(&self, jwks: &str, kids: Vec<String>) {
+        let keys = Some(KeysReport {
+            version: keys_version(jwks),
+            kids,
+        });
+        self.0.send_if_modified(|a| replace(&mut a.keys, keys));
+    }
+
+    pub fn set_members(&self, scope: crate::downlink::MemberScope, version: u64) {
+        self.0.send_if_modified(|a| {
+            let held = match scope {
+                crate::downlink::MemberScope::Store => &mut a.members.store,
+                crate::downlink::MemberScope::Fleet => &mut a.members.all,
+            };
+            replace(held, version)
+        });
+    }
+}
+
+fn replace<T: PartialEq>(slot: &mut T, new: T) -> bool {
+    let changed = *slot != new;
+    *slot = new;
+    changed
+}
+
+/// A key set's version: the config's digest rule on the JWKS as the gateway keeps it (compact,
+/// keys sorted by kid), so HQ computes it from its own JWKS through the edge's parser.
+pub fn keys_version(jwks: &str) -> String {
+    crate::config::hq::version(jwks)
+}
+
+/// Where the uplink reads the report from.
+#[derive(Clone)]
+pub struct ReportSources {
+    pub applied: watch::Receiver<Applied>,
+    pub board: Board,
+}
+
+/// Builds the report and decides when it is worth sending.
+pub struct Reporter {
+    sources: ReportSources,
+    /// What triggered the last report: devices (id, state) and whether there was a backlog.
+    last_shape: Option<(Vec<(String, String)>, bool)>,
+    last_backlog_sent: Option<SystemTime>,
+}
+
+impl Reporter {
+    pub fn new(sources: ReportSources) -> Reporter {
+        Reporter {
+            sources,
+            last_shape: None,
+            last_backlog_sent: None,
+        }
+    }
+
+    /// Waits for a change of the applied versions (cancel-safe; pending forever once the
+    /// writers are gone).
+    pub async fn applied_changed(&mut self) {
+        if self.sources.applied.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The report as of now, and whether it differs enough from the last one sent to send it.
+    pub async fn check(&mut self, outbox: &OutboxHandle, now: SystemTime) -> (Report, bool) {
+        let report = self.build(outbox, now).await;
+        let shape = shape(&report);
+        let backlog_due = report.backlog.is_some()
+            && self
+                .last_backlog_sent
+                .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= BACKLOG_REFRESH);
+        let due = self.last_shape.as_ref() != Some(&shape) || backlog_due;
+        (report, due)
+    }
+
+    /// Notes that `report` went out.
+    pub fn sent(&mut self, report: &Report, now: SystemTime) {
+        self.last_shape = Some(shape(report));
+        self.last_backlog_sent = report.backlog.as_ref().map(|_| now);
+    }
+
+    async fn build(&mut self, outbox: &OutboxHandle, now: SystemTime) -> Report {
+        let applied = self.sources.applied.borrow_and_update().clone();
+        let devices_in_error = self
+            .sources
+            .board
+            .devices(now)
+            .into_iter()
+            .filter(|d| matches!(d.state, Shown::Error | Shown::Unplugged | Shown::Silent))
+            .map(|d| DeviceError {
+                device: d.id,
+                kind: d.kind,
+                state: d.state.as_str().to_owned(),
+                reason: d.reason,
+            })
+            .collect();
+        let backlog = match outbox.stats().await {
+            Ok(s) => backlog(s.oldest_ms, s.depth, now),
+            Err(_) => None,
+        };
+        Report {
+            config: applied.config,
+            keys: applied.keys,
+            members: applied.members,
+            devices_in_error,
+            backlog,
+        }
+    }
+}
+
+/// A backlog when the oldest unacknowledged event is older than [`BACKLOG_AFTER`].
+fn backlog(oldest_ms: Option<i64>, depth: u64, now: SystemTime) -> Option<Backlog> {
+    let oldest = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(oldest_ms?).ok()?);
+    let age = now.duration_since(oldest).unwrap_or_default();
+    (age >= BACKLOG_AFTER).then(|| Backlog {
+        oldest: crate::event::format_time(oldest),
+        events: depth,
+    })
+}
+
+/// What makes a report worth sending when it changes: the versions, each device's (id, state)
+/// in error, whether there is a backlog. Not a reason's wording nor the backlog's count.
+fn shape(r: &Report) -> (Vec<(String, String)>, bool) {
+    let mut key: Vec<(String, String)> = r
+        .devices_in_error
+        .iter()
+        .map(|d| (d.device.clone(), d.state.clone()))
+        .collect();
+    key.push((
+        format!("{:?}", (&r.config, &r.keys, r.members)),
+        String::new(),
+    ));
+    (key, r.backlog.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_is_reported_only_past_its_threshold() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ms = |s: u64| Some((s * 1000) as i64);
+        assert_eq!(backlog(None, 0, now), None);
+        assert_eq!(backlog(ms(995), 3, now), None, "5 s old: on its way");
+        let b = backlog(ms(900), 40, now).expect("100 s old");
+        assert_eq!(b.events, 40);
+        assert_eq!(b.oldest, "1970-01-01T00:15:00.000Z");
+    }
+
+    #[test]
+    fn a_reason_or_count_change_is_not_a_new_shape_but_a_state_or_version_is() {
+        let dev = |state: &str, reason: &str| DeviceError {
+            device: "scanner-1".into(),
+            kind: "scanner".into(),
+            state: state.into(),
+            reason: reason.into(),
+        };
+        let mut a = Report {
+            devices_in_error: vec![dev("error", "too_long")],
+            ..Report::default()
+        };
+        let b = Report {
+            devices_in_error: vec![dev("error", "bad_suffix")],
+            ..a.clone()
+        };
+        assert_eq!(shape(&a), shape(&b));
+        let c = Report {
+            devices_in_error: vec![dev("unplugged", "port lost")],
+            ..a.clone()
+        };
+        assert_ne!(shape(&a), shape(&c));
+        let before = shape(&a);
+        a.members.all = 2;
+        assert_ne!(before, shape(&a));
+    }
+
+    #[test]
+    fn the_handle_tells_only_real_changes() {
+        let h = AppliedHandle::default();
+        let mut rx = h.subscribe();
+        h.set_members(crate::downlink::MemberScope::Fleet, 4);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        h.set_members(crate::downlink::MemberScope::Fleet, 4);
+        assert!(!rx.has_changed().unwrap());
+        h.set_keys(r#"{"keys":[]}"#, vec![]);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx
+            .borrow()
+            .keys
+            .as_ref()
+            .unwrap()
+            .version
+            .starts_with("sha256:"));
+    }
+}
