@@ -440,7 +440,9 @@ impl Outbox {
                     let _ = reply.send(batch.map_err(|e| self.failed(e)));
                 }
                 Request::Stats { reply } => {
-                    let _ = reply.send(self.store.stats().unwrap_or_default());
+                    let stats = self.store.stats().unwrap_or_default();
+                    let checking = self.check.is_some();
+                    let _ = reply.send(Stats { checking, ..stats });
                 }
                 Request::GetState { prefix, reply } => {
                     let entries = self.store.scan_state(&prefix);

@@ -102,6 +102,8 @@ pub struct Stats {
     pub bytes: u64,
     pub last_seq: u64,
     pub oldest_ms: Option<i64>,
+    /// The open's full integrity check is still reading the file (on its own thread).
+    pub checking: bool,
 }
 
 pub struct Store {
@@ -252,6 +254,7 @@ impl Store {
             bytes: self.bytes,
             last_seq: self.last_seq,
             oldest_ms,
+            checking: false,
         })
     }
 
