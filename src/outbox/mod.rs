@@ -4,8 +4,8 @@
 //!
 //! One thread owns the connection (rusqlite is blocking). Callers hold an [`OutboxHandle`]; its
 //! requests queue on a bounded channel, and the thread commits every append waiting in the queue
-//! in one transaction (group commit): one fsync per group under load, one per event when idle,
-//! and no waiting for a group to fill.
+//! in one transaction (group commit): one fsync per group under load, one per event when idle;
+//! only after a full group does the next wait (at most [`FILL_WAIT`]) to fill.
 
 pub mod keys;
 pub mod settings;
