@@ -2,8 +2,12 @@
 //! the same run, with the same rows. Prints ratios (absolute numbers vary on a shared machine).
 //!
 //! Fair by construction: both sides run `synchronous = FULL` in WAL mode, write the same rows
-//! (the same seq, id, priority, time and JSON body bytes), and run long enough (200,000 events by
-//! default) for start-up costs not to count.
+//! (the same seq, id, priority, time and JSON body bytes), use the same batch sizes (ingest:
+//! transactions of 500 and of 2,048 rows against phygate's groups of at most 2,048; drain: the
+//! same batches of up to 500 events and the same in-flight window), and run long enough
+//! (200,000 events each by default) for start-up costs not to count. On a machine shared with
+//! other work the load drifts during a run, so each side runs in two halves, in the order
+//! A B C C B A (phygate first and last): a drift that is linear in time costs every side alike.
 //!
 //! 1. Durable ingest: events submitted to the outbox by a source task (group commit, at most
 //!    2,048 per transaction) vs a bare rusqlite insert of the same rows in transactions of 500
@@ -84,24 +88,51 @@ async fn ingest(n: usize) {
     let cfg = config(dir.path(), 1883);
     let (outbox, handle) = Outbox::open(&cfg.outbox, origin()).unwrap();
     let thread = outbox.spawn().unwrap();
-    let events: Vec<Event> = (0..n).map(event).collect();
+    let mut events: Vec<Event> = (0..n).map(event).collect();
+    let rows: Vec<BareRow> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| bare_row(e, i as u64 + 1))
+        .collect();
+    let rows = std::sync::Arc::new(rows);
+    let bare_dir = tempfile::tempdir().unwrap();
+    let mut bare = [
+        (500, bare_db(bare_dir.path(), 500), 0.0),
+        (2048, bare_db(bare_dir.path(), 2048), 0.0),
+    ];
     let mut committed = handle.committed();
-
-    // phygate: a source submitting as fast as it can; accepted = committed.
-    let start = Instant::now();
-    let producer = {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            for e in events {
-                handle.submit(e).await.unwrap();
+    let half = n / 2;
+    let mut phygate_s = 0.0;
+    // A B C C B A: phygate, bare 500, bare 2,048, bare 2,048, bare 500, phygate.
+    for (round, range) in [(0, 0..half), (1, half..n)] {
+        if round == 1 {
+            for (batch, conn, s) in bare.iter_mut().rev() {
+                *s += bare_round(conn, &rows, range.clone(), *batch).await;
             }
-        })
-    };
-    while *committed.borrow_and_update() < n as u64 {
-        committed.changed().await.unwrap();
+        }
+        // phygate: a source submitting as fast as it can; accepted = committed.
+        let round_events: Vec<Event> = events.drain(..range.len()).collect();
+        let target = range.end as u64;
+        let start = Instant::now();
+        let producer = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                for e in round_events {
+                    handle.submit(e).await.unwrap();
+                }
+            })
+        };
+        while *committed.borrow_and_update() < target {
+            committed.changed().await.unwrap();
+        }
+        phygate_s += start.elapsed().as_secs_f64();
+        producer.await.unwrap();
+        if round == 0 {
+            for (batch, conn, s) in bare.iter_mut() {
+                *s += bare_round(conn, &rows, range.clone(), *batch).await;
+            }
+        }
     }
-    let phygate_s = start.elapsed().as_secs_f64();
-    producer.await.unwrap();
 
     // One at a time, each awaited until durable: the idle-store latency.
     let idle_n = 200;
@@ -115,21 +146,12 @@ async fn ingest(n: usize) {
         .await
         .unwrap();
 
-    // Bare rusqlite: the same rows, WAL + synchronous FULL, in transactions of 500 and 2,048.
-    let rows: Vec<BareRow> = (0..n).map(|i| bare_row(&event(i), i as u64 + 1)).collect();
-    let rows = std::sync::Arc::new(rows);
-    let mut bare = Vec::new();
-    for batch in [500, 2048] {
-        let rows = rows.clone();
-        let s = tokio::task::spawn_blocking(move || bare_insert(&rows, batch))
-            .await
-            .unwrap();
-        bare.push((batch, s));
-    }
-
-    println!("durable ingest (WAL, synchronous=FULL, {n} events)");
-    println!("  phygate outbox : {:>9.0} events/s", n as f64 / phygate_s);
-    for (batch, s) in &bare {
+    println!("durable ingest (WAL, synchronous=FULL, {n} events each, in two halves A B C C B A)");
+    println!(
+        "  phygate outbox : {:>9.0} events/s (groups of up to 2048)",
+        n as f64 / phygate_s
+    );
+    for (batch, _, s) in &bare {
         println!(
             "  bare rusqlite  : {:>9.0} events/s ({batch}-row transactions), ratio {:.2}",
             n as f64 / s,
@@ -137,6 +159,24 @@ async fn ingest(n: usize) {
         );
     }
     println!("  idle append    : {idle_ms:>9.2} ms per event, one transaction each\n");
+}
+
+/// Inserts `rows[range]` in transactions of `batch` on a blocking thread; returns the seconds.
+async fn bare_round(
+    conn: &mut Option<rusqlite::Connection>,
+    rows: &std::sync::Arc<Vec<BareRow>>,
+    range: std::ops::Range<usize>,
+    batch: usize,
+) -> f64 {
+    let (mut c, rows) = (conn.take().unwrap(), rows.clone());
+    let (c, s) = tokio::task::spawn_blocking(move || {
+        let s = bare_insert(&mut c, &rows[range], batch);
+        (c, s)
+    })
+    .await
+    .unwrap();
+    *conn = Some(c);
+    s
 }
 
 /// A row as the outbox stores it: seq, id, priority, created_ms, body.
@@ -157,10 +197,9 @@ fn bare_row(e: &Event, seq: u64) -> BareRow {
     )
 }
 
-/// Inserts `rows` into the outbox's schema in transactions of `batch`; returns the seconds.
-fn bare_insert(rows: &[BareRow], batch: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = rusqlite::Connection::open(dir.path().join("bare.db")).unwrap();
+/// A fresh database with the outbox's schema, WAL and synchronous FULL.
+fn bare_db(dir: &Path, batch: usize) -> Option<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(dir.join(format!("bare-{batch}.db"))).unwrap();
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
         .unwrap();
     conn.execute_batch(
@@ -169,6 +208,11 @@ fn bare_insert(rows: &[BareRow], batch: usize) -> f64 {
          priority INTEGER NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL);",
     )
     .unwrap();
+    Some(conn)
+}
+
+/// Inserts `rows` in transactions of `batch`; returns the seconds.
+fn bare_insert(conn: &mut rusqlite::Connection, rows: &[BareRow], batch: usize) -> f64 {
     let start = Instant::now();
     for chunk in rows.chunks(batch) {
         let tx = conn.transaction().unwrap();
@@ -196,67 +240,110 @@ async fn drain(n: usize) {
         }
     };
     let cfg = config(dir.path(), broker.port);
+    let half = n / 2;
+    // A B B A: phygate drains the first half, the bare publisher sends those batches and then
+    // the second half's, and phygate drains the second half.
+    let first = tokio::task::block_in_place(|| fill(&cfg, 0..half, true));
+    let p1 = drain_round(&cfg, half).await;
+    let count = first.len();
+    let b1 = bare_publish(&cfg, broker.port, first, 1).await;
+    let second = tokio::task::block_in_place(|| fill(&cfg, half..n, false));
+    let count = count + second.len();
+    let b2 = bare_publish(&cfg, broker.port, second, 2).await;
+    let p2 = drain_round(&cfg, n - half).await;
+    broker.stop(false);
+    let (phygate_s, bare_s) = (p1 + p2, b1 + b2);
 
-    // Buffer the backlog straight into the outbox file, as after a long outage.
-    let batches = tokio::task::block_in_place(|| {
-        let mut store = Store::open(
-            &cfg.outbox.path,
+    println!(
+        "backlog drain to local mosquitto (synchronous=FULL, {count} batches of up to {} events, \
+         {} in flight, in two halves A B B A)",
+        cfg.uplink.batch_max_events, cfg.uplink.inflight
+    );
+    println!(
+        "  phygate uplink : {:>9.0} events/s (published and acked, outbox depth 0; halves \
+         {p1:.3} s + {p2:.3} s)",
+        n as f64 / phygate_s
+    );
+    println!(
+        "  bare rumqttc   : {:>9.0} events/s (published and acked; halves {b1:.3} s + {b2:.3} s)",
+        n as f64 / bare_s
+    );
+    println!(
+        "  ratio          : {:>9.2} (phygate / bare)",
+        bare_s / phygate_s
+    );
+}
+
+/// Buffers events `range` straight into the outbox file, as after a long outage, and returns
+/// the batches the uplink will send (for the bare publisher). With `report`, also prints what
+/// reading and acknowledging them costs the outbox alone.
+fn fill(cfg: &Config, range: std::ops::Range<usize>, report: bool) -> Vec<Vec<u8>> {
+    let open = |path: &Path| {
+        Store::open(
+            path,
             cfg.outbox.synchronous,
             origin(),
             cfg.outbox.max_bytes,
             cfg.outbox.max_age,
         )
         .unwrap()
-        .store;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-            let events: Vec<Event> = chunk.iter().map(|i| event(*i)).collect();
-            store.commit_group(&events, &[]).unwrap();
-        }
-        // The same batches the uplink will send, for the bare publisher.
-        let mut batches = Vec::new();
-        let mut after = 0;
-        let start = Instant::now();
-        while let Some(b) = store
-            .fetch_after(
-                after,
-                cfg.uplink.batch_max_events,
-                cfg.uplink.batch_max_bytes,
-            )
-            .unwrap()
-        {
-            after = b.last;
-            batches.push(b.payload);
-        }
-        let fetch_s = start.elapsed().as_secs_f64();
-        println!(
-            "outbox alone: fetch every batch {:.0} events/s",
-            n as f64 / fetch_s
-        );
-        let copy = dir.path().join("copy.db");
-        std::fs::copy(&cfg.outbox.path, &copy).unwrap();
-        let mut c = Store::open(
-            &copy,
-            cfg.outbox.synchronous,
-            origin(),
-            cfg.outbox.max_bytes,
-            cfg.outbox.max_age,
+        .store
+    };
+    let mut store = open(&cfg.outbox.path);
+    let events: Vec<usize> = range.collect();
+    for chunk in events.chunks(5000) {
+        let events: Vec<Event> = chunk.iter().map(|i| event(*i)).collect();
+        store.commit_group(&events, &[]).unwrap();
+    }
+    let mut batches = Vec::new();
+    let mut after = 0;
+    let start = Instant::now();
+    while let Some(b) = store
+        .fetch_after(
+            after,
+            cfg.uplink.batch_max_events,
+            cfg.uplink.batch_max_bytes,
         )
         .unwrap()
-        .store;
-        let start = Instant::now();
-        for first in (1..=n as u64).step_by(500) {
-            c.commit_group(&[], &[(first, first + 499)]).unwrap();
-        }
-        println!(
-            "outbox alone: ack every batch {:.0} events/s",
-            n as f64 / start.elapsed().as_secs_f64()
-        );
-        batches
-    });
+    {
+        after = b.last;
+        batches.push(b.payload);
+    }
+    let fetch_s = start.elapsed().as_secs_f64();
+    if !report {
+        return batches;
+    }
+    println!(
+        "outbox alone: fetch every batch {:.0} events/s",
+        events.len() as f64 / fetch_s
+    );
+    let copy = cfg.outbox.path.with_file_name("copy.db");
+    drop(store);
+    std::fs::copy(&cfg.outbox.path, &copy).unwrap();
+    let mut c = open(&copy);
+    let (first, last) = (events[0] as u64 + 1, *events.last().unwrap() as u64 + 1);
+    let start = Instant::now();
+    for from in (first..=last).step_by(500) {
+        c.commit_group(&[], &[(from, (from + 499).min(last))])
+            .unwrap();
+    }
+    println!(
+        "outbox alone: ack every batch {:.0} events/s",
+        events.len() as f64 / start.elapsed().as_secs_f64()
+    );
+    batches
+}
 
-    // phygate: the uplink drains until the outbox is empty.
+/// The uplink drains the outbox until it is empty; returns the seconds.
+async fn drain_round(cfg: &Config, n: usize) -> f64 {
     let (outbox, handle) = Outbox::open(&cfg.outbox, origin()).unwrap();
     let thread = outbox.spawn().unwrap();
+    assert_eq!(handle.stats().await.unwrap().depth, n as u64);
+    // The open's integrity check reads the whole file once on its own thread: start-up's cost
+    // (the daemon's, bounded by the backlog bench), not the drain's, and the bare side has none.
+    while handle.stats().await.unwrap().checking {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stop = phygate::shutdown::Shutdown::new();
     let uplink =
         phygate::uplink::Uplink::new(cfg.uplink_settings(), handle.clone(), stop.clone()).unwrap();
@@ -268,16 +355,20 @@ async fn drain(n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let phygate_s = start.elapsed().as_secs_f64();
+    let s = start.elapsed().as_secs_f64();
     stop.stop();
     task.await.unwrap().unwrap();
     drop(handle);
     tokio::task::spawn_blocking(move || thread.join().unwrap())
         .await
         .unwrap();
+    s
+}
 
-    // Bare rumqttc: the same payloads, QoS 1, the same in-flight window, until every PUBACK.
-    let mut options = MqttOptions::new("bench-bare", "127.0.0.1", broker.port);
+/// A bare rumqttc QoS 1 publisher sends `batches` with the uplink's in-flight window, until
+/// every PUBACK; returns the seconds.
+async fn bare_publish(cfg: &Config, port: u16, batches: Vec<Vec<u8>>, round: usize) -> f64 {
+    let mut options = MqttOptions::new(format!("bench-bare-{round}"), "127.0.0.1", port);
     options.set_inflight(cfg.uplink.inflight as u16);
     options.set_max_packet_size(1 << 20, 16 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, cfg.uplink.inflight);
@@ -303,25 +394,9 @@ async fn drain(n: usize) {
             acked += 1;
         }
     }
-    let bare_s = start.elapsed().as_secs_f64();
-    drop(publisher.await.unwrap());
-    broker.stop(false);
-
-    println!(
-        "backlog drain to local mosquitto (synchronous=FULL, {count} batches of up to {} events, \
-         {} in flight)",
-        cfg.uplink.batch_max_events, cfg.uplink.inflight
-    );
-    println!(
-        "  phygate uplink : {:>9.0} events/s (published and acked, outbox depth 0)",
-        n as f64 / phygate_s
-    );
-    println!(
-        "  bare rumqttc   : {:>9.0} events/s (published and acked)",
-        n as f64 / bare_s
-    );
-    println!(
-        "  ratio          : {:>9.2} (phygate / bare)",
-        bare_s / phygate_s
-    );
+    let s = start.elapsed().as_secs_f64();
+    let client = publisher.await.unwrap();
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    s
 }

@@ -250,6 +250,14 @@ impl Event {
 
     /// The structured-mode CloudEvents JSON, with the gateway's identity and the event's `seq`.
     pub fn to_json(&self, origin: &Origin, seq: u64) -> String {
+        let mut out = Vec::with_capacity(JSON_ROOM);
+        self.write_json(origin, seq, &mut out);
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// As [`Event::to_json`], appended to `out`.
+    fn write_json(&self, origin: &Origin, seq: u64, out: &mut Vec<u8>) {
         let envelope = Envelope {
             specversion: wire::SPECVERSION.into(),
             id: self.id.hyphenated().to_string().into(),
@@ -268,8 +276,8 @@ impl Event {
             clocksync: self.clocksync,
             data: &self.data,
         };
-        // Serializing plain strings and numbers cannot fail.
-        serde_json::to_string(&envelope).unwrap_or_default()
+        // Serializing plain strings and numbers into memory cannot fail.
+        let _ = serde_json::to_writer(out, &envelope);
     }
 }
 
@@ -283,43 +291,57 @@ pub struct Prepared {
     pub priority: Priority,
     /// The event's time in Unix milliseconds (the outbox's `created_ms`, for the retention).
     pub created_ms: i64,
-    /// The JSON up to and including `"seq":`.
-    head: String,
-    /// The JSON after the seq's digits.
-    tail: String,
+    /// The JSON with [`SEQ_PLACEHOLDER`] as its seq: one allocation, not a head and a tail.
+    json: String,
+    /// Where the placeholder's digits start in `json`.
+    seq_at: usize,
 }
 
 /// The seq given while preparing: a value no real seq reaches, so its digits are found once.
 const SEQ_PLACEHOLDER: u64 = u64::MAX;
+/// `"seq":` and [`SEQ_PLACEHOLDER`]'s digits, as the envelope writes them.
+const SEQ_MARK: &str = "\"seq\":18446744073709551615";
+/// The placeholder's digits.
+const SEQ_DIGITS: usize = 20;
+/// Room for a typical event's JSON, so serialising it does not grow the buffer three times.
+const JSON_ROOM: usize = 1024;
 
 impl Prepared {
     /// The event's JSON with its seq: the same bytes as [`Event::to_json`].
     pub fn body(&self, seq: u64) -> String {
-        use std::fmt::Write;
-        let mut body = String::with_capacity(self.head.len() + 20 + self.tail.len());
-        body.push_str(&self.head);
-        // Writing to a String cannot fail.
-        let _ = write!(body, "{seq}");
-        body.push_str(&self.tail);
+        let mut body = String::with_capacity(self.json.len());
+        self.write_body(seq, &mut body);
         body
+    }
+
+    /// As [`Prepared::body`], into `out` (cleared first): the outbox thread reuses one buffer
+    /// for every row instead of allocating a body per row.
+    pub fn write_body(&self, seq: u64, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        out.push_str(&self.json[..self.seq_at]);
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{seq}");
+        out.push_str(&self.json[self.seq_at + SEQ_DIGITS..]);
     }
 }
 
 impl Event {
     /// Serialises the event for the outbox (see [`Prepared`]).
     pub fn prepare(&self, origin: &Origin) -> Prepared {
-        let json = self.to_json(origin, SEQ_PLACEHOLDER);
+        let mut json = Vec::with_capacity(JSON_ROOM);
+        self.write_json(origin, SEQ_PLACEHOLDER, &mut json);
+        // serde_json writes UTF-8 only.
+        let json = String::from_utf8(json).unwrap_or_default();
         // The envelope's `seq` comes before `data` (field order), and a `"` inside a JSON
         // string is always escaped, so the first `"seq":<placeholder>` is the envelope's.
-        let mark = format!("\"seq\":{SEQ_PLACEHOLDER}");
-        let at = json.find(&mark).expect("the envelope always has a seq");
-        let split = at + "\"seq\":".len();
+        let at = json.find(SEQ_MARK).expect("the envelope always has a seq");
         Prepared {
             id: self.id.hyphenated().to_string(),
             priority: self.priority(),
             created_ms: unix_ms_signed(self.time),
-            head: json[..split].to_owned(),
-            tail: json[at + mark.len()..].to_owned(),
+            seq_at: at + SEQ_MARK.len() - SEQ_DIGITS,
+            json,
         }
     }
 }
@@ -367,9 +389,15 @@ mod tests {
         );
         e.userid = Some("u-1".into());
         let p = e.prepare(&origin);
-        for seq in [0, 1, 9, 10, 42, 1_000_000, u64::MAX - 1, u64::MAX] {
+        // One buffer reused from a longer body to a shorter one, as the outbox thread does.
+        let mut reused = String::new();
+        for seq in [u64::MAX, 1_000_000, 0, 1, 9, 10, 42, u64::MAX - 1] {
             assert_eq!(p.body(seq), e.to_json(&origin, seq), "seq {seq}");
+            p.write_body(seq, &mut reused);
+            assert_eq!(reused, e.to_json(&origin, seq), "seq {seq}, reused buffer");
         }
+        assert_eq!(SEQ_MARK, format!("\"seq\":{SEQ_PLACEHOLDER}"));
+        assert_eq!(SEQ_DIGITS, SEQ_PLACEHOLDER.to_string().len());
         assert_eq!(p.id, e.id.hyphenated().to_string());
         assert_eq!(p.priority, Priority::Identified);
         assert_eq!(p.created_ms, -1500);

@@ -69,10 +69,24 @@ impl OutboxHandle {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Option<Batch>, OutboxError> {
+        let batches = self.fetch_batches(after, 1, max_events, max_bytes).await?;
+        Ok(batches.into_iter().next())
+    }
+
+    /// Up to `batches` consecutive batches after `after`, in seq order, in one request (empty
+    /// when there is nothing after `after`).
+    pub async fn fetch_batches(
+        &self,
+        after: u64,
+        batches: usize,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Batch>, OutboxError> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send_async(Request::Fetch {
                 after,
+                batches,
                 max_events,
                 max_bytes,
                 reply,

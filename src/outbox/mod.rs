@@ -4,8 +4,8 @@
 //!
 //! One thread owns the connection (rusqlite is blocking). Callers hold an [`OutboxHandle`]; its
 //! requests queue on a bounded channel, and the thread commits every append waiting in the queue
-//! in one transaction (group commit): one fsync per group under load, one per event when idle,
-//! and no waiting for a group to fill.
+//! in one transaction (group commit): one fsync per group under load, one per event when idle;
+//! only after a full group does the next wait (at most [`FILL_WAIT`]) to fill.
 
 pub mod keys;
 pub mod settings;
@@ -27,6 +27,14 @@ use crate::event::{DeviceStatusData, Event, EventData, Origin, Prepared};
 const QUEUE: usize = 4096;
 /// Most requests folded into one transaction: bounds a group's latency and memory.
 const MAX_GROUP: usize = 2048;
+/// After a full group (requests come faster than the thread commits them), how long the next
+/// group may wait to fill: sources that briefly fall behind on a loaded CPU otherwise cause a
+/// run of tiny groups, one fsync each. Under one fsync here (an idle append takes ~3 ms), so a
+/// wait costs less than the commit it saves; an idle store never waits (its groups are not full).
+/// Nothing is answered before its commit either way.
+const FILL_WAIT: Duration = Duration::from_millis(2);
+/// How often a filling group looks at the queue (not woken per request: the CPU is the sources').
+const FILL_POLL: Duration = Duration::from_micros(250);
 /// Appends held in memory while the disk refuses writes, before the queue stops being read.
 const MAX_HELD: usize = 10_000;
 /// Wait between attempts to write held appends (disk full).
@@ -67,9 +75,11 @@ enum Request {
     },
     Fetch {
         after: u64,
+        /// Most batches to read, one after the other.
+        batches: usize,
         max_events: usize,
         max_bytes: usize,
-        reply: oneshot::Sender<Result<Option<Batch>, OutboxError>>,
+        reply: oneshot::Sender<Result<Vec<Batch>, OutboxError>>,
     },
     Stats {
         reply: oneshot::Sender<Stats>,
@@ -95,36 +105,6 @@ enum Request {
         file: u64,
         verdict: Verdict,
     },
-}
-
-/// The appends of a group in arrival order, with what each carries besides its event.
-#[derive(Default)]
-struct Appends {
-    events: Vec<Prepared>,
-    states: Vec<Vec<StateWrite>>,
-    dones: Vec<Option<oneshot::Sender<Result<u64, OutboxError>>>>,
-}
-
-impl Appends {
-    /// The state writes that go with appends `from..to`, in arrival order: each append's own,
-    /// and the lone writes (tagged with how many appends came before them) among them; the
-    /// lone writes after the last append go with the range that ends the group.
-    fn state_of(&self, from: usize, to: usize, lone: &[(usize, StateWrite)]) -> Vec<StateWrite> {
-        let ends_group = to == self.events.len();
-        let mut lone = lone
-            .iter()
-            .filter(|(before, _)| *before >= from && (*before < to || ends_group))
-            .peekable();
-        let mut out = Vec::new();
-        for i in from..to {
-            while let Some((_, w)) = lone.next_if(|(before, _)| *before <= i) {
-                out.push(w.clone());
-            }
-            out.extend(self.states[i].iter().cloned());
-        }
-        out.extend(lone.map(|(_, w)| w.clone()));
-        out
-    }
 }
 
 /// A cloneable handle on the outbox with typed requests.
@@ -213,6 +193,8 @@ impl Outbox {
         let mut held: Vec<Request> = Vec::new();
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut last_expire = Instant::now();
+        // The last group was full: the next one may wait to fill (FILL_WAIT).
+        let mut saturated = false;
         loop {
             let first = if self.store.evicting() {
                 // An eviction under way goes on in bounded steps between groups; requests
@@ -261,14 +243,11 @@ impl Outbox {
                     }
                 }
             };
+            let wait = saturated && held.is_empty();
             group.append(&mut held);
             group.extend(first);
-            while group.len() < MAX_GROUP {
-                match self.rx.try_recv() {
-                    Ok(r) => group.push(r),
-                    Err(_) => break,
-                }
-            }
+            self.fill(&mut group, wait);
+            saturated = group.len() >= MAX_GROUP;
             held = self.serve(&mut group);
             if self.store.reclaim_overdue() {
                 // Never idle, and acknowledging fast: removed between groups, or the file
@@ -291,6 +270,20 @@ impl Outbox {
             }
         }
         info!("outbox closed");
+    }
+
+    /// Takes the requests waiting, up to [`MAX_GROUP`]; when `wait`, for up to [`FILL_WAIT`].
+    fn fill(&self, group: &mut Vec<Request>, wait: bool) {
+        let deadline = Instant::now() + FILL_WAIT;
+        loop {
+            let room = MAX_GROUP.saturating_sub(group.len());
+            group.extend(self.rx.try_iter().take(room));
+            let now = Instant::now();
+            if !wait || group.len() >= MAX_GROUP || now >= deadline || self.rx.is_disconnected() {
+                return;
+            }
+            std::thread::sleep(FILL_POLL.min(deadline - now));
+        }
     }
 
     /// Drops rows past the retention, a bounded step per commit, serving the requests waiting
@@ -436,15 +429,20 @@ impl Outbox {
             match r {
                 Request::Fetch {
                     after,
+                    batches,
                     max_events,
                     max_bytes,
                     reply,
                 } => {
-                    let batch = self.store.fetch_after(after, max_events, max_bytes);
+                    let batch = self
+                        .store
+                        .fetch_batches(after, batches, max_events, max_bytes);
                     let _ = reply.send(batch.map_err(|e| self.failed(e)));
                 }
                 Request::Stats { reply } => {
-                    let _ = reply.send(self.store.stats().unwrap_or_default());
+                    let stats = self.store.stats().unwrap_or_default();
+                    let checking = self.check.is_some();
+                    let _ = reply.send(Stats { checking, ..stats });
                 }
                 Request::GetState { prefix, reply } => {
                     let entries = self.store.scan_state(&prefix);
@@ -592,6 +590,10 @@ impl Outbox {
 
 #[path = "handle.rs"]
 mod handle;
+
+#[path = "appends.rs"]
+mod appends;
+use appends::Appends;
 
 #[cfg(test)]
 #[path = "run_tests.rs"]

@@ -194,3 +194,28 @@ async fn a_file_found_corrupt_after_the_start_is_moved_aside_and_what_came_since
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+#[tokio::test]
+async fn stats_say_when_the_opens_integrity_check_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = || Origin {
+        store: "s".into(),
+        gateway: "g".into(),
+    };
+    let (outbox, handle) = Outbox::open(&config(dir.path()), origin()).unwrap();
+    let thread = outbox.spawn().unwrap();
+    // The verdict comes back through the queue: "checking" clears only then, and an append
+    // meanwhile is served as usual.
+    handle.append(scan("a")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handle.stats().await.unwrap().checking {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the check never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.stats().await.unwrap().depth, 1);
+    drop(handle);
+    thread.join().unwrap();
+}

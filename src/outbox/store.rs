@@ -102,6 +102,8 @@ pub struct Stats {
     pub bytes: u64,
     pub last_seq: u64,
     pub oldest_ms: Option<i64>,
+    /// The open's full integrity check is still reading the file (on its own thread).
+    pub checking: bool,
 }
 
 pub struct Store {
@@ -252,6 +254,7 @@ impl Store {
             bytes: self.bytes,
             last_seq: self.last_seq,
             oldest_ms,
+            checking: false,
         })
     }
 
@@ -348,10 +351,12 @@ impl Store {
         acknowledge(&tx, t, acked, &mut self.handed.borrow_mut())?;
         let mut seqs = Vec::with_capacity(events.len());
         {
-            // One statement for the whole group, not a cache lookup per row.
+            // One statement and one body buffer for the whole group, not a cache lookup and an
+            // allocation per row.
             let mut statement = tx.prepare_cached(INSERT)?;
+            let mut body = String::new();
             for e in events {
-                seqs.push(insert_with(&mut statement, e, t)?);
+                seqs.push(insert_with(&mut statement, e, t, &mut body)?);
             }
         }
         if let (Some(cursor), Some(lowest)) = (
@@ -440,6 +445,28 @@ impl Store {
         }))
     }
 
+    /// Up to `batches` consecutive batches after `after` (as [`Store::fetch_after`] each): the
+    /// uplink fills its whole in-flight window with one request to the outbox thread instead
+    /// of one round trip per batch. Fewer once the outbox is read to its end.
+    pub fn fetch_batches(
+        &self,
+        after: u64,
+        batches: usize,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Batch>, StoreError> {
+        let mut out = Vec::with_capacity(batches.min(64));
+        let mut after = after;
+        while out.len() < batches {
+            let Some(b) = self.fetch_after(after, max_events, max_bytes)? else {
+                break;
+            };
+            after = b.last;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
     fn publish_gauges(&self) {
         crate::metrics::OUTBOX_DEPTH.set(self.depth);
         crate::metrics::OUTBOX_BYTES.set(self.bytes);
@@ -509,23 +536,25 @@ const INSERT: &str =
 
 /// Inserts one event with the next seq.
 fn insert(tx: &rusqlite::Transaction, e: &Prepared, t: &mut Tally) -> rusqlite::Result<u64> {
-    insert_with(&mut tx.prepare_cached(INSERT)?, e, t)
+    insert_with(&mut tx.prepare_cached(INSERT)?, e, t, &mut String::new())
 }
 
-/// As [`insert`], with the statement prepared by the caller.
+/// As [`insert`], with the statement prepared by the caller and `body` as the buffer the row's
+/// JSON is written into.
 fn insert_with(
     statement: &mut rusqlite::CachedStatement,
     e: &Prepared,
     t: &mut Tally,
+    body: &mut String,
 ) -> rusqlite::Result<u64> {
     let seq = t.last_seq + 1;
-    let body = e.body(seq);
+    e.write_body(seq, body);
     statement.execute(params![
         seq as i64,
         e.id,
         e.priority as i64,
         e.created_ms,
-        body
+        body.as_str()
     ])?;
     t.last_seq = seq;
     t.depth += 1;

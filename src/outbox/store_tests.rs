@@ -66,6 +66,31 @@ fn append_fetch_ack_in_seq_order() {
 }
 
 #[test]
+fn several_batches_in_one_read_are_consecutive_and_each_acknowledged_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir.path().join("o.db"), 1 << 30).store;
+    let events: Vec<Event> = (0..7).map(|i| scan(&format!("e{i}"))).collect();
+    s.commit_group(&events, &[]).unwrap();
+    // Room for four batches of two: the outbox has seven rows after the first, so 2+2+2+1.
+    let batches = s.fetch_batches(0, 4, 2, 1 << 20).unwrap();
+    let ranges: Vec<_> = batches.iter().map(|b| (b.first, b.last, b.count)).collect();
+    assert_eq!(ranges, vec![(1, 2, 2), (3, 4, 2), (5, 6, 2), (7, 7, 1)]);
+    assert_eq!(bodies(&batches[3])[0]["data"]["payload"], "e6");
+    // Fewer asked than there are: it stops there; nothing left: empty.
+    assert_eq!(s.fetch_batches(0, 1, 2, 1 << 20).unwrap().len(), 1);
+    assert!(s.fetch_batches(7, 4, 2, 1 << 20).unwrap().is_empty());
+    // Each batch's acknowledgement takes exactly its rows off the depth.
+    let before = s.stats().unwrap();
+    for (i, b) in batches.iter().enumerate() {
+        s.commit_group(&[], &[(b.first, b.last)]).unwrap();
+        let depth = s.stats().unwrap().depth;
+        let acked: u64 = batches[..=i].iter().map(|b| b.count as u64).sum();
+        assert_eq!(depth, before.depth - acked);
+    }
+    assert_eq!(s.stats().unwrap().bytes, 0);
+}
+
+#[test]
 fn batch_respects_byte_cap() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(&dir.path().join("o.db"), 1 << 30).store;

@@ -100,10 +100,12 @@ impl<T> Book<T> {
         self.inflight.clear();
     }
 
-    /// Where the next batch starts (`fetch_after`), while fewer than `max_batches` batches are
-    /// out; `None` when the window is full.
-    pub fn next_fetch(&self, max_batches: usize) -> Option<u64> {
-        (!self.held && self.batches_in_flight() < max_batches).then_some(self.sent_through)
+    /// Where the next batches start (`fetch_batches`) and how many the window of `max_batches`
+    /// has room for (all of them are read in one request); `None` when the window is full or
+    /// the book is held after a refused PUBACK.
+    pub fn next_fetch(&self, max_batches: usize) -> Option<(u64, usize)> {
+        let room = max_batches.saturating_sub(self.batches_in_flight());
+        (!self.held && room > 0).then_some((self.sent_through, room))
     }
 
     /// Batches queued or on the wire.
@@ -155,8 +157,7 @@ impl<T> Book<T> {
         sent
     }
 
-    /// A refused batch holds the book.
-    #[cfg(test)]
+    /// A refused batch holds the book: nothing new is published until [`Book::resume`].
     pub fn is_held(&self) -> bool {
         self.held
     }

@@ -46,17 +46,17 @@ fn a_puback_for_no_publish_of_this_connection_settles_nothing() {
 fn connack_starts_again_from_the_oldest_unacknowledged_row() {
     let mut b = Book::new();
     b.connected();
-    assert_eq!(b.next_fetch(8), Some(0));
+    assert_eq!(b.next_fetch(8), Some((0, 8)));
     b.queued_batch(1, 10, 10, ());
     b.queued_batch(11, 20, 20, ());
-    assert_eq!(b.next_fetch(8), Some(20));
+    assert_eq!(b.next_fetch(8), Some((20, 6)));
     b.assigned(1);
     b.disconnected();
     assert!(b.is_empty());
     // A packet id of the old connection names nothing on the new one.
     b.connected();
     assert_eq!(b.acked(1), None);
-    assert_eq!(b.next_fetch(8), Some(0));
+    assert_eq!(b.next_fetch(8), Some((0, 8)));
 }
 
 #[test]
@@ -71,7 +71,7 @@ fn the_window_counts_batches_queued_or_on_the_wire_not_status() {
     assert_eq!(b.batches_in_flight(), 2);
     assert_eq!(b.next_fetch(2), None);
     assert_eq!(b.acked(2), Some(batch(1, 1)));
-    assert_eq!(b.next_fetch(2), Some(2));
+    assert_eq!(b.next_fetch(2), Some((2, 1)));
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn a_refused_batch_holds_the_book_until_the_window_empties_then_resends_from_the
     assert!(b.resume());
     assert_eq!(
         b.next_fetch(8),
-        Some(0),
+        Some((0, 8)),
         "again from the oldest unacknowledged row"
     );
 }
@@ -104,7 +104,7 @@ fn a_refused_status_message_does_not_hold_the_events() {
     b.assigned(3);
     assert_eq!(b.refused(3), Some(Sent::Status));
     assert!(!b.is_held());
-    assert_eq!(b.next_fetch(8), Some(0));
+    assert_eq!(b.next_fetch(8), Some((0, 8)));
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn a_reconnect_ends_the_hold() {
     b.refused(1);
     b.disconnected();
     b.connected();
-    assert_eq!(b.next_fetch(8), Some(0));
+    assert_eq!(b.next_fetch(8), Some((0, 8)));
 }
 
 /// What happens next, in the model of the client, the broker and the outbox.
@@ -221,18 +221,23 @@ impl World {
                 if !self.connected {
                     return Ok(());
                 }
-                let Some(after) = self.book.next_fetch(WINDOW) else {
+                // Every free slot of the window in one read, as the uplink does.
+                let Some((mut after, room)) = self.book.next_fetch(WINDOW) else {
                     return Ok(());
                 };
-                let rows: Vec<u64> = self
-                    .outbox
-                    .range(after + 1..)
-                    .take(n as usize)
-                    .copied()
-                    .collect();
-                if let (Some(&first), Some(&last)) = (rows.first(), rows.last()) {
+                for _ in 0..room {
+                    let rows: Vec<u64> = self
+                        .outbox
+                        .range(after + 1..)
+                        .take(n as usize)
+                        .copied()
+                        .collect();
+                    let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else {
+                        break;
+                    };
                     self.client.push_back(Some((first, last)));
                     self.book.queued_batch(first, last, rows.len(), ());
+                    after = last;
                 }
             }
             Step::Status => {

@@ -27,6 +27,7 @@ pub use settings::{BrokerAddr, MqttConfig, Protocol, TlsConfig, UplinkConfig, Up
 use book::{Book, Sent};
 use report::{ReportSources, Reporter};
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
@@ -63,7 +64,7 @@ enum Mode {
     ShuttingDown,
 }
 
-type FetchFuture = Pin<Box<dyn Future<Output = Result<Option<Batch>, OutboxError>> + Send>>;
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Vec<Batch>, OutboxError>> + Send>>;
 
 pub struct Uplink {
     session: Session,
@@ -165,6 +166,12 @@ impl Uplink {
         let mut report_check = tokio::time::interval(report::CHECK_EVERY);
         report_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         report_check.reset();
+        // Batches read ahead of the window (at most one window's worth): a PUBACK's free slot
+        // is filled at once instead of after a round trip to the outbox thread, which under a
+        // loaded CPU waits for that thread to be scheduled. Dropped with the connection: the
+        // next one reads again from the oldest unacknowledged row.
+        let mut ready: VecDeque<Batch> = VecDeque::new();
+        let window = self.settings.inflight;
         loop {
             // A refused batch's backoff has passed: start again from its rows once the
             // batches sent after it are settled (the next PUBACK brings us back here).
@@ -175,20 +182,41 @@ impl Uplink {
             {
                 self.retry_at = None;
                 caught_up = false;
+                // What was read ahead, or is being read, lies after the refused rows.
+                ready.clear();
+                fetch = None;
             }
             let retry_wait = self.retry_at.filter(|at| *at > tokio::time::Instant::now());
+            // A held book (a refused PUBACK) publishes nothing new until it resumes.
+            while !self.book.is_held() && self.book.batches_in_flight() < window {
+                let Some(batch) = ready.pop_front() else {
+                    break;
+                };
+                if !self.publish_batch(batch) {
+                    // Not queued: read again from the last batch queued, in order.
+                    ready.clear();
+                    break;
+                }
+            }
             let wanted = match (&fetch, caught_up) {
-                (None, false) => self.book.next_fetch(self.settings.inflight),
+                (None, false) => self
+                    .book
+                    .next_fetch((2 * window).saturating_sub(ready.len()))
+                    .map(|(after, room)| (ready.back().map_or(after, |b| b.last), room)),
                 _ => None,
             };
-            if let Some(after) = wanted {
+            // Every free slot in one request: a round trip to the outbox thread per batch made
+            // the drain wait on that thread's wake-ups.
+            if let Some((after, room)) = wanted {
                 self.committed.borrow_and_update();
                 let h = self.outbox.clone();
                 let (n, b) = (
                     self.settings.batch_max_events,
                     self.settings.batch_max_bytes,
                 );
-                fetch = Some(Box::pin(async move { h.fetch_after(after, n, b).await }));
+                fetch = Some(Box::pin(
+                    async move { h.fetch_batches(after, room, n, b).await },
+                ));
             }
             tokio::select! {
                 ev = self.session.poll() => match ev {
@@ -200,8 +228,8 @@ impl Uplink {
                 batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
                     fetch = None;
                     match batch {
-                        Ok(Some(batch)) => self.publish_batch(batch),
-                        Ok(None) => caught_up = true,
+                        Ok(batches) if batches.is_empty() => caught_up = true,
+                        Ok(batches) => ready.extend(batches),
                         Err(OutboxError::Closed) => return Ok(Mode::ShuttingDown),
                         // A read the database refused (I/O error, a locked file): the rows are
                         // still there. Retry after a pause instead of ending the uplink.
@@ -333,7 +361,8 @@ impl Uplink {
         );
     }
 
-    fn publish_batch(&mut self, batch: Batch) {
+    /// Queues a batch's publish; false when the client refused it.
+    fn publish_batch(&mut self, batch: Batch) -> bool {
         let queued = Instant::now();
         // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
         // a full channel cannot happen; if it did, the batch is simply fetched again.
@@ -341,10 +370,15 @@ impl Uplink {
             .session
             .try_publish(&self.events_topic, batch.payload, false, BATCH_CONTENT_TYPE)
         {
-            Ok(()) => self
-                .book
-                .queued_batch(batch.first, batch.last, batch.count, queued),
-            Err(e) => warn!(error = %e, "could not queue a batch; it stays in the outbox"),
+            Ok(()) => {
+                self.book
+                    .queued_batch(batch.first, batch.last, batch.count, queued);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not queue a batch; it stays in the outbox");
+                false
+            }
         }
     }
 

@@ -1,0 +1,42 @@
+//! A group's appends, gathered from the queue in arrival order, and the state writes that go
+//! with each run of them.
+
+use tokio::sync::oneshot;
+
+use super::{OutboxError, StateWrite};
+use crate::event::Prepared;
+
+/// The appends of a group in arrival order, with what each carries besides its event.
+#[derive(Default)]
+pub(super) struct Appends {
+    pub(super) events: Vec<Prepared>,
+    pub(super) states: Vec<Vec<StateWrite>>,
+    pub(super) dones: Vec<Option<oneshot::Sender<Result<u64, OutboxError>>>>,
+}
+
+impl Appends {
+    /// The state writes that go with appends `from..to`, in arrival order: each append's own,
+    /// and the lone writes (tagged with how many appends came before them) among them; the
+    /// lone writes after the last append go with the range that ends the group.
+    pub(super) fn state_of(
+        &self,
+        from: usize,
+        to: usize,
+        lone: &[(usize, StateWrite)],
+    ) -> Vec<StateWrite> {
+        let ends_group = to == self.events.len();
+        let mut lone = lone
+            .iter()
+            .filter(|(before, _)| *before >= from && (*before < to || ends_group))
+            .peekable();
+        let mut out = Vec::new();
+        for i in from..to {
+            while let Some((_, w)) = lone.next_if(|(before, _)| *before <= i) {
+                out.push(w.clone());
+            }
+            out.extend(self.states[i].iter().cloned());
+        }
+        out.extend(lone.map(|(_, w)| w.clone()));
+        out
+    }
+}
