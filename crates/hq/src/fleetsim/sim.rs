@@ -42,18 +42,32 @@ const OUTBOX_STACK: usize = 256 * 1024;
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+/// `fleet-sim`'s arguments: the command line's, parsed once (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
+    #[arg(long)]
     pub stores: usize,
     /// Events per second per store.
+    #[arg(long)]
     pub rate: f64,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    pub broker_host: String,
-    pub broker_port: u16,
-    /// Each store's outbox lives under `dir/<store>/`.
+    /// The broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_broker)]
+    pub broker: (String, u16),
+    /// Where the stores' outboxes go (one directory per store, `dir/<store>/`).
+    #[arg(long, default_value = "fleet")]
     pub dir: PathBuf,
-    /// How long the end waits for every outbox to be acknowledged by the broker.
+    /// How long the end waits for every outbox to be acknowledged.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// `host:port`, the port last (an IPv6 host keeps its colons).
+fn parse_broker(s: &str) -> Result<(String, u16), String> {
+    s.rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+        .ok_or_else(|| format!("--broker must be host:port, not {s:?}"))
 }
 
 /// What the run did: printed as one JSON line on stdout for `fleet-bench`.
@@ -177,7 +191,7 @@ fn open_gateway(
     let store = store_id(i);
     let dir = args.dir.join(&store);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = edge_config(&store, &dir, &args.broker_host, args.broker_port)?;
+    let config = edge_config(&store, &dir, &args.broker.0, args.broker.1)?;
     let origin = Origin {
         store: store.clone(),
         gateway: "gw1".into(),
