@@ -26,7 +26,7 @@ use crate::seq::{group_lag_ms, ConsumerBeat, GatewaySeq};
 use crate::store::{Expired, Group, JourneyStore, StoreError};
 
 /// Messages committed in one transaction at most: bounds a commit's latency and memory.
-pub const MAX_GROUP: usize = 256;
+pub const MAX_GROUP: usize = 1024;
 /// How often the holes are checked against the grace.
 const TICK: Duration = Duration::from_secs(1);
 /// Pause after a failed commit, so a broken disk does not spin the thread.
