@@ -24,7 +24,7 @@
 //! that is minutes behind still holds numbers that another has long passed. So the grace is
 //! counted on top of the group's worst lag ([`group_lag_ms`]): each consumer records, about
 //! once a second, how old (by the gateways' clocks) the freshest event it committed since its
-//! previous record was, or 0 when it is connected and nothing came (its queue is drained).
+//! previous record is at the record, or 0 when it is connected and nothing came (its queue is drained).
 //! A missing number was published before the event that opened its hole; if a consumer holds
 //! it, that consumer is busy since then, and its queue is first in, first out, so every record
 //! it made since shows a lag at least as old as that number. A consumer that stops recording
@@ -201,7 +201,7 @@ impl GatewaySeq {
 pub struct ConsumerBeat {
     /// When it was recorded, ms since the Unix epoch.
     pub at_ms: u64,
-    /// How old, at `at_ms`, the freshest event committed since the previous record was
+    /// How old, at `at_ms`, the freshest event committed since the previous record is
     /// (`at_ms` minus the event's `time`); 0 when nothing came while connected (drained).
     pub lag_ms: u64,
     /// How long after `at_ms` the broker may still hold messages for this consumer.
@@ -446,7 +446,7 @@ mod tests {
                 if let Some((seq, end)) = busy[c] {
                     if end == t {
                         g.receive(seq, t);
-                        lag_since[c] = Some(lag_since[c].unwrap_or(0).max(t - publish(seq)));
+                        lag_since[c] = Some(lag_since[c].unwrap_or(0).max(publish(seq)));
                         busy[c] = None;
                     }
                 }
@@ -456,7 +456,7 @@ mod tests {
                 if busy[c].is_none() && idle && t >= next_beat[c] {
                     beats[c] = Some(ConsumerBeat {
                         at_ms: t,
-                        lag_ms: lag_since[c].take().unwrap_or(0),
+                        lag_ms: lag_since[c].take().map_or(0, |p| t - p),
                         holds_ms: u64::MAX,
                     });
                     next_beat[c] = t + BEAT;

@@ -58,13 +58,20 @@ pub struct Writer {
     grace: Duration,
     stats: Shared,
     member: Member,
-    /// The lag of the freshest event committed since the last beat (`None`: nothing came).
-    lag_since_beat: Option<u64>,
-    /// The input was connected at the previous tick too: an idle tick then means that our
-    /// queue at the broker is drained. Right after a (re)connect, the broker may not have
-    /// sent the session's backlog yet.
-    connected_before: bool,
+    /// The time (ms) of the freshest event committed since the last beat (`None`: nothing
+    /// came). The lag is taken at the beat, not at the commit: a stall in between (the process
+    /// stopped) adds to it.
+    freshest_since_beat: Option<u64>,
+    /// The input was connected at the previous tick too, and that tick was at most
+    /// [`WATCHED`] ago: an idle tick then means that our queue at the broker is drained.
+    /// Right after a (re)connect the broker may not have sent the session's backlog yet; after
+    /// a stall (the process stopped, starved of CPU) the backlog may sit unread in the socket.
+    watched: Option<Instant>,
 }
+
+/// The longest gap between two ticks over which an idle writer still counts as having watched
+/// its input.
+const WATCHED: Duration = Duration::from_millis(1_500);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -96,8 +103,8 @@ impl Writer {
             grace,
             stats,
             member,
-            lag_since_beat: None,
-            connected_before: false,
+            freshest_since_beat: None,
+            watched: None,
         };
         w.publish_all();
         Ok(w)
@@ -162,8 +169,8 @@ impl Writer {
         let messages = group.len() as u64;
         match result {
             Ok(done) => {
-                if let Some(lag) = freshest_lag(&accepted, now) {
-                    self.lag_since_beat = Some(self.lag_since_beat.unwrap_or(0).max(lag));
+                if let Some(t) = freshest_ms(&accepted) {
+                    self.freshest_since_beat = Some(self.freshest_since_beat.unwrap_or(0).max(t));
                 }
                 // A shared store's accounting includes the other consumers' events.
                 for (k, g) in done.gateways {
@@ -204,16 +211,23 @@ impl Writer {
     fn beat_and_expire(&mut self) {
         // Not connected: the broker may keep messages for us, so record nothing and declare
         // nothing; our last beat ages, and with it the lag the other consumers count for us.
-        // Just connected and nothing committed yet: the same, until the next tick.
+        // Just connected, or just back from a stall, and nothing committed yet: the same,
+        // until the next tick.
         let connected = self.member.connected.load(Ordering::Relaxed);
-        let connected_before = std::mem::replace(&mut self.connected_before, connected);
-        if !connected || (!connected_before && self.lag_since_beat.is_none()) {
+        let tick = Instant::now();
+        let watched = std::mem::replace(&mut self.watched, connected.then_some(tick))
+            .is_some_and(|last| tick.duration_since(last) <= WATCHED);
+        if !connected || (!watched && self.freshest_since_beat.is_none()) {
             return;
         }
         let now = now_ms();
         let beat = ConsumerBeat {
             at_ms: now,
-            lag_ms: self.lag_since_beat.take().unwrap_or(0),
+            // A gateway clock ahead of ours counts as no lag.
+            lag_ms: self
+                .freshest_since_beat
+                .take()
+                .map_or(0, |t| now.saturating_sub(t)),
             holds_ms: self.member.holds.as_millis() as u64,
         };
         let group_lag = match self.store.beat(&self.member.id, &beat) {
@@ -269,12 +283,10 @@ impl Writer {
     }
 }
 
-/// How old (by the gateways' clocks) the freshest event of a commit was at `now_ms`. Times are
-/// all in one fixed format, so the greatest string is the latest time. A gateway clock ahead
-/// of ours counts as 0.
-fn freshest_lag(accepted: &[Accepted], now_ms: u64) -> Option<u64> {
+/// The time (by the gateways' clocks, ms) of the freshest event of a commit. Times are all in
+/// one fixed format, so the greatest string is the latest time.
+fn freshest_ms(accepted: &[Accepted]) -> Option<u64> {
     let latest = accepted.iter().map(|e| e.time.as_str()).max()?;
     let t = humantime::parse_rfc3339_weak(latest).ok()?;
-    let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64;
-    Some(now_ms.saturating_sub(ms))
+    Some(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64)
 }

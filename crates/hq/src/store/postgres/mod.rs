@@ -24,6 +24,9 @@
 //!   ends its session and the lock with it, and one of them takes over from the durable
 //!   cursor (an in-flight mark left behind makes its first request an announced repeat).
 //!
+//! - **The group's lag.** Each consumer's beat is a row of `consumers` (see `crate::seq`,
+//!   "The group's lag"), written outside the writer's transactions: its own row only.
+//!
 //! Durability: PostgreSQL's own (`synchronous_commit`, on by default: a commit is flushed
 //! before it returns, and the writer acknowledges to the broker only after it).
 //! TLS to the database is not in yet: keep it on a trusted network or a local socket.
