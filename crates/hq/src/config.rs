@@ -13,7 +13,7 @@
 //! group = "journey"            # the share group: consumers of one group split the stream
 //! session_expiry = "1d"        # how long the broker keeps the session while we are away
 //! keepalive = "30s"
-//! receive_maximum = 256        # unacknowledged messages the broker may send us at once
+//! receive_maximum = 2048       # unacknowledged messages the broker may send us at once
 //! max_packet_bytes = 16777216
 //!
 //! [store]
@@ -197,9 +197,11 @@ fn default_session_expiry() -> Duration {
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
-/// Enough to keep a commit group full (`writer::MAX_GROUP`) while the previous one commits.
+/// Two commit groups (`writer::MAX_GROUP`): one full group can arrive while the previous one
+/// commits. (The PUBACKs go out only after a commit, so with one group's worth the broker
+/// sent nothing while the writer committed: the fleet benchmark's consumers idled on it.)
 fn default_receive_maximum() -> u16 {
-    256
+    2048
 }
 /// A gateway's largest batch is far below this (`[uplink] batch_max_bytes`).
 fn default_max_packet() -> u32 {

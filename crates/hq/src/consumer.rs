@@ -19,6 +19,8 @@
 //! So every event is stored at least once, and de-duplication by (gateway, id) makes it once.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use phygate::backoff::ReconnectBackoff;
@@ -50,12 +52,15 @@ pub struct Consumer {
     /// that stayed up (a broker that accepts and drops at once is retried at the capped pace).
     backoff: ReconnectBackoff,
     shutdown: watch::Receiver<bool>,
+    /// Up from the CONNACK to the connection's end: the writer records its beat only then.
+    connected: Arc<AtomicBool>,
 }
 
 impl Consumer {
     pub fn new(
         m: &MqttConfig,
         writer: flume::Sender<Delivery>,
+        connected: Arc<AtomicBool>,
         shutdown: watch::Receiver<bool>,
     ) -> Consumer {
         let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
@@ -76,6 +81,7 @@ impl Consumer {
             unsent_acks: VecDeque::new(),
             backoff: ReconnectBackoff::new(BACKOFF_MIN, BACKOFF_MAX),
             shutdown,
+            connected,
         }
     }
 
@@ -116,6 +122,7 @@ impl Consumer {
             Event::Incoming(Packet::ConnAck(c)) => {
                 info!(session_present = c.session_present, filter = %self.filter, "connected to the broker");
                 self.backoff.connected();
+                self.connected.store(true, Ordering::Relaxed);
                 self.pending.clear();
                 self.unsent_acks.clear();
                 // Every connection subscribes, a resumed session too: mosquitto 2.0.11 keeps
@@ -172,6 +179,7 @@ impl Consumer {
     /// Forgets this connection's receipts and waits (capped, jittered) before the next
     /// attempt; true on shutdown.
     async fn back_off(&mut self, error: impl std::fmt::Display) -> bool {
+        self.connected.store(false, Ordering::Relaxed);
         self.pending.clear();
         self.unsent_acks.clear();
         // In [d/2, d]: a fleet of consumers does not come back in step.
@@ -186,6 +194,7 @@ impl Consumer {
     /// Acknowledges what was committed by now, then disconnects; the broker keeps the session
     /// and sends the rest again at the next start.
     async fn shut_down(&mut self) {
+        self.connected.store(false, Ordering::Relaxed);
         for publish in self.pending.take_settled() {
             self.ack(&publish);
         }

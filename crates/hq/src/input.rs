@@ -36,6 +36,30 @@ impl Input {
             Input::JetStream(j) => j.max_ack_pending as usize,
         }
     }
+
+    /// How long after this worker stops the broker may still hold messages for it (and only
+    /// for it): the loss rule counts its lag until then (`crate::seq`, "The group's lag").
+    /// MQTT: the session expiry (mosquitto queues a shared subscription's messages for an
+    /// absent member's session and gives them to no one else). JetStream: `ack_wait`, after
+    /// which what it had unacknowledged goes to the other workers.
+    pub fn holds(&self) -> Duration {
+        match self {
+            Input::Mqtt(m) => m.session_expiry,
+            Input::JetStream(j) => j.ack_wait,
+        }
+    }
+
+    /// This worker's name in the group's beats: the MQTT client id (its session's name);
+    /// JetStream workers share one durable, so the host and process name it.
+    pub fn member_id(&self) -> String {
+        match self {
+            Input::Mqtt(m) => m.client_id.clone(),
+            Input::JetStream(j) => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}@{}:{}", j.durable, host.trim(), std::process::id())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

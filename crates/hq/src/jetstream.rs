@@ -19,6 +19,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
@@ -43,6 +45,8 @@ pub struct JetStreamInput {
     writer: Option<flume::Sender<Delivery>>,
     pending: FuturesUnordered<Settling>,
     shutdown: watch::Receiver<bool>,
+    /// Up while attached and the NATS connection is up: the writer records its beat only then.
+    connected: Arc<AtomicBool>,
 }
 
 /// Why one attachment to the consumer ended.
@@ -55,6 +59,7 @@ impl JetStreamInput {
     pub fn new(
         config: &JetStreamConfig,
         writer: flume::Sender<Delivery>,
+        connected: Arc<AtomicBool>,
         shutdown: watch::Receiver<bool>,
     ) -> JetStreamInput {
         JetStreamInput {
@@ -62,17 +67,29 @@ impl JetStreamInput {
             writer: Some(writer),
             pending: FuturesUnordered::new(),
             shutdown,
+            connected,
         }
     }
 
     pub async fn run(mut self) {
         // The client reconnects by itself, to any server of the list and to those the
         // cluster announces; a first connect that fails is retried the same way.
+        let link = self.connected.clone();
         let client = match async_nats::ConnectOptions::new()
             .name("phygate-hq")
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .event_callback(|e| async move { info!(event = %e, "NATS connection") })
+            .event_callback(move |e| {
+                let link = link.clone();
+                async move {
+                    match e {
+                        async_nats::Event::Connected => link.store(true, Ordering::Relaxed),
+                        async_nats::Event::Disconnected => link.store(false, Ordering::Relaxed),
+                        _ => {}
+                    }
+                    info!(event = %e, "NATS connection")
+                }
+            })
             .connect(self.config.servers.clone())
             .await
         {
@@ -88,7 +105,10 @@ impl JetStreamInput {
             let ended = match attach(&self.config, &js).await {
                 Ok(consumer) => {
                     delay = BACKOFF_MIN;
-                    self.consume(&consumer).await
+                    self.connected.store(true, Ordering::Relaxed);
+                    let ended = self.consume(&consumer).await;
+                    self.connected.store(false, Ordering::Relaxed);
+                    ended
                 }
                 Err(e) => Ended::Failed(e),
             };

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use phygate_hq::config::Config;
-use phygate_hq::fleetsim::bench::{BenchArgs, StoreKind};
+use phygate_hq::fleetsim::bench::BenchArgs;
 use phygate_hq::fleetsim::sim::SimArgs;
 use phygate_hq::store::JourneyStore;
 
@@ -55,57 +54,14 @@ enum Command {
     /// Simulate N store gateways in this process, each with the gateway's own outbox (its own
     /// SQLite file) and uplink, publishing to a broker; prints a JSON report at the end.
     FleetSim {
-        #[arg(long)]
-        stores: usize,
-        /// Events per second per store.
-        #[arg(long)]
-        rate: f64,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// The broker, host:port.
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        broker: String,
-        /// Where the stores' outboxes go (one directory per store).
-        #[arg(long, default_value = "fleet")]
-        dir: PathBuf,
-        /// How long the end waits for every outbox to be acknowledged.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        drain_timeout: Duration,
-        /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway): 3.1.1 or 5.
-        #[arg(long, default_value = "3.1.1")]
-        mqtt: String,
+        #[command(flatten)]
+        args: SimArgs,
     },
     /// The fleet benchmark: a local mosquitto, K consumers, Braze- and Amplitude-like servers
     /// and fleet-sim; prints published, stored, lost, repeats, latency, CPU and memory.
     FleetBench {
-        #[arg(long, default_value_t = 1000)]
-        stores: usize,
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value_t = 1)]
-        consumers: usize,
-        #[arg(long, value_enum, default_value = "sqlite")]
-        store: StoreKind,
-        /// SIGKILL the first consumer this long after the fleet starts, then restart it.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        kill_consumer_at: Option<Duration>,
-        /// Stop and restart the broker this long after the fleet starts.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        restart_broker_at: Option<Duration>,
-        /// Chance that an engine answers a request 429.
-        #[arg(long, default_value_t = 0.02)]
-        throttle: f64,
-        /// Keep every file here (default: a temp dir, removed at the end).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// How long the end waits for HQ to store and forward everything.
-        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
-        settle_timeout: Duration,
-        /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway): 3.1.1 or 5.
-        #[arg(long, default_value = "3.1.1")]
-        mqtt: String,
+        #[command(flatten)]
+        args: BenchArgs,
     },
     /// Every store: its retained online/offline status, last event and losses, as a table.
     Stores {
@@ -193,58 +149,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         }
-        Command::FleetSim {
-            stores,
-            rate,
-            duration,
-            broker,
-            dir,
-            drain_timeout,
-            mqtt,
-        } => {
-            let (host, port) = broker
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-                .ok_or_else(|| anyhow::anyhow!("--broker must be host:port, not {broker:?}"))?;
-            let report = phygate_hq::fleetsim::sim::run(SimArgs {
-                stores,
-                rate,
-                duration,
-                broker_host: host,
-                broker_port: port,
-                dir,
-                drain_timeout,
-                mqtt,
-            })?;
+        Command::FleetSim { args } => {
+            let report = phygate_hq::fleetsim::sim::run(args)?;
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::FleetBench {
-            stores,
-            rate,
-            duration,
-            consumers,
-            store,
-            kill_consumer_at,
-            restart_broker_at,
-            throttle,
-            dir,
-            settle_timeout,
-            mqtt,
-        } => {
-            let ok = phygate_hq::fleetsim::bench::run(BenchArgs {
-                stores,
-                rate,
-                duration,
-                consumers,
-                store,
-                kill_consumer_at,
-                restart_broker_at,
-                throttle,
-                dir,
-                settle_timeout,
-                mqtt,
-            })?;
-            if !ok {
+        Command::FleetBench { args } => {
+            if !phygate_hq::fleetsim::bench::run(args)? {
                 return Ok(ExitCode::from(3));
             }
         }

@@ -16,6 +16,8 @@ pub struct Stats {
     pub duplicates: u64,
     pub parked: u64,
     pub commit_errors: u64,
+    /// The group's worst lag at the last expiry check, ms (`crate::seq::group_lag_ms`).
+    pub group_lag_ms: u64,
     pub gateways: BTreeMap<GatewayKey, GatewayFigures>,
     /// By sink name; each sink's runner keeps its own entry.
     pub sinks: BTreeMap<String, SinkFigures>,
@@ -104,6 +106,11 @@ pub fn render(s: &Stats) -> String {
         "phygate_hq_commit_errors_total",
         "Journey store commits that failed (messages redelivered).",
         s.commit_errors,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP phygate_hq_group_lag_seconds The share group's worst lag: a hole becomes a loss after the grace plus this.\n# TYPE phygate_hq_group_lag_seconds gauge\nphygate_hq_group_lag_seconds {:.3}",
+        s.group_lag_ms as f64 / 1000.0
     );
     let per_gateway: [Series<GatewayFigures>; 5] = [
         (

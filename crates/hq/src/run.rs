@@ -4,6 +4,7 @@
 //! writer commits what it holds and ends. The sinks stop at the same signal, each once its
 //! request out (if any) is answered.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use crate::input::Input;
 use crate::jetstream::JetStreamInput;
 use crate::metrics::Stats;
 use crate::sink::runner::SinkRunner;
-use crate::writer::Writer;
+use crate::writer::{Member, Writer};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
@@ -27,10 +28,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // runtime of its own, which tokio refuses on its workers): off the async workers.
     let (store_config, grace, writer_stats) =
         (config.store.clone(), config.loss_grace, stats.clone());
+    let connected = Arc::new(AtomicBool::new(false));
+    let member = Member {
+        id: config.input.member_id(),
+        holds: config.input.holds(),
+        connected: connected.clone(),
+    };
     let writer = tokio::task::spawn_blocking(move || {
         let store = crate::store::open_journey(&store_config)
             .with_context(|| format!("opening the journey store {}", store_config.describe()))?;
-        Writer::new(store, rx, grace, writer_stats).context("loading the seq accounting")
+        Writer::new(store, rx, grace, writer_stats, member).context("loading the seq accounting")
     })
     .await
     .context("opening the journey store")??;
@@ -50,8 +57,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
     let consumer = match &config.input {
-        Input::Mqtt(m) => tokio::spawn(Consumer::new(m, tx, stopped.clone()).run()),
-        Input::JetStream(j) => tokio::spawn(JetStreamInput::new(j, tx, stopped.clone()).run()),
+        Input::Mqtt(m) => tokio::spawn(Consumer::new(m, tx, connected, stopped.clone()).run()),
+        Input::JetStream(j) => {
+            tokio::spawn(JetStreamInput::new(j, tx, connected, stopped.clone()).run())
+        }
     };
     // Each sink reads the store through its own connection (WAL: readers do not block the
     // writer), at its own pace: a throttled engine slows only its sink. With PostgreSQL, the

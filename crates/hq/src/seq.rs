@@ -18,6 +18,21 @@
 //!   the numbers between become a pending hole like any other.
 //! - A hole at the very end (the gateway's last events never arrive) shows only once a later
 //!   event arrives: nothing else tells HQ that those numbers were ever given.
+//!
+//! **The group's lag.** A fixed grace is not enough when the consumers of a share group lag:
+//! the broker queues each consumer's share of a store's messages separately, so a consumer
+//! that is minutes behind still holds numbers that another has long passed. So the grace is
+//! counted on top of the group's worst lag ([`group_lag_ms`]): each consumer records, about
+//! once a second, how old (by the gateways' clocks) the freshest event it committed since its
+//! previous record is at the record, or 0 when it is connected and nothing came (its queue is drained).
+//! A missing number was published before the event that opened its hole; if a consumer holds
+//! it, that consumer is busy since then, and its queue is first in, first out, so every record
+//! it made since shows a lag at least as old as that number. A consumer that stops recording
+//! (killed, or cut off from the broker) may hold anything published since its last record, so
+//! its lag grows with the time since: [`ConsumerBeat::lag_at`]. It counts until the broker
+//! would no longer give its messages back to it: `holds_ms` after its last record (MQTT: the
+//! session expiry, after which the broker drops what it queued for it; JetStream: `ack_wait`,
+//! after which its unacknowledged messages go to the other workers).
 
 use std::collections::BTreeMap;
 
@@ -181,6 +196,38 @@ impl GatewaySeq {
     }
 }
 
+/// One consumer's progress, as it records it (its heartbeat) in the journey store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerBeat {
+    /// When it was recorded, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// How old, at `at_ms`, the freshest event committed since the previous record is
+    /// (`at_ms` minus the event's `time`); 0 when nothing came while connected (drained).
+    pub lag_ms: u64,
+    /// How long after `at_ms` the broker may still hold messages for this consumer.
+    pub holds_ms: u64,
+}
+
+impl ConsumerBeat {
+    /// The consumer's lag at `now_ms`: what it recorded plus the time since, or `None` once
+    /// the broker no longer holds anything for it. The time since counts for a live consumer
+    /// too (at most a second or two): it covers what it took in since its record.
+    pub fn lag_at(&self, now_ms: u64) -> Option<u64> {
+        let since = now_ms.saturating_sub(self.at_ms);
+        (since < self.holds_ms).then_some(self.lag_ms.saturating_add(since))
+    }
+}
+
+/// The group's worst lag at `now_ms`: a hole is declared lost only once it has been open for
+/// the grace plus this (see the module's doc).
+pub fn group_lag_ms(beats: &[ConsumerBeat], now_ms: u64) -> u64 {
+    beats
+        .iter()
+        .filter_map(|b| b.lag_at(now_ms))
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +367,161 @@ mod tests {
             g.expire(u64::MAX, GRACE);
             prop_assert_eq!(set(&g.lost_ranges()), &dropped - &announced);
             prop_assert_eq!(g.late, retracted);
+        }
+    }
+
+    #[test]
+    fn a_lagging_consumer_postpones_the_loss_and_a_dead_one_counts_until_its_session_ends() {
+        let live = ConsumerBeat {
+            at_ms: 10_000,
+            lag_ms: 4_000,
+            holds_ms: 60_000,
+        };
+        let drained = ConsumerBeat { lag_ms: 0, ..live };
+        assert_eq!(group_lag_ms(&[drained, live], 10_500), 4_500);
+        // A hole opened at 6,000 with a grace of 1,000: at 10,500 the fixed grace alone
+        // would declare it; the group's lag keeps it pending.
+        let mut g = GatewaySeq::default();
+        g.receive(1, 0);
+        g.receive(3, 6_000);
+        assert!(g
+            .expire(10_500, GRACE + group_lag_ms(&[drained, live], 10_500))
+            .is_empty());
+        // Dead since 10,000: its lag grows with the time since, until its session ends.
+        assert_eq!(group_lag_ms(&[live], 69_999), 4_000 + 59_999);
+        assert_eq!(group_lag_ms(&[live], 70_000), 0);
+        assert_eq!(group_lag_ms(&[], 70_000), 0);
+    }
+
+    /// Two consumers share one gateway's messages, each working first in, first out through
+    /// its own queue at its own pace (one may be far slower), recording a beat about once a
+    /// second after a commit or when idle, one of them killed for a while and then resuming
+    /// its session. Ms by ms.
+    fn share(
+        n: u64,
+        gap: u64,
+        to: &[u8],
+        service: [u64; 2],
+        kill: Option<(u64, u64)>,
+        grace: u64,
+        with_group_lag: bool,
+    ) -> (GatewaySeq, BTreeSet<u64>) {
+        const BEAT: u64 = 1_000;
+        let mut g = GatewaySeq::default();
+        let mut queues: [std::collections::VecDeque<u64>; 2] = Default::default();
+        let mut busy: [Option<(u64, u64)>; 2] = [None, None];
+        let mut lag_since: [Option<u64>; 2] = [None, None];
+        let mut next_beat = [0u64; 2];
+        // Each joins the group with a beat before it takes a message (`JourneyStore::join`).
+        let joined = ConsumerBeat {
+            at_ms: 0,
+            lag_ms: 0,
+            holds_ms: u64::MAX,
+        };
+        let mut beats: [Option<ConsumerBeat>; 2] = [Some(joined), Some(joined)];
+        let publish = |seq: u64| seq * gap;
+        let dropped: BTreeSet<u64> = (1..=n)
+            .filter(|s| to[*s as usize % to.len()] == 2)
+            .collect();
+        let mut t = 0u64;
+        loop {
+            if t % gap == 0 && t / gap >= 1 && t / gap <= n {
+                let seq = t / gap;
+                let c = to[seq as usize % to.len()];
+                if c < 2 {
+                    queues[c as usize].push_back(seq);
+                }
+            }
+            for c in 0..2 {
+                let frozen = c == 1 && kill.is_some_and(|(at, d)| t >= at && t < at + d);
+                if frozen {
+                    // Killed: what it was storing comes again, first, when it resumes, to a
+                    // new process that has committed nothing yet.
+                    if let Some((seq, _)) = busy[c].take() {
+                        queues[c].push_front(seq);
+                    }
+                    lag_since[c] = None;
+                    continue;
+                }
+                if let Some((seq, end)) = busy[c] {
+                    if end == t {
+                        g.receive(seq, t);
+                        lag_since[c] = Some(lag_since[c].unwrap_or(0).max(publish(seq)));
+                        busy[c] = None;
+                    }
+                }
+                // As the writer: a beat after a commit, or when nothing is waiting (a
+                // waiting message is committed first).
+                let idle = queues[c].is_empty() || lag_since[c].is_some();
+                if busy[c].is_none() && idle && t >= next_beat[c] {
+                    beats[c] = Some(ConsumerBeat {
+                        at_ms: t,
+                        lag_ms: lag_since[c].take().map_or(0, |p| t - p),
+                        holds_ms: u64::MAX,
+                    });
+                    next_beat[c] = t + BEAT;
+                }
+                if busy[c].is_none() {
+                    if let Some(seq) = queues[c].pop_front() {
+                        busy[c] = Some((seq, t + service[c]));
+                    }
+                }
+            }
+            if t % BEAT == 500 {
+                let all: Vec<ConsumerBeat> = beats.iter().flatten().copied().collect();
+                let lag = if with_group_lag {
+                    group_lag_ms(&all, t)
+                } else {
+                    0
+                };
+                g.expire(t, grace + lag);
+            }
+            let done = t > n * gap && busy == [None, None] && queues.iter().all(|q| q.is_empty());
+            if done {
+                return (g, dropped);
+            }
+            t += 1;
+        }
+    }
+
+    #[test]
+    fn a_slow_consumer_alone_would_raise_a_false_loss_without_the_group_lag() {
+        // The check on the simulation itself: with the grace alone, the same run declares
+        // numbers lost that then arrive late.
+        let to = [0u8, 1, 0, 0];
+        let (g, _) = share(300, 10, &to, [2, 60], None, 500, true);
+        assert_eq!(
+            g.late, 0,
+            "with the group lag nothing is declared lost too early"
+        );
+        let (g, _) = share(300, 10, &to, [2, 60], None, 500, false);
+        assert!(
+            g.late > 0,
+            "the grace alone declared nothing too early: {g:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// However slow either consumer is, and across a kill and resume of one of them,
+        /// nothing that arrives is ever declared lost first (no late event), and at the end
+        /// the lost numbers are exactly the dropped ones.
+        #[test]
+        fn the_group_lag_rule_declares_no_false_loss(
+            n in 20u64..160,
+            gap in 1u64..30,
+            to in proptest::collection::vec(prop_oneof![8 => Just(0u8), 8 => Just(1u8), 1 => Just(2u8)], 1..12),
+            service in [1u64..40, 1u64..400],
+            kill in proptest::option::of((0u64..4_000, 1u64..5_000)),
+        ) {
+            let (mut g, dropped) = share(n, gap, &to, service, kill, 300, true);
+            prop_assert_eq!(g.late, 0);
+            g.expire(u64::MAX, 0);
+            let lost = set(&g.lost_ranges());
+            // Only numbers inside the span are HQ's to miss.
+            let (low, high) = g.span.unwrap_or((1, 0));
+            let expected: BTreeSet<u64> = dropped.into_iter().filter(|s| *s > low && *s < high).collect();
+            prop_assert_eq!(lost, expected);
         }
     }
 }

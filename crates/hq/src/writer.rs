@@ -5,10 +5,16 @@
 //! broker then. A failed commit settles nothing: the consumer drops the connection and the
 //! broker sends the messages again.
 //!
-//! Once a second it declares lost the holes older than the grace, with one log line per
-//! gateway (and so per store) naming the lost `seq` ranges.
+//! Once a second it records this consumer's beat in the journey store (its lag: how old the
+//! freshest event it committed since the last beat was; 0 when connected and idle), and
+//! declares lost the holes open longer than the grace plus the group's worst lag
+//! ([`crate::seq::group_lag_ms`]), with one log line per gateway (and so per store) naming
+//! the lost `seq` ranges. While the input is not connected it records nothing: the broker may
+//! be keeping messages for it, and the others then count its lag as growing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
@@ -16,11 +22,11 @@ use tracing::{error, info, warn};
 
 use crate::ingest::{self, Accepted, GatewayKey, Parked};
 use crate::metrics::{GatewayFigures, Shared};
-use crate::seq::GatewaySeq;
+use crate::seq::{group_lag_ms, ConsumerBeat, GatewaySeq};
 use crate::store::{Expired, Group, JourneyStore, StoreError};
 
 /// Messages committed in one transaction at most: bounds a commit's latency and memory.
-pub const MAX_GROUP: usize = 256;
+pub const MAX_GROUP: usize = 1024;
 /// How often the holes are checked against the grace.
 const TICK: Duration = Duration::from_secs(1);
 /// Pause after a failed commit, so a broken disk does not spin the thread.
@@ -33,13 +39,39 @@ pub struct Delivery {
     pub done: oneshot::Sender<()>,
 }
 
+/// Who this writer's consumer is in the group, for its beat.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Unique in the group: the MQTT client id (the broker keeps the session under it).
+    pub id: String,
+    /// How long after its last beat the broker may still hold messages for it
+    /// ([`crate::input::Input::holds`]).
+    pub holds: Duration,
+    /// Set by the input while it is connected to the broker and taking messages.
+    pub connected: Arc<AtomicBool>,
+}
+
 pub struct Writer {
     store: Box<dyn JourneyStore>,
     rx: flume::Receiver<Delivery>,
     gateways: HashMap<GatewayKey, GatewaySeq>,
     grace: Duration,
     stats: Shared,
+    member: Member,
+    /// The time (ms) of the freshest event committed since the last beat (`None`: nothing
+    /// came). The lag is taken at the beat, not at the commit: a stall in between (the process
+    /// stopped) adds to it.
+    freshest_since_beat: Option<u64>,
+    /// The input was connected at the previous tick too, and that tick was at most
+    /// [`WATCHED`] ago: an idle tick then means that our queue at the broker is drained.
+    /// Right after a (re)connect the broker may not have sent the session's backlog yet; after
+    /// a stall (the process stopped, starved of CPU) the backlog may sit unread in the socket.
+    watched: Option<Instant>,
 }
+
+/// The longest gap between two ticks over which an idle writer still counts as having watched
+/// its input.
+const WATCHED: Duration = Duration::from_millis(1_500);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -53,14 +85,26 @@ impl Writer {
         rx: flume::Receiver<Delivery>,
         grace: Duration,
         stats: Shared,
+        member: Member,
     ) -> Result<Writer, StoreError> {
         let gateways: HashMap<_, _> = store.load_gateways()?.into_iter().collect();
+        store.join(
+            &member.id,
+            &ConsumerBeat {
+                at_ms: now_ms(),
+                lag_ms: 0,
+                holds_ms: member.holds.as_millis() as u64,
+            },
+        )?;
         let mut w = Writer {
             store,
             rx,
             gateways,
             grace,
             stats,
+            member,
+            freshest_since_beat: None,
+            watched: None,
         };
         w.publish_all();
         Ok(w)
@@ -81,7 +125,7 @@ impl Writer {
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             }
             if Instant::now() >= next_tick {
-                self.expire();
+                self.beat_and_expire();
                 next_tick = Instant::now() + TICK;
             }
         }
@@ -125,6 +169,9 @@ impl Writer {
         let messages = group.len() as u64;
         match result {
             Ok(done) => {
+                if let Some(t) = freshest_ms(&accepted) {
+                    self.freshest_since_beat = Some(self.freshest_since_beat.unwrap_or(0).max(t));
+                }
                 // A shared store's accounting includes the other consumers' events.
                 for (k, g) in done.gateways {
                     self.gateways.insert(k, g);
@@ -159,19 +206,53 @@ impl Writer {
         }
     }
 
-    fn expire(&mut self) {
-        let expired =
-            match self
-                .store
-                .expire(&self.gateways, now_ms(), self.grace.as_millis() as u64)
-            {
-                Ok(e) => e,
-                Err(e) => {
-                    // Nothing declared: the next tick tries again.
-                    error!(error = %e, "declaring the expired holes lost failed");
-                    return;
-                }
-            };
+    /// Records this consumer's beat, then declares lost what waited for the grace plus the
+    /// group's worst lag. Without the group's beats (the store failed), nothing is declared.
+    fn beat_and_expire(&mut self) {
+        // Not connected: the broker may keep messages for us, so record nothing and declare
+        // nothing; our last beat ages, and with it the lag the other consumers count for us.
+        // Just connected, or just back from a stall, and nothing committed yet: the same,
+        // until the next tick.
+        let connected = self.member.connected.load(Ordering::Relaxed);
+        let tick = Instant::now();
+        let watched = std::mem::replace(&mut self.watched, connected.then_some(tick))
+            .is_some_and(|last| tick.duration_since(last) <= WATCHED);
+        if !connected || (!watched && self.freshest_since_beat.is_none()) {
+            return;
+        }
+        let now = now_ms();
+        let beat = ConsumerBeat {
+            at_ms: now,
+            // A gateway clock ahead of ours counts as no lag.
+            lag_ms: self
+                .freshest_since_beat
+                .take()
+                .map_or(0, |t| now.saturating_sub(t)),
+            holds_ms: self.member.holds.as_millis() as u64,
+        };
+        let group_lag = match self.store.beat(&self.member.id, &beat) {
+            Ok(beats) => group_lag_ms(&beats, now),
+            Err(e) => {
+                error!(error = %e, "recording this consumer's progress failed; no loss declared this time");
+                return;
+            }
+        };
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .group_lag_ms = group_lag;
+        self.expire(now, self.grace.as_millis() as u64 + group_lag);
+    }
+
+    fn expire(&mut self, now: u64, wait_ms: u64) {
+        let expired = match self.store.expire(&self.gateways, now, wait_ms) {
+            Ok(e) => e,
+            Err(e) => {
+                // Nothing declared: the next tick tries again.
+                error!(error = %e, "declaring the expired holes lost failed");
+                return;
+            }
+        };
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         for Expired {
             key: k,
@@ -200,4 +281,12 @@ impl Writer {
             s.gateways.insert(k.clone(), GatewayFigures::of(g));
         }
     }
+}
+
+/// The time (by the gateways' clocks, ms) of the freshest event of a commit. Times are all in
+/// one fixed format, so the greatest string is the latest time.
+fn freshest_ms(accepted: &[Accepted]) -> Option<u64> {
+    let latest = accepted.iter().map(|e| e.time.as_str()).max()?;
+    let t = humantime::parse_rfc3339_weak(latest).ok()?;
+    Some(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64)
 }

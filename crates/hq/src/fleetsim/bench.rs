@@ -34,22 +34,38 @@ pub enum StoreKind {
     Postgres,
 }
 
-#[derive(Debug, Clone)]
+/// `fleet-bench`'s arguments: the command line's, parsed once (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    #[arg(long, default_value_t = 1000)]
     pub stores: usize,
+    /// Events per second per store.
+    #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    #[arg(long, default_value_t = 1)]
     pub consumers: usize,
+    #[arg(long, value_enum, default_value = "sqlite")]
     pub store: StoreKind,
+    /// SIGKILL the first consumer this long after the fleet starts, then restart it.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub kill_consumer_at: Option<Duration>,
+    /// Stop and restart the broker this long after the fleet starts.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub restart_broker_at: Option<Duration>,
     /// Chance that an engine answers a request 429.
+    #[arg(long, default_value_t = 0.02)]
     pub throttle: f64,
-    /// Where everything is written; a temp dir (removed at the end) when `None`.
+    /// Keep every file here (default: a temp dir, removed at the end).
+    #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// How long the end waits for HQ to store and forward everything published.
+    /// How long the end waits for HQ to store and forward everything.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub settle_timeout: Duration,
-    /// The stores' `[mqtt] protocol` ("3.1.1" or "5"); HQ's consumers are unchanged.
+    /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway): 3.1.1 or 5;
+    /// HQ's consumers are unchanged.
+    #[arg(long, default_value = "3.1.1")]
     pub mqtt: String,
 }
 

@@ -42,20 +42,36 @@ const OUTBOX_STACK: usize = 256 * 1024;
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+/// `fleet-sim`'s arguments: the command line's, parsed once (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
+    #[arg(long)]
     pub stores: usize,
     /// Events per second per store.
+    #[arg(long)]
     pub rate: f64,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    pub broker_host: String,
-    pub broker_port: u16,
-    /// Each store's outbox lives under `dir/<store>/`.
+    /// The broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_broker)]
+    pub broker: (String, u16),
+    /// Where the stores' outboxes go (one directory per store, `dir/<store>/`).
+    #[arg(long, default_value = "fleet")]
     pub dir: PathBuf,
-    /// How long the end waits for every outbox to be acknowledged by the broker.
+    /// How long the end waits for every outbox to be acknowledged.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-    /// Each store's `[mqtt] protocol` ("3.1.1" or "5"), checked by the edge's own validator.
+    /// The stores' MQTT version (`[mqtt] protocol` of each simulated gateway, checked by the
+    /// edge's own validator): 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
     pub mqtt: String,
+}
+
+/// `host:port`, the port last (an IPv6 host keeps its colons).
+fn parse_broker(s: &str) -> Result<(String, u16), String> {
+    s.rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+        .ok_or_else(|| format!("--broker must be host:port, not {s:?}"))
 }
 
 /// What the run did: printed as one JSON line on stdout for `fleet-bench`.
@@ -204,7 +220,7 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
 /// The edge config of one simulated store, parsed by the edge's own parser.
 fn edge_config(store: &str, dir: &Path, args: &SimArgs) -> anyhow::Result<EdgeConfig> {
     let path = dir.join("phygate.toml");
-    let (host, port, mqtt) = (&args.broker_host, args.broker_port, &args.mqtt);
+    let (host, port, mqtt) = (&args.broker.0, args.broker.1, &args.mqtt);
     let text = format!(
         "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
          [outbox]\npath = \"{}\"\nsynchronous = \"normal\"\n\

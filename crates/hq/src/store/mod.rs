@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::config::{StoreBackend, StoreConfig};
 use crate::ingest::{Accepted, GatewayKey, Parked};
 use crate::journey::UserView;
-use crate::seq::GatewaySeq;
+use crate::seq::{ConsumerBeat, GatewaySeq};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,6 +116,22 @@ pub trait JourneyStore: Send {
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<Vec<Expired>, StoreError>;
+    /// Records that consumer `consumer` is in the group, before it takes a message: a first
+    /// beat (lag 0: it holds nothing yet) unless it has one already; a restarted consumer's
+    /// old beat stays, since its session may hold a backlog. SQLite: nothing to record.
+    fn join(&mut self, _consumer: &str, _beat: &ConsumerBeat) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Records consumer `consumer`'s beat and returns the beats of every consumer of the
+    /// group, its own included: what [`crate::seq::group_lag_ms`] needs. A store that one
+    /// consumer alone writes (SQLite) has no one else's to return, and keeps nothing.
+    fn beat(
+        &mut self,
+        _consumer: &str,
+        beat: &ConsumerBeat,
+    ) -> Result<Vec<ConsumerBeat>, StoreError> {
+        Ok(vec![*beat])
+    }
     /// The views of user `userid`, one per tenant that knows it.
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError>;
 }

@@ -139,6 +139,18 @@ impl Hq {
         }
     }
 
+    /// The running process's id (to stop and continue it).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// A gauge that `/metrics` shows as a decimal (`metric` reads integers).
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// SIGTERM; returns whether it exited with success.
     pub fn terminate(&mut self) -> bool {
         let mut c = self.child.take().unwrap();

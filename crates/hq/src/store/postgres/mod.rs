@@ -24,6 +24,9 @@
 //!   ends its session and the lock with it, and one of them takes over from the durable
 //!   cursor (an in-flight mark left behind makes its first request an announced repeat).
 //!
+//! - **The group's lag.** Each consumer's beat is a row of `consumers` (see `crate::seq`,
+//!   "The group's lag"), written outside the writer's transactions: its own row only.
+//!
 //! Durability: PostgreSQL's own (`synchronous_commit`, on by default: a commit is flushed
 //! before it returns, and the writer acknowledges to the broker only after it).
 //! TLS to the database is not in yet: keep it on a trusted network or a local socket.
@@ -39,7 +42,7 @@ use super::{Committed, Expired, Group, JourneyStore, StoreError};
 use crate::config::PgConfig;
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
-use crate::seq::{GatewaySeq, Hole};
+use crate::seq::{ConsumerBeat, GatewaySeq, Hole};
 
 /// The schema's version, in `phygate_schema`.
 const SCHEMA: i32 = 1;
@@ -98,6 +101,14 @@ CREATE TABLE IF NOT EXISTS sink_parked (
 );
 ";
 
+/// Each consumer's last beat (the group's lag, `crate::seq::group_lag_ms`); a schema made
+/// before it gets it on open.
+const CONSUMERS_SQL: &str = "
+CREATE TABLE IF NOT EXISTS consumers (
+    id TEXT PRIMARY KEY, at_ms BIGINT NOT NULL, lag_ms BIGINT NOT NULL, holds_ms BIGINT NOT NULL
+);
+";
+
 pub struct PgStore {
     config: postgres::Config,
     /// `None` after the connection was found closed: the next call connects again.
@@ -128,13 +139,23 @@ impl PgStore {
         // cache, which the advisory lock does not refresh, so it kept saying "missing".
         const PRESENT: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
-             WHERE c.relname = 'phygate_schema' AND s.nspname = current_schema())";
-        let present = client.query_one(PRESENT, &[])?.get::<_, bool>(0);
+             WHERE c.relname = $1 AND s.nspname = current_schema())";
+        fn missing(
+            c: &mut impl postgres::GenericClient,
+            table: &str,
+        ) -> Result<bool, postgres::Error> {
+            Ok(!c.query_one(PRESENT, &[&table])?.get::<_, bool>(0))
+        }
+        let present =
+            !missing(&mut client, "phygate_schema")? && !missing(&mut client, "consumers")?;
         let mut tx = client.transaction()?;
         if !present {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-            if !tx.query_one(PRESENT, &[])?.get::<_, bool>(0) {
+            if missing(&mut tx, "phygate_schema")? {
                 tx.batch_execute(SCHEMA_SQL)?;
+            }
+            if missing(&mut tx, "consumers")? {
+                tx.batch_execute(CONSUMERS_SQL)?;
             }
         }
         let version: Option<i32> = tx
@@ -209,68 +230,102 @@ impl PgStore {
         read_gateways(tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &gws)
     }
 
+    /// Writes the accounting of `gateways` back: three statements for the whole group,
+    /// whatever its size (a statement per gateway and per hole cost ~4 round trips per
+    /// message, which bounded the fleet's rate by the loopback latency).
     fn write_gateways(
         tx: &mut Transaction<'_>,
         gateways: &BTreeMap<i64, (GatewayKey, GatewaySeq)>,
     ) -> Result<(), StoreError> {
-        let insert = tx.prepare(
-            "INSERT INTO holes (gw, first, last, since_ms, lost) VALUES ($1, $2, $3, $4, $5)",
+        if gateways.is_empty() {
+            return Ok(());
+        }
+        let gws: Vec<i64> = gateways.keys().copied().collect();
+        let gs = || gateways.values().map(|(_, g)| g);
+        let lows: Vec<Option<i64>> = gs().map(|g| g.span.map(|s| s.0 as i64)).collect();
+        let highs: Vec<Option<i64>> = gs().map(|g| g.span.map(|s| s.1 as i64)).collect();
+        let evicted: Vec<i64> = gs().map(|g| g.evicted as i64).collect();
+        let late: Vec<i64> = gs().map(|g| g.late as i64).collect();
+        let early: Vec<String> = gs()
+            .map(|g| serde_json::to_string(&g.early).unwrap_or_else(|_| "[]".into()))
+            .collect();
+        tx.execute(
+            "UPDATE gateways g SET low = t.low, high = t.high, evicted = t.evicted, late = t.late, \
+             early = t.early \
+             FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
+                  AS t (gw, low, high, evicted, late, early) \
+             WHERE g.gw = t.gw",
+            &[&gws, &lows, &highs, &evicted, &late, &early],
         )?;
-        for (gw, (_, g)) in gateways {
-            let early = serde_json::to_string(&g.early).unwrap_or_else(|_| "[]".into());
+        tx.execute("DELETE FROM holes WHERE gw = ANY($1)", &[&gws])?;
+        let holes: Vec<(i64, &Hole)> = gateways
+            .iter()
+            .flat_map(|(gw, (_, g))| g.holes.values().map(move |h| (*gw, h)))
+            .collect();
+        if !holes.is_empty() {
+            let hole_gws: Vec<i64> = holes.iter().map(|(gw, _)| *gw).collect();
+            let firsts: Vec<i64> = holes.iter().map(|(_, h)| h.first as i64).collect();
+            let lasts: Vec<i64> = holes.iter().map(|(_, h)| h.last as i64).collect();
+            let since: Vec<i64> = holes.iter().map(|(_, h)| h.since_ms as i64).collect();
+            let lost: Vec<bool> = holes.iter().map(|(_, h)| h.lost).collect();
             tx.execute(
-                "UPDATE gateways SET low = $2, high = $3, evicted = $4, late = $5, early = $6 WHERE gw = $1",
-                &[
-                    gw,
-                    &g.span.map(|s| s.0 as i64),
-                    &g.span.map(|s| s.1 as i64),
-                    &(g.evicted as i64),
-                    &(g.late as i64),
-                    &early,
-                ],
+                "INSERT INTO holes (gw, first, last, since_ms, lost) \
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[])",
+                &[&hole_gws, &firsts, &lasts, &since, &lost],
             )?;
-            tx.execute("DELETE FROM holes WHERE gw = $1", &[gw])?;
-            for h in g.holes.values() {
-                tx.execute(
-                    &insert,
-                    &[
-                        gw,
-                        &(h.first as i64),
-                        &(h.last as i64),
-                        &(h.since_ms as i64),
-                        &h.lost,
-                    ],
-                )?;
-            }
         }
         Ok(())
     }
 
-    /// Folds `user`'s event into the stored view. Safe against the other writers: they wait on
-    /// the counter row this transaction holds.
-    fn fold_user(
+    /// Folds the users' fresh events (in group order) into their stored views: one read and
+    /// one write for the whole group. Safe against the other writers: they wait on the
+    /// counter row this transaction holds.
+    fn fold_users(
         tx: &mut Transaction<'_>,
-        e: &crate::ingest::Accepted,
-        user: &str,
+        events: &[&crate::ingest::Accepted],
     ) -> Result<(), StoreError> {
-        let old: Option<String> = tx
-            .query_opt(
-                "SELECT view FROM users WHERE tenant = $1 AND userid = $2",
-                &[&e.gateway.tenant, &user],
-            )?
-            .map(|r| r.get(0));
-        let mut view: UserView = match old {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|err| StoreError::Corrupt(format!("user {user}: {err}")))?,
-            None => UserView::default(),
-        };
-        view.apply(e);
-        let text =
-            serde_json::to_string(&view).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let keys: std::collections::BTreeSet<(&str, &str)> = events
+            .iter()
+            .filter_map(|e| Some((e.gateway.tenant.as_str(), e.userid.as_deref()?)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let users: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        let mut views: BTreeMap<(String, String), UserView> = BTreeMap::new();
+        for r in tx.query(
+            "SELECT u.tenant, u.userid, u.view FROM users u \
+             JOIN unnest($1::TEXT[], $2::TEXT[]) AS k (tenant, userid) \
+               ON u.tenant = k.tenant AND u.userid = k.userid",
+            &[&tenants, &users],
+        )? {
+            let (tenant, user): (String, String) = (r.get(0), r.get(1));
+            let view = serde_json::from_str(r.get::<_, &str>(2))
+                .map_err(|err| StoreError::Corrupt(format!("user {user}: {err}")))?;
+            views.insert((tenant, user), view);
+        }
+        for e in events {
+            if let Some(user) = &e.userid {
+                views
+                    .entry((e.gateway.tenant.clone(), user.clone()))
+                    .or_default()
+                    .apply(e);
+            }
+        }
+        let mut texts = Vec::with_capacity(views.len());
+        for view in views.values() {
+            texts.push(
+                serde_json::to_string(view).map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            );
+        }
+        let tenants: Vec<&str> = views.keys().map(|k| k.0.as_str()).collect();
+        let users: Vec<&str> = views.keys().map(|k| k.1.as_str()).collect();
         tx.execute(
-            "INSERT INTO users (tenant, userid, view) VALUES ($1, $2, $3) \
+            "INSERT INTO users (tenant, userid, view) \
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) \
              ON CONFLICT (tenant, userid) DO UPDATE SET view = excluded.view",
-            &[&e.gateway.tenant, &user, &text],
+            &[&tenants, &users, &texts],
         )?;
         Ok(())
     }
@@ -395,6 +450,41 @@ impl JourneyStore for PgStore {
         Ok(expired)
     }
 
+    fn join(&mut self, consumer: &str, beat: &ConsumerBeat) -> Result<(), StoreError> {
+        let (at, holds) = (beat.at_ms as i64, beat.holds_ms as i64);
+        self.conn()?.execute(
+            "INSERT INTO consumers (id, at_ms, lag_ms, holds_ms) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (id) DO NOTHING",
+            &[&consumer, &at, &holds],
+        )?;
+        Ok(())
+    }
+
+    fn beat(
+        &mut self,
+        consumer: &str,
+        beat: &ConsumerBeat,
+    ) -> Result<Vec<ConsumerBeat>, StoreError> {
+        let c = self.conn()?;
+        let (at, lag, holds) = (beat.at_ms as i64, beat.lag_ms as i64, beat.holds_ms as i64);
+        // Autocommit: the row is this consumer's alone, and a beat is no part of a batch.
+        c.execute(
+            "INSERT INTO consumers (id, at_ms, lag_ms, holds_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms, lag_ms = excluded.lag_ms, \
+             holds_ms = excluded.holds_ms",
+            &[&consumer, &at, &lag, &holds],
+        )?;
+        let rows = c.query("SELECT at_ms, lag_ms, holds_ms FROM consumers", &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| ConsumerBeat {
+                at_ms: r.get::<_, i64>(0) as u64,
+                lag_ms: r.get::<_, i64>(1) as u64,
+                holds_ms: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
+    }
+
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError> {
         let rows = self.conn()?.query(
             "SELECT tenant, view FROM users WHERE userid = $1 ORDER BY tenant",
@@ -433,6 +523,7 @@ impl PgStore {
         // unused (a gap is harmless: a sink reads "above its cursor").
         n += group.accepted.len() as i64;
         let mut done = Committed::default();
+        let mut fresh_events = Vec::with_capacity(group.accepted.len());
         for e in group.accepted {
             let gw = by_key[&e.gateway];
             // `remove`: the same event twice in one group is stored once, the first time.
@@ -443,10 +534,9 @@ impl PgStore {
             done.fresh += 1;
             let (_, g) = gateways.get_mut(&gw).expect("locked above");
             super::account(g, e, group.now_ms);
-            if let Some(user) = &e.userid {
-                Self::fold_user(&mut tx, e, user)?;
-            }
+            fresh_events.push(e);
         }
+        Self::fold_users(&mut tx, &fresh_events)?;
         for (topic, p) in group.parked {
             tx.execute(
                 "INSERT INTO parked (topic, reason, body, at_ms) VALUES ($1, $2, $3, $4)",
