@@ -298,8 +298,12 @@ impl Edge {
     /// The same, its status carrying the gateway's report from `report`.
     pub fn start_uplink_with(&mut self, report: Option<phygate::uplink::report::ReportSources>) {
         let stop = Shutdown::new();
-        let mut uplink =
-            Uplink::new(self.config.uplink_settings(), self.outbox.clone(), stop.clone()).unwrap();
+        let mut uplink = Uplink::new(
+            self.config.uplink_settings(),
+            self.outbox.clone(),
+            stop.clone(),
+        )
+        .unwrap();
         if let Some(report) = report {
             uplink = uplink.with_report(report);
         }
