@@ -72,16 +72,9 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies_and_its_backlog_arr
     for _ in 0..300 {
         last = edge.append(scan(40)).await;
     }
-    wait_for(WAIT, "the backlog at HQ", || {
-        hq.stored("s1", "gw1").len() as u64 == last
-    });
-    let stored = hq.stored("s1", "gw1");
-    assert_eq!(
-        stored.keys().copied().collect::<Vec<_>>(),
-        (1..=last).collect::<Vec<_>>(),
-        "an event missing"
-    );
-    assert!(stored.values().all(|&n| n == 1), "an event stored twice");
+    // The backlog arrives: every event stored once, or reported lost (the durability boundary:
+    // events PUBACKed while the stream elects a leader; seen under load, see docs/fleet.md).
+    stored_or_reported_lost(&hq, "s1", last);
     // The next node, or the one after it: a node may close the first attempt while JetStream
     // elects new leaders for the streams the dead node led (`$MQTT_sess`).
     let moved = node_of(&nats, "edge-s1");
@@ -142,51 +135,56 @@ async fn jetstream_input_stores_every_event_once_across_a_node_kill9_and_an_hq_k
     // accounting: never missing in silence.
     let mut lost_total = 0;
     for (i, store) in ["s1", "s2", "s3"].iter().enumerate() {
-        wait_for(WAIT, &format!("the last event of {store} at HQ"), || {
-            hq.stored(store, "gw1").contains_key(&last[i])
-        });
-        wait_for(WAIT, &format!("{store}'s holes settled"), || {
-            hq.query(&["losses"]).iter().any(|g| {
-                g["store"] == *store && g["pending_ranges"].as_array().is_some_and(|p| p.is_empty())
-            })
-        });
-        let stored = hq.stored(store, "gw1");
-        assert!(stored.values().all(|&n| n == 1), "{store}: stored twice");
-        let g = hq
-            .query(&["losses"])
-            .into_iter()
-            .find(|g| g["store"] == *store)
-            .unwrap();
-        let mut lost = std::collections::BTreeSet::new();
-        for r in g["lost_ranges"].as_array().unwrap() {
-            lost.extend(r[0].as_u64().unwrap()..=r[1].as_u64().unwrap());
-        }
-        let mut seen: std::collections::BTreeSet<u64> = stored.keys().copied().collect();
-        assert!(seen.is_disjoint(&lost), "{store}: stored and lost: {g}");
-        seen.extend(&lost);
-        let missing: Vec<u64> = (1..=last[i]).filter(|s| !seen.contains(s)).collect();
-        assert!(
-            missing.is_empty(),
-            "{store}: {} neither stored nor reported lost ({}..={}); accounting {g}; HQ log: {} parked, {} not committed",
-            missing.len(),
-            missing[0],
-            missing[missing.len() - 1],
-            hq.log().matches("event parked").count(),
-            hq.log().matches("not committed").count()
-        );
-        println!(
-            "{store}: published={} stored={} lost={}",
-            last[i],
-            stored.len(),
-            lost.len()
-        );
-        lost_total += lost.len();
+        lost_total += stored_or_reported_lost(&hq, store, last[i]);
     }
     println!("lost_total={lost_total} (PUBACKed while the stream could not store)");
     for edge in &mut edges {
         edge.stop_uplink().await;
     }
     assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
+}
+
+/// Waits until `store`'s events `1..=last` are each stored once at HQ or reported lost by its
+/// seq accounting (never both, never missing in silence); returns how many were lost.
+fn stored_or_reported_lost(hq: &Hq, store: &str, last: u64) -> usize {
+    wait_for(WAIT, &format!("the last event of {store} at HQ"), || {
+        hq.stored(store, "gw1").contains_key(&last)
+    });
+    wait_for(WAIT, &format!("{store}'s holes settled"), || {
+        hq.query(&["losses"]).iter().any(|g| {
+            g["store"] == *store && g["pending_ranges"].as_array().is_some_and(|p| p.is_empty())
+        })
+    });
+    let stored = hq.stored(store, "gw1");
+    assert!(stored.values().all(|&n| n == 1), "{store}: stored twice");
+    let g = hq
+        .query(&["losses"])
+        .into_iter()
+        .find(|g| g["store"] == *store)
+        .unwrap();
+    let mut lost = std::collections::BTreeSet::new();
+    for r in g["lost_ranges"].as_array().unwrap() {
+        lost.extend(r[0].as_u64().unwrap()..=r[1].as_u64().unwrap());
+    }
+    let mut seen: std::collections::BTreeSet<u64> = stored.keys().copied().collect();
+    assert!(seen.is_disjoint(&lost), "{store}: stored and lost: {g}");
+    seen.extend(&lost);
+    let missing: Vec<u64> = (1..=last).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{store}: {} neither stored nor reported lost ({}..={}); accounting {g}; HQ log: {} parked, {} not committed",
+        missing.len(),
+        missing[0],
+        missing[missing.len() - 1],
+        hq.log().matches("event parked").count(),
+        hq.log().matches("not committed").count()
+    );
+    println!(
+        "{store}: published={last} stored={} lost={}",
+        stored.len(),
+        lost.len()
+    );
+    lost.len()
 }
 
 /// HQ's side of a command: a plain MQTT client on node `node` publishing QoS 1.
