@@ -1,5 +1,11 @@
 //! Process-wide counters and gauges. Plain atomics: cheap on hot paths, read by the status view
 //! and `/metrics`.
+//!
+//! Why global rather than a handle passed in the wiring (issue 11 asked for one or the other):
+//! a store process is one gateway, and Prometheus scrapes a process, so a process-wide registry
+//! is the metric's true scope; a handle would thread through every stage and device thread only
+//! to reach the same atomics. The one process that runs many gateways, `phygate-hq fleet-sim`,
+//! sums them, and it reports from each gateway's own outbox instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
