@@ -145,6 +145,11 @@ impl NatsCluster {
         self.wait_meta_leader()
     }
 
+    /// The pid of node `i`'s process, while it runs (for a benchmark's CPU and memory meters).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }

@@ -1,7 +1,8 @@
 //! The fleet benchmark's short profile, as CI runs it: `phygate-hq fleet-bench` with its real
 //! parts (a mosquitto it starts, `phygate-hq run` as a child process, the simulated gateways'
 //! own outboxes and uplinks, Braze- and Amplitude-like servers), a consumer SIGKILLed and
-//! restarted mid-run. Asserts the verdict line, not timings.
+//! restarted mid-run; and the same on a three-node NATS cluster with a node SIGKILLed. Asserts
+//! the verdict line, not timings.
 
 use std::process::Command;
 
@@ -53,11 +54,50 @@ fn two_consumers_sharing_postgres_lose_nothing_and_repeat_only_announced_events(
     assert!(stdout.contains("process phygate-hq#2: cpu "), "{stdout}");
 }
 
-/// Runs the short profile with `extra` flags, checks the verdict; its stdout.
+/// The NATS profile in small: the three-node cluster (stores spread over its nodes'
+/// MQTT listeners), two consumers on its JetStream stream sharing PostgreSQL, node n1
+/// SIGKILLed mid-run and restarted. Every store's reconnect is measured.
+#[test]
+fn a_small_fleet_on_the_nats_cluster_loses_nothing_across_a_node_kill() {
+    if phygate::sim::broker::find_program("nats-server").is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nats-server is required in CI (apt-get install nats-server)"
+        );
+        eprintln!("skipped: nats-server is not installed");
+        return;
+    }
+    let stdout = run_profile(
+        &["--broker", "nats", "--kill-node-at", "5s"],
+        &["--consumers", "2", "--store", "postgres"],
+    );
+    let line = stdout.lines().find(|l| l.starts_with("stores=")).unwrap();
+    assert_eq!(
+        figure(line, "forwarded_twice"),
+        figure(line, "ambiguous"),
+        "{line}"
+    );
+    // At least the stores whose first node was n1 (every third) came back.
+    let spread = stdout
+        .lines()
+        .find(|l| l.starts_with("reconnects="))
+        .unwrap_or_else(|| panic!("no reconnect spread:\n{stdout}"));
+    assert!(figure(spread, "reconnects") >= 6, "{spread}");
+    assert!(stdout.contains("process nats-n3: cpu "), "{stdout}");
+}
+
+/// Runs the short profile with `extra` flags and a consumer SIGKILLed mid-run, checks the
+/// verdict; its stdout.
 fn run_and_check(extra: &[&str]) -> String {
+    run_profile(&["--kill-consumer-at", "6s"], extra)
+}
+
+/// Runs the short profile with `fault` and `extra` flags, checks the verdict; its stdout.
+fn run_profile(fault: &[&str], extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
         .args(["fleet-bench", "--stores", "20", "--rate", "5"])
-        .args(["--duration", "12s", "--kill-consumer-at", "6s"])
+        .args(["--duration", "12s"])
+        .args(fault)
         .args(["--throttle", "0.1", "--settle-timeout", "60s"])
         .args(extra)
         .env("RUST_LOG", "warn")

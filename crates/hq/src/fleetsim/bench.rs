@@ -10,21 +10,27 @@
 //! `forwarded_twice` by the engine servers, `ambiguous` by the consumers (their log lines,
 //! which survive a SIGKILL), latencies by the engines (event time → engine request). Faults:
 //! a consumer SIGKILLed and restarted, the broker stopped and restarted, mid-run.
+//!
+//! `--broker nats`: a three-node NATS cluster instead of mosquitto ([`super::brokers`]), the
+//! consumers on its JetStream stream; `--kill-node-at` SIGKILLs a node and restarts it, and
+//! the report adds the stores' reconnect spread ([`super::reconnects`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use phygate::sim::broker::{free_port, Mosquitto};
+use phygate::sim::broker::free_port;
 use tracing::info;
 
+use super::brokers::{BrokerKind, Brokers};
 use super::engines::{self, Engines};
 use super::pgserver;
-use super::procs::{pid_by_cmdline, Consumer, Meter};
+use super::procs::{Consumer, Meter};
+use super::reconnects::{self, Spread};
 use super::sim::SimReport;
 
 /// Which journey store the consumers share.
@@ -51,9 +57,17 @@ pub struct BenchArgs {
     /// SIGKILL the first consumer this long after the fleet starts, then restart it.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub kill_consumer_at: Option<Duration>,
-    /// Stop and restart the broker this long after the fleet starts.
+    /// Stop and restart the broker this long after the fleet starts (mosquitto).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub restart_broker_at: Option<Duration>,
+    /// The broker: one mosquitto, or a three-node NATS cluster (JetStream, MQTT on every node;
+    /// the consumers read through HQ's JetStream input).
+    #[arg(long, value_enum, default_value = "mosquitto")]
+    pub broker: BrokerKind,
+    /// SIGKILL NATS node n1 this long after the fleet starts, restart it a few seconds later,
+    /// and report the stores' reconnect spread (--broker nats).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub kill_node_at: Option<Duration>,
     /// Chance that an engine answers a request 429.
     #[arg(long, default_value_t = 0.02)]
     pub throttle: f64,
@@ -98,6 +112,14 @@ const API_KEY: &str = "fleet-bench-key";
 /// Runs the benchmark, prints its report; returns whether the verdict holds.
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.consumers >= 1, "--consumers must be at least 1");
+    anyhow::ensure!(
+        args.kill_node_at.is_none() || args.broker == BrokerKind::Nats,
+        "--kill-node-at kills a node of the NATS cluster: it needs --broker nats"
+    );
+    anyhow::ensure!(
+        args.restart_broker_at.is_none() || args.broker == BrokerKind::Mosquitto,
+        "--restart-broker-at restarts mosquitto; on the NATS cluster use --kill-node-at"
+    );
     if args.store == StoreKind::Sqlite {
         anyhow::ensure!(
             args.consumers == 1,
@@ -133,28 +155,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let (listener, engines_addr) = rt.block_on(engines::bind())?;
     rt.block_on(async { engines.serve(listener) });
 
-    // The test broker saves its whole in-memory store every second, for the fault tests'
-    // SIGKILLs. With a fleet's backlog queued for a consumer that lags, that is a save of
-    // hundreds of MB a second, and the broker stops answering pings. The bench stops the
-    // broker only with SIGTERM, which saves on the way out.
-    let mut broker = Mosquitto::start_with(
-        &dir.join("broker"),
-        "allow_anonymous true\nautosave_interval 60\n",
-    )
-    .context("starting mosquitto")?;
-    let broker_conf = dir.join("broker").join("mosquitto.conf");
-    let broker_conf = broker_conf.to_string_lossy().into_owned();
+    let mut broker = Brokers::start(args.broker, &dir)?;
     let mut consumers = Vec::new();
     for k in 1..=args.consumers {
         let mut c = Consumer::new(&dir, k);
-        write_consumer_config(&c, k, broker.port, engines_addr, &journey)?;
+        write_consumer_config(&c, &broker.consumer_input(k), engines_addr, &journey)?;
         c.start(API_KEY)?;
         consumers.push(c);
     }
-    info!(dir = %dir.display(), broker = broker.port, engines = %engines_addr, "chain up; starting the fleet");
+    let brokers = broker.mqtt_addresses();
+    info!(dir = %dir.display(), ?brokers, engines = %engines_addr, "chain up; starting the fleet");
 
     let start = Instant::now();
-    let mut sim = start_sim(&args, &dir, broker.port)?;
+    let mut sim = start_sim(&args, &dir, &brokers)?;
     let mut meters = Meters::new(args.consumers);
     let mut faults = Faults::new(&args);
     let status = loop {
@@ -168,7 +181,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             anyhow::bail!("interrupted: the simulator, consumers, broker and database are stopped");
         }
         faults.apply(start.elapsed(), &mut consumers, &mut broker)?;
-        meters.sample(&sim, &consumers, &broker_conf);
+        meters.sample(&sim, &consumers, &broker);
         std::thread::sleep(Duration::from_millis(500));
     };
     let mut out = String::new();
@@ -182,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("reading fleet-sim's report {out:?}"))?;
 
     let settled = settle(&journey, report.published, args.settle_timeout, || {
-        meters.sample_hq(&consumers, &broker_conf);
+        meters.sample_hq(&consumers, &broker);
         !interrupted.load(Ordering::SeqCst)
     });
     anyhow::ensure!(
@@ -194,10 +207,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     for c in &mut consumers {
         c.terminate();
     }
-    broker.stop(false);
+    broker.stop();
     drop(pg);
+    let spread = match faults.node_killed_at {
+        Some(at) => Some(
+            reconnects::from_log(&dir.join("fleet-sim.log"), at)
+                .context("reading the stores' reconnects from fleet-sim.log")?,
+        ),
+        None => None,
+    };
     print_report(
-        &args, &report, &verdict, &engines, &meters, elapsed, settled,
+        &args,
+        &report,
+        &verdict,
+        &engines,
+        &meters,
+        elapsed,
+        settled,
+        spread.as_ref(),
     );
     if args.dir.is_some() {
         eprintln!("files kept in {}", dir.display());
@@ -228,8 +255,7 @@ fn interrupt_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
 
 fn write_consumer_config(
     c: &Consumer,
-    k: usize,
-    broker_port: u16,
+    input: &str,
     engines: std::net::SocketAddr,
     journey: &Journey,
 ) -> anyhow::Result<()> {
@@ -240,7 +266,7 @@ fn write_consumer_config(
         Journey::Postgres(url) => format!("kind = \"postgres\"\nurl = \"{url}\""),
     };
     let text = format!(
-        "[mqtt]\nport = {broker_port}\nclient_id = \"fleet-hq-{k}\"\ngroup = \"journey\"\nkeepalive = \"30s\"\n\
+        "{input}\
          [store]\n{store}\n\
          [loss]\ngrace = \"10s\"\n\
          [status]\nlisten = \"127.0.0.1:{status_port}\"\n\
@@ -252,14 +278,14 @@ fn write_consumer_config(
     std::fs::write(&c.config, text).with_context(|| format!("writing {}", c.config.display()))
 }
 
-fn start_sim(args: &BenchArgs, dir: &Path, port: u16) -> anyhow::Result<Child> {
+fn start_sim(args: &BenchArgs, dir: &Path, brokers: &[String]) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join("fleet-sim.log"))?;
     Command::new(std::env::current_exe()?)
         .arg("fleet-sim")
         .args(["--stores", &args.stores.to_string()])
         .args(["--rate", &args.rate.to_string()])
         .args(["--duration", &format!("{}ms", args.duration.as_millis())])
-        .args(["--broker", &format!("127.0.0.1:{port}")])
+        .args(["--broker", &brokers.join(",")])
         .args(["--mqtt", &args.mqtt])
         .arg("--dir")
         .arg(dir.join("stores"))
@@ -275,6 +301,9 @@ fn start_sim(args: &BenchArgs, dir: &Path, port: u16) -> anyhow::Result<Child> {
 struct Faults {
     kill_at: Option<Duration>,
     restart_at: Option<Duration>,
+    kill_node_at: Option<Duration>,
+    /// When the NATS node was SIGKILLed (the log's clock: the reconnect spread counts from it).
+    node_killed_at: Option<SystemTime>,
 }
 
 impl Faults {
@@ -282,6 +311,8 @@ impl Faults {
         Faults {
             kill_at: args.kill_consumer_at,
             restart_at: args.restart_broker_at,
+            kill_node_at: args.kill_node_at,
+            node_killed_at: None,
         }
     }
 
@@ -289,7 +320,7 @@ impl Faults {
         &mut self,
         t: Duration,
         consumers: &mut [Consumer],
-        broker: &mut Mosquitto,
+        broker: &mut Brokers,
     ) -> anyhow::Result<()> {
         if self.kill_at.is_some_and(|at| t >= at) {
             self.kill_at = None;
@@ -301,13 +332,16 @@ impl Faults {
         }
         if self.restart_at.is_some_and(|at| t >= at) {
             self.restart_at = None;
-            // SIGTERM: mosquitto saves its sessions and queues. A SIGKILL would lose what
-            // it acknowledged since its last save — the broker's loss, not phygate's.
             eprintln!("fault at {t:.1?}: broker stopped (SIGTERM)");
-            broker.stop(false);
-            std::thread::sleep(Duration::from_secs(1));
-            broker.restart()?;
+            broker.restart_mosquitto()?;
             eprintln!("broker restarted");
+        }
+        if self.kill_node_at.is_some_and(|at| t >= at) {
+            self.kill_node_at = None;
+            eprintln!("fault at {t:.1?}: SIGKILL NATS node n1");
+            self.node_killed_at = Some(SystemTime::now());
+            broker.kill_and_restart_node()?;
+            eprintln!("NATS node n1 restarted");
         }
         Ok(())
     }
@@ -316,7 +350,8 @@ impl Faults {
 /// A meter per process role.
 struct Meters {
     sim: Meter,
-    broker: Meter,
+    /// One per broker process (mosquitto, or each NATS node), by name.
+    brokers: Vec<(String, Meter)>,
     consumers: Vec<Meter>,
 }
 
@@ -324,18 +359,27 @@ impl Meters {
     fn new(consumers: usize) -> Meters {
         Meters {
             sim: Meter::default(),
-            broker: Meter::default(),
+            brokers: Vec::new(),
             consumers: (0..consumers).map(|_| Meter::default()).collect(),
         }
     }
 
-    fn sample(&mut self, sim: &Child, consumers: &[Consumer], broker_conf: &str) {
+    fn sample(&mut self, sim: &Child, consumers: &[Consumer], broker: &Brokers) {
         self.sim.sample(Some(sim.id()));
-        self.sample_hq(consumers, broker_conf);
+        self.sample_hq(consumers, broker);
     }
 
-    fn sample_hq(&mut self, consumers: &[Consumer], broker_conf: &str) {
-        self.broker.sample(pid_by_cmdline(broker_conf));
+    fn sample_hq(&mut self, consumers: &[Consumer], broker: &Brokers) {
+        for (name, pid) in broker.pids() {
+            match self.brokers.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, m)) => m.sample(pid),
+                None => {
+                    let mut m = Meter::default();
+                    m.sample(pid);
+                    self.brokers.push((name, m));
+                }
+            }
+        }
         for (m, c) in self.consumers.iter_mut().zip(consumers) {
             m.sample(c.pid());
         }
@@ -449,6 +493,7 @@ fn losses(config: &Path) -> anyhow::Result<(u64, u64)> {
     Ok((lost, pending))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_report(
     args: &BenchArgs,
     r: &SimReport,
@@ -457,11 +502,15 @@ fn print_report(
     meters: &Meters,
     elapsed: Duration,
     settled: Option<Duration>,
+    spread: Option<&Spread>,
 ) {
     println!(
         "stores={} published={} stored_unique={} lost={} forwarded_twice={} ambiguous={} p50_ms={} p99_ms={}",
         r.stores, v.published, v.stored_unique, v.lost, v.forwarded_twice, v.ambiguous, v.p50_ms, v.p99_ms
     );
+    if let Some(s) = spread {
+        println!("{}", s.line());
+    }
     println!(
         "rate: offered {:.0} ev/s, committed {:.0} ev/s over {:.0} s; outboxes drained {:.1} s after; HQ settled {}",
         r.offered_per_s,
@@ -495,7 +544,9 @@ fn print_report(
         r.peak_rss_kib / 1024,
         r.threads
     );
-    println!("process mosquitto: {}", meters.broker.line(elapsed));
+    for (name, m) in &meters.brokers {
+        println!("process {name}: {}", m.line(elapsed));
+    }
     for (k, m) in meters.consumers.iter().enumerate() {
         println!("process phygate-hq#{}: {}", k + 1, m.line(elapsed));
     }
@@ -510,6 +561,8 @@ fn print_report(
             .map(|t| format!("consumer SIGKILLed at {t:?}")),
         args.restart_broker_at
             .map(|t| format!("broker restarted at {t:?}")),
+        args.kill_node_at
+            .map(|t| format!("NATS node n1 SIGKILLed at {t:?} and restarted")),
     ];
     let faults: Vec<String> = faults.into_iter().flatten().collect();
     println!(

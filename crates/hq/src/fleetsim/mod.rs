@@ -5,12 +5,16 @@
 //! - [`mix`]: a store's traffic (gate passes, app-token scans, skin diagnoses).
 //! - [`engines`]: Braze- and Amplitude-like servers that count repeats per event.
 //! - [`procs`]: the consumer processes and the per-process meters; [`procstat`]: /proc.
+//! - [`brokers`]: mosquitto or the three-node NATS cluster; [`reconnects`]: the stores' reconnect
+//!   spread after a node kill, from the sim's log.
 //! - [`pgserver`]: a throwaway PostgreSQL for `--store postgres` (and the tests).
 
 pub mod bench;
+pub mod brokers;
 pub mod engines;
 pub mod mix;
 pub mod pgserver;
 pub mod procs;
 pub mod procstat;
+pub mod reconnects;
 pub mod sim;

@@ -36,7 +36,8 @@ impl Consumer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Starts it and waits until it subscribed (a new session) or resumed its old one.
+    /// Starts it and waits until it subscribed (a new session), resumed its old one, or
+    /// attached to the JetStream consumer.
     pub fn start(&mut self, key: &str) -> anyhow::Result<()> {
         let before = self.subscriptions();
         let log = std::fs::OpenOptions::new()
@@ -81,7 +82,11 @@ impl Consumer {
 
     fn subscriptions(&self) -> usize {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.matches("subscribed").count() + log.matches("session_present=true").count()
+        // MQTT: a new shared subscription or the resumed session; JetStream: the durable
+        // consumer attached.
+        log.matches("subscribed").count()
+            + log.matches("session_present=true").count()
+            + log.matches("consuming from JetStream").count()
     }
 
     /// SIGKILL: nothing flushed, nothing acknowledged on the way out.

@@ -31,7 +31,7 @@ use phygate::outbox::{Outbox, OutboxHandle};
 use phygate::shutdown::Shutdown;
 use phygate::uplink::Uplink;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::mix::Mix;
 
@@ -52,9 +52,10 @@ pub struct SimArgs {
     pub rate: f64,
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// The broker, host:port.
-    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_broker)]
-    pub broker: (String, u16),
+    /// The broker, host:port; a cluster's nodes comma-separated (each store's `[mqtt] brokers`
+    /// list, rotated so that store i starts on node i mod n: the fleet spreads over the nodes).
+    #[arg(long, default_value = "127.0.0.1:1883", value_delimiter = ',', value_parser = parse_broker)]
+    pub broker: Vec<(String, u16)>,
     /// Where the stores' outboxes go (one directory per store, `dir/<store>/`).
     #[arg(long, default_value = "fleet")]
     pub dir: PathBuf,
@@ -191,7 +192,7 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
     let store = store_id(i);
     let dir = args.dir.join(&store);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = edge_config(&store, &dir, args)?;
+    let config = edge_config(&store, i, &dir, args)?;
     let origin = Origin {
         store: store.clone(),
         gateway: "gw1".into(),
@@ -205,11 +206,17 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
         .context("starting an outbox thread")?;
     let uplink = Uplink::new(config.uplink_settings(), handle.clone(), stopped)
         .with_context(|| format!("the uplink of {store}"))?;
-    let uplink = tokio::spawn(async move {
-        if let Err(e) = uplink.run().await {
-            warn!(store, error = %e, "uplink ended");
+    // The span names the store in every uplink log line: `fleet-bench` reads each store's
+    // "connected to HQ" times from the log for the reconnect spread.
+    let span = tracing::info_span!("gateway", store = %store);
+    let uplink = tokio::spawn(
+        async move {
+            if let Err(e) = uplink.run().await {
+                warn!(error = %e, "uplink ended");
+            }
         }
-    });
+        .instrument(span),
+    );
     Ok(Gateway {
         outbox: handle,
         thread,
@@ -218,13 +225,21 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
 }
 
 /// The edge config of one simulated store, parsed by the edge's own parser.
-fn edge_config(store: &str, dir: &Path, args: &SimArgs) -> anyhow::Result<EdgeConfig> {
+fn edge_config(store: &str, i: usize, dir: &Path, args: &SimArgs) -> anyhow::Result<EdgeConfig> {
     let path = dir.join("phygate.toml");
-    let (host, port, mqtt) = (&args.broker.0, args.broker.1, &args.mqtt);
+    anyhow::ensure!(!args.broker.is_empty(), "--broker names no broker");
+    let mut brokers: Vec<String> = args
+        .broker
+        .iter()
+        .map(|(h, p)| format!("\"{h}:{p}\""))
+        .collect();
+    let n = brokers.len();
+    brokers.rotate_left(i % n);
+    let (brokers, mqtt) = (brokers.join(", "), &args.mqtt);
     let text = format!(
         "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
          [outbox]\npath = \"{}\"\nsynchronous = \"normal\"\n\
-         [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"fleet-{store}\"\nkeepalive = \"30s\"\n\
+         [mqtt]\nbrokers = [{brokers}]\nclient_id = \"fleet-{store}\"\nkeepalive = \"30s\"\n\
          protocol = \"{mqtt}\"\n",
         dir.join("outbox.db").display()
     );
