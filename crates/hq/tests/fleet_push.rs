@@ -175,10 +175,10 @@ fn fleet_config(broker_port: u16, extra: &str) -> String {
     )
 }
 
-/// N gateways' daemons on one runtime (two worker threads), stopped together. Each has one
-/// scanner whose port does not exist: a gateway without devices (and without HTTP ingest)
-/// ends its link at start, and would apply nothing from HQ; this one also shows up in every
-/// report as a device in error.
+/// N gateways' daemons on one runtime (two worker threads), stopped together. Every second one
+/// has a scanner whose port does not exist (a device in error in its report); the others have
+/// no device and no HTTP ingest at all, and must still apply what HQ sends (their link once
+/// ended at start, for want of a reading sender).
 struct Fleet {
     dirs: Vec<(String, PathBuf)>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -199,10 +199,17 @@ impl Fleet {
                  [mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive = \"5s\"\n\
                  [uplink]\nbackoff_min = \"200ms\"\nbackoff_max = \"2s\"\n\
                  [status]\nlisten = \"127.0.0.1:0\"\n\
-                 [[station]]\nid = \"entrance\"\nrole = \"gate\"\n\
-                 [[device]]\nkind = \"scanner\"\nid = \"scanner-1\"\nstation = \"entrance\"\nport = \"{}\"\n",
+                 {}",
                 d.join("phygate.db").display(),
-                d.join("no-scanner").display(),
+                if i % 2 == 0 {
+                    format!(
+                        "[[station]]\nid = \"entrance\"\nrole = \"gate\"\n\
+                         [[device]]\nkind = \"scanner\"\nid = \"scanner-1\"\nstation = \"entrance\"\nport = \"{}\"\n",
+                        d.join("no-scanner").display()
+                    )
+                } else {
+                    String::new()
+                },
             );
             let path = d.join("phygate.toml");
             std::fs::write(&path, &text).unwrap();
