@@ -73,10 +73,7 @@ fn a_small_fleet_on_the_nats_cluster_stores_or_reports_every_event_across_a_node
         &["--broker", "nats", "--kill-node-at", "5s"],
         &["--consumers", "2", "--store", "postgres"],
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("stores="))
-        .unwrap_or_else(|| panic!("no verdict line:\n{stdout}\n{stderr}"));
+    let line = verdict_line(&stdout, &stderr);
     let published = figure(line, "published");
     assert!(published > 600, "{line}");
     assert_eq!(
@@ -113,10 +110,7 @@ fn run_and_check(extra: &[&str]) -> String {
 /// Runs the short profile with `fault` and `extra` flags, checks the verdict; its stdout.
 fn run_profile(fault: &[&str], extra: &[&str]) -> String {
     let (stdout, stderr, success) = run_bench(fault, extra);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("stores="))
-        .unwrap_or_else(|| panic!("no verdict line:\n{stdout}\n{stderr}"));
+    let line = verdict_line(&stdout, &stderr);
     let published = figure(line, "published");
     assert!(published > 600, "{line}");
     assert_eq!(figure(line, "stored_unique"), published, "{line}");
@@ -130,6 +124,14 @@ fn run_profile(fault: &[&str], extra: &[&str]) -> String {
     assert!(stdout.contains("verdict: ok"), "{stdout}\n{stderr}");
     assert!(success, "{stdout}\n{stderr}");
     stdout
+}
+
+/// The bench's `stores=… published=…` line.
+fn verdict_line<'a>(stdout: &'a str, stderr: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("stores="))
+        .unwrap_or_else(|| panic!("no verdict line:\n{stdout}\n{stderr}"))
 }
 
 /// Runs the short profile with `fault` and `extra` flags; its stdout, stderr and whether the
