@@ -59,6 +59,7 @@ fn config(path: &Path, sync: Synchronous, max_bytes: u64) -> OutboxConfig {
         max_bytes,
         max_age: Duration::from_secs(30 * 24 * 3600),
         max_file_bytes: None,
+        replay_window: std::time::Duration::ZERO,
     }
 }
 

@@ -67,11 +67,12 @@ impl fmt::Display for Config {
         writeln!(f, "status page on http://{}/", self.status.listen)?;
         writeln!(
             f,
-            "outbox {} (synchronous {}, quota {}, max age {}{})",
+            "outbox {} (synchronous {}, quota {}, max age {}, replay window {}{})",
             self.outbox.path.display(),
             self.outbox.synchronous.pragma().to_ascii_lowercase(),
             words::bytes(self.outbox.max_bytes),
             words::duration(self.outbox.max_age),
+            words::duration(self.outbox.replay_window),
             self.outbox
                 .max_file_bytes
                 .map(|b| format!(", file capped at {}", words::bytes(b)))

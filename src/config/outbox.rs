@@ -21,6 +21,8 @@ pub(super) struct RawOutbox {
     max_age: Duration,
     #[serde(default)]
     max_file_bytes: Option<u64>,
+    #[serde(default = "default_replay_window", with = "humantime_serde")]
+    replay_window: Duration,
 }
 
 impl Default for RawOutbox {
@@ -31,6 +33,7 @@ impl Default for RawOutbox {
             max_bytes: default_max_bytes(),
             max_age: default_max_age(),
             max_file_bytes: None,
+            replay_window: default_replay_window(),
         }
     }
 }
@@ -54,6 +57,16 @@ fn default_max_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 
+/// Half an hour: HQ asks for a missing range after seconds (`[repair] after`, default 10 s) and
+/// declares it lost after a minute plus its consumers' lag; thirty minutes also covers a
+/// consumer group that lags for many minutes, at the cost of half an hour of events on disk
+/// (bounded by `max_bytes`: retained rows are the first to go when live rows need the room).
+fn default_replay_window() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+/// The longest window: longer than a day keeps rows HQ has long stopped asking for.
+pub const MAX_REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 impl Validator<'_> {
     pub(super) fn outbox(&mut self, raw: RawOutbox) -> OutboxConfig {
         let outbox = OutboxConfig {
@@ -62,6 +75,7 @@ impl Validator<'_> {
             max_bytes: raw.max_bytes,
             max_age: raw.max_age,
             max_file_bytes: raw.max_file_bytes,
+            replay_window: raw.replay_window,
         };
         if outbox.max_file_bytes.is_some_and(|b| b < MIN_FILE_BYTES) {
             self.problem(
@@ -74,6 +88,12 @@ impl Validator<'_> {
         }
         if outbox.max_age < Duration::from_secs(60) {
             self.problem("outbox.max_age", "must be at least 1m");
+        }
+        if outbox.replay_window > MAX_REPLAY_WINDOW {
+            self.problem(
+                "outbox.replay_window",
+                "must be at most 24h (\"0s\" keeps no acknowledged row)",
+            );
         }
         if self.host {
             if let Err(e) = host::outbox_writable(&outbox.path) {

@@ -113,6 +113,7 @@ mod tests {
             max_bytes: 1 << 30,
             max_age: Duration::from_secs(3600),
             max_file_bytes: None,
+            replay_window: std::time::Duration::ZERO,
         };
         let origin = crate::event::Origin {
             store: "s".into(),

@@ -88,7 +88,8 @@ fn a_file_written_before_the_totals_existed_gets_them_once() {
     // As a version-2 file: no totals in meta.
     s.conn
         .execute_batch(
-            "DELETE FROM meta WHERE key IN ('rows', 'bytes', 'acked'); PRAGMA user_version = 2;",
+            "DELETE FROM meta WHERE key IN ('rows', 'bytes', 'acked', 'retained'); \
+             PRAGMA user_version = 2;",
         )
         .unwrap();
     drop(s);

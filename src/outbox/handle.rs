@@ -3,7 +3,7 @@
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Batch, OutboxError, OutboxHandle, Request, StateEntries, StateWrite, Stats};
+use super::{Batch, OutboxError, OutboxHandle, Replay, Request, StateEntries, StateWrite, Stats};
 use crate::event::Event;
 
 impl OutboxHandle {
@@ -87,6 +87,30 @@ impl OutboxHandle {
             .send_async(Request::Fetch {
                 after,
                 batches,
+                max_events,
+                max_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        wait.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// The rows of `from..=to` the outbox still holds (live, or acknowledged and kept by the
+    /// replay window), in batches, and the sub-ranges it no longer holds. A read: the
+    /// watermark and the uplink's batches are untouched.
+    pub async fn replay(
+        &self,
+        from: u64,
+        to: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Replay, OutboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send_async(Request::Replay {
+                from,
+                to,
                 max_events,
                 max_bytes,
                 reply,

@@ -12,7 +12,7 @@ pub mod settings;
 mod store;
 
 pub use settings::{OutboxConfig, Synchronous};
-pub use store::{Batch, Check, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
+pub use store::{Batch, Check, Replay, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -83,6 +83,14 @@ enum Request {
     },
     Stats {
         reply: oneshot::Sender<Stats>,
+    },
+    /// The rows of `from..=to` still in the file (a `replay` command), as batches.
+    Replay {
+        from: u64,
+        to: u64,
+        max_events: usize,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Replay, OutboxError>>,
     },
     /// State writes committed together, in one transaction.
     PutState {
@@ -156,6 +164,7 @@ impl Outbox {
         if let Some(cap) = config.max_file_bytes {
             opened.store.cap_file(cap)?;
         }
+        opened.store.set_replay_window(config.replay_window);
         let stats = opened.store.stats()?;
         info!(db = %config.path.display(), depth = stats.depth, last_seq = stats.last_seq, "outbox open");
 
@@ -213,8 +222,9 @@ impl Outbox {
                     Err(flume::TryRecvError::Disconnected) => None,
                 }
             } else if held.is_empty() && self.held_acks.is_empty() {
-                if self.store.reclaim_pending() {
-                    match self.rx.recv_timeout(IDLE) {
+                // Dead rows kept for replay wake the thread when the window lets them go.
+                if let Some(due) = self.store.reclaim_due_in() {
+                    match self.rx.recv_timeout(due.max(IDLE)) {
                         Ok(r) => Some(r),
                         Err(flume::RecvTimeoutError::Timeout) => {
                             self.reclaim_step();
@@ -253,6 +263,14 @@ impl Outbox {
                 // Never idle, and acknowledging fast: removed between groups, or the file
                 // would grow by everything acknowledged.
                 self.reclaim_step();
+            }
+            if self.store.retained_over_quota() {
+                // Live rows need the room the replay window's rows take: those go first, a
+                // bounded step between groups.
+                if let Err(e) = self.store.reclaim_for_room() {
+                    self.note(&e);
+                    warn!(error = %e, "removing acknowledged outbox rows failed");
+                }
             }
             self.move_aside_if_corrupt();
             if !held.is_empty() && self.rx.is_disconnected() && self.rx.is_empty() {
@@ -443,6 +461,16 @@ impl Outbox {
                     let stats = self.store.stats().unwrap_or_default();
                     let checking = self.check.is_some();
                     let _ = reply.send(Stats { checking, ..stats });
+                }
+                Request::Replay {
+                    from,
+                    to,
+                    max_events,
+                    max_bytes,
+                    reply,
+                } => {
+                    let replay = self.store.replay_range(from, to, max_events, max_bytes);
+                    let _ = reply.send(replay.map_err(|e| self.failed(e)));
                 }
                 Request::GetState { prefix, reply } => {
                     let entries = self.store.scan_state(&prefix);

@@ -158,6 +158,8 @@ impl Store {
         let mut t = read_tally(&self.conn)?;
         t.last_seq = self.last_seq;
         t.acked = self.acked;
+        // Acknowledged rows were not carried: none is kept for replay on the fresh file.
+        t.reclaimed = self.acked;
         let tx = self.conn.transaction()?;
         for (key, value) in &state {
             tx.prepare_cached("INSERT INTO state(key, value) VALUES (?1, ?2)")?
@@ -182,7 +184,6 @@ impl Store {
             "outbox database is corrupt; moved aside, continuing on a fresh one"
         );
         self.apply(t);
-        self.reclaimed = self.acked;
         self.handed.borrow_mut().forget_all();
         Ok(moved)
     }

@@ -60,6 +60,7 @@ async fn put_states_durable_answers_after_the_commit() {
         max_bytes: 1 << 20,
         max_age: Duration::from_secs(3600),
         max_file_bytes: None,
+        replay_window: std::time::Duration::ZERO,
     };
     let origin = crate::event::Origin {
         store: "s".into(),
@@ -88,6 +89,7 @@ fn config(dir: &std::path::Path) -> OutboxConfig {
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(3600),
         max_file_bytes: None,
+        replay_window: std::time::Duration::ZERO,
     }
 }
 

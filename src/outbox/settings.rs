@@ -35,4 +35,8 @@ pub struct OutboxConfig {
     /// as on a full disk, while deletes of acknowledged rows still commit (the WAL is outside
     /// the cap) and make room. None: the file system is the limit.
     pub max_file_bytes: Option<u64>,
+    /// How long acknowledged rows stay in the file after their PUBACK, so that HQ can ask for
+    /// them again (`replay` command) when the broker lost them after acknowledging. Zero:
+    /// removed as soon as the outbox is idle (the behaviour before the window existed).
+    pub replay_window: Duration,
 }

@@ -7,8 +7,13 @@
 //! - A row leaves only by an acknowledgement of its publish, or by eviction, and every
 //!   eviction appends a `store.outbox.evicted` event naming the seq ranges it removed.
 //! - Acknowledged = at or below the watermark `acked` (kept in `meta`, see `watermark.rs`):
-//!   those rows are dead, never read again, and removed in bulk later ([`Store::reclaim_step`]).
+//!   those rows are dead, never read again by the uplink, and removed in bulk later
+//!   ([`Store::reclaim_step`]) once they are older than the replay window (`retain.rs`); until
+//!   then a `replay` command may publish them again ([`Store::replay_range`]).
 //!   `rows` and `bytes` count the live rows only (above the watermark): what the quota judges.
+//!   `retained` counts the dead rows' bytes still in the file: they use the room of the quota
+//!   that live rows do not need, and are the first to go when live rows need it (before any
+//!   live row is evicted).
 //! - WAL journal; `synchronous` from config (FULL by default: a commit survives a power cut).
 //! - The totals (rows, bytes) and the last seq are kept in `meta`, written in the same
 //!   transaction as every change to the rows: opening reads three values, never the table, so
@@ -47,6 +52,10 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO meta(key, value) SELECT 'bytes', coalesce(sum(octet_length(body)), 0) FROM outbox;",
     // 4: the acknowledged watermark: every row at or below it is acknowledged.
     "INSERT INTO meta(key, value) VALUES ('acked', 0);",
+    // 5: the bytes of acknowledged rows kept for replay, computed once over the dead rows of a
+    // file written before the replay window existed.
+    "INSERT INTO meta(key, value) SELECT 'retained', coalesce(sum(octet_length(body)), 0) \
+     FROM outbox WHERE seq <= (SELECT value FROM meta WHERE key = 'acked');",
 ];
 
 /// The rows whose age can be judged: their event's time came from a synchronised clock
@@ -121,8 +130,12 @@ pub struct Store {
     /// The acknowledged watermark: every seq at or below it is acknowledged.
     acked: u64,
     /// Every row at or below this seq is physically gone: [`Store::reclaim_step`] removes the
-    /// ones between it and `acked`.
+    /// ones between it and `acked` once the replay window allows.
     reclaimed: u64,
+    /// Body bytes of the dead rows still in the file (above `reclaimed`, at or below `acked`).
+    retained: u64,
+    /// When the watermark moved: which dead rows the replay window still keeps.
+    retention: Retention,
     /// The sizes of the batches handed to the uplink, so that their acknowledgement costs no
     /// read (see `watermark.rs`).
     handed: RefCell<Handed>,
@@ -174,7 +187,7 @@ impl Store {
         };
         let t = read_tally(&conn)?;
         let reclaimed = first_dead(&conn, t.acked)?;
-        let store = Store {
+        let mut store = Store {
             conn,
             path: path.to_owned(),
             sync,
@@ -187,6 +200,8 @@ impl Store {
             bytes: t.bytes,
             acked: t.acked,
             reclaimed,
+            retained: t.retained,
+            retention: Retention::new(Duration::ZERO),
             handed: RefCell::default(),
             abort_before_reclaim: cfg!(debug_assertions)
                 && std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
@@ -194,6 +209,8 @@ impl Store {
             evicting: None,
             step: EVICT_STEP_ROWS,
         };
+        // No window until the owner sets one: the dead rows found go when idle, as before.
+        store.set_replay_window(Duration::ZERO);
         store.publish_gauges();
         Ok(Opened { store, quarantined })
     }
@@ -206,6 +223,15 @@ impl Store {
         cap_file(&self.conn, bytes)?;
         self.file_cap = Some(bytes);
         Ok(())
+    }
+
+    /// Keeps acknowledged rows for `window` after their acknowledgement (zero, the default of a
+    /// bare store: removed when idle). The dead rows already in the file count as acknowledged
+    /// now.
+    pub fn set_replay_window(&mut self, window: Duration) {
+        self.retention = Retention::new(window);
+        self.retention.release_through(self.reclaimed);
+        self.retention.acked(std::time::Instant::now(), self.acked);
     }
 
     /// How many rows one commit evicts (or expires) beyond the quota's need.
@@ -304,18 +330,36 @@ impl Store {
             bytes: self.bytes,
             acked: self.acked,
             evicting: self.evicting,
+            retained: self.retained,
+            reclaimed: self.reclaimed,
         }
     }
 
     /// Takes on a committed transaction's counters.
     fn apply(&mut self, t: Tally) {
+        if t.acked > self.acked {
+            self.retention.acked(std::time::Instant::now(), t.acked);
+        }
+        if t.reclaimed > self.reclaimed {
+            self.retention.release_through(t.reclaimed);
+        }
         (
             self.last_seq,
             self.depth,
             self.bytes,
             self.acked,
             self.evicting,
-        ) = (t.last_seq, t.depth, t.bytes, t.acked, t.evicting);
+            self.retained,
+            self.reclaimed,
+        ) = (
+            t.last_seq,
+            t.depth,
+            t.bytes,
+            t.acked,
+            t.evicting,
+            t.retained,
+            t.reclaimed,
+        );
         self.publish_gauges();
     }
 
@@ -371,6 +415,11 @@ impl Store {
                     after: seqs.first().map_or(0, |s| *s as i64 - 1),
                 };
             }
+        }
+        if t.bytes > self.max_bytes && t.reclaimed < t.acked {
+            // Live rows alone are over the quota: the rows kept for replay go first, all of
+            // them (they were at most the room live rows did not need), before any live row.
+            drop_retained(&tx, t)?;
         }
         if t.bytes > self.max_bytes || t.evicting.is_some() {
             let target = self.max_bytes / 100 * EVICT_TO_PERCENT;
@@ -480,6 +529,10 @@ struct Tally {
     bytes: u64,
     acked: u64,
     evicting: Option<Cursor>,
+    /// Bytes of dead rows kept for replay.
+    retained: u64,
+    /// Every row at or below it is gone (not kept in `meta`: found again at the open).
+    reclaimed: u64,
 }
 
 fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
@@ -489,6 +542,8 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
         bytes: 0,
         acked: 0,
         evicting: None,
+        retained: 0,
+        reclaimed: 0,
     };
     let mut q = conn.prepare("SELECT key, value FROM meta")?;
     let mut rows = q.query([])?;
@@ -499,6 +554,7 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
             "rows" => t.depth = value,
             "bytes" => t.bytes = value,
             "acked" => t.acked = value,
+            "retained" => t.retained = value,
             _ => {}
         }
     }
@@ -509,13 +565,15 @@ fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
 fn save_tally(tx: &rusqlite::Transaction, t: &Tally) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 \
-         WHEN 'bytes' THEN ?3 ELSE ?4 END WHERE key IN ('last_seq', 'rows', 'bytes', 'acked')",
+         WHEN 'bytes' THEN ?3 WHEN 'acked' THEN ?4 ELSE ?5 END \
+         WHERE key IN ('last_seq', 'rows', 'bytes', 'acked', 'retained')",
     )?
     .execute(params![
         t.last_seq as i64,
         t.depth as i64,
         t.bytes as i64,
-        t.acked as i64
+        t.acked as i64,
+        t.retained as i64
     ])?;
     Ok(())
 }
@@ -569,7 +627,15 @@ use state::successor;
 
 #[path = "watermark.rs"]
 mod watermark;
-use watermark::{acknowledge, first_dead, Handed};
+use watermark::{acknowledge, drop_retained, first_dead, Handed};
+
+#[path = "retain.rs"]
+mod retain;
+use retain::Retention;
+
+#[path = "replay.rs"]
+mod replay;
+pub use replay::Replay;
 
 #[path = "evict.rs"]
 mod evict;
@@ -595,3 +661,7 @@ mod backlog_tests;
 #[cfg(test)]
 #[path = "watermark_tests.rs"]
 mod watermark_tests;
+
+#[cfg(test)]
+#[path = "retain_tests.rs"]
+mod retain_tests;

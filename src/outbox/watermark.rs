@@ -4,7 +4,9 @@
 //! write (the `meta` row, in the group's transaction) instead of deleting each row (~3 µs per
 //! row with `RETURNING`); reads start above it; the rows at or below it are dead and removed in
 //! seq ranges later ([`Store::reclaim_step`]: when the outbox thread is idle, or when too many
-//! are waiting, or when the disk refuses a write).
+//! are waiting, or when the disk refuses a write), once the replay window (`retain.rs`) no
+//! longer keeps them. Their bytes are counted apart (`retained`): an acknowledgement moves a
+//! range's bytes from the live total to the retained one, a reclaim takes them off.
 //!
 //! Crash safety: the watermark and the totals are written in the transaction that acknowledges;
 //! the range delete only ever removes rows at or below a committed watermark. A crash between
@@ -128,7 +130,10 @@ pub(super) fn acknowledge(
         t.depth -= rows.min(t.depth);
         t.bytes -= bytes.min(t.bytes);
         match step {
-            AckStep::Advance { .. } => t.acked = last,
+            AckStep::Advance { .. } => {
+                t.acked = last;
+                t.retained += bytes;
+            }
             _ => {
                 tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
                     .execute(params![from as i64, last as i64])?;
@@ -159,6 +164,16 @@ fn size_of(tx: &Transaction, first: u64, last: u64) -> rusqlite::Result<(u64, u6
     })
 }
 
+/// Removes every dead row still in the file, in the group's transaction: live rows need the
+/// room (see `write_group`).
+pub(super) fn drop_retained(tx: &Transaction, t: &mut Tally) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2")?
+        .execute(params![t.reclaimed as i64, t.acked as i64])?;
+    t.reclaimed = t.acked;
+    t.retained = 0;
+    Ok(())
+}
+
 /// Where reclaiming starts at the open: below the oldest row (one index probe), or at the
 /// watermark when no dead row is left.
 pub(super) fn first_dead(conn: &Connection, watermark: u64) -> rusqlite::Result<u64> {
@@ -170,9 +185,41 @@ pub(super) fn first_dead(conn: &Connection, watermark: u64) -> rusqlite::Result<
 }
 
 impl Store {
-    /// Dead rows (at or below the watermark) wait to be removed.
+    /// The highest seq the replay window lets go now.
+    fn reclaim_limit(&self) -> u64 {
+        self.retention
+            .aged_through(std::time::Instant::now())
+            .min(self.acked)
+    }
+
+    /// Dead rows (at or below the watermark) older than the replay window wait to be removed.
     pub fn reclaim_pending(&self) -> bool {
-        self.reclaimed < self.acked
+        self.reclaimed < self.reclaim_limit()
+    }
+
+    /// How long until dead rows are due for removal: zero when some are now, `None` when
+    /// none is kept. The outbox thread wakes up then even when no request comes.
+    pub fn reclaim_due_in(&self) -> Option<std::time::Duration> {
+        if self.reclaim_pending() {
+            return Some(std::time::Duration::ZERO);
+        }
+        if self.reclaimed >= self.acked {
+            return None;
+        }
+        self.retention.next_due(std::time::Instant::now())
+    }
+
+    /// Live and retained rows together are over the quota: retained rows go (oldest first)
+    /// before the window ends, until they fit in the room live rows leave.
+    pub fn retained_over_quota(&self) -> bool {
+        self.retained > 0
+            && self.reclaimed < self.acked
+            && self.bytes.saturating_add(self.retained) > self.max_bytes
+    }
+
+    /// Bytes of acknowledged rows kept for replay.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained
     }
 
     /// So many dead rows wait that they are removed even while the outbox is busy.
@@ -184,13 +231,26 @@ impl Store {
         } else {
             RECLAIM_OVERDUE
         };
-        self.acked - self.reclaimed.min(self.acked) > threshold
+        let limit = self.reclaim_limit();
+        limit - self.reclaimed.min(limit) > threshold
     }
 
-    /// Removes the next range of dead rows, at most [`RECLAIM_STEP`] seqs, in a commit of its
-    /// own. Returns how many rows went. The totals do not change: they count live rows only.
+    /// Removes the next range of dead rows the replay window lets go, at most [`RECLAIM_STEP`]
+    /// seqs, in a commit of its own. Returns how many rows went. The live totals do not
+    /// change; the retained bytes go down by theirs.
     pub fn reclaim_step(&mut self) -> Result<u64, StoreError> {
-        if !self.reclaim_pending() {
+        self.retention.prune(std::time::Instant::now());
+        let limit = self.reclaim_limit();
+        self.reclaim_through(limit)
+    }
+
+    /// As [`Store::reclaim_step`], before the window ends: live rows need the room.
+    pub fn reclaim_for_room(&mut self) -> Result<u64, StoreError> {
+        self.reclaim_through(self.acked)
+    }
+
+    fn reclaim_through(&mut self, limit: u64) -> Result<u64, StoreError> {
+        if self.reclaimed >= limit {
             return Ok(0);
         }
         if self.abort_before_reclaim {
@@ -198,30 +258,51 @@ impl Store {
             // range delete (tests/watermark.rs).
             std::process::abort();
         }
-        let to = self.acked.min(self.reclaimed + RECLAIM_STEP);
+        let to = limit.min(self.reclaimed + RECLAIM_STEP);
         // Removing dead rows need not reach the disk before it returns: undone by a power cut,
         // they are still dead (the watermark committed before), and removed again.
         let relaxed = self.sync == Synchronous::Full;
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
-        let removed = self
-            .conn
-            .prepare_cached("DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2")
-            .and_then(|mut d| d.execute(params![self.reclaimed as i64, to as i64]));
+        let mut t = self.tally();
+        let removed = self.remove_dead(&mut t, to);
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = FULL")?;
         }
         let removed = removed.map_err(super::classify)?;
-        self.reclaimed = to;
+        t.reclaimed = to;
+        self.apply(t);
+        Ok(removed)
+    }
+
+    /// Deletes the dead rows up to `to` and takes their bytes off the retained ones, with the
+    /// total in `meta`, in one transaction. Reading their sizes costs a pass over the range,
+    /// off the hot path like the delete itself (idle time, or between groups when overdue).
+    fn remove_dead(&mut self, t: &mut Tally, to: u64) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let (a, b) = (self.reclaimed as i64, to as i64);
+        let bytes: i64 = tx
+            .prepare_cached(
+                "SELECT coalesce(sum(octet_length(body)), 0) FROM outbox \
+                 WHERE seq > ?1 AND seq <= ?2",
+            )?
+            .query_row(params![a, b], |r| r.get(0))?;
+        let removed = tx
+            .prepare_cached("DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2")?
+            .execute(params![a, b])?;
+        t.retained -= (bytes.max(0) as u64).min(t.retained);
+        super::save_tally(&tx, t)?;
+        tx.commit()?;
         Ok(removed as u64)
     }
 
-    /// Removes every dead row, step by step (the disk refused a write: they make room).
+    /// Removes every dead row, kept for replay or not, step by step (the disk refused a
+    /// write: they make room).
     pub fn reclaim_all(&mut self) -> Result<u64, StoreError> {
         let mut removed = 0;
-        while self.reclaim_pending() {
-            removed += self.reclaim_step()?;
+        while self.reclaimed < self.acked {
+            removed += self.reclaim_for_room()?;
         }
         Ok(removed)
     }
