@@ -101,6 +101,12 @@ pub struct CommandResult {
     /// `done`, `failed`, `refused`, `expired` or `duplicate`.
     pub outcome: &'static str,
     pub detail: String,
+    /// `replay`: how many events were queued to be published again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub republished: Option<u64>,
+    /// `replay`: the sub-ranges of the asked range the store no longer holds (inclusive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<[u64; 2]>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

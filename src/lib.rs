@@ -22,6 +22,8 @@
 //!   HQ's configs go to the reloader (`daemon::reload`), applied like a SIGHUP reload.
 //! - [`outbox`]: the only owner of SQLite; durable group-committed append, batches, acks, quota;
 //!   every saved-state key format (`outbox::keys`).
+//! - [`replay`]: HQ's `replay` command: the outbox's rows of a seq range (kept for
+//!   `[outbox] replay_window` after their PUBACK) handed to the uplink to publish again.
 //! - [`uplink`]: publishes batches over MQTT QoS 1; deletes rows only on PUBACK. The in-flight
 //!   book (packet id → rows, resend from the oldest after CONNACK, hold after a refused
 //!   PUBACK) is pure state in `uplink/book.rs`; `uplink/mod.rs` is the session around it.
@@ -60,6 +62,7 @@ pub mod link;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod replay;
 pub mod settle;
 pub mod shutdown;
 #[cfg(feature = "sim")]

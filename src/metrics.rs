@@ -50,6 +50,8 @@ pub static NFC_BYTES_DISCARDED: Counter = Counter::new();
 pub static EVENTS_ACCEPTED: Counter = Counter::new();
 pub static EVENTS_PUBLISHED: Counter = Counter::new();
 pub static EVENTS_EVICTED: Counter = Counter::new();
+pub static REPLAYED: Counter = Counter::new();
+pub static REPLAY_MISSING: Counter = Counter::new();
 pub static OUTBOX_WRITE_ERRORS: Counter = Counter::new();
 pub static OUTBOX_DEPTH: Counter = Counter::new();
 pub static OUTBOX_BYTES: Counter = Counter::new();
@@ -63,7 +65,7 @@ pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
 /// Every metric: name, type, help, and the counter that holds its value.
-static TABLE: [(&str, &str, &str, &Counter); 20] = [
+static TABLE: [(&str, &str, &str, &Counter); 22] = [
     (
         "phygate_readings_total",
         "counter",
@@ -123,6 +125,18 @@ static TABLE: [(&str, &str, &str, &Counter); 20] = [
         "counter",
         "events dropped by the outbox quota",
         &EVENTS_EVICTED,
+    ),
+    (
+        "phygate_events_replayed_total",
+        "counter",
+        "events queued to be published again by HQ's replay commands",
+        &REPLAYED,
+    ),
+    (
+        "phygate_replay_missing_total",
+        "counter",
+        "seqs HQ asked to replay that the outbox no longer held",
+        &REPLAY_MISSING,
     ),
     (
         "phygate_outbox_write_errors_total",

@@ -123,7 +123,14 @@ async fn start(
     // The versions HQ's config, keys and members are at: posted by the link and the config
     // applier, carried by the uplink's status report.
     let applied = crate::uplink::report::AppliedHandle::default();
-    let mut link = link.with_applied(applied.clone());
+    // HQ's replay commands: the link reads the range from the outbox, the uplink publishes it.
+    let uplink_settings = config.uplink_settings();
+    let (replayer, replays) = crate::replay::channel(
+        outbox_handle.clone(),
+        uplink_settings.batching.batch_max_events,
+        uplink_settings.batching.batch_max_bytes,
+    );
+    let mut link = link.with_applied(applied.clone()).with_replayer(replayer);
     let downlink = link.updates();
 
     // One shutdown signal for the stages fed from outside; the HQ side's is the link's end
@@ -140,6 +147,7 @@ async fn start(
     };
     let (uplink, downlink, hq_configs) =
         hq_side(&config, &outbox_handle, downlink, report, &link_ended)?;
+    let uplink = uplink.with_replays(replays);
 
     // The HTTP ingest, bound before anything starts so a taken port fails the start cleanly.
     let ingest = match config.ingest_settings() {

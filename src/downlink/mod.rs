@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `…/{tenant}/keys` (retained) | a JWKS: `{"keys":[{"kty":"OKP","crv":"Ed25519","kid":…,"x":…}]}` |
 //! | `…/{tenant}/{store}/members`, `…/{tenant}/all/members` | `{"type":"snapshot","version":N,"members":[{"card_hash":…,"userid":…}]}` or `{"type":"delta","version":N,"base":N-1,"upsert":[…],"delete":[card_hash…]}` |
-//! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` |
+//! | `…/{tenant}/{store}/commands` | `{"id":…,"expires_at":"…Z","command":"open_gate","station":…}` or `{"id":…,"expires_at":"…Z","command":"replay","from_seq":N,"to_seq":M}` |
 //! | `…/{tenant}/{store}/config` (retained) | a phygate TOML config, checked like a local one |
 
 pub mod session;
@@ -24,7 +24,7 @@ use crate::link::jwks::KeySet;
 
 /// Largest downlink message accepted, per kind (the client's packet limit is the largest).
 pub use phygate_proto::downlink::{
-    MAX_COMMAND_BYTES, MAX_CONFIG_BYTES, MAX_KEYS_BYTES, MAX_MEMBERS_BYTES,
+    MAX_COMMAND_BYTES, MAX_CONFIG_BYTES, MAX_KEYS_BYTES, MAX_MEMBERS_BYTES, MAX_REPLAY_SEQS,
 };
 
 /// Which member map a message edits: this store's, or the tenant's fleet-wide one.
@@ -99,7 +99,14 @@ pub struct Command {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    OpenGate { station: String },
+    OpenGate {
+        station: String,
+    },
+    /// Publish seqs `from..=to` again, from what the outbox still holds (`crate::replay`).
+    Replay {
+        from: u64,
+        to: u64,
+    },
 }
 
 /// Why a downlink message was refused. Nothing of it was applied.
@@ -237,12 +244,21 @@ fn command(payload: &[u8]) -> Result<Command, Refused> {
         .map_err(|e| schema(format!("expires_at {:?}: {e}", raw.expires_at)))?
         .with_timezone(&chrono::Utc)
         .into();
+    let replay_range = raw.from_seq.is_some() || raw.to_seq.is_some();
     let action = match (raw.command.as_str(), raw.station) {
+        ("open_gate", _) if replay_range => {
+            return Err(schema("open_gate takes no from_seq or to_seq".into()))
+        }
         ("open_gate", Some(station)) => Action::OpenGate { station },
         ("open_gate", None) => return Err(schema("open_gate needs a station".into())),
+        ("replay", Some(_)) => return Err(schema("replay takes no station".into())),
+        ("replay", None) => {
+            let (from, to) = replay_bounds(raw.from_seq, raw.to_seq).map_err(schema)?;
+            Action::Replay { from, to }
+        }
         (other, _) => {
             return Err(schema(format!(
-                "unknown command {other:?} (known: open_gate)"
+                "unknown command {other:?} (known: open_gate, replay)"
             )))
         }
     };
@@ -251,6 +267,24 @@ fn command(payload: &[u8]) -> Result<Command, Refused> {
         expires_at,
         action,
     })
+}
+
+/// A replay's range: both ends given, `1 <= from <= to`, at most [`MAX_REPLAY_SEQS`] seqs.
+fn replay_bounds(from: Option<u64>, to: Option<u64>) -> Result<(u64, u64), String> {
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err("replay needs from_seq and to_seq".into());
+    };
+    if from == 0 || from > to {
+        return Err(format!(
+            "replay range {from}..={to}: seqs start at 1 and from_seq <= to_seq"
+        ));
+    }
+    if to - from >= MAX_REPLAY_SEQS {
+        return Err(format!(
+            "replay range {from}..={to}: at most {MAX_REPLAY_SEQS} seqs at once"
+        ));
+    }
+    Ok((from, to))
 }
 
 #[cfg(test)]
@@ -327,7 +361,61 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn replay_commands_carry_a_bounded_range() {
+        let cmd = |body: &str| {
+            parse(
+                "t",
+                "s",
+                "phygate/v1/t/s/commands",
+                format!(
+                    r#"{{"id":"r1","expires_at":"2026-11-23T05:01:02Z","command":"replay"{body}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let Update::Command(c) = cmd(r#","from_seq":5,"to_seq":9"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.action, Action::Replay { from: 5, to: 9 });
+        for bad in [
+            "",
+            r#","from_seq":5"#,
+            r#","from_seq":0,"to_seq":3"#,
+            r#","from_seq":9,"to_seq":5"#,
+            r#","from_seq":1,"to_seq":10001"#,
+            r#","from_seq":1,"to_seq":2,"station":"g""#,
+            r#","from_seq":-1,"to_seq":2"#,
+        ] {
+            assert!(
+                matches!(cmd(bad), Err(Refused::Schema(..))),
+                "{bad} was accepted"
+            );
+        }
+        assert!(cmd(r#","from_seq":1,"to_seq":10000"#).is_ok());
+    }
+
     proptest! {
+        /// Any replay command either parses into a range within the limits or is refused.
+        #[test]
+        fn replay_ranges_are_valid_or_refused(from in proptest::option::of(0u64..30_000), to in proptest::option::of(0u64..30_000)) {
+            let mut m = phygate_proto::downlink::CommandMessage::replay("r".into(), "2030-01-01T00:00:00Z".into(), 0, 0);
+            (m.from_seq, m.to_seq) = (from, to);
+            let body = serde_json::to_vec(&m).unwrap();
+            match parse("t", "s", "phygate/v1/t/s/commands", &body) {
+                Ok(Update::Command(Command { action: Action::Replay { from: a, to: b }, .. })) => {
+                    prop_assert_eq!((Some(a), Some(b)), (from, to));
+                    prop_assert!(a >= 1 && a <= b && b - a < MAX_REPLAY_SEQS);
+                }
+                Ok(other) => prop_assert!(false, "{:?}", other),
+                Err(Refused::Schema(..)) => {
+                    let valid = matches!((from, to), (Some(a), Some(b)) if a >= 1 && a <= b && b - a < MAX_REPLAY_SEQS);
+                    prop_assert!(!valid, "{:?}..{:?} refused", from, to);
+                }
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+
         #[test]
         fn arbitrary_downlink_never_panics(topic in "phygate/v1/t/(s|all|keys|x)(/(members|commands|config))?", payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse("t", "s", &topic, &payload);

@@ -68,6 +68,8 @@ pub struct Link {
     board: crate::status::Board,
     /// Where the key set and member versions in force are posted for HQ (the status report).
     applied: crate::uplink::report::AppliedHandle,
+    /// Answers HQ's `replay` commands; `None`: refused (no uplink takes replays).
+    replayer: Option<crate::replay::Replayer>,
 }
 
 /// A reading whose caller wants its event back (and stores it itself).
@@ -122,6 +124,7 @@ impl Link {
             commands_pruned: Instant::now(),
             board: Default::default(),
             applied: Default::default(),
+            replayer: None,
         }
     }
 
@@ -134,6 +137,12 @@ impl Link {
     /// Posts the key set and member versions in force on `applied` (the status report to HQ).
     pub fn with_applied(mut self, applied: crate::uplink::report::AppliedHandle) -> Self {
         self.applied = applied;
+        self
+    }
+
+    /// Answers HQ's `replay` commands through `replayer` (`crate::replay`).
+    pub fn with_replayer(mut self, replayer: crate::replay::Replayer) -> Self {
+        self.replayer = Some(replayer);
         self
     }
 
@@ -405,12 +414,27 @@ impl Link {
                 Some(crate::event::format_time(until).into_bytes()),
             )]
         };
+        let mut replayed = None;
         let (outcome, detail) = if self.commands_seen.contains(&c.id) {
             ("duplicate", "already received; not run again".to_owned())
         } else if SystemTime::now() > c.expires_at {
             ("expired", "arrived after its expiry; not run".to_owned())
         } else {
             match &c.action {
+                // A read and a publish: nothing to run once only, so nothing to remember
+                // before it runs (a redelivery is answered `duplicate` all the same).
+                Action::Replay { from, to } => match &self.replayer {
+                    None => (
+                        "refused",
+                        "this gateway takes no replay commands".to_owned(),
+                    ),
+                    Some(r) => {
+                        let o = r.replay(*from, *to).await?;
+                        let answer = (o.outcome, o.detail.clone());
+                        replayed = Some((o.republished, o.missing));
+                        answer
+                    }
+                },
                 Action::OpenGate { station } => match self.gates.get(station) {
                     None => ("refused", format!("no gate at station {station:?}")),
                     Some(_) => {
@@ -433,6 +457,8 @@ impl Link {
                 command_id: c.id.clone(),
                 outcome,
                 detail,
+                republished: replayed.as_ref().map(|r| r.0),
+                missing: replayed.map(|r| r.1),
             }),
         );
         let state = if outcome == "duplicate" {

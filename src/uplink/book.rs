@@ -49,6 +49,9 @@ pub enum Sent<T> {
     },
     /// The retained status message: nothing to acknowledge in the outbox.
     Status,
+    /// Events published again for a `replay` command (`crate::replay`): nothing to
+    /// acknowledge in the outbox either, and no part of the window of outbox batches.
+    Replay { count: usize },
 }
 
 /// The book of one connection's publishes (see the module doc).
@@ -131,6 +134,20 @@ impl<T> Book<T> {
     /// The client accepted the publish of a status message.
     pub fn queued_status(&mut self) {
         self.unassigned.push_back(Sent::Status);
+    }
+
+    /// The client accepted the publish of a replay of `count` events.
+    pub fn queued_replay(&mut self, count: usize) {
+        self.unassigned.push_back(Sent::Replay { count });
+    }
+
+    /// Replays queued or on the wire.
+    pub fn replays_in_flight(&self) -> usize {
+        self.unassigned
+            .iter()
+            .chain(self.inflight.values())
+            .filter(|s| matches!(s, Sent::Replay { .. }))
+            .count()
     }
 
     /// `Outgoing::Publish(pkid)`: the oldest queued publish went on the wire with this id.

@@ -15,6 +15,10 @@
 //! does to the in-order watermark). On 3.1.1 a broker that refuses a publish still acknowledges
 //! it: there the PUBACK is the only word, and it is taken as delivered.
 //!
+//! Replays (`crate::replay`) go out on the same connection beside the outbox batches, at most
+//! [`REPLAY_INFLIGHT`] at a time; their PUBACKs acknowledge nothing in the outbox, and a replay
+//! in flight when the connection drops is not sent again (HQ asks again).
+//!
 //! HQ's messages to the store do not come in here: they need the opposite session (persistent,
 //! acknowledged only after commit), which [`crate::downlink::session`] keeps on its own client.
 
@@ -45,6 +49,8 @@ use crate::shutdown::Shutdown;
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last acknowledgements and the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Replay batches queued or on the wire at once: a repair never crowds out the live stream.
+const REPLAY_INFLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -85,6 +91,10 @@ pub struct Uplink {
     book: Book<Instant>,
     /// The report the status carries ([`report`]); `None`: a bare status (the fleet simulator).
     reporter: Option<Reporter>,
+    /// Replays to publish (`crate::replay`); `None`: this uplink takes no replay commands.
+    replays: Option<crate::replay::ReplayFeed>,
+    /// Batches of replays taken from the feed and not yet published, in order.
+    replaying: VecDeque<Batch>,
 }
 
 impl Uplink {
@@ -109,7 +119,15 @@ impl Uplink {
             gateway: s.gateway,
             book: Book::new(),
             reporter: None,
+            replays: None,
+            replaying: VecDeque::new(),
         })
+    }
+
+    /// Publishes the replays that `feed` brings (HQ's `replay` commands, `crate::replay`).
+    pub fn with_replays(mut self, feed: crate::replay::ReplayFeed) -> Self {
+        self.replays = Some(feed);
+        self
     }
 
     /// Makes the status carry the gateway's report (applied versions, devices in error,
@@ -186,6 +204,7 @@ impl Uplink {
                 ready.clear();
                 fetch = None;
             }
+            self.publish_replays();
             let retry_wait = self.retry_at.filter(|at| *at > tokio::time::Instant::now());
             // A held book (a refused PUBACK) publishes nothing new until it resumes.
             while !self.book.is_held() && self.book.batches_in_flight() < window {
@@ -248,6 +267,15 @@ impl Uplink {
                         return Ok(Mode::ShuttingDown);
                     }
                     caught_up = false;
+                }
+                // Cancel-safe: mpsc's recv loses nothing when dropped. Taken only once the
+                // replays in hand are out, so the feed's bound holds them back.
+                job = async { self.replays.as_mut().expect("guarded").recv().await }, if self.replays.is_some() && self.replaying.is_empty() => {
+                    match job {
+                        Some(batches) => self.replaying.extend(batches),
+                        // The replayer is gone (the link ended): nothing more to replay.
+                        None => self.replays = None,
+                    }
                 }
                 // Cancel-safe: a watch change is seen by the next borrow.
                 _ = async { self.reporter.as_mut().expect("guarded").applied_changed().await }, if self.reporter.is_some() => {
@@ -317,6 +345,7 @@ impl Uplink {
                     crate::metrics::EVENTS_PUBLISHED.add(count as u64);
                 }
                 Some(Sent::Status) => {}
+                Some(Sent::Replay { count }) => debug!(count, "replay acknowledged"),
                 None => debug!(pkid, "PUBACK for no publish of this connection"),
             },
             LinkEvent::PubAck {
@@ -328,6 +357,9 @@ impl Uplink {
                 }) => self.batch_refused(first, last, count, &why),
                 Some(Sent::Status) => {
                     warn!(reason = %why, topic = %self.status_topic, "HQ's broker refused the status message")
+                }
+                Some(Sent::Replay { count }) => {
+                    warn!(count, reason = %why, "HQ's broker refused a replay; HQ will ask again")
                 }
                 None => {
                     debug!(pkid, reason = %why, "refusing PUBACK for no publish of this connection")
@@ -359,6 +391,29 @@ impl Uplink {
             topic = %self.events_topic,
             "HQ's broker refused a batch; its events stay in the outbox and are sent again"
         );
+    }
+
+    /// Queues the next replay batches while fewer than [`REPLAY_INFLIGHT`] are out.
+    fn publish_replays(&mut self) {
+        while self.book.replays_in_flight() < REPLAY_INFLIGHT {
+            let Some(batch) = self.replaying.pop_front() else {
+                return;
+            };
+            let count = batch.count;
+            match self.session.try_publish(
+                &self.events_topic,
+                batch.payload,
+                false,
+                BATCH_CONTENT_TYPE,
+            ) {
+                Ok(()) => self.book.queued_replay(count),
+                Err(e) => {
+                    // Dropped, not retried: HQ asks again for what still misses.
+                    warn!(error = %e, count, "could not queue a replay batch");
+                    return;
+                }
+            }
+        }
     }
 
     /// Queues a batch's publish; false when the client refused it.
@@ -436,7 +491,7 @@ fn session_options(s: &UplinkSettings) -> SessionOptions {
         client_id: s.mqtt.client_id.clone(),
         persistent: false,
         manual_acks: false,
-        inflight: (u.inflight + 2) as u16,
+        inflight: (u.inflight + 2 + REPLAY_INFLIGHT) as u16,
         // Incoming: nothing but acknowledgements (the downlink has its own connection).
         max_incoming: 64 * 1024,
         // Outgoing: a batch, or one event larger than a batch (a long scanner line).
@@ -445,7 +500,7 @@ fn session_options(s: &UplinkSettings) -> SessionOptions {
             topic: s.status_topic.clone(),
             payload: status_payload("offline", &s.gateway, None),
         }),
-        // At most `inflight` batches and a status message are queued at once.
-        requests: u.inflight + 8,
+        // At most `inflight` batches, the replays and a status message are queued at once.
+        requests: u.inflight + REPLAY_INFLIGHT + 8,
     }
 }

@@ -36,6 +36,8 @@ pub async fn open_gate(
         expires_at: phygate_proto::envelope::format_time(SystemTime::now() + expires),
         command: "open_gate".into(),
         station: Some(station.to_owned()),
+        from_seq: None,
+        to_seq: None,
     };
     let body = serde_json::to_vec(&message)?;
     let topic = phygate_proto::topic::commands(&target.tenant, store);
