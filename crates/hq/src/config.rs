@@ -29,6 +29,9 @@
 //! [loss]
 //! grace = "60s"                # how long a seq hole may wait for late events
 //!
+//! [repair]                     # ask stores to replay holes: see `repair::config`
+//! after = "10s"
+//!
 //! [status]
 //! listen = "127.0.0.1:9480"    # /metrics and /healthz; omit the table for none
 //!
@@ -65,6 +68,8 @@ pub struct Config {
     pub status: Option<SocketAddr>,
     /// The journey engines, each with its own cursor ([`crate::sink`]).
     pub sinks: Vec<SinkConfig>,
+    /// Replay requests for holes ([`crate::repair`]); `None`: holes only wait for the grace.
+    pub repair: Option<crate::repair::RepairConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +129,7 @@ struct Raw {
     status: Option<RawStatus>,
     #[serde(default)]
     sink: Vec<RawSink>,
+    repair: Option<crate::repair::config::RawRepair>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +258,12 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let store = validate_store(raw.store, base, &mut problems);
         let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
+        let repair = crate::repair::config::validate(
+            raw.repair,
+            input.as_ref(),
+            raw.loss.grace,
+            &mut problems,
+        );
         let (Some(input), true) = (input, problems.is_empty()) else {
             return Err(err(problems.join("\n  ")));
         };
@@ -261,6 +273,7 @@ impl Config {
             loss_grace: raw.loss.grace,
             status,
             sinks,
+            repair,
         })
     }
 }

@@ -23,6 +23,8 @@
 //! - [`sink`]: Braze, Amplitude and a signed CloudEvents webhook, each fed from its durable
 //!   cursor, never twice unannounced.
 //! - [`metrics`] and [`status`]: the counters and the `/metrics`, `/healthz` endpoint.
+//! - [`repair`]: replay requests for holes pending past `[repair] after`, published to the
+//!   stores' commands topics; what a store no longer holds is declared lost at once.
 //! - [`control`]: the engineer's fleet controls (keys, members, config, commands).
 //! - [`fleet`]: every store's status, last event and losses (`stores`, `/stores`).
 //! - [`run`]: the wiring of all of the above, and the ordered shutdown.
@@ -40,6 +42,7 @@ pub mod input;
 pub mod jetstream;
 pub mod journey;
 pub mod metrics;
+pub mod repair;
 pub mod run;
 pub mod seq;
 pub mod sink;

@@ -145,6 +145,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "tenant": key.tenant, "store": key.store, "gateway": key.gateway,
                     "last_seq": g.span.map(|s| s.1), "lost": g.lost(), "lost_ranges": g.lost_ranges(),
                     "pending_ranges": pending, "evicted": g.evicted, "late": g.late,
+                    "recovered": g.recovered,
                 });
                 println!("{line}");
             }

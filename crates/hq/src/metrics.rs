@@ -18,6 +18,9 @@ pub struct Stats {
     pub commit_errors: u64,
     /// The group's worst lag at the last expiry check, ms (`crate::seq::group_lag_ms`).
     pub group_lag_ms: u64,
+    /// Replay commands this consumer published ([`crate::repair`]), and those it could not.
+    pub replays_requested: u64,
+    pub replays_failed: u64,
     pub gateways: BTreeMap<GatewayKey, GatewayFigures>,
     /// By sink name; each sink's runner keeps its own entry.
     pub sinks: BTreeMap<String, SinkFigures>,
@@ -53,6 +56,7 @@ pub struct GatewayFigures {
     pub pending: u64,
     pub evicted: u64,
     pub late: u64,
+    pub recovered: u64,
 }
 
 impl GatewayFigures {
@@ -63,6 +67,7 @@ impl GatewayFigures {
             pending: g.pending(),
             evicted: g.evicted,
             late: g.late,
+            recovered: g.recovered,
         }
     }
 }
@@ -107,12 +112,22 @@ pub fn render(s: &Stats) -> String {
         "Journey store commits that failed (messages redelivered).",
         s.commit_errors,
     );
+    counter(
+        "phygate_hq_replays_requested_total",
+        "Replay commands published to stores for pending holes.",
+        s.replays_requested,
+    );
+    counter(
+        "phygate_hq_replays_failed_total",
+        "Replay commands that could not be published (asked again on the hole's retry).",
+        s.replays_failed,
+    );
     let _ = writeln!(
         out,
         "# HELP phygate_hq_group_lag_seconds The share group's worst lag: a hole becomes a loss after the grace plus this.\n# TYPE phygate_hq_group_lag_seconds gauge\nphygate_hq_group_lag_seconds {:.3}",
         s.group_lag_ms as f64 / 1000.0
     );
-    let per_gateway: [Series<GatewayFigures>; 5] = [
+    let per_gateway: [Series<GatewayFigures>; 6] = [
         (
             "phygate_hq_lost_events",
             "gauge",
@@ -136,6 +151,12 @@ pub fn render(s: &Stats) -> String {
             "counter",
             "Seq numbers that arrived or were announced after being declared lost.",
             |f| f.late,
+        ),
+        (
+            "phygate_hq_recovered_events_total",
+            "counter",
+            "Seq numbers that arrived after HQ asked the gateway to replay them.",
+            |f| f.recovered,
         ),
         (
             "phygate_hq_last_seq",

@@ -34,10 +34,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         holds: config.input.holds(),
         connected: connected.clone(),
     };
+    let (stop, stopped) = watch::channel(false);
+    // Replay requests for holes: the writer picks them, this task publishes them.
+    let (repairer, repair) = match &config.repair {
+        Some(r) => {
+            let (repairer, requests) =
+                crate::repair::Repairer::new(r.clone(), stats.clone(), stopped.clone());
+            info!(broker = %r.broker, after_ms = r.rule.after_ms, "replay requests on");
+            (Some(repairer), Some((r.rule, requests)))
+        }
+        None => (None, None),
+    };
     let writer = tokio::task::spawn_blocking(move || {
         let store = crate::store::open_journey(&store_config)
             .with_context(|| format!("opening the journey store {}", store_config.describe()))?;
-        Writer::new(store, rx, grace, writer_stats, member).context("loading the seq accounting")
+        let writer = Writer::new(store, rx, grace, writer_stats, member)
+            .context("loading the seq accounting")?;
+        anyhow::Ok(match repair {
+            Some((rule, requests)) => writer.with_repair(rule, requests),
+            None => writer,
+        })
     })
     .await
     .context("opening the journey store")??;
@@ -46,7 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .name("writer".into())
         .spawn(move || writer.run())
         .context("starting the writer thread")?;
-    let (stop, stopped) = watch::channel(false);
+    let repairer = repairer.map(|r| tokio::spawn(r.run()));
     let status = config.status.map(|listen| {
         let fleet = crate::fleet::Source::of(&config);
         tokio::spawn(crate::status::serve(
@@ -88,6 +104,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("writer thread")?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if let Some(repairer) = repairer {
+        repairer.await.context("repair task")?;
+    }
     if let Some(status) = status {
         status
             .await

@@ -19,6 +19,18 @@
 //! - A hole at the very end (the gateway's last events never arrive) shows only once a later
 //!   event arrives: nothing else tells HQ that those numbers were ever given.
 //!
+//! **Repair.** A broker may acknowledge an event (PUBACK) and then lose it before HQ has it
+//! (mosquitto restarted without persistence, a NATS stream leader killed before it stored),
+//! and the gateway keeps acknowledged rows for its `[outbox] replay_window`. So a hole pending
+//! for `repair.after` (well under the grace) is asked for again: [`GatewaySeq::repairs`] picks
+//! the holes due, at most [`RepairRule::max_ranges`] per gateway and sweep, each range at most
+//! [`RepairRule::max_seqs`] (a larger hole is split), and records the request in the hole
+//! (`asks`, `asked_ms`), which is stored with the accounting: consumers that share the work
+//! see one another's requests and do not ask for the same hole again before `retry`. A hole
+//! asked for `max_asks` times waits for the grace like any other. Numbers that then arrive
+//! out of an asked hole count as `recovered`; the sub-ranges the gateway answers it no longer
+//! holds are declared lost at once ([`GatewaySeq::not_held`]).
+//!
 //! **The group's lag.** A fixed grace is not enough when the consumers of a share group lag:
 //! the broker queues each consumer's share of a store's messages separately, so a consumer
 //! that is minutes behind still holds numbers that another has long passed. So the grace is
@@ -44,6 +56,9 @@ pub struct Hole {
     /// When the hole opened (an event above it was committed), ms since the Unix epoch.
     pub since_ms: u64,
     pub lost: bool,
+    /// How often a replay of it was asked for, and when last (ms; 0: never).
+    pub asks: u32,
+    pub asked_ms: u64,
 }
 
 impl Hole {
@@ -65,6 +80,8 @@ pub struct GatewaySeq {
     pub late: u64,
     /// Announced ranges below the span, kept until the span grows down to them.
     pub early: Vec<[u64; 2]>,
+    /// Numbers that arrived out of a hole after a replay of it was asked for.
+    pub recovered: u64,
 }
 
 /// What removing numbers from the holes found there.
@@ -72,6 +89,23 @@ pub struct GatewaySeq {
 struct Taken {
     pending: u64,
     lost: u64,
+    /// Of the pending ones, those in holes a replay was asked for.
+    asked: u64,
+}
+
+/// When and how much to ask a gateway to replay (`[repair]` in hq.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairRule {
+    /// A hole is asked for once it has been pending this long (ms).
+    pub after_ms: u64,
+    /// Between two asks for the same hole (ms).
+    pub retry_ms: u64,
+    /// Asks per hole at most; then it waits for the grace.
+    pub max_asks: u32,
+    /// Seqs per request at most (the gateway refuses more than `MAX_REPLAY_SEQS`).
+    pub max_seqs: u64,
+    /// Requests per gateway and sweep at most.
+    pub max_ranges: usize,
 }
 
 impl GatewaySeq {
@@ -94,8 +128,89 @@ impl GatewaySeq {
         } else {
             let t = self.take(seq, seq);
             self.late += t.lost;
+            self.recovered += t.asked;
             t.lost
         }
+    }
+
+    /// Picks the pending holes due for a replay request by `now_ms` and records the request
+    /// in them; returns the ranges to ask for (see the module doc).
+    pub fn repairs(&mut self, now_ms: u64, rule: &RepairRule) -> Vec<[u64; 2]> {
+        let due = |h: &Hole| {
+            !h.lost
+                && now_ms.saturating_sub(h.since_ms) >= rule.after_ms
+                && h.asks < rule.max_asks
+                && (h.asks == 0 || now_ms.saturating_sub(h.asked_ms) >= rule.retry_ms)
+        };
+        let picked: Vec<Hole> = self
+            .holes
+            .values()
+            .filter(|h| due(h))
+            .take(rule.max_ranges)
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(picked.len());
+        for h in picked {
+            let last = h.last.min(h.first + rule.max_seqs.max(1) - 1);
+            if last < h.last {
+                // The rest is a hole of its own, asked for on its own turn.
+                self.holes.insert(
+                    last + 1,
+                    Hole {
+                        first: last + 1,
+                        ..h
+                    },
+                );
+            }
+            self.holes.insert(
+                h.first,
+                Hole {
+                    last,
+                    asks: h.asks + 1,
+                    asked_ms: now_ms,
+                    ..h
+                },
+            );
+            out.push([h.first, last]);
+        }
+        out
+    }
+
+    /// The gateway answered that it no longer holds `ranges`: their pending numbers are lost
+    /// now, without waiting for the grace. Returns the ranges newly declared lost.
+    pub fn not_held(&mut self, ranges: &[[u64; 2]]) -> Vec<[u64; 2]> {
+        let mut out = Vec::new();
+        for &[a, b] in ranges.iter().filter(|[a, b]| a <= b) {
+            let cut: Vec<Hole> = self
+                .holes
+                .range(..=b)
+                .rev()
+                .map(|(_, h)| *h)
+                .take_while(|h| h.last >= a)
+                .filter(|h| !h.lost)
+                .collect();
+            for h in cut.into_iter().rev() {
+                let (x, y) = (h.first.max(a), h.last.min(b));
+                self.holes.remove(&h.first);
+                if h.first < x {
+                    self.holes.insert(h.first, Hole { last: x - 1, ..h });
+                }
+                if h.last > y {
+                    self.holes.insert(y + 1, Hole { first: y + 1, ..h });
+                }
+                self.holes.insert(
+                    x,
+                    Hole {
+                        first: x,
+                        last: y,
+                        lost: true,
+                        ..h
+                    },
+                );
+                out.push([x, y]);
+            }
+        }
+        out
     }
 
     /// The gateway announced `ranges` (inclusive) as evicted by its quota policy: they are not
@@ -162,6 +277,8 @@ impl GatewaySeq {
                     last,
                     since_ms: now_ms,
                     lost: false,
+                    asks: 0,
+                    asked_ms: 0,
                 },
             );
         }
@@ -184,6 +301,9 @@ impl GatewaySeq {
                 taken.lost += n;
             } else {
                 taken.pending += n;
+                if h.asks > 0 {
+                    taken.asked += n;
+                }
             }
             if h.first < a {
                 self.holes.insert(h.first, Hole { last: a - 1, ..h });
@@ -287,6 +407,61 @@ mod tests {
         assert_eq!(g.lost_ranges(), vec![[11, 19], [31, 49]]);
     }
 
+    const RULE: RepairRule = RepairRule {
+        after_ms: 100,
+        retry_ms: 300,
+        max_asks: 2,
+        max_seqs: 4,
+        max_ranges: 2,
+    };
+
+    #[test]
+    fn a_pending_hole_is_asked_for_after_the_delay_then_again_after_the_retry() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 4, 10] {
+            g.receive(s, 0);
+        }
+        assert!(g.repairs(99, &RULE).is_empty(), "not before the delay");
+        assert_eq!(
+            g.repairs(100, &RULE),
+            vec![[2, 3], [5, 8]],
+            "capped and split"
+        );
+        assert_eq!(
+            g.repairs(150, &RULE),
+            vec![[9, 9]],
+            "the split's rest, its own turn"
+        );
+        assert!(
+            g.repairs(399, &RULE).is_empty(),
+            "asked; waits for the retry"
+        );
+        assert_eq!(g.repairs(400, &RULE), vec![[2, 3], [5, 8]]);
+        assert_eq!(g.repairs(450, &RULE), vec![[9, 9]]);
+        assert!(g.repairs(10_000, &RULE).is_empty(), "at most max_asks asks");
+        // Replayed numbers arrive: counted as recovered, not as late.
+        g.receive(2, 500);
+        g.receive(3, 500);
+        assert_eq!((g.recovered, g.late), (2, 0));
+        // Still lost after the grace if the replay never comes.
+        assert_eq!(g.expire(10_000, GRACE), vec![[5, 8], [9, 9]]);
+    }
+
+    #[test]
+    fn what_the_gateway_no_longer_holds_is_lost_at_once() {
+        let mut g = GatewaySeq::default();
+        for s in [1, 10] {
+            g.receive(s, 0);
+        }
+        assert_eq!(g.not_held(&[[4, 6]]), vec![[4, 6]]);
+        assert_eq!(g.lost_ranges(), vec![[4, 6]]);
+        assert_eq!(g.pending(), 5);
+        assert!(g.not_held(&[[4, 6]]).is_empty(), "declared once");
+        // A late arrival still retracts it.
+        assert_eq!(g.receive(5, 1), 1);
+        assert_eq!(g.lost_ranges(), vec![[4, 4], [6, 6]]);
+    }
+
     #[test]
     fn duplicates_change_nothing() {
         let mut g = GatewaySeq::default();
@@ -329,6 +504,36 @@ mod tests {
     }
 
     proptest! {
+        /// Repair requests interleaved with any arrivals: never a number outside a hole, never
+        /// more than the caps, and at the end the same numbers are lost as without them; the
+        /// numbers asked for that arrived after the ask are counted recovered.
+        #[test]
+        fn repairs_ask_only_for_missing_numbers_and_change_no_outcome((_n, dropped, announced, steps) in scenario(), every in 1usize..6) {
+            let mut g = GatewaySeq::default();
+            let mut asked_and_open: BTreeSet<u64> = BTreeSet::new();
+            for (i, (seq, announces)) in steps.iter().enumerate() {
+                g.receive(*seq, i as u64 * 10);
+                if *announces {
+                    g.announce(&ranges(&announced));
+                }
+                if i % every == 0 {
+                    let missing: BTreeSet<u64> = g.holes.values().flat_map(|h| h.first..=h.last).collect();
+                    let asked = g.repairs(i as u64 * 10, &RULE);
+                    prop_assert!(asked.len() <= RULE.max_ranges);
+                    for [a, b] in asked {
+                        prop_assert!(b - a < RULE.max_seqs);
+                        for s in a..=b {
+                            prop_assert!(missing.contains(&s));
+                            asked_and_open.insert(s);
+                        }
+                    }
+                }
+            }
+            g.expire(u64::MAX, GRACE);
+            prop_assert_eq!(set(&g.lost_ranges()), &dropped - &announced);
+            prop_assert!(g.recovered <= asked_and_open.len() as u64);
+        }
+
         /// Whatever the arrival order and the duplicates, once everything has arrived and the
         /// grace has passed, the lost numbers are exactly the dropped ones nobody announced.
         #[test]

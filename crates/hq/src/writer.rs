@@ -10,7 +10,9 @@
 //! declares lost the holes open longer than the grace plus the group's worst lag
 //! ([`crate::seq::group_lag_ms`]), with one log line per gateway (and so per store) naming
 //! the lost `seq` ranges. While the input is not connected it records nothing: the broker may
-//! be keeping messages for it, and the others then count its lag as growing.
+//! be keeping messages for it, and the others then count its lag as growing. With `[repair]`,
+//! the same tick picks the holes due for a replay request and hands them to
+//! [`crate::repair`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::ingest::{self, Accepted, GatewayKey, Parked};
 use crate::metrics::{GatewayFigures, Shared};
-use crate::seq::{group_lag_ms, ConsumerBeat, GatewaySeq};
+use crate::seq::{group_lag_ms, ConsumerBeat, GatewaySeq, RepairRule};
 use crate::store::{Expired, Group, JourneyStore, StoreError};
 
 /// Messages committed in one transaction at most: bounds a commit's latency and memory.
@@ -67,6 +69,8 @@ pub struct Writer {
     /// Right after a (re)connect the broker may not have sent the session's backlog yet; after
     /// a stall (the process stopped, starved of CPU) the backlog may sit unread in the socket.
     watched: Option<Instant>,
+    /// Replay requests for holes: the rule, and where the requests go.
+    repair: Option<(RepairRule, crate::repair::Requests)>,
 }
 
 /// The longest gap between two ticks over which an idle writer still counts as having watched
@@ -105,9 +109,16 @@ impl Writer {
             member,
             freshest_since_beat: None,
             watched: None,
+            repair: None,
         };
         w.publish_all();
         Ok(w)
+    }
+
+    /// Asks the gateways to replay holes pending past `rule.after_ms`, through `requests`.
+    pub fn with_repair(mut self, rule: RepairRule, requests: crate::repair::Requests) -> Self {
+        self.repair = Some((rule, requests));
+        self
     }
 
     /// Serves until every sender is gone; blocking, run it on its own thread.
@@ -152,9 +163,20 @@ impl Writer {
         let mut touched: Vec<GatewayKey> = Vec::new();
         for e in &accepted {
             let g = self.gateways.entry(e.gateway.clone()).or_default();
-            let late = crate::store::account(g, e, now);
-            if late > 0 {
-                info!(gateway = %e.gateway, late, seq = e.seq, "events declared lost arrived late: loss retracted");
+            let done = crate::store::account(g, e, now);
+            if done.late > 0 {
+                info!(gateway = %e.gateway, late = done.late, seq = e.seq, "events declared lost arrived late: loss retracted");
+            }
+            if !done.not_held.is_empty() {
+                let count: u64 = done.not_held.iter().map(|[a, b]| b - a + 1).sum();
+                warn!(
+                    tenant = %e.gateway.tenant,
+                    store = %e.gateway.store,
+                    gateway = %e.gateway.gateway,
+                    lost = count,
+                    seqs = ?done.not_held,
+                    "events lost: asked to replay them, the gateway answered it no longer holds them"
+                );
             }
             if !touched.contains(&e.gateway) {
                 touched.push(e.gateway.clone());
@@ -242,6 +264,36 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .group_lag_ms = group_lag;
         self.expire(now, self.grace.as_millis() as u64 + group_lag);
+        self.repair(now);
+    }
+
+    /// Picks the holes due for a replay request and hands them to the repairer.
+    fn repair(&mut self, now: u64) {
+        let Some((rule, requests)) = &self.repair else {
+            return;
+        };
+        let due = match self.store.repair(&self.gateways, now, rule) {
+            Ok(due) => due,
+            Err(e) => {
+                error!(error = %e, "picking the holes to repair failed");
+                return;
+            }
+        };
+        for d in due {
+            let request = crate::repair::Request {
+                key: d.key.clone(),
+                ranges: d.ranges,
+            };
+            if requests.try_send(request).is_err() {
+                // Recorded as asked all the same: the hole's retry asks again.
+                warn!(gateway = %d.key.gateway, store = %d.key.store, "replay requests queue full; asked again later");
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replays_failed += 1;
+            }
+            self.gateways.insert(d.key, d.seq);
+        }
     }
 
     fn expire(&mut self, now: u64, wait_ms: u64) {

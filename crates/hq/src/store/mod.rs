@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::config::{StoreBackend, StoreConfig};
 use crate::ingest::{Accepted, GatewayKey, Parked};
 use crate::journey::UserView;
-use crate::seq::{ConsumerBeat, GatewaySeq};
+use crate::seq::{ConsumerBeat, GatewaySeq, RepairRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,15 +67,70 @@ pub struct Expired {
     pub newly: Vec<[u64; 2]>,
 }
 
-/// Folds event `e`, committed at `now_ms`, into its gateway's accounting; returns how many
-/// numbers it retracted from the lost ones. The one rule both the writer and a shared store
-/// apply, so the two cannot count differently.
-pub fn account(g: &mut GatewaySeq, e: &Accepted, now_ms: u64) -> u64 {
+/// What folding one event into its gateway's accounting changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Accounted {
+    /// Numbers retracted from the lost ones (they arrived, or were announced, late).
+    pub late: u64,
+    /// Ranges declared lost now: the gateway answered a replay saying it no longer holds them.
+    pub not_held: Vec<[u64; 2]>,
+}
+
+/// Folds event `e`, committed at `now_ms`, into its gateway's accounting. The one rule both
+/// the writer and a shared store apply, so the two cannot count differently.
+pub fn account(g: &mut GatewaySeq, e: &Accepted, now_ms: u64) -> Accounted {
     let mut late = g.receive(e.seq, now_ms);
     if let Some(ranges) = &e.evicted {
         late += g.announce(ranges);
     }
-    late
+    let not_held = match replay_missing(e) {
+        Some(ranges) => g.not_held(&ranges),
+        None => Vec::new(),
+    };
+    Accounted { late, not_held }
+}
+
+/// The ranges a `store.command.result` of a replay says the gateway no longer holds: only
+/// ranges below the result's own seq (it was written after them), well-formed.
+fn replay_missing(e: &Accepted) -> Option<Vec<[u64; 2]>> {
+    if e.ty != phygate_proto::envelope::types::COMMAND_RESULT {
+        return None;
+    }
+    let ranges: Vec<[u64; 2]> = serde_json::from_value(e.data.get("missing")?.clone()).ok()?;
+    let ranges: Vec<[u64; 2]> = ranges
+        .into_iter()
+        .filter(|[a, b]| a <= b && *b < e.seq)
+        .collect();
+    (!ranges.is_empty()).then_some(ranges)
+}
+
+/// A gateway to ask for replays of `ranges` (`crate::repair`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairDue {
+    pub key: GatewayKey,
+    /// Its accounting with the requests recorded.
+    pub seq: GatewaySeq,
+    pub ranges: Vec<[u64; 2]>,
+}
+
+/// Picks, on copies, the holes of `gateways` due for a replay request by `now_ms`; returns
+/// the gateways that have some.
+pub fn repair_all<'a>(
+    gateways: impl Iterator<Item = (&'a GatewayKey, &'a GatewaySeq)>,
+    now_ms: u64,
+    rule: &RepairRule,
+) -> Vec<RepairDue> {
+    gateways
+        .filter_map(|(key, g)| {
+            let mut seq = g.clone();
+            let ranges = seq.repairs(now_ms, rule);
+            (!ranges.is_empty()).then(|| RepairDue {
+                key: key.clone(),
+                seq,
+                ranges,
+            })
+        })
+        .collect()
 }
 
 /// Declares lost, on copies, the holes of `gateways` open for `grace_ms` by `now_ms`; returns
@@ -116,6 +171,16 @@ pub trait JourneyStore: Send {
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<Vec<Expired>, StoreError>;
+    /// Picks the holes due for a replay request (`rule`) by `now_ms`, records the requests in
+    /// the stored accounting and returns them. As [`JourneyStore::expire`]: `local` is the
+    /// truth for a store only this writer writes; a shared store picks on its stored accounting
+    /// under the gateways' row locks, so that two consumers do not ask for the same hole.
+    fn repair(
+        &mut self,
+        local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        rule: &RepairRule,
+    ) -> Result<Vec<RepairDue>, StoreError>;
     /// Records that consumer `consumer` is in the group, before it takes a message: a first
     /// beat (lag 0: it holds nothing yet) unless it has one already; a restarted consumer's
     /// old beat stays, since its session may hold a backlog. SQLite: nothing to record.

@@ -11,14 +11,16 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Committed, Expired, Group, JourneyStore, SinkLedger, SinkParked, SinkPosition, StoreError,
+    Committed, Expired, Group, JourneyStore, RepairDue, SinkLedger, SinkParked, SinkPosition,
+    StoreError,
 };
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
-use crate::seq::{GatewaySeq, Hole};
+use crate::seq::{GatewaySeq, Hole, RepairRule};
 
-/// Schema version (`PRAGMA user_version`). 2 added the sinks' tables ([`SINKS_SQL`]).
-const SCHEMA: i64 = 2;
+/// Schema version (`PRAGMA user_version`). 2 added the sinks' tables ([`SINKS_SQL`]), 3 the
+/// repair requests ([`REPAIR_SQL`]).
+const SCHEMA: i64 = 3;
 /// How long a statement waits for another connection's lock (the `user` query reads beside a
 /// running consumer).
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -70,6 +72,14 @@ CREATE TABLE sink_parked (
 );
 ";
 
+/// Replay requests recorded in the holes, and the numbers they recovered; a file of an
+/// earlier version gets them on open.
+const REPAIR_SQL: &str = "
+ALTER TABLE holes ADD COLUMN asks INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holes ADD COLUMN asked_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE gateways ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+";
+
 /// `synchronous` for the journey store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -96,12 +106,15 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 | 1 => {
+            0..=2 => {
                 let tx = conn.unchecked_transaction()?;
                 if version == 0 {
                     tx.execute_batch(SCHEMA_SQL)?;
                 }
-                tx.execute_batch(SINKS_SQL)?;
+                if version <= 1 {
+                    tx.execute_batch(SINKS_SQL)?;
+                }
+                tx.execute_batch(REPAIR_SQL)?;
                 tx.pragma_update(None, "user_version", SCHEMA)?;
                 tx.commit()?;
             }
@@ -149,19 +162,22 @@ impl SqliteStore {
             let gw = Self::gw_id(conn, ids, key)?;
             let early = serde_json::to_string(&g.early).unwrap_or_else(|_| "[]".into());
             conn.execute(
-                "UPDATE gateways SET low = ?2, high = ?3, evicted = ?4, late = ?5, early = ?6 WHERE gw = ?1",
+                "UPDATE gateways SET low = ?2, high = ?3, evicted = ?4, late = ?5, early = ?6, \
+                 recovered = ?7 WHERE gw = ?1",
                 params![
                     gw,
                     g.span.map(|s| s.0 as i64),
                     g.span.map(|s| s.1 as i64),
                     g.evicted as i64,
                     g.late as i64,
-                    early
+                    early,
+                    g.recovered as i64
                 ],
             )?;
             conn.execute("DELETE FROM holes WHERE gw = ?1", [gw])?;
             let mut insert = conn.prepare_cached(
-                "INSERT INTO holes (gw, first, last, since_ms, lost) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO holes (gw, first, last, since_ms, lost, asks, asked_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for h in g.holes.values() {
                 insert.execute(params![
@@ -169,7 +185,9 @@ impl SqliteStore {
                     h.first as i64,
                     h.last as i64,
                     h.since_ms as i64,
-                    h.lost
+                    h.lost,
+                    h.asks,
+                    h.asked_ms as i64
                 ])?;
             }
         }
@@ -196,7 +214,8 @@ impl JourneyStore for SqliteStore {
         self.ids.clear();
         let mut out = Vec::new();
         let mut stmt = self.conn.prepare(
-            "SELECT gw, tenant, store, gateway, low, high, evicted, late, early FROM gateways",
+            "SELECT gw, tenant, store, gateway, low, high, evicted, late, early, recovered \
+             FROM gateways",
         )?;
         let rows = stmt.query_map([], |r| {
             let key = GatewayKey {
@@ -211,13 +230,14 @@ impl JourneyStore for SqliteStore {
                 evicted: r.get::<_, i64>(6)? as u64,
                 late: r.get::<_, i64>(7)? as u64,
                 early: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                recovered: r.get::<_, i64>(9)? as u64,
                 holes: Default::default(),
             };
             Ok((r.get::<_, i64>(0)?, key, g))
         })?;
-        let mut holes = self
-            .conn
-            .prepare("SELECT first, last, since_ms, lost FROM holes WHERE gw = ?1")?;
+        let mut holes = self.conn.prepare(
+            "SELECT first, last, since_ms, lost, asks, asked_ms FROM holes WHERE gw = ?1",
+        )?;
         for row in rows {
             let (gw, key, mut g) = row?;
             let hs = holes.query_map([gw], |r| {
@@ -226,6 +246,8 @@ impl JourneyStore for SqliteStore {
                     last: r.get::<_, i64>(1)? as u64,
                     since_ms: r.get::<_, i64>(2)? as u64,
                     lost: r.get(3)?,
+                    asks: r.get(4)?,
+                    asked_ms: r.get::<_, i64>(5)? as u64,
                 })
             })?;
             for h in hs {
@@ -311,6 +333,21 @@ impl JourneyStore for SqliteStore {
             self.save_gateways(&list)?;
         }
         Ok(expired)
+    }
+
+    fn repair(
+        &mut self,
+        local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        rule: &RepairRule,
+    ) -> Result<Vec<RepairDue>, StoreError> {
+        // The writer is this file's only writer: its accounting is the truth.
+        let due = super::repair_all(local.iter(), now_ms, rule);
+        if !due.is_empty() {
+            let list: Vec<_> = due.iter().map(|d| (&d.key, &d.seq)).collect();
+            self.save_gateways(&list)?;
+        }
+        Ok(due)
     }
 
     fn user(&mut self, userid: &str) -> Result<Vec<(String, UserView)>, StoreError> {

@@ -38,11 +38,11 @@ mod ledger;
 
 use postgres::{Client, NoTls, Transaction};
 
-use super::{Committed, Expired, Group, JourneyStore, StoreError};
+use super::{Committed, Expired, Group, JourneyStore, RepairDue, StoreError};
 use crate::config::PgConfig;
 use crate::ingest::GatewayKey;
 use crate::journey::UserView;
-use crate::seq::{ConsumerBeat, GatewaySeq, Hole};
+use crate::seq::{ConsumerBeat, GatewaySeq, Hole, RepairRule};
 
 /// The schema's version, in `phygate_schema`.
 const SCHEMA: i32 = 1;
@@ -109,6 +109,14 @@ CREATE TABLE IF NOT EXISTS consumers (
 );
 ";
 
+/// Replay requests recorded in the holes, and the numbers they recovered (`crate::seq`); a
+/// schema made before them gets them on open.
+const REPAIR_SQL: &str = "
+ALTER TABLE holes ADD COLUMN IF NOT EXISTS asks INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holes ADD COLUMN IF NOT EXISTS asked_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE gateways ADD COLUMN IF NOT EXISTS recovered BIGINT NOT NULL DEFAULT 0;
+";
+
 pub struct PgStore {
     config: postgres::Config,
     /// `None` after the connection was found closed: the next call connects again.
@@ -146,8 +154,17 @@ impl PgStore {
         ) -> Result<bool, postgres::Error> {
             Ok(!c.query_one(PRESENT, &[&table])?.get::<_, bool>(0))
         }
-        let present =
-            !missing(&mut client, "phygate_schema")? && !missing(&mut client, "consumers")?;
+        const COLUMN: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+             WHERE c.relname = 'holes' AND a.attname = 'asked_ms' AND NOT a.attisdropped \
+             AND s.nspname = current_schema())";
+        fn unrepaired(c: &mut impl postgres::GenericClient) -> Result<bool, postgres::Error> {
+            Ok(!c.query_one(COLUMN, &[])?.get::<_, bool>(0))
+        }
+        let present = !missing(&mut client, "phygate_schema")?
+            && !missing(&mut client, "consumers")?
+            && !unrepaired(&mut client)?;
         let mut tx = client.transaction()?;
         if !present {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
@@ -156,6 +173,9 @@ impl PgStore {
             }
             if missing(&mut tx, "consumers")? {
                 tx.batch_execute(CONSUMERS_SQL)?;
+            }
+            if unrepaired(&mut tx)? {
+                tx.batch_execute(REPAIR_SQL)?;
             }
         }
         let version: Option<i32> = tx
@@ -246,16 +266,18 @@ impl PgStore {
         let highs: Vec<Option<i64>> = gs().map(|g| g.span.map(|s| s.1 as i64)).collect();
         let evicted: Vec<i64> = gs().map(|g| g.evicted as i64).collect();
         let late: Vec<i64> = gs().map(|g| g.late as i64).collect();
+        let recovered: Vec<i64> = gs().map(|g| g.recovered as i64).collect();
         let early: Vec<String> = gs()
             .map(|g| serde_json::to_string(&g.early).unwrap_or_else(|_| "[]".into()))
             .collect();
         tx.execute(
             "UPDATE gateways g SET low = t.low, high = t.high, evicted = t.evicted, late = t.late, \
-             early = t.early \
-             FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
-                  AS t (gw, low, high, evicted, late, early) \
+             early = t.early, recovered = t.recovered \
+             FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
+                         $7::BIGINT[]) \
+                  AS t (gw, low, high, evicted, late, early, recovered) \
              WHERE g.gw = t.gw",
-            &[&gws, &lows, &highs, &evicted, &late, &early],
+            &[&gws, &lows, &highs, &evicted, &late, &early, &recovered],
         )?;
         tx.execute("DELETE FROM holes WHERE gw = ANY($1)", &[&gws])?;
         let holes: Vec<(i64, &Hole)> = gateways
@@ -268,10 +290,13 @@ impl PgStore {
             let lasts: Vec<i64> = holes.iter().map(|(_, h)| h.last as i64).collect();
             let since: Vec<i64> = holes.iter().map(|(_, h)| h.since_ms as i64).collect();
             let lost: Vec<bool> = holes.iter().map(|(_, h)| h.lost).collect();
+            let asks: Vec<i32> = holes.iter().map(|(_, h)| h.asks as i32).collect();
+            let asked: Vec<i64> = holes.iter().map(|(_, h)| h.asked_ms as i64).collect();
             tx.execute(
-                "INSERT INTO holes (gw, first, last, since_ms, lost) \
-                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[])",
-                &[&hole_gws, &firsts, &lasts, &since, &lost],
+                "INSERT INTO holes (gw, first, last, since_ms, lost, asks, asked_ms) \
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], \
+                                      $5::BOOLEAN[], $6::INTEGER[], $7::BIGINT[])",
+                &[&hole_gws, &firsts, &lasts, &since, &lost, &asks, &asked],
             )?;
         }
         Ok(())
@@ -339,7 +364,8 @@ fn read_gateways(
     gws: &[i64],
 ) -> Result<BTreeMap<i64, (GatewayKey, GatewaySeq)>, StoreError> {
     let sql = format!(
-        "SELECT gw, tenant, store, gateway, low, high, evicted, late, early FROM gateways {filter}"
+        "SELECT gw, tenant, store, gateway, low, high, evicted, late, early, recovered \
+         FROM gateways {filter}"
     );
     let rows = if filter.contains("$1") {
         tx.query(&sql, &[&gws])?
@@ -360,13 +386,14 @@ fn read_gateways(
             evicted: r.get::<_, i64>(6) as u64,
             late: r.get::<_, i64>(7) as u64,
             early: serde_json::from_str(r.get::<_, &str>(8)).unwrap_or_default(),
+            recovered: r.get::<_, i64>(9) as u64,
             holes: Default::default(),
         };
         out.insert(r.get::<_, i64>(0), (key, g));
     }
     let ids: Vec<i64> = out.keys().copied().collect();
     for r in tx.query(
-        "SELECT gw, first, last, since_ms, lost FROM holes WHERE gw = ANY($1)",
+        "SELECT gw, first, last, since_ms, lost, asks, asked_ms FROM holes WHERE gw = ANY($1)",
         &[&ids],
     )? {
         let h = Hole {
@@ -374,6 +401,8 @@ fn read_gateways(
             last: r.get::<_, i64>(2) as u64,
             since_ms: r.get::<_, i64>(3) as u64,
             lost: r.get(4),
+            asks: r.get::<_, i32>(5) as u32,
+            asked_ms: r.get::<_, i64>(6) as u64,
         };
         if let Some((_, g)) = out.get_mut(&r.get::<_, i64>(0)) {
             g.holes.insert(h.first, h);
@@ -448,6 +477,44 @@ impl JourneyStore for PgStore {
         Self::write_gateways(&mut tx, &locked)?;
         tx.commit()?;
         Ok(expired)
+    }
+
+    fn repair(
+        &mut self,
+        _local: &HashMap<GatewayKey, GatewaySeq>,
+        now_ms: u64,
+        rule: &RepairRule,
+    ) -> Result<Vec<RepairDue>, StoreError> {
+        // A first look without locks (the partial index on pending holes), then the pick on
+        // the stored accounting under the gateways' row locks: a hole another consumer asked
+        // for since is seen as asked, and not asked for again before the retry.
+        let opened = now_ms.saturating_sub(rule.after_ms) as i64;
+        let retried = now_ms.saturating_sub(rule.retry_ms) as i64;
+        let max_asks = rule.max_asks as i32;
+        let mut tx = self.conn()?.transaction()?;
+        let due: Vec<i64> = tx
+            .query(
+                "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1 \
+                 AND asks < $3 AND (asks = 0 OR asked_ms <= $2)",
+                &[&opened, &retried, &max_asks],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &due)?;
+        let picked = super::repair_all(locked.values().map(|(k, g)| (k, g)), now_ms, rule);
+        locked.retain(|_, (k, _)| picked.iter().any(|p| &p.key == k));
+        for (_, (k, g)) in locked.iter_mut() {
+            if let Some(p) = picked.iter().find(|p| &p.key == k) {
+                *g = p.seq.clone();
+            }
+        }
+        Self::write_gateways(&mut tx, &locked)?;
+        tx.commit()?;
+        Ok(picked)
     }
 
     fn join(&mut self, consumer: &str, beat: &ConsumerBeat) -> Result<(), StoreError> {
