@@ -245,32 +245,47 @@ pub struct Edge {
     pub outbox: OutboxHandle,
     stop: Option<Shutdown>,
     uplink: Option<tokio::task::JoinHandle<()>>,
+    /// With [`Edge::start_answering`]: the link and the downlink, and the link's readings
+    /// sender (it runs until that drops).
+    answering: Vec<tokio::task::JoinHandle<()>>,
+    readings: Option<tokio::sync::mpsc::Sender<phygate::sources::Reading>>,
 }
 
 impl Edge {
     /// Opens the outbox of gateway `gw1` of `store`; nothing is published yet.
     pub fn open(dir: &Path, store: &str, broker_port: u16) -> Edge {
+        Edge::open_window(dir, store, broker_port, "30m")
+    }
+
+    /// The same, keeping acknowledged rows for `window` (`[outbox] replay_window`).
+    pub fn open_window(dir: &Path, store: &str, broker_port: u16, window: &str) -> Edge {
         Edge::open_with(
             dir,
             store,
             &format!("host = \"127.0.0.1\"\nport = {broker_port}"),
+            window,
         )
     }
 
     /// The same, with a list of brokers (`host:port`) tried in turn.
     pub fn open_brokers(dir: &Path, store: &str, brokers: &[String]) -> Edge {
         let list: Vec<String> = brokers.iter().map(|b| format!("{b:?}")).collect();
-        Edge::open_with(dir, store, &format!("brokers = [{}]", list.join(", ")))
+        Edge::open_with(
+            dir,
+            store,
+            &format!("brokers = [{}]", list.join(", ")),
+            "30m",
+        )
     }
 
     /// `broker`: the `[mqtt]` keys that name the broker(s).
-    fn open_with(dir: &Path, store: &str, broker: &str) -> Edge {
+    fn open_with(dir: &Path, store: &str, broker: &str, window: &str) -> Edge {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("edge.toml");
         // A short backoff cap: the tests kill brokers and wait for the reconnect.
         let text = format!(
             "tenant = \"{TENANT}\"\nstore = \"{store}\"\ngateway = \"gw1\"\n\
-             [outbox]\npath = \"{}\"\nmax_bytes = 1048576\n\
+             [outbox]\npath = \"{}\"\nmax_bytes = 1048576\nreplay_window = \"{window}\"\n\
              [mqtt]\n{broker}\nclient_id = \"edge-{store}\"\nkeepalive = \"5s\"\n\
              [uplink]\nbackoff_max = \"2s\"\n",
             dir.join("outbox.db").display()
@@ -287,7 +302,59 @@ impl Edge {
             outbox: handle,
             stop: None,
             uplink: None,
+            answering: Vec::new(),
+            readings: None,
         }
+    }
+
+    /// Starts publishing and answering HQ's commands as the daemon does: the real link (with
+    /// its replayer) behind the real downlink session, and the uplink publishing replays.
+    pub fn start_answering(&mut self) {
+        use phygate::link::{journey::Journey, Link};
+        let stop = Shutdown::new();
+        let batching = self.config.uplink_settings().batching;
+        let (replayer, replays) = phygate::replay::channel(
+            self.outbox.clone(),
+            batching.batch_max_events,
+            batching.batch_max_bytes,
+        );
+        let (readings, readings_rx) = tokio::sync::mpsc::channel(16);
+        let mut link = Link::new(
+            readings_rx,
+            self.outbox.clone(),
+            Journey::new(self.config.journey_settings()),
+            &self.config.gateway,
+            Default::default(),
+        )
+        .with_replayer(replayer);
+        let updates = link.updates();
+        // HQ's configs are not this test's business: their receiver is dropped.
+        let (configs, _) = tokio::sync::mpsc::channel(1);
+        let downlink = phygate::downlink::session::Downlink::new(
+            self.config.downlink_settings(),
+            updates,
+            configs,
+            stop.clone(),
+        )
+        .unwrap();
+        let uplink = Uplink::new(
+            self.config.uplink_settings(),
+            self.outbox.clone(),
+            stop.clone(),
+        )
+        .unwrap()
+        .with_replays(replays);
+        self.uplink = Some(tokio::spawn(async move {
+            uplink.run().await.unwrap();
+        }));
+        self.answering.push(tokio::spawn(async move {
+            link.run().await.unwrap();
+        }));
+        self.answering.push(tokio::spawn(async move {
+            downlink.run().await.unwrap();
+        }));
+        self.readings = Some(readings);
+        self.stop = Some(stop);
     }
 
     /// Starts publishing (the gateway's uplink, QoS 1, rows deleted on PUBACK).
@@ -317,7 +384,17 @@ impl Edge {
         if let Some(stop) = self.stop.take() {
             stop.stop();
             self.uplink.take().unwrap().await.unwrap();
+            self.readings = None;
+            for task in self.answering.drain(..) {
+                task.await.unwrap();
+            }
         }
+    }
+
+    /// Events the broker acknowledged that the outbox still counts as live: 0 once every
+    /// append was published and acknowledged.
+    pub async fn live(&self) -> u64 {
+        self.outbox.stats().await.unwrap().depth
     }
 
     /// Appends `event` durably; returns its seq.
