@@ -2,6 +2,7 @@
 //! outbox and uplink code; [`bench`] runs the whole chain (broker, consumers, journey engines)
 //! around it, with faults, and prints the verdict and each process's CPU and memory.
 //!
+//! - [`commands`]: the stores' answers to HQ's `replay` commands (one session for the fleet).
 //! - [`mix`]: a store's traffic (gate passes, app-token scans, skin diagnoses).
 //! - [`engines`]: Braze- and Amplitude-like servers that count repeats per event.
 //! - [`procs`]: the consumer processes and the per-process meters; [`procstat`]: /proc.
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod brokers;
+pub mod commands;
 pub mod engines;
 pub mod mix;
 pub mod pgserver;

@@ -100,6 +100,8 @@ pub struct SimReport {
 
 struct Gateway {
     outbox: OutboxHandle,
+    /// Answers HQ's replay commands through this gateway's uplink.
+    replayer: phygate::replay::Replayer,
     thread: std::thread::JoinHandle<()>,
     uplink: tokio::task::JoinHandle<()>,
 }
@@ -129,6 +131,16 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
         gateways.push(open_gateway(&args, i, stop.clone())?);
     }
     let open_s = opening.elapsed().as_secs_f64();
+    let answerers = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (store_id(i), (g.replayer.clone(), g.outbox.clone())))
+        .collect();
+    let commands = tokio::spawn(super::commands::answer(
+        args.broker[0].clone(),
+        answerers,
+        stop.clone(),
+    ));
     info!(stores = args.stores, open_s, "fleet open; generating");
 
     let appended = Arc::new(AtomicU64::new(0));
@@ -162,6 +174,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
         );
     }
     stop.stop();
+    let _ = commands.await;
     for g in gateways {
         let _ = g.uplink.await;
         drop(g.outbox);
@@ -204,8 +217,15 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
         .stack_size(OUTBOX_STACK)
         .spawn(move || outbox.run())
         .context("starting an outbox thread")?;
-    let uplink = Uplink::new(config.uplink_settings(), handle.clone(), stopped)
-        .with_context(|| format!("the uplink of {store}"))?;
+    let settings = config.uplink_settings();
+    let (replayer, replays) = phygate::replay::channel(
+        handle.clone(),
+        settings.batching.batch_max_events,
+        settings.batching.batch_max_bytes,
+    );
+    let uplink = Uplink::new(settings, handle.clone(), stopped)
+        .with_context(|| format!("the uplink of {store}"))?
+        .with_replays(replays);
     // The span names the store in every uplink log line: `fleet-bench` reads each store's
     // "connected to HQ" times from the log for the reconnect spread.
     let span = tracing::info_span!("gateway", store = %store);
@@ -219,6 +239,7 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
     );
     Ok(Gateway {
         outbox: handle,
+        replayer,
         thread,
         uplink,
     })

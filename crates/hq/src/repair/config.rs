@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [repair]
-//! after = "10s"        # a hole pending this long is asked for (well under [loss] grace)
+//! after = "10s"        # a hole pending this long is asked for (default: 10 s, or a quarter
+//!                      # of [loss] grace when that is shorter; must be under the grace)
 //! retry = "15s"        # between two asks for the same hole
 //! max_asks = 3         # then it waits for the grace like any other
 //! max_seqs = 10000     # seqs per request (the store refuses more)
@@ -25,8 +26,8 @@ use phygate_proto::downlink::MAX_REPLAY_SEQS;
 pub struct RawRepair {
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default = "default_after", with = "humantime_serde")]
-    after: Duration,
+    #[serde(default, with = "humantime_serde")]
+    after: Option<Duration>,
     #[serde(default = "default_retry", with = "humantime_serde")]
     retry: Duration,
     #[serde(default = "default_max_asks")]
@@ -44,7 +45,7 @@ impl Default for RawRepair {
     fn default() -> Self {
         RawRepair {
             enabled: true,
-            after: default_after(),
+            after: None,
             retry: default_retry(),
             max_asks: default_max_asks(),
             max_seqs: default_max_seqs(),
@@ -60,9 +61,10 @@ fn yes() -> bool {
 }
 /// Ten seconds: a batch still on its way between two consumers of a group arrives well before
 /// (the fleet runs see out-of-order arrivals within a second or two); a replay asked for it
-/// anyway only costs a repeat that HQ's de-duplication drops.
-fn default_after() -> Duration {
-    Duration::from_secs(10)
+/// anyway only costs a repeat that HQ's de-duplication drops. A quarter of a shorter grace, so
+/// a hole is asked for (and retried) before it is declared lost.
+fn default_after(grace: Duration) -> Duration {
+    Duration::from_secs(10).min(grace / 4)
 }
 /// Fifteen seconds: time for the store's answer to come back through its outbox and uplink.
 fn default_retry() -> Duration {
@@ -118,13 +120,14 @@ pub fn validate(
         }
         (None, _) => return None,
     };
-    if r.after >= grace {
+    let after = r.after.unwrap_or_else(|| default_after(grace));
+    if after >= grace {
         problems.push(format!(
             "repair.after {:?}: must be shorter than [loss] grace {:?}, or a hole is lost before it is asked for",
-            r.after, grace
+            after, grace
         ));
     }
-    if r.retry.is_zero() || r.expires.is_zero() || r.after.is_zero() {
+    if r.retry.is_zero() || r.expires.is_zero() || after.is_zero() {
         problems.push("repair.after, repair.retry and repair.expires: more than 0 s".into());
     }
     if r.max_asks == 0 {
@@ -138,7 +141,7 @@ pub fn validate(
     }
     Some(RepairConfig {
         rule: RepairRule {
-            after_ms: r.after.as_millis() as u64,
+            after_ms: after.as_millis() as u64,
             retry_ms: r.retry.as_millis() as u64,
             max_asks: r.max_asks,
             max_seqs: r.max_seqs,
@@ -147,4 +150,57 @@ pub fn validate(
         broker,
         expires: r.expires,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Option<RawRepair> {
+        Some(toml::from_str(text).unwrap())
+    }
+
+    fn mqtt() -> Input {
+        crate::config::Config::parse("[mqtt]\n", std::path::Path::new("/x/hq.toml"))
+            .unwrap()
+            .input
+    }
+
+    #[test]
+    fn on_by_default_through_the_input_broker_and_under_the_grace() {
+        let mut problems = Vec::new();
+        let input = mqtt();
+        let r = validate(None, Some(&input), Duration::from_secs(60), &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(r.broker, "127.0.0.1:1883");
+        assert_eq!(r.rule.after_ms, 10_000);
+        assert_eq!(r.rule.max_seqs, MAX_REPLAY_SEQS);
+        // A short grace shortens the default delay.
+        let r = validate(None, Some(&input), Duration::from_secs(8), &mut problems).unwrap();
+        assert_eq!(r.rule.after_ms, 2_000);
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let input = mqtt();
+        let mut problems = Vec::new();
+        validate(
+            raw("after = \"2m\"\nmax_seqs = 20000\nmax_asks = 0\n"),
+            Some(&input),
+            Duration::from_secs(60),
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("repair.after"));
+        let mut problems = Vec::new();
+        assert!(validate(
+            raw("enabled = false\n"),
+            Some(&input),
+            Duration::from_secs(60),
+            &mut problems
+        )
+        .is_none());
+        assert!(problems.is_empty());
+    }
 }

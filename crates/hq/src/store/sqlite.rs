@@ -541,7 +541,10 @@ mod tests {
             store
                 .conn
                 .execute_batch(
-                    "DROP TABLE sink_cursors; DROP TABLE sink_parked; PRAGMA user_version = 1;",
+                    // As version 1 had it: no sinks' tables, no repair columns either.
+                    "DROP TABLE sink_cursors; DROP TABLE sink_parked; \
+                     ALTER TABLE holes DROP COLUMN asks; ALTER TABLE holes DROP COLUMN asked_ms; \
+                     ALTER TABLE gateways DROP COLUMN recovered; PRAGMA user_version = 1;",
                 )
                 .unwrap();
         }

@@ -1,0 +1,84 @@
+//! The simulated stores' answers to HQ's `replay` commands (`phygate::replay`): one MQTT
+//! session for the whole fleet subscribes to every store's commands topic, and each replay is
+//! run by its store's own replayer (its outbox, its uplink) and answered with the store's
+//! `store.command.result`, as a real store's link does. One connection instead of a downlink
+//! per store: the sim measures the event path, and 1,000 more sessions would measure the
+//! broker's connection handling instead. Only `replay` is answered; the sim has no gates.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use phygate::downlink::{Action, Update};
+use phygate::outbox::OutboxHandle;
+use phygate::replay::Replayer;
+use phygate::shutdown::Shutdown;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tracing::{info, warn};
+
+use super::sim::TENANT;
+
+/// Pause after a lost connection before polling again (rumqttc then reconnects).
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// A store's replayer and outbox, by store id.
+pub type Answerers = HashMap<String, (Replayer, OutboxHandle)>;
+
+/// Answers replay commands until `stop`.
+pub async fn answer(broker: (String, u16), stores: Answerers, stop: Shutdown) {
+    let mut o = MqttOptions::new("fleet-sim-commands", broker.0, broker.1);
+    // Persistent: a command published while the broker restarts waits in the session.
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 64);
+    let filter = format!("{}/{TENANT}/+/commands", phygate_proto::topic::ROOT);
+    loop {
+        let ev = tokio::select! {
+            ev = events.poll() => ev,
+            _ = stop.stopped() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(c))) if !c.session_present => {
+                if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
+                    warn!(error = %e, "cannot subscribe to the stores' commands");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let store = p.topic.split('/').nth(3).unwrap_or_default().to_owned();
+                let Some((replayer, outbox)) = stores.get(&store).cloned() else {
+                    continue;
+                };
+                tokio::spawn(run(store, p.topic, p.payload.to_vec(), replayer, outbox));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "fleet commands connection lost; reconnecting");
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Checks one command as the store's downlink does and runs it if it is a replay.
+async fn run(store: String, topic: String, payload: Vec<u8>, r: Replayer, outbox: OutboxHandle) {
+    let c = match phygate::downlink::parse(TENANT, &store, &topic, &payload) {
+        Ok(Update::Command(c)) => c,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(store = %store, error = %e, "command refused");
+            return;
+        }
+    };
+    let Action::Replay { from, to } = c.action else {
+        return;
+    };
+    match r.replay(from, to).await {
+        Ok(o) => {
+            info!(store = %store, from, to, republished = o.republished, missing = ?o.missing, "replay");
+            let event = phygate::replay::result_event("gw1", &c.id, o);
+            if let Err(e) = outbox.append(event).await {
+                warn!(store = %store, error = %e, "replay result not stored");
+            }
+        }
+        Err(e) => warn!(store = %store, error = %e, "replay failed"),
+    }
+}
