@@ -6,6 +6,8 @@
 //! broker's connection handling instead. Only `replay` is answered; the sim has no gates.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use phygate::downlink::{Action, Update};
@@ -23,8 +25,13 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// A store's replayer and outbox, by store id.
 pub type Answerers = HashMap<String, (Replayer, OutboxHandle)>;
 
-/// Answers replay commands until `stop`.
-pub async fn answer(broker: (String, u16), stores: Answerers, stop: Shutdown) {
+/// Answers replay commands until `stop`; each result appended counts in `appended`.
+pub async fn answer(
+    broker: (String, u16),
+    stores: Answerers,
+    appended: Arc<AtomicU64>,
+    stop: Shutdown,
+) {
     let mut o = MqttOptions::new("fleet-sim-commands", broker.0, broker.1);
     // Persistent: a command published while the broker restarts waits in the session.
     o.set_clean_session(false);
@@ -47,7 +54,12 @@ pub async fn answer(broker: (String, u16), stores: Answerers, stop: Shutdown) {
                 let Some((replayer, outbox)) = stores.get(&store).cloned() else {
                     continue;
                 };
-                tokio::spawn(run(store, p.topic, p.payload.to_vec(), replayer, outbox));
+                let appended = appended.clone();
+                tokio::spawn(async move {
+                    if run(store, p.topic, p.payload.to_vec(), replayer, outbox).await {
+                        appended.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
             }
             Ok(_) => {}
             Err(e) => {
@@ -58,27 +70,41 @@ pub async fn answer(broker: (String, u16), stores: Answerers, stop: Shutdown) {
     }
 }
 
-/// Checks one command as the store's downlink does and runs it if it is a replay.
-async fn run(store: String, topic: String, payload: Vec<u8>, r: Replayer, outbox: OutboxHandle) {
+/// Checks one command as the store's downlink does and runs it if it is a replay; true when
+/// its result was appended.
+async fn run(
+    store: String,
+    topic: String,
+    payload: Vec<u8>,
+    r: Replayer,
+    outbox: OutboxHandle,
+) -> bool {
     let c = match phygate::downlink::parse(TENANT, &store, &topic, &payload) {
         Ok(Update::Command(c)) => c,
-        Ok(_) => return,
+        Ok(_) => return false,
         Err(e) => {
             warn!(store = %store, error = %e, "command refused");
-            return;
+            return false;
         }
     };
     let Action::Replay { from, to } = c.action else {
-        return;
+        return false;
     };
     match r.replay(from, to).await {
         Ok(o) => {
             info!(store = %store, from, to, republished = o.republished, missing = ?o.missing, "replay");
             let event = phygate::replay::result_event("gw1", &c.id, o);
-            if let Err(e) = outbox.append(event).await {
-                warn!(store = %store, error = %e, "replay result not stored");
+            match outbox.append(event).await {
+                Ok(_) => true,
+                Err(e) => {
+                    warn!(store = %store, error = %e, "replay result not stored");
+                    false
+                }
             }
         }
-        Err(e) => warn!(store = %store, error = %e, "replay failed"),
+        Err(e) => {
+            warn!(store = %store, error = %e, "replay failed");
+            false
+        }
     }
 }

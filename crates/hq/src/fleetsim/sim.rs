@@ -136,15 +136,19 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
         .enumerate()
         .map(|(i, g)| (store_id(i), (g.replayer.clone(), g.outbox.clone())))
         .collect();
-    let commands = tokio::spawn(super::commands::answer(
-        args.broker[0].clone(),
-        answerers,
-        stop.clone(),
-    ));
+
     info!(stores = args.stores, open_s, "fleet open; generating");
 
     let appended = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    // The stores' command results are appended events too: counted, so that HQ's count of
+    // stored events matches what the fleet published.
+    let commands = tokio::spawn(super::commands::answer(
+        args.broker[0].clone(),
+        answerers,
+        appended.clone(),
+        stop.clone(),
+    ));
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let start = Instant::now();
     let end = start + args.duration;
