@@ -2,7 +2,7 @@
 //! JetStream and an MQTT listener on every node), the gateway's own outbox and uplink publishing
 //! to it over MQTT with a list of brokers, and `phygate-hq` reading the events stream through
 //! its JetStream input into SQLite. Nodes are SIGKILLed and restarted: nothing is lost, nothing
-//! is stored twice.
+//! is stored twice; what the stream lost after nats-server's PUBACK comes back by replay.
 
 mod common;
 
@@ -95,15 +95,33 @@ async fn jetstream_input_stores_every_event_once_across_a_node_kill9_and_an_hq_k
         return;
     };
     let mqtt = nats.mqtt_addresses();
-    // A short loss grace: a hole is declared lost 2 s after a later event arrived.
-    let mut hq = Hq::start_jetstream(&dir.path().join("hq"), &nats.client_urls(), "2s");
-    // Three stores, each starting on another node.
+    // HQ asks for a hole after 1 s, through node 0's MQTT listener (never killed here), and
+    // declares it lost only after 30 s: what nats-server PUBACKed and its stream never stored
+    // must come back by replay before then.
+    let servers: Vec<String> = nats
+        .client_urls()
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    let mut hq = Hq::start_input(
+        &dir.path().join("hq"),
+        &format!(
+            "[input]\nkind = \"jetstream\"\nservers = [{}]\nack_wait = \"3s\"\n",
+            servers.join(", ")
+        ),
+        "30s",
+        &format!(
+            "[store]\npath = \"hq.db\"\n[repair]\nbroker = \"{}\"\nafter = \"1s\"\nretry = \"3s\"\nmax_asks = 5\n",
+            mqtt[0]
+        ),
+    );
+    // Three stores, each starting on another node, answering HQ's replay commands.
     let mut edges = Vec::new();
     for (i, store) in ["s1", "s2", "s3"].iter().enumerate() {
         let mut list = mqtt.clone();
         list.rotate_left(i);
         let mut edge = Edge::open_brokers(&dir.path().join(store), store, &list);
-        edge.start_uplink();
+        edge.start_answering();
         edges.push(edge);
     }
 
@@ -130,14 +148,20 @@ async fn jetstream_input_stores_every_event_once_across_a_node_kill9_and_an_hq_k
             _ => {}
         }
     }
-    // Every event is stored once, or (the durability boundary: nats-server PUBACKs before its
-    // stream stores, and a stream electing a leader stores nothing) reported lost by HQ's seq
-    // accounting: never missing in silence.
+    // Every event is stored once: what nats-server PUBACKed and its stream did not store (the
+    // durability boundary: a stream electing a leader stores nothing) is replayed by its store
+    // from the replay window. Never missing in silence, and nothing lost.
     let mut lost_total = 0;
     for (i, store) in ["s1", "s2", "s3"].iter().enumerate() {
         lost_total += stored_or_reported_lost(&hq, store, last[i]);
     }
-    println!("lost_total={lost_total} (PUBACKed while the stream could not store)");
+    let recovered: u64 = hq
+        .query(&["losses"])
+        .iter()
+        .map(|g| g["recovered"].as_u64().unwrap_or(0))
+        .sum();
+    println!("lost_total={lost_total} recovered={recovered} (PUBACKed while the stream could not store, replayed)");
+    assert_eq!(lost_total, 0, "a loss the replay did not repair");
     for edge in &mut edges {
         edge.stop_uplink().await;
     }
