@@ -239,3 +239,65 @@ fn on_mqtt_5_the_batch_and_status_carry_their_media_type_and_the_last_will_still
     assert_eq!(v["state"], "offline");
     assert_eq!(v["gateway"], "gw1");
 }
+
+/// mosquitto's `max_packet_size`, which it states in its MQTT 5 CONNACK.
+fn broker_with_packet_limit(limit: usize) -> String {
+    format!("allow_anonymous true\nmax_packet_size {limit}\n")
+}
+
+#[test]
+fn batches_are_cut_to_the_packet_limit_the_broker_states() {
+    // A backlog of twelve ~0.5 kB events is one batch by the uplink's own size limit, over the
+    // broker's 2,000 bytes. Before the cut, rumqttc refused that publish as a connection error
+    // and the uplink reconnected and sent the same batch forever: nothing arrived.
+    let mut rig = Rig::with_broker_on(&broker_with_packet_limit(2000), Mqtt::V5);
+    let hq = rig.hq("limit");
+    let (_pty, mut scanner) = rig.scanner();
+    let gw = rig.start_gateway();
+    eventually(LONG, "connected", || gw.log().contains("max_packet=2000"));
+    rig.broker.stop(false);
+    for i in 0..12 {
+        scanner.scan(&format!("BACKLOG-{i}")).unwrap();
+    }
+    eventually(LONG, "the backlog buffered", || {
+        scanned_in_outbox(&rig) == 12
+    });
+    rig.broker.restart().unwrap();
+    hq.wait_for(LONG, "the backlog at HQ", |h| {
+        h.scanned_payloads().len() >= 12
+    });
+    assert_eq!(
+        hq.scanned_payloads(),
+        (0..12).map(|i| format!("BACKLOG-{i}")).collect::<Vec<_>>()
+    );
+    eventually(LONG, "the outbox drained", || scanned_in_outbox(&rig) == 0);
+    let log = gw.log();
+    assert!(!log.contains("cannot be sent"), "{log}");
+}
+
+#[test]
+fn one_event_over_the_broker_packet_limit_is_kept_and_the_reason_shown() {
+    let rig = Rig::with_broker_on(&broker_with_packet_limit(2000), Mqtt::V5);
+    rig.write_config("\n[uplink]\nbackoff_min = \"100ms\"\nbackoff_max = \"500ms\"\n");
+    let hq = rig.hq("limit");
+    let (_pty, mut scanner) = rig.scanner();
+    let gw = rig.start_gateway();
+    eventually(LONG, "connected", || gw.log().contains("max_packet=2000"));
+    wait_listening(rig.status_port);
+    scanner.scan(&"L".repeat(2500)).unwrap();
+    scanner.scan("AFTER-THE-LONG-ONE").unwrap();
+    // The page's link facts come from the health monitor's round: wait for one.
+    eventually(LONG, "the page to show the limit", || {
+        let s = status_json(&rig);
+        s["hq"]["connected"] == true
+            && s["hq"]["refused"]
+                .as_str()
+                .is_some_and(|r| r.contains("over the broker's maximum packet size of 2000 bytes"))
+    });
+    // Held, not lost and not overtaken; the link stays up (no reconnect loop).
+    assert_eq!(scanned_in_outbox(&rig), 2);
+    assert!(hq.scanned_payloads().is_empty());
+    let log = gw.log();
+    assert!(log.contains("a batch cannot be sent"), "{log}");
+    assert!(!log.contains("HQ link down"), "{log}");
+}

@@ -151,7 +151,9 @@ impl Downlink {
 
     async fn on_event(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Connected { session_present } => {
+            LinkEvent::Connected {
+                session_present, ..
+            } => {
                 info!(session_present, "downlink connected to HQ");
                 self.backoff.connected();
                 self.pending.clear();

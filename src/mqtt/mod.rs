@@ -60,6 +60,9 @@ pub enum LinkEvent {
     /// CONNACK (accepted; a refusal is a [`LinkError`]).
     Connected {
         session_present: bool,
+        /// The largest packet the broker accepts, when it says (MQTT 5's CONNACK property;
+        /// 3.1.1 has no way to tell, and a broker's limit there shows as a disconnect).
+        max_packet: Option<u32>,
     },
     /// The oldest queued publish went on the wire with this packet id.
     PublishSent(u16),

@@ -31,6 +31,7 @@ impl Link {
         Ok(match ev {
             Event::Incoming(Packet::ConnAck(c)) => LinkEvent::Connected {
                 session_present: c.session_present,
+                max_packet: None,
             },
             Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::PublishSent(pkid),
             Event::Incoming(Packet::PubAck(a)) => LinkEvent::PubAck {

@@ -37,6 +37,7 @@ impl Link {
         Ok(match ev {
             Event::Incoming(Packet::ConnAck(c)) => LinkEvent::Connected {
                 session_present: c.session_present,
+                max_packet: c.properties.and_then(|p| p.max_packet_size),
             },
             Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::PublishSent(pkid),
             Event::Incoming(Packet::PubAck(PubAck {

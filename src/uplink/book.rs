@@ -174,6 +174,13 @@ impl<T> Book<T> {
         sent
     }
 
+    /// The next batch cannot go out at all (one event larger than the broker's packet limit):
+    /// hold as after a refusal, so that it is tried again from the oldest unacknowledged row
+    /// after a backoff, and nothing after it overtakes it (`seq` order is the watermark's rule).
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
     /// A refused batch holds the book: nothing new is published until [`Book::resume`].
     pub fn is_held(&self) -> bool {
         self.held

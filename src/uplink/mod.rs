@@ -95,6 +95,8 @@ pub struct Uplink {
     replays: Option<crate::replay::ReplayFeed>,
     /// Batches of replays taken from the feed and not yet published, in order.
     replaying: VecDeque<Batch>,
+    /// The broker's packet limit from this connection's CONNACK (MQTT 5), if it stated one.
+    packet_limit: Option<usize>,
 }
 
 impl Uplink {
@@ -121,6 +123,7 @@ impl Uplink {
             reporter: None,
             replays: None,
             replaying: VecDeque::new(),
+            packet_limit: None,
         })
     }
 
@@ -157,8 +160,9 @@ impl Uplink {
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
                 ev = self.session.poll() => match ev {
-                    Ok(LinkEvent::Connected { .. }) => {
-                        info!(broker = ?self.session.broker_address(), "connected to HQ");
+                    Ok(LinkEvent::Connected { max_packet, .. }) => {
+                        info!(broker = ?self.session.broker_address(), max_packet, "connected to HQ");
+                        self.packet_limit = max_packet.map(|m| m as usize);
                         crate::metrics::MQTT_CONNECTED.set(1);
                         // The backoff resets only once the link proves useful (a batch acked, or
                         // a stable connection): a broker that accepts and then drops us (an ACL
@@ -229,10 +233,7 @@ impl Uplink {
             if let Some((after, room)) = wanted {
                 self.committed.borrow_and_update();
                 let h = self.outbox.clone();
-                let (n, b) = (
-                    self.settings.batch_max_events,
-                    self.settings.batch_max_bytes,
-                );
+                let (n, b) = (self.settings.batch_max_events, self.batch_bytes());
                 fetch = Some(Box::pin(
                     async move { h.fetch_batches(after, room, n, b).await },
                 ));
@@ -400,6 +401,15 @@ impl Uplink {
                 return;
             };
             let count = batch.count;
+            if !self.fits(&self.events_topic, batch.payload.len()) {
+                // Cut by the configured batch size, over the broker's limit: dropped, and the
+                // hole it would have filled waits for HQ's next ask or the grace.
+                warn!(
+                    count,
+                    "a replay batch is over the broker's packet limit; not sent"
+                );
+                continue;
+            }
             match self.session.try_publish(
                 &self.events_topic,
                 batch.payload,
@@ -416,8 +426,55 @@ impl Uplink {
         }
     }
 
-    /// Queues a batch's publish; false when the client refused it.
+    /// The most payload bytes a batch may have: the configured size, cut to what fits in the
+    /// broker's packet limit when it stated one. Without the cut, rumqttc refuses the publish
+    /// as a connection error, and the uplink would reconnect and send the same batch forever.
+    fn batch_bytes(&self) -> usize {
+        let configured = self.settings.batch_max_bytes;
+        match self.packet_limit {
+            Some(limit) => configured
+                .min(limit.saturating_sub(publish_overhead(&self.events_topic)))
+                .max(1),
+            None => configured,
+        }
+    }
+
+    /// Whether a publish of `payload` bytes on `topic` fits the broker's packet limit.
+    fn fits(&self, topic: &str, payload: usize) -> bool {
+        self.packet_limit
+            .is_none_or(|limit| payload + publish_overhead(topic) <= limit)
+    }
+
+    /// A single event larger than the broker's packet limit: no batch can carry it, and the
+    /// events after it may not overtake it. The book holds and tries again after a backoff;
+    /// the log and the status page say why, so that the broker's limit can be raised.
+    fn batch_too_large(&mut self, batch: &Batch, limit: usize) {
+        let why = format!(
+            "event seq {} is {} bytes, over the broker's maximum packet size of {limit} bytes \
+             (its CONNACK); raise the broker's limit",
+            batch.first,
+            batch.payload.len()
+        );
+        crate::metrics::PUBLISHES_REFUSED.inc();
+        crate::status::hq_publish_refused(&why);
+        self.book.hold();
+        let now = tokio::time::Instant::now();
+        let retry_at = *self
+            .retry_at
+            .get_or_insert_with(|| now + self.refusal_backoff.next_delay());
+        warn!(
+            reason = %why,
+            retry_in = ?retry_at.saturating_duration_since(now),
+            "a batch cannot be sent; its events stay in the outbox"
+        );
+    }
+
+    /// Queues a batch's publish; false when it was not queued.
     fn publish_batch(&mut self, batch: Batch) -> bool {
+        if !self.fits(&self.events_topic, batch.payload.len()) {
+            self.batch_too_large(&batch, self.packet_limit.unwrap_or_default());
+            return false;
+        }
         let queued = Instant::now();
         // The channel holds inflight + 8 requests and at most `inflight` batches are queued, so
         // a full channel cannot happen; if it did, the batch is simply fetched again.
@@ -450,6 +507,16 @@ impl Uplink {
             },
         };
         let payload = status_payload(state, &self.gateway, report.clone());
+        if !self.fits(&self.status_topic, payload.len()) {
+            // The status is a courtesy to HQ's fleet view; a publish the client would refuse
+            // as a connection error would cost the events their link.
+            warn!(
+                bytes = payload.len(),
+                limit = self.packet_limit,
+                "the status message is over the broker's maximum packet size; not sent"
+            );
+            return;
+        }
         match self
             .session
             .try_publish(&self.status_topic, payload, true, JSON)
@@ -465,6 +532,13 @@ impl Uplink {
             Err(e) => warn!(error = %e, "could not queue the status message"),
         }
     }
+}
+
+/// An upper bound on a publish's bytes besides its payload: fixed header (≤ 5), topic (2 + its
+/// length), packet id (2) and the properties (length ≤ 4, content type 3 + its length, payload
+/// format 2), with room to spare.
+fn publish_overhead(topic: &str) -> usize {
+    topic.len() + BATCH_CONTENT_TYPE.len() + 32
 }
 
 /// `{"state":…,"gateway":…,"version":…,"since":…,"report":…}` (docs/events.md "Status").
