@@ -181,7 +181,9 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
     let _ = commands.await;
     for g in gateways {
         let _ = g.uplink.await;
+        // The outbox thread ends once its last handle is gone: the replayer holds one too.
         drop(g.outbox);
+        drop(g.replayer);
         tokio::task::spawn_blocking(move || g.thread.join())
             .await?
             .map_err(|_| anyhow::anyhow!("an outbox thread panicked"))?;
