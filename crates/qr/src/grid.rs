@@ -82,39 +82,46 @@ pub(crate) fn decode_from_finders(
     if cands.len() < 3 || cands.len() > MAX_GRID_CANDIDATES {
         return out;
     }
-    let mut used = vec![false; cands.len()];
-    let mut attempts = 0;
+    // Frontal triples first: a tilted one is tried after them, so the looser triples it
+    // admits (two codes side by side make some) cannot use up the attempts of a frontal code.
+    let mut triples: Vec<([usize; 3], Triple)> = Vec::new();
     for (ia, a) in cands.iter().enumerate() {
         for (ib, b) in cands.iter().enumerate() {
             for (ic, c) in cands.iter().enumerate().skip(ib + 1) {
-                if ia == ib || ia == ic || used[ia] || used[ib] || used[ic] {
-                    continue;
+                if ia != ib
+                    && ia != ic
+                    && let Some(tri) = Triple::new(a, b, c)
+                {
+                    triples.push(([ia, ib, ic], tri));
                 }
-                let Some(tri) = Triple::new(a, b, c) else {
-                    continue;
-                };
-                for n in tri.sizes() {
-                    if attempts == MAX_ATTEMPTS {
-                        return out;
-                    }
-                    attempts += 1;
-                    let read = |map: &Map| {
-                        tri.decode(n, map, (w, h), &dark, Sampling::Vote)
-                            .or_else(|| tri.decode(n, map, (w, h), &dark, Sampling::Blurred))
-                    };
-                    // A skewed triple is a tilted code: the affine grid cannot fit it.
-                    let code = (!tri.skewed)
-                        .then(|| read(&Map::Affine))
-                        .flatten()
-                        .or_else(|| tri.projective(n, (w, h), &dark).and_then(|m| read(&m)));
-                    if let Some(code) = code {
-                        out.push(code);
-                        used[ia] = true;
-                        used[ib] = true;
-                        used[ic] = true;
-                        break;
-                    }
-                }
+            }
+        }
+    }
+    triples.sort_by_key(|(_, tri)| tri.skewed);
+    let mut used = vec![false; cands.len()];
+    let mut attempts = 0;
+    for (ids, tri) in &triples {
+        if ids.iter().any(|&i| used[i]) {
+            continue;
+        }
+        for n in tri.sizes() {
+            if attempts == MAX_ATTEMPTS {
+                return out;
+            }
+            attempts += 1;
+            let read = |map: &Map| {
+                tri.decode(n, map, (w, h), &dark, Sampling::Vote)
+                    .or_else(|| tri.decode(n, map, (w, h), &dark, Sampling::Blurred))
+            };
+            // A skewed triple is a tilted code: the affine grid cannot fit it.
+            let code = (!tri.skewed)
+                .then(|| read(&Map::Affine))
+                .flatten()
+                .or_else(|| tri.projective(n, (w, h), &dark).and_then(|m| read(&m)));
+            if let Some(code) = code {
+                out.push(code);
+                ids.iter().for_each(|&i| used[i] = true);
+                break;
             }
         }
     }
