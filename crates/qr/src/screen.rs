@@ -179,7 +179,20 @@ struct ColumnRuns {
 /// [`MIN_HITS_PER_MODULE`] of them per module, and [`MIN_HITS`]; those that needed the
 /// quantized run test, [`QUANTIZED_HITS_PER_MODULE`]. `radius` is the local-mean window
 /// radius, `min_delta` the threshold floor (see [`crate::preprocess::Threshold`]).
-pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candidate> {
+///
+/// `quantized: false` keeps to the exact run test: on a frame smoothed for sensor noise, codes
+/// of 1–2 px modules are blurred away, and the tolerant test only finds speckle.
+pub(crate) fn candidates(
+    p: &Plane,
+    radius: usize,
+    min_delta: u32,
+    quantized: bool,
+) -> Vec<Candidate> {
+    let line_test = if quantized {
+        is_finder_run_quantized
+    } else {
+        is_finder_run_exact
+    };
     let (w, h) = (p.w, p.h);
     let mut out: Vec<Cluster> = Vec::new();
     if w < 7 || h < 7 {
@@ -237,12 +250,12 @@ pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candid
         let mut pos = 0;
         for i in 0..runs.len().saturating_sub(4) {
             let r: [usize; 5] = std::array::from_fn(|k| runs[i + k]);
-            if is_finder_run_quantized(&r) {
+            if line_test(&r) {
                 // Run i is dark on an even index when the row starts dark.
                 let inverted = (i % 2 == 0) != first_dark;
                 let cx = pos + r[0] + r[1] + r[2] / 2;
                 let hit = (cx, y, r.iter().sum::<usize>() as f32 / 7.0, inverted);
-                add_hit(&mut out, (p, &levels), &r, hit, false);
+                add_hit(&mut out, (p, &levels, quantized), &r, hit, false);
             }
             pos += runs[i];
         }
@@ -257,13 +270,13 @@ pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candid
                 c.runs[4] = y - c.start;
                 c.start = y;
                 c.seen = (c.seen + 1).min(5);
-                if c.seen == 5 && is_finder_run_quantized(&c.runs) {
+                if c.seen == 5 && line_test(&c.runs) {
                     let r = c.runs;
                     let cy = y - r[4] - r[3] - r[2].div_ceil(2);
                     // The run that just ended, like the window's first, is light.
                     let inverted = (pm >> (x % 64)) & 1 == 0;
                     let hit = (x, cy, r.iter().sum::<usize>() as f32 / 7.0, inverted);
-                    add_hit(&mut out, (p, &levels), &r, hit, true);
+                    add_hit(&mut out, (p, &levels, quantized), &r, hit, true);
                 }
             }
         }
@@ -290,7 +303,7 @@ struct Cluster {
 /// where it passes, else with the quantized one (see [`is_finder_run_quantized`]).
 fn add_hit(
     out: &mut Vec<Cluster>,
-    (p, levels): (&Plane, &Levels),
+    (p, levels, quantized): (&Plane, &Levels, bool),
     r: &[usize; 5],
     hit: (usize, usize, f32, bool),
     vertical: bool,
@@ -300,7 +313,8 @@ fn add_hit(
         .flatten();
     if let Some(c) = exact {
         merge(out, c, true);
-    } else if is_quantized(r)
+    } else if quantized
+        && is_quantized(r)
         && let Some(c) = confirm(p, levels, hit, vertical, is_finder_run_quantized)
     {
         merge(out, c, false);
