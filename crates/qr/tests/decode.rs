@@ -292,3 +292,22 @@ fn decodes_codes_at_1_75_px_per_module_behind_camera_blur() {
         assert_eq!(codes[0].text, text);
     }
 }
+
+/// Frame 7 of the bench corpus's two-codes class, seed 3 (`qrbench --seed 3`): two codes side
+/// by side, slightly turned. Their finders make loose triples across the codes (tilted-looking,
+/// read only through a projective grid); tried before the frontal triples, they used up the
+/// grid's decode attempts, the second code fell to rqrr and the upscaled pass, and the frame
+/// cost ~10× its share. Needs the corpus generator: `cargo test --features bench`.
+#[cfg(feature = "bench")]
+#[test]
+fn two_codes_side_by_side_are_both_read_by_the_first_pass() {
+    use phygate_qr::corpus::{Class, generate};
+    let sample = generate(Class::TwoCodes, 7, 3);
+    let report = decoder().decode_report(&sample.image);
+    let mut texts: Vec<&str> = report.codes.iter().map(|c| c.text.as_str()).collect();
+    texts.sort();
+    let mut expected: Vec<&str> = sample.texts.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(texts, expected);
+    assert_eq!(report.passes_run, [Pass::Adaptive], "{report:?}");
+}
