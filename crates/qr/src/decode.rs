@@ -23,11 +23,12 @@
 //!    each pixel with a running mean along its row, which smears over glare, gradients and low
 //!    contrast; a box mean does not. The census' finder triples (strong, or confirmed by a
 //!    cross-check across the line) are read first as affine grids decoded by rqrr's decoder
-//!    (`grid`): rqrr's grouping rejects valid triples
+//!    (`grid`), a tilted code's as a projective grid through its alignment pattern
+//!    (`perspective`): rqrr's grouping rejects valid triples
 //!    of version 8+ codes (it extrapolates one capstone's 4 integer corners ~8× across the
 //!    code), and its perspective fit, run twice per triple, is the most expensive step of the
 //!    whole pipeline. rqrr's full detector then runs only while a plausible triple remains
-//!    unread (a tilted code), see `scan`. It reads more of every damage class than pass
+//!    unread (a code neither grid reads), see `scan`. It reads more of every damage class than pass
 //!    2, at a fraction of its cost, so it goes first.
 //! 2. [`Pass::Plain`]: rqrr's own binarizer. Its results flip on one-pixel differences of the
 //!    binary image, so a second, different binarization recovers part of pass 1's misses

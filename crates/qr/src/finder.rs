@@ -183,6 +183,15 @@ pub(crate) fn core_centre(
     reach: usize,
     len: usize,
 ) -> Option<f32> {
+    core_centre_with(dark, (at, reach, len), is_finder_run_exact)
+}
+
+/// [`core_centre`] with the run test `fits` (see [`is_finder_run_quantized`]).
+pub(crate) fn core_centre_with(
+    dark: impl Fn(usize) -> bool,
+    (at, reach, len): (usize, usize, usize),
+    fits: fn(&[usize; 5]) -> bool,
+) -> Option<f32> {
     if !dark(at) {
         return None;
     }
@@ -215,7 +224,7 @@ pub(crate) fn core_centre(
         Some([n1, e2.abs_diff(second as usize) + 1])
     };
     let (l, r) = (side(c0, -1)?, side(c1, 1)?);
-    is_finder_run_exact(&[l[1], l[0], core, r[0], r[1]]).then_some((c0 + c1) as f32 / 2.0 + 0.5)
+    fits(&[l[1], l[0], core, r[0], r[1]]).then_some((c0 + c1) as f32 / 2.0 + 0.5)
 }
 
 /// rqrr's own test, integer mean included: each 1-run within ±¾ of the mean 1-run, the 3-run
@@ -237,14 +246,45 @@ fn is_finder_run(r: &[usize; 5]) -> bool {
 /// candidate already found: truncation rejects real finders at 3–4 px per module (runs
 /// 4,3,12,3,5 have a mean of 3.75, truncated to 3, which allows a core of 11 at most).
 pub(crate) fn is_finder_run_exact(r: &[usize; 5]) -> bool {
+    fits_ratio(r, 0)
+}
+
+/// The ratio test of [`is_finder_run_exact`] with `slack4` (4 × pixels) more tolerance per run.
+fn fits_ratio(r: &[usize; 5], slack4: usize) -> bool {
     let sum4 = r[0] + r[1] + r[3] + r[4]; // 4 × the mean 1-run
     if sum4 == 0 {
         return false;
     }
-    let err4 = sum4 * 3 / 4; // 4 × ¾ mean
+    let err4 = sum4 * 3 / 4 + slack4; // 4 × ¾ mean
     r.iter()
         .zip([1, 1, 3, 1, 1])
         .all(|(&len, k)| 4 * len + err4 >= k * sum4 && 4 * len <= k * sum4 + err4)
+}
+
+/// Below this mean 1-run (in [`is_finder_run_exact`]'s units, 4 × pixels: under 3 px) a run is
+/// whole pixels standing for a fractional width, and with the edges blurred each end may
+/// fall a pixel either way.
+const QUANTIZED_SUM4: usize = 12;
+
+/// [`is_finder_run_exact`] with one pixel more tolerance on every run when the runs are
+/// under 3 px: at 1.8 px per module a sharp finder reads 2,1,6,2,1 on some lines (core 6 px
+/// against a 1-run mean of 1.5), which the ratio test rejects. It admits many more data-area
+/// and text look-alikes, so the screen asks more lines of a candidate found this way.
+pub(crate) fn is_finder_run_quantized(r: &[usize; 5]) -> bool {
+    if !is_quantized(r) {
+        return is_finder_run_exact(r);
+    }
+    // A 3-module core is 3 px or more at 1 px per module or more, and no code with smaller
+    // modules decodes; 1,1,2,1,1 runs are all over small text.
+    r[2] >= MIN_QUANTIZED_CORE && fits_ratio(r, 4)
+}
+
+/// The shortest core run [`is_finder_run_quantized`] accepts (px).
+const MIN_QUANTIZED_CORE: usize = 3;
+
+/// Whether [`is_finder_run_quantized`] is more tolerant than [`is_finder_run_exact`] on `r`.
+pub(crate) fn is_quantized(r: &[usize; 5]) -> bool {
+    r[0] + r[1] + r[3] + r[4] < QUANTIZED_SUM4
 }
 
 fn merge(open: &mut Vec<Candidate>, last_line: &mut Vec<usize>, active: &mut Vec<usize>, hit: Hit) {
@@ -325,6 +365,30 @@ mod tests {
             (r.y - 22.0).abs() < 0.6 && (r.x - 22.0).abs() < 0.6,
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn the_quantized_run_test_adds_a_pixel_only_under_three_pixels() {
+        // A sharp finder at 1.8 px per module on a line where the core reads long.
+        assert!(!is_finder_run_exact(&[2, 1, 6, 2, 1]));
+        assert!(is_finder_run_quantized(&[2, 1, 6, 2, 1]));
+        // Runs of 3 px and more: the same test as the exact one.
+        for r in [
+            [3, 3, 9, 3, 3],
+            [3, 4, 13, 3, 3],
+            [4, 3, 12, 3, 5],
+            [3, 3, 5, 3, 3],
+        ] {
+            assert_eq!(
+                is_finder_run_quantized(&r),
+                is_finder_run_exact(&r),
+                "{r:?}"
+            );
+        }
+        // Small text's 1,1,2,1,1 and equal stripes stay out.
+        assert!(!is_finder_run_quantized(&[1, 1, 2, 1, 1]));
+        assert!(!is_finder_run_quantized(&[2, 2, 2, 2, 2]));
+        assert!(is_finder_run_quantized(&[1, 1, 3, 1, 1]));
     }
 
     #[test]

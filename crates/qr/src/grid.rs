@@ -13,11 +13,14 @@
 //! over the module size; at each size a grid that fails is sampled once more the way a blurred
 //! code needs ([`Sampling::Blurred`]).
 //!
-//! Affine is enough for frontal codes; tilted ones keep rqrr's own perspective fit.
+//! Affine is enough for frontal codes. A triple that fails it, or whose legs or finder sizes
+//! show a tilt, is read through a projective map fixed by its alignment pattern
+//! ([`crate::perspective`]); codes neither reads keep rqrr's own perspective fit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::finder::Candidate;
+use crate::perspective::{Projective, find_alignment};
 
 /// Decoded text and its corners (top-left, top-right, bottom-right, bottom-left) in plane
 /// pixels.
@@ -55,6 +58,13 @@ enum Sampling {
     Blurred,
 }
 
+/// The loosest triple [`Triple::new`] accepts: legs' length ratio above this, the cosine of
+/// their angle below the next, finder sizes within the last ratio (those of
+/// [`has_plausible_triple`], which sends such triples to rqrr's detector otherwise).
+const SKEWED_LEG_RATIO: f32 = 0.7;
+const SKEWED_COS: f32 = 0.35;
+const SKEWED_MODULE_RATIO: f32 = 1.8;
+
 /// Radius (modules) of [`Sampling::Blurred`]'s window: the smallest that still holds both
 /// colours around almost any module (a 3.5-module window), so its mean sits near the local
 /// midpoint.
@@ -72,33 +82,46 @@ pub(crate) fn decode_from_finders(
     if cands.len() < 3 || cands.len() > MAX_GRID_CANDIDATES {
         return out;
     }
-    let mut used = vec![false; cands.len()];
-    let mut attempts = 0;
+    // Frontal triples first: a tilted one is tried after them, so the looser triples it
+    // admits (two codes side by side make some) cannot use up the attempts of a frontal code.
+    let mut triples: Vec<([usize; 3], Triple)> = Vec::new();
     for (ia, a) in cands.iter().enumerate() {
         for (ib, b) in cands.iter().enumerate() {
             for (ic, c) in cands.iter().enumerate().skip(ib + 1) {
-                if ia == ib || ia == ic || used[ia] || used[ib] || used[ic] {
-                    continue;
+                if ia != ib
+                    && ia != ic
+                    && let Some(tri) = Triple::new(a, b, c)
+                {
+                    triples.push(([ia, ib, ic], tri));
                 }
-                let Some(tri) = Triple::new(a, b, c) else {
-                    continue;
-                };
-                for n in tri.sizes() {
-                    if attempts == MAX_ATTEMPTS {
-                        return out;
-                    }
-                    attempts += 1;
-                    let code = tri
-                        .decode(n, (w, h), &dark, Sampling::Vote)
-                        .or_else(|| tri.decode(n, (w, h), &dark, Sampling::Blurred));
-                    if let Some(code) = code {
-                        out.push(code);
-                        used[ia] = true;
-                        used[ib] = true;
-                        used[ic] = true;
-                        break;
-                    }
-                }
+            }
+        }
+    }
+    triples.sort_by_key(|(_, tri)| tri.skewed);
+    let mut used = vec![false; cands.len()];
+    let mut attempts = 0;
+    for (ids, tri) in &triples {
+        if ids.iter().any(|&i| used[i]) {
+            continue;
+        }
+        for n in tri.sizes() {
+            if attempts == MAX_ATTEMPTS {
+                return out;
+            }
+            attempts += 1;
+            let read = |map: &Map| {
+                tri.decode(n, map, (w, h), &dark, Sampling::Vote)
+                    .or_else(|| tri.decode(n, map, (w, h), &dark, Sampling::Blurred))
+            };
+            // A skewed triple is a tilted code: the affine grid cannot fit it.
+            let code = (!tri.skewed)
+                .then(|| read(&Map::Affine))
+                .flatten()
+                .or_else(|| tri.projective(n, (w, h), &dark).and_then(|m| read(&m)));
+            if let Some(code) = code {
+                out.push(code);
+                ids.iter().for_each(|&i| used[i] = true);
+                break;
             }
         }
     }
@@ -145,6 +168,14 @@ pub(crate) fn has_plausible_triple(cands: &[Candidate]) -> bool {
     })
 }
 
+/// How a grid's module coordinates map to plane pixels.
+enum Map {
+    /// Through the three finder centres (a frontal code).
+    Affine,
+    /// Through them and the alignment pattern (a tilted code, see [`crate::perspective`]).
+    Projective(Projective),
+}
+
 /// Three finder centres in code order: `a` top-left, `b` top-right, `c` bottom-left.
 struct Triple {
     a: (f32, f32),
@@ -152,11 +183,20 @@ struct Triple {
     ac: (f32, f32),
     /// Module size (px) corrected for rotation.
     module: f32,
+    /// Legs of unequal length or off a right angle beyond what a frontal code shows: a code
+    /// seen at an angle, read only through a projective map.
+    skewed: bool,
+    /// Module sizes of the top-right and bottom-left finders over the top-left one's: under
+    /// perspective the code's far edges are shorter, and the module vectors at the open corner
+    /// follow the edges that lead there (see [`Triple::projective`]).
+    scale_b: f32,
+    scale_c: f32,
 }
 
 impl Triple {
     /// `a` as the corner finder, `p`/`q` the other two in either order; `None` unless they form
-    /// a right isosceles triangle of finders of one size.
+    /// a right isosceles triangle of finders of one size, within what a tilt (~40°) bends.
+    /// Beyond what a frontal code shows the triple is `skewed`.
     fn new(a: &Candidate, p: &Candidate, q: &Candidate) -> Option<Triple> {
         let (mut b, mut c) = (p, q);
         let v = |o: &Candidate| (o.x - a.x, o.y - a.y);
@@ -169,7 +209,7 @@ impl Triple {
         let (lb, lc) = (ab.0.hypot(ab.1), ac.0.hypot(ac.1));
         let cos = (ab.0 * ac.0 + ab.1 * ac.1) / (lb * lc);
         let ratio = lb.min(lc) / lb.max(lc);
-        if !(ratio > 0.85 && cos.abs() < 0.2) {
+        if !(ratio > SKEWED_LEG_RATIO && cos.abs() < SKEWED_COS) {
             return None;
         }
         let runs = [a.module, b.module, c.module];
@@ -177,9 +217,12 @@ impl Triple {
             runs.iter().copied().fold(f32::MAX, f32::min),
             runs.iter().copied().fold(0.0, f32::max),
         );
-        if hi > 1.5 * lo {
+        // Perspective also makes the near finders look larger than the far ones.
+        let skewed = !(ratio > 0.85 && cos.abs() < 0.2 && hi <= 1.5 * lo);
+        if hi > SKEWED_MODULE_RATIO * lo {
             return None;
         }
+
         // The census measures modules along rows; a finder rotated by θ is 1/max(|cos θ|, |sin θ|)
         // wider along a row.
         let theta = ab.1.atan2(ab.0);
@@ -193,7 +236,65 @@ impl Triple {
             ab,
             ac,
             module,
+            skewed,
+            scale_b: (b.module / a.module).clamp(0.5, 2.0),
+            scale_c: (c.module / a.module).clamp(0.5, 2.0),
         })
+    }
+
+    /// The projective map of the size-`n` grid through its bottom-right alignment pattern;
+    /// `None` for version 1 (no alignment pattern), when none is found, or when a triple that
+    /// is not skewed has it within a module of its affine grid's prediction.
+    fn projective(
+        &self,
+        n: usize,
+        (w, h): (usize, usize),
+        dark: &impl Fn(usize, usize, Probe) -> bool,
+    ) -> Option<Map> {
+        if n < 25 {
+            return None;
+        }
+        let span = (n - 7) as f32;
+        // Across the code along the bottom edge, modules are as large as at the bottom-left
+        // finder; down it along the right edge, as at the top-right one.
+        let (sb, sc) = (self.scale_b, self.scale_c);
+        let (u, v) = (
+            (sc * self.ab.0 / span, sc * self.ab.1 / span),
+            (sb * self.ac.0 / span, sb * self.ac.1 / span),
+        );
+        // The alignment pattern's centre is 6.5 modules in from the open corner: reached from
+        // the top-left finder down then across, and across then down, each leg at its scale.
+        let (nf, c) = (n as f32, n as f32 - 6.5);
+        let t = (c - 3.5) / span;
+        let (ab, ac) = (self.ab, self.ac);
+        let predicted = (
+            self.a.0 + t * (ab.0 * (1.0 + sc) + ac.0 * (1.0 + sb)) / 2.0,
+            self.a.1 + t * (ab.1 * (1.0 + sc) + ac.1 * (1.0 + sb)) / 2.0,
+        );
+        let probe = Probe {
+            box_r: (self.module / 6.0) as usize,
+            window_r: None,
+        };
+        let dark_at = |x: f32, y: f32| {
+            x >= 0.0
+                && y >= 0.0
+                && (x as usize) < w
+                && (y as usize) < h
+                && dark(x as usize, y as usize, probe)
+        };
+        let found = find_alignment(predicted, u, v, dark_at)?;
+        let affine = self.at(n, &Map::Affine, c, c);
+        if !self.skewed && (found.0 - affine.0).hypot(found.1 - affine.1) < self.module {
+            // The pattern is where the affine grid, already tried, put it: the projective grid
+            // would be the same one.
+            return None;
+        }
+        let (b, cc) = (
+            (self.a.0 + self.ab.0, self.a.1 + self.ab.1),
+            (self.a.0 + self.ac.0, self.a.1 + self.ac.1),
+        );
+        let modules = [(3.5, 3.5), (nf - 3.5, 3.5), (c, c), (3.5, nf - 3.5)];
+        Projective::between(modules, [self.a, b, found, cc]).map(Map::Projective)
     }
 
     /// Candidate grid sizes, nearest to the estimate first (±2 versions: the module estimate is
@@ -212,7 +313,10 @@ impl Triple {
     }
 
     /// Plane position of module coordinate (mx, my) for a grid of size `n`.
-    fn at(&self, n: usize, mx: f32, my: f32) -> (f32, f32) {
+    fn at(&self, n: usize, map: &Map, mx: f32, my: f32) -> (f32, f32) {
+        if let Map::Projective(p) = map {
+            return p.map(mx, my);
+        }
         let span = (n - 7) as f32;
         let (u, v) = ((mx - 3.5) / span, (my - 3.5) / span);
         (
@@ -225,6 +329,7 @@ impl Triple {
     fn decode(
         &self,
         n: usize,
+        map: &Map,
         (w, h): (usize, usize),
         dark: &impl Fn(usize, usize, Probe) -> bool,
         mode: Sampling,
@@ -241,7 +346,7 @@ impl Triple {
             },
         };
         let dark_at = |mx: f32, my: f32| {
-            let (px, py) = self.at(n, mx, my);
+            let (px, py) = self.at(n, map, mx, my);
             px >= 0.0
                 && py >= 0.0
                 && (px as usize) < w
@@ -281,7 +386,8 @@ impl Triple {
         let r = catch_unwind(AssertUnwindSafe(|| rqrr::Grid::new(grid).decode())).ok()?;
         let (_, text) = r.ok()?;
         let nf = n as f32;
-        let corners = [(0.0, 0.0), (nf, 0.0), (nf, nf), (0.0, nf)].map(|(x, y)| self.at(n, x, y));
+        let corners =
+            [(0.0, 0.0), (nf, 0.0), (nf, nf), (0.0, nf)].map(|(x, y)| self.at(n, map, x, y));
         Some((text, corners))
     }
 }
@@ -439,7 +545,10 @@ mod tests {
         let tri = Triple::new(&cands[0], &cands[1], &cands[2]).unwrap();
         let n = QrCode::new(text).unwrap().width();
         assert!(tri.sizes().contains(&n));
-        let read = |mode| tri.decode(n, (p.w, p.h), &dark, mode).map(|c| c.0);
+        let read = |mode| {
+            tri.decode(n, &Map::Affine, (p.w, p.h), &dark, mode)
+                .map(|c| c.0)
+        };
         assert_eq!(read(Sampling::Blurred).as_deref(), Some(text));
         assert_eq!(read(Sampling::Vote), None);
         // And the whole search (vote first, then blurred) finds it.

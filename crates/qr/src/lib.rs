@@ -12,6 +12,7 @@
 //!   rqrr calls, places the upscaled region and finds a second code.
 //! - `grid`: census finder triples as affine grids, decoded by rqrr's decoder (the triples
 //!   rqrr's own grouping rejects); a grid that fails is sampled again the way blur needs.
+//! - `perspective`: the projective map of a tilted code's grid, through its alignment pattern.
 //! - `scan`: the calls into rqrr (panics contained).
 //! - `work`: the frame's base plane, one region's state (a light-on-dark region is decoded
 //!   from its negative) and each pass's preprocessing.
@@ -24,6 +25,7 @@ pub mod decode;
 mod finder;
 pub mod frame;
 mod grid;
+mod perspective;
 mod preprocess;
 mod scan;
 mod screen;

@@ -5,14 +5,17 @@
 //! One pass over the pixels sums 8×8 blocks; a box of blocks gives each block a local-mean
 //! threshold (the block-wise form of [`crate::preprocess::adaptive_threshold`], with its margin:
 //! ~1/60 of its cost, as no per-pixel window is summed). Every row is then scanned for
-//! 1:1:3:1:1 runs of either polarity, and each hit is cross-checked across (the column through
-//! its core, then the row through the new centre; [`core_centre`]), so the stripes of a linear
-//! barcode or a shelf edge, which match along a row but not down a column, are dropped at once.
+//! 1:1:3:1:1 runs of either polarity (a pixel more tolerant under 3 px per module, where
+//! whole-pixel runs cannot show the ratio; candidates found so must match on more lines), and
+//! each hit is cross-checked across (the column through its core, then the row through the new
+//! centre; [`core_centre_with`]), so the stripes of a linear barcode or a shelf edge, which match along a row but not down a column, are dropped at once.
 //! Confirmed hits cluster into finder candidates; two of one polarity and size at a finder
 //! distance make a region (the code they can belong to, with its quiet zone), and regions of
 //! one polarity that overlap merge.
 
-use crate::finder::{Candidate, core_centre, is_finder_run_exact};
+use crate::finder::{
+    Candidate, core_centre_with, is_finder_run_exact, is_finder_run_quantized, is_quantized,
+};
 use crate::frame::Plane;
 
 /// Block side of the threshold map (pixels). Small against a finder (7 modules), large enough
@@ -27,6 +30,12 @@ const MERGE_MODULES: f32 = 1.5;
 /// their modules are tiny.
 const MIN_HITS_PER_MODULE: f32 = 1.2;
 const MIN_HITS: f32 = 5.0;
+/// Under 3 px per module the line test allows each run a pixel more
+/// ([`is_finder_run_quantized`]), or finders of 1–2 px modules would match on too few lines to
+/// be seen at all. That tolerance lets text and data-area look-alikes match on 5–7 lines, while
+/// a real finder matches on nearly all of the ~6 per module through its core (8–11 at 1.5–1.8
+/// px): a candidate that needed it must have this many lines per module.
+const QUANTIZED_HITS_PER_MODULE: f32 = 5.0;
 /// Finder centres of one code are 14 (version 1) to 170 (version 40) modules apart; a store
 /// camera sees app tokens (versions 9–13: up to 62) and product codes. Pairs further apart
 /// than this are not grouped, which keeps chance pairs of clutter from spanning the frame.
@@ -167,13 +176,27 @@ struct ColumnRuns {
 /// Finder candidates of `p` (both polarities). Each row, and each column (through per-column
 /// run state updated row by row, so the pass stays row-major), is scanned for 1:1:3:1:1 runs.
 /// A hit is cross-checked across ([`confirm`]); candidates keep the confirmed hits, and need
-/// [`MIN_HITS_PER_MODULE`] of them per module, and [`MIN_HITS`]. `radius` is the local-mean window radius, `min_delta` the threshold floor (see
-/// [`crate::preprocess::Threshold`]).
-pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candidate> {
+/// [`MIN_HITS_PER_MODULE`] of them per module, and [`MIN_HITS`]; those that needed the
+/// quantized run test, [`QUANTIZED_HITS_PER_MODULE`]. `radius` is the local-mean window
+/// radius, `min_delta` the threshold floor (see [`crate::preprocess::Threshold`]).
+///
+/// `quantized: false` keeps to the exact run test: on a frame smoothed for sensor noise, codes
+/// of 1–2 px modules are blurred away, and the tolerant test only finds speckle.
+pub(crate) fn candidates(
+    p: &Plane,
+    radius: usize,
+    min_delta: u32,
+    quantized: bool,
+) -> Vec<Candidate> {
+    let line_test = if quantized {
+        is_finder_run_quantized
+    } else {
+        is_finder_run_exact
+    };
     let (w, h) = (p.w, p.h);
-    let mut out: Vec<Candidate> = Vec::new();
+    let mut out: Vec<Cluster> = Vec::new();
     if w < 7 || h < 7 {
-        return out;
+        return Vec::new();
     }
     let levels = Levels::new(p, radius, min_delta);
     let mut thr = vec![0u8; w];
@@ -227,14 +250,12 @@ pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candid
         let mut pos = 0;
         for i in 0..runs.len().saturating_sub(4) {
             let r: [usize; 5] = std::array::from_fn(|k| runs[i + k]);
-            if is_finder_run_exact(&r) {
+            if line_test(&r) {
                 // Run i is dark on an even index when the row starts dark.
                 let inverted = (i % 2 == 0) != first_dark;
                 let cx = pos + r[0] + r[1] + r[2] / 2;
                 let hit = (cx, y, r.iter().sum::<usize>() as f32 / 7.0, inverted);
-                if let Some(c) = confirm(p, &levels, hit, false) {
-                    merge(&mut out, c);
-                }
+                add_hit(&mut out, (p, &levels, quantized), &r, hit, false);
             }
             pos += runs[i];
         }
@@ -249,22 +270,55 @@ pub(crate) fn candidates(p: &Plane, radius: usize, min_delta: u32) -> Vec<Candid
                 c.runs[4] = y - c.start;
                 c.start = y;
                 c.seen = (c.seen + 1).min(5);
-                if c.seen == 5 && is_finder_run_exact(&c.runs) {
+                if c.seen == 5 && line_test(&c.runs) {
                     let r = c.runs;
                     let cy = y - r[4] - r[3] - r[2].div_ceil(2);
                     // The run that just ended, like the window's first, is light.
                     let inverted = (pm >> (x % 64)) & 1 == 0;
                     let hit = (x, cy, r.iter().sum::<usize>() as f32 / 7.0, inverted);
-                    if let Some(c) = confirm(p, &levels, hit, true) {
-                        merge(&mut out, c);
-                    }
+                    add_hit(&mut out, (p, &levels, quantized), &r, hit, true);
                 }
             }
         }
         std::mem::swap(&mut dark, &mut prev);
     }
-    out.retain(|c| c.rows as f32 >= (MIN_HITS_PER_MODULE * c.module).max(MIN_HITS));
-    out
+    out.into_iter()
+        .filter(|k| {
+            let (rows, exact, module) = (k.c.rows as f32, k.exact as f32, k.c.module);
+            let min = (MIN_HITS_PER_MODULE * module).max(MIN_HITS);
+            exact >= min || (rows >= min && rows >= QUANTIZED_HITS_PER_MODULE * module)
+        })
+        .map(|k| k.c)
+        .collect()
+}
+
+/// A candidate being built, and how many of its hits passed the exact run test on all three
+/// lines.
+struct Cluster {
+    c: Candidate,
+    exact: u32,
+}
+
+/// Cross-checks a line hit with runs `r` and adds it to its cluster: with the exact run test
+/// where it passes, else with the quantized one (see [`is_finder_run_quantized`]).
+fn add_hit(
+    out: &mut Vec<Cluster>,
+    (p, levels, quantized): (&Plane, &Levels, bool),
+    r: &[usize; 5],
+    hit: (usize, usize, f32, bool),
+    vertical: bool,
+) {
+    let exact = is_finder_run_exact(r)
+        .then(|| confirm(p, levels, hit, vertical, is_finder_run_exact))
+        .flatten();
+    if let Some(c) = exact {
+        merge(out, c, true);
+    } else if quantized
+        && is_quantized(r)
+        && let Some(c) = confirm(p, levels, hit, vertical, is_finder_run_quantized)
+    {
+        merge(out, c, false);
+    }
 }
 
 /// Cross-checks a line hit `(x, y, module, inverted)`: across the line through its core, then
@@ -275,20 +329,37 @@ fn confirm(
     levels: &Levels,
     (x, y, module, inverted): (usize, usize, f32, bool),
     vertical: bool,
+    fits: fn(&[usize; 5]) -> bool,
 ) -> Option<Candidate> {
     let reach = (5.0 * module).ceil() as usize + 2;
     let across = |at: usize, from: usize| {
         if vertical {
-            core_centre(|i| levels.dark(p, i, at) != inverted, from, reach, p.w)
+            core_centre_with(
+                |i| levels.dark(p, i, at) != inverted,
+                (from, reach, p.w),
+                fits,
+            )
         } else {
-            core_centre(|i| levels.dark(p, at, i) != inverted, from, reach, p.h)
+            core_centre_with(
+                |i| levels.dark(p, at, i) != inverted,
+                (from, reach, p.h),
+                fits,
+            )
         }
     };
     let along = |at: usize, from: usize| {
         if vertical {
-            core_centre(|i| levels.dark(p, at, i) != inverted, from, reach, p.h)
+            core_centre_with(
+                |i| levels.dark(p, at, i) != inverted,
+                (from, reach, p.h),
+                fits,
+            )
         } else {
-            core_centre(|i| levels.dark(p, i, at) != inverted, from, reach, p.w)
+            core_centre_with(
+                |i| levels.dark(p, i, at) != inverted,
+                (from, reach, p.w),
+                fits,
+            )
         }
     };
     let (line, pos) = if vertical { (y, x) } else { (x, y) };
@@ -309,20 +380,25 @@ fn confirm(
     })
 }
 
-fn merge(out: &mut Vec<Candidate>, c: Candidate) {
+fn merge(out: &mut Vec<Cluster>, c: Candidate, exact: bool) {
     let near = |o: &Candidate| {
         o.inverted == c.inverted
             && (o.x - c.x).abs().max((o.y - c.y).abs()) <= MERGE_MODULES * o.module.max(c.module)
     };
-    match out.iter_mut().rev().find(|o| near(o)) {
-        Some(o) => {
+    match out.iter_mut().rev().find(|k| near(&k.c)) {
+        Some(k) => {
+            let o = &mut k.c;
             let n = o.rows as f32;
             o.x = (o.x * n + c.x) / (n + 1.0);
             o.y = (o.y * n + c.y) / (n + 1.0);
             o.module = (o.module * n + c.module) / (n + 1.0);
             o.rows += 1;
+            k.exact += exact as u32;
         }
-        None => out.push(c),
+        None => out.push(Cluster {
+            c,
+            exact: exact as u32,
+        }),
     }
 }
 

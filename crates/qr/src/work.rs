@@ -130,7 +130,7 @@ impl<'f> Base<'f> {
     /// The regions worth decoding (see [`crate::screen`]); none on most frames.
     pub(crate) fn regions(&self) -> Vec<Region> {
         let p = &self.plane;
-        let cands = screen::candidates(p, window_radius(p.w, p.h), self.min_delta);
+        let cands = screen::candidates(p, window_radius(p.w, p.h), self.min_delta, !self.noisy);
         screen::regions(cands, p.w, p.h)
     }
 

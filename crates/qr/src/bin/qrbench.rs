@@ -12,6 +12,8 @@
 //!   --no-ref         phygate only (no Python)
 //!   --repeat N       decodes per frame and decoder; ms is their median (default 3)
 //!   --per-pass       instead: what each pass decodes alone, per class (diagnostics for tuning)
+//!   --class NAME     only the frames of this class (repeatable)
+//!   --per-file       also print each frame's result per decoder (found/expected, ms, pass)
 //! ```
 //!
 //! Every decoder gets the same 8-bit grayscale pixels, loaded before timing; only the decode
@@ -40,6 +42,8 @@ struct Args {
     with_ref: bool,
     per_pass: bool,
     repeat: usize,
+    classes: Vec<String>,
+    per_file: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,6 +58,8 @@ fn parse_args() -> Result<Args, String> {
         with_ref: true,
         per_pass: false,
         repeat: 3,
+        classes: Vec::new(),
+        per_file: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
             "--no-ref" => a.with_ref = false,
             "--per-pass" => a.per_pass = true,
             "--repeat" => a.repeat = val()?.parse().map_err(|e| format!("{e}"))?,
+            "--class" => a.classes.push(val()?),
+            "--per-file" => a.per_file = true,
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -106,12 +114,15 @@ type RefRow = (&'static str, String, Run);
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
     let manifest = args.corpus.join("manifest.tsv");
-    let entries = if args.regen || !manifest.exists() {
+    let mut entries = if args.regen || !manifest.exists() {
         eprintln!("generating corpus in {} ...", args.corpus.display());
         write_corpus(&args.corpus, args.per_class, args.seed)?
     } else {
         read_manifest(&manifest)?
     };
+    if !args.classes.is_empty() {
+        entries.retain(|e| args.classes.contains(&e.class));
+    }
     if args.per_pass {
         return per_pass(&args, &entries);
     }
@@ -121,8 +132,14 @@ fn main() -> Result<(), BoxError> {
     results.insert("phygate", run_phygate(&args, &entries, &mut by_pass)?);
     if args.with_ref {
         for (dec, file, run) in run_reference(&args, &manifest)? {
-            results.entry(dec).or_default().insert(file, run);
+            // The script reads the whole manifest; keep the frames this run looks at.
+            if entries.iter().any(|e| e.file == file) {
+                results.entry(dec).or_default().insert(file, run);
+            }
         }
+    }
+    if args.per_file {
+        print_per_file(&entries, &results);
     }
     print_table(&entries, &results);
     for d in DECODERS {
@@ -139,6 +156,19 @@ fn main() -> Result<(), BoxError> {
         eprintln!("{d}: {wrong} decoded texts that were not in the frame");
     }
     Ok(())
+}
+
+/// One line per frame: expected texts, then found and ms per decoder (diagnostics).
+fn print_per_file(entries: &[Entry], results: &HashMap<&str, HashMap<String, Run>>) {
+    for e in entries {
+        let mut line = format!("{} expected {}", e.file, e.texts.len());
+        for d in DECODERS {
+            if let Some(r) = results.get(d).and_then(|r| r.get(&e.file)) {
+                line += &format!(" {d} {} ({:.2} ms)", r.found, r.ms);
+            }
+        }
+        eprintln!("{line}");
+    }
 }
 
 fn load(args: &Args, entries: &[Entry]) -> Result<Vec<image::GrayImage>, image::ImageError> {
