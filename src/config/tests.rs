@@ -106,6 +106,29 @@ fn nfc_reader_is_checked_like_the_scanner() {
 }
 
 #[test]
+fn the_replay_window_defaults_to_half_an_hour_and_is_bounded() {
+    let c = Config::parse(GOOD, Path::new("/etc/phygate/phygate.toml")).unwrap();
+    assert_eq!(c.outbox.replay_window, Duration::from_secs(30 * 60));
+    let none = GOOD.replace(
+        "path = \"state/phygate.db\"",
+        "path = \"state/phygate.db\"\nreplay_window = \"0s\"",
+    );
+    let c = Config::parse(&none, Path::new("/etc/phygate/phygate.toml")).unwrap();
+    assert_eq!(c.outbox.replay_window, Duration::ZERO);
+    let long = GOOD.replace(
+        "path = \"state/phygate.db\"",
+        "path = \"state/phygate.db\"\nreplay_window = \"2d\"",
+    );
+    let err = Config::parse(&long, Path::new("/etc/phygate/phygate.toml")).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.field == "outbox.replay_window" && p.message.contains("24h")),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_key_names_line_and_field() {
     let bad = GOOD.replace("aim = true", "aim = true\nparity = \"even\"");
     let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();

@@ -77,9 +77,14 @@ impl Brokers {
                     c.client_urls().iter().map(|u| format!("{u:?}")).collect();
                 let n = urls.len();
                 urls.rotate_left((k - 1) % n);
+                // Replay requests go through an MQTT listener: n2's, since `--kill-node-at`
+                // kills n1.
+                let mqtt = c.mqtt_addresses();
                 format!(
-                    "[input]\nkind = \"jetstream\"\nservers = [{}]\nack_wait = \"10s\"\n",
-                    urls.join(", ")
+                    "[input]\nkind = \"jetstream\"\nservers = [{}]\nack_wait = \"10s\"\n\
+                     [repair]\nbroker = \"{}\"\n",
+                    urls.join(", "),
+                    mqtt[1 % mqtt.len()]
                 )
             }
         }

@@ -143,8 +143,9 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
     let refused = Arc::new(AtomicU64::new(0));
     // The stores' command results are appended events too: counted, so that HQ's count of
     // stored events matches what the fleet published.
+    // The last node of a cluster: `fleet-bench --kill-node-at` kills the first.
     let commands = tokio::spawn(super::commands::answer(
-        args.broker[0].clone(),
+        args.broker[args.broker.len() - 1].clone(),
         answerers,
         appended.clone(),
         stop.clone(),

@@ -402,12 +402,17 @@ impl Edge {
         self.outbox.append(event).await.unwrap()
     }
 
-    /// Rows still in the outbox (published and not acknowledged, or not yet published).
+    /// Rows still in the outbox and not acknowledged (published and not acknowledged, or not
+    /// yet published); acknowledged rows kept for replay (`replay_window`) are not counted.
     pub fn backlog(&self) -> i64 {
         let c = rusqlite::Connection::open(&self.config.outbox.path).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
-        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
-            .unwrap()
+        c.query_row(
+            "SELECT count(*) FROM outbox WHERE seq > (SELECT value FROM meta WHERE key = 'acked')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 
     /// Deletes rows from the outbox's SQLite file behind its back: a simulated loss.
