@@ -243,7 +243,8 @@ mod tests {
         }
         let mut buf = [0; TIME_LEN];
         for (i, s) in secs.into_iter().enumerate() {
-            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1000 + (i as u64 * 7) % 1000);
+            let t =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1000 + (i as u64 * 7) % 1000);
             assert_eq!(format_time_into(t, &mut buf), Some(chrono_text(t).as_str()));
             assert_eq!(format_time(t), chrono_text(t));
         }
