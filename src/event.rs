@@ -314,7 +314,8 @@ impl std::fmt::Debug for IdText {
 
 /// An event serialised for the outbox, all but its `seq`: the JSON, the UUID and the time are
 /// formatted by whoever submits it, on its own thread, so the outbox thread's transaction only
-/// splices in the seq (they were 18% of that transaction's time). One allocation (the JSON).
+/// splices in the seq (they were 18% of that transaction's time). Its JSON is its only
+/// allocation.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The id, hyphenated (the outbox's `id` column).
