@@ -15,6 +15,15 @@ pub(super) struct Appends {
 }
 
 impl Appends {
+    /// Room for `n` appends: a full group's three lists were grown by doubling eleven times.
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Appends {
+            events: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            dones: Vec::with_capacity(n),
+        }
+    }
+
     /// The state writes that go with appends `from..to`, in arrival order: each append's own,
     /// and the lone writes (tagged with how many appends came before them) among them; the
     /// lone writes after the last append go with the range that ends the group.

@@ -4,7 +4,7 @@
 use tokio::sync::{oneshot, watch};
 
 use super::{Batch, OutboxError, OutboxHandle, Replay, Request, StateEntries, StateWrite, Stats};
-use crate::event::Event;
+use crate::event::{Event, Prepared};
 
 impl OutboxHandle {
     /// Queues an event; returns once it is queued, not committed (the queue keeps group commit
@@ -20,14 +20,30 @@ impl OutboxHandle {
         event: Event,
         state: Vec<StateWrite>,
     ) -> Result<(), OutboxError> {
+        self.submit_prepared(event.prepare(&self.origin), state)
+            .await
+    }
+
+    /// As [`OutboxHandle::submit_with_state`], with the event already serialised by the caller
+    /// ([`OutboxHandle::prepare`]), e.g. on a thread of its own before it queues.
+    pub async fn submit_prepared(
+        &self,
+        event: Prepared,
+        state: Vec<StateWrite>,
+    ) -> Result<(), OutboxError> {
         self.tx
             .send_async(Request::Append {
-                event: Box::new(event.prepare(&self.origin)),
+                event,
                 state,
                 done: None,
             })
             .await
             .map_err(|_| OutboxError::Closed)
+    }
+
+    /// Serialises an event as this outbox stores it, all but its seq (see [`Prepared`]).
+    pub fn prepare(&self, event: &Event) -> Prepared {
+        event.prepare(&self.origin)
     }
 
     /// Appends an event and waits until it is durable; returns its seq.
@@ -44,7 +60,7 @@ impl OutboxHandle {
         let (done, wait) = oneshot::channel();
         self.tx
             .send_async(Request::Append {
-                event: Box::new(event.prepare(&self.origin)),
+                event: event.prepare(&self.origin),
                 state,
                 done: Some(done),
             })
