@@ -175,6 +175,11 @@ impl Store {
         self.reclaimed < self.acked
     }
 
+    /// How many seqs are dead (acknowledged) and not yet removed.
+    pub fn dead_rows(&self) -> u64 {
+        self.acked - self.reclaimed.min(self.acked)
+    }
+
     /// So many dead rows wait that they are removed even while the outbox is busy.
     pub fn reclaim_overdue(&self) -> bool {
         // Under the test hook, at once: the process then dies right after the first
@@ -184,7 +189,7 @@ impl Store {
         } else {
             RECLAIM_OVERDUE
         };
-        self.acked - self.reclaimed.min(self.acked) > threshold
+        self.dead_rows() > threshold
     }
 
     /// Removes the next range of dead rows, at most [`RECLAIM_STEP`] seqs, in a commit of its

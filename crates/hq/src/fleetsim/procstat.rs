@@ -55,3 +55,34 @@ mod tests {
         assert!(u.threads >= 1);
     }
 }
+
+/// The usage of `pid` and its direct children together (PostgreSQL: the postmaster and its
+/// backends, one per connection). CPU and memory are summed; a child that has exited since
+/// the last sample takes its CPU time with it, so this is a floor.
+pub fn tree_usage(pid: u32) -> Option<Usage> {
+    let mut total = usage(pid)?;
+    for child in children(pid) {
+        if let Some(u) = usage(child) {
+            total.cpu += u.cpu;
+            total.rss_kib += u.rss_kib;
+            total.peak_kib += u.peak_kib;
+            total.threads += u.threads;
+        }
+    }
+    Some(total)
+}
+
+/// The pids whose parent is `pid` (field 4 of `/proc/<pid>/stat`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
