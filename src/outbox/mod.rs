@@ -76,6 +76,9 @@ enum Request {
         batches: usize,
         max_events: usize,
         max_bytes: usize,
+        /// When there is nothing after `after`: wait for rows instead of answering empty
+        /// (`waiting.rs`).
+        wait: bool,
         reply: oneshot::Sender<Result<Vec<Batch>, OutboxError>>,
     },
     Stats {
@@ -135,6 +138,8 @@ pub struct Outbox {
     gateway: String,
     /// Acknowledgements waiting to ride in the next group's transaction (`idle.rs`).
     deferred_acks: DeferredAcks,
+    /// Fetches waiting for rows (`waiting.rs`).
+    waiting_fetches: Vec<WaitingFetch>,
 }
 
 impl Outbox {
@@ -174,6 +179,7 @@ impl Outbox {
                 corrupt: None,
                 gateway,
                 deferred_acks: DeferredAcks::default(),
+                waiting_fetches: Vec::new(),
             },
             OutboxHandle {
                 tx,
@@ -196,6 +202,9 @@ impl Outbox {
         // The last group was full: the next one may wait to fill (FILL_WAIT).
         let mut saturated = false;
         loop {
+            // Whatever committed rows last time round (a group, an eviction's report, the
+            // retention sweep), a fetch waiting for them is answered before the thread sleeps.
+            self.answer_waiting_fetches();
             let first = if self.store.evicting() {
                 // An eviction under way goes on in bounded steps between groups; requests
                 // waiting go first.
@@ -457,13 +466,23 @@ impl Outbox {
                     batches,
                     max_events,
                     max_bytes,
+                    wait,
                     reply,
-                } => {
-                    let batch = self
-                        .store
-                        .fetch_batches(after, batches, max_events, max_bytes);
-                    let _ = reply.send(batch.map_err(|e| self.failed(e)));
-                }
+                } => match self
+                    .store
+                    .fetch_batches(after, batches, max_events, max_bytes)
+                {
+                    Ok(b) if b.is_empty() && wait => self.park_fetch(WaitingFetch {
+                        after,
+                        batches,
+                        max_events,
+                        max_bytes,
+                        reply,
+                    }),
+                    batch => {
+                        let _ = reply.send(batch.map_err(|e| self.failed(e)));
+                    }
+                },
                 Request::Stats { reply } => {
                     let stats = self.store.stats().unwrap_or_default();
                     let checking = self.check.is_some();
@@ -623,6 +642,10 @@ use appends::Appends;
 #[path = "idle.rs"]
 mod idle;
 use idle::DeferredAcks;
+
+#[path = "waiting.rs"]
+mod waiting;
+use waiting::WaitingFetch;
 
 #[cfg(test)]
 #[path = "run_tests.rs"]
