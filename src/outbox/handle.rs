@@ -96,7 +96,8 @@ impl OutboxHandle {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Batch>, OutboxError> {
-        self.fetch(after, batches, max_events, max_bytes, true).await
+        self.fetch(after, batches, max_events, max_bytes, true)
+            .await
     }
 
     async fn fetch(

@@ -89,7 +89,11 @@ impl Outbox {
             .store
             .reclaim_pending()
             .then(|| Instant::now() + reclaim_after(self.store.dead_rows()));
-        self.deferred_acks.deadline().into_iter().chain(reclaim).min()
+        self.deferred_acks
+            .deadline()
+            .into_iter()
+            .chain(reclaim)
+            .min()
     }
 
     /// Does what [`Outbox::idle_deadline`] waited for.
@@ -125,7 +129,11 @@ mod tests {
         assert!(!d.due(t0 + Duration::from_secs(3600)), "nothing deferred");
         d.defer(vec![(1, 5)], t0);
         d.defer(vec![(6, 9)], t0 + Duration::from_millis(300));
-        assert_eq!(d.deadline(), Some(t0 + ACK_LINGER), "counted from the oldest");
+        assert_eq!(
+            d.deadline(),
+            Some(t0 + ACK_LINGER),
+            "counted from the oldest"
+        );
         assert!(!d.due(t0 + ACK_LINGER - Duration::from_millis(1)));
         assert!(d.due(t0 + ACK_LINGER));
         assert_eq!(d.through(), 9);

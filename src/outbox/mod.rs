@@ -426,7 +426,10 @@ impl Outbox {
         }
         // Acknowledgements alone wait for the next group (`idle.rs`): unless a read must see
         // them applied (a stats or state read; a fetch from below them, as after a reconnect).
-        let through = self.deferred_acks.through().max(acks.iter().map(|a| a.1).max().unwrap_or(0));
+        let through = self
+            .deferred_acks
+            .through()
+            .max(acks.iter().map(|a| a.1).max().unwrap_or(0));
         let reads_need_acks = reads.iter().any(|r| match r {
             Request::Fetch { after, .. } => *after < through,
             _ => true,

@@ -240,7 +240,11 @@ async fn a_waiting_fetch_is_answered_by_the_commit_that_brings_rows() {
     let (outbox, handle) = Outbox::open(&config(dir.path()), origin).unwrap();
     let thread = outbox.spawn().unwrap();
     assert!(
-        handle.fetch_batches(0, 4, 100, 1 << 20).await.unwrap().is_empty(),
+        handle
+            .fetch_batches(0, 4, 100, 1 << 20)
+            .await
+            .unwrap()
+            .is_empty(),
         "a plain fetch answers empty at once"
     );
     let waiting = {

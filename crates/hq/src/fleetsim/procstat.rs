@@ -81,7 +81,11 @@ fn children(pid: u32) -> Vec<u32> {
         .filter_map(|e| {
             let child: u32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse()
+                .ok()?;
             (ppid == pid).then_some(child)
         })
         .collect()
