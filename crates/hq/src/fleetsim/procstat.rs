@@ -39,23 +39,6 @@ pub fn status_field(pid: u32, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_this_process() {
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0u64);
-        }
-        let u = usage(std::process::id()).expect("/proc/self");
-        assert!(u.cpu >= Duration::from_millis(10), "{u:?}");
-        assert!(u.rss_kib > 0 && u.peak_kib >= u.rss_kib, "{u:?}");
-        assert!(u.threads >= 1);
-    }
-}
-
 /// The usage of `pid` and its direct children together (PostgreSQL: the postmaster and its
 /// backends, one per connection). CPU and memory are summed; a child that has exited since
 /// the last sample takes its CPU time with it, so this is a floor.
@@ -89,4 +72,40 @@ fn children(pid: u32) -> Vec<u32> {
             (ppid == pid).then_some(child)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let u = usage(std::process::id()).expect("/proc/self");
+        assert!(u.cpu >= Duration::from_millis(10), "{u:?}");
+        assert!(u.rss_kib > 0 && u.peak_kib >= u.rss_kib, "{u:?}");
+        assert!(u.threads >= 1);
+    }
+
+    #[test]
+    fn a_tree_counts_the_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let own = std::process::id();
+        let found = children(own);
+        let tree = tree_usage(own).unwrap();
+        let child_threads = usage(child.id()).map_or(0, |u| u.threads);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(
+            child_threads >= 1 && tree.threads > child_threads,
+            "{tree:?}"
+        );
+    }
 }
