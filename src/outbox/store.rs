@@ -130,6 +130,9 @@ pub struct Store {
     /// the watermark was written (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, read once at the open).
     /// Release builds never read the variable.
     abort_before_reclaim: bool,
+    /// The watermark at the open: the test hook fires only once this run has moved it (dead
+    /// rows left by an earlier run, which now may wait for a batch to be removed, do not count).
+    acked_at_open: u64,
     /// The last seq given before this run: rows above it were accepted since the open, and are
     /// the ones carried to a fresh file if this one turns out corrupt.
     opened_at: u64,
@@ -190,6 +193,7 @@ impl Store {
             handed: RefCell::default(),
             abort_before_reclaim: cfg!(debug_assertions)
                 && std::env::var_os("PHYGATE_TEST_ABORT_BEFORE_RECLAIM").is_some(),
+            acked_at_open: t.acked,
             opened_at: t.last_seq,
             evicting: None,
             step: EVICT_STEP_ROWS,

@@ -180,11 +180,17 @@ impl Store {
         self.acked - self.reclaimed.min(self.acked)
     }
 
+    /// The test hook (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, debug builds) is set and this run
+    /// has committed an acknowledgement.
+    fn abort_hook_armed(&self) -> bool {
+        self.abort_before_reclaim && self.acked > self.acked_at_open
+    }
+
     /// So many dead rows wait that they are removed even while the outbox is busy.
     pub fn reclaim_overdue(&self) -> bool {
         // Under the test hook, at once: the process then dies right after the first
         // acknowledgement's commit, in the middle of a drain, with rows still unacknowledged.
-        let threshold = if self.abort_before_reclaim {
+        let threshold = if self.abort_hook_armed() {
             0
         } else {
             RECLAIM_OVERDUE
@@ -198,7 +204,7 @@ impl Store {
         if !self.reclaim_pending() {
             return Ok(0);
         }
-        if self.abort_before_reclaim {
+        if self.abort_hook_armed() {
             // Test hook: dies as a SIGKILL would, after the watermark's commit and before the
             // range delete (tests/watermark.rs).
             std::process::abort();
