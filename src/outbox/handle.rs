@@ -98,18 +98,45 @@ impl OutboxHandle {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Batch>, OutboxError> {
-        let (reply, wait) = oneshot::channel();
+        self.fetch(after, batches, max_events, max_bytes, false)
+            .await
+    }
+
+    /// As [`OutboxHandle::fetch_batches`], but when there is nothing after `after` it waits
+    /// until rows are committed, and is answered by the outbox thread right after that commit
+    /// (never empty). Cancel-safe: dropping the future drops the request.
+    pub async fn next_batches(
+        &self,
+        after: u64,
+        batches: usize,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Batch>, OutboxError> {
+        self.fetch(after, batches, max_events, max_bytes, true)
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        after: u64,
+        batches: usize,
+        max_events: usize,
+        max_bytes: usize,
+        wait: bool,
+    ) -> Result<Vec<Batch>, OutboxError> {
+        let (reply, answer) = oneshot::channel();
         self.tx
             .send_async(Request::Fetch {
                 after,
                 batches,
                 max_events,
                 max_bytes,
+                wait,
                 reply,
             })
             .await
             .map_err(|_| OutboxError::Closed)?;
-        wait.await.map_err(|_| OutboxError::Closed)?
+        answer.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// The rows of `from..=to` the outbox still holds (live, or acknowledged and kept by the

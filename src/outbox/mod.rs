@@ -41,9 +41,6 @@ const MAX_HELD: usize = 10_000;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How often rows past the retention age are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-/// A queue quiet this long counts as idle: acknowledged rows are removed then. Short enough to
-/// use the pauses of a quiet store, long enough not to stall a drain between its fetches.
-const IDLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -81,6 +78,9 @@ enum Request {
         batches: usize,
         max_events: usize,
         max_bytes: usize,
+        /// When there is nothing after `after`: wait for rows instead of answering empty
+        /// (`waiting.rs`).
+        wait: bool,
         reply: oneshot::Sender<Result<Vec<Batch>, OutboxError>>,
     },
     Stats {
@@ -146,6 +146,10 @@ pub struct Outbox {
     corrupt: Option<String>,
     /// The gateway, as the source of the outbox's own reports.
     gateway: String,
+    /// Acknowledgements waiting to ride in the next group's transaction (`idle.rs`).
+    deferred_acks: DeferredAcks,
+    /// Fetches waiting for rows (`waiting.rs`).
+    waiting_fetches: Vec<WaitingFetch>,
 }
 
 impl Outbox {
@@ -185,6 +189,8 @@ impl Outbox {
                 file: 0,
                 corrupt: None,
                 gateway,
+                deferred_acks: DeferredAcks::default(),
+                waiting_fetches: Vec::new(),
             },
             OutboxHandle {
                 tx,
@@ -207,6 +213,9 @@ impl Outbox {
         // The last group was full: the next one may wait to fill (FILL_WAIT).
         let mut saturated = false;
         loop {
+            // Whatever committed rows last time round (a group, an eviction's report, the
+            // retention sweep), a fetch waiting for them is answered before the thread sleeps.
+            self.answer_waiting_fetches();
             let first = if self.store.evicting() {
                 // An eviction under way goes on in bounded steps between groups; requests
                 // waiting go first.
@@ -224,12 +233,11 @@ impl Outbox {
                     Err(flume::TryRecvError::Disconnected) => None,
                 }
             } else if held.is_empty() && self.held_acks.is_empty() {
-                // Dead rows kept for replay wake the thread when the window lets them go.
-                if let Some(due) = self.store.reclaim_due_in() {
-                    match self.rx.recv_timeout(due.max(IDLE)) {
+                if let Some(at) = self.idle_deadline() {
+                    match self.rx.recv_deadline(at) {
                         Ok(r) => Some(r),
                         Err(flume::RecvTimeoutError::Timeout) => {
-                            self.reclaim_step();
+                            self.idle_work();
                             continue;
                         }
                         Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -261,6 +269,11 @@ impl Outbox {
             self.fill(&mut group, wait);
             saturated = group.len() >= MAX_GROUP;
             held = self.serve(&mut group);
+            if self.deferred_acks.due(Instant::now()) {
+                // A steady stream of acknowledgements alone (a backlog draining): committed
+                // every ACK_LINGER, not once per PUBACK.
+                self.commit_deferred_acks();
+            }
             if self.store.reclaim_overdue() {
                 // Never idle, and acknowledging fast: removed between groups, or the file
                 // would grow by everything acknowledged.
@@ -289,6 +302,7 @@ impl Outbox {
                 held.extend(self.expire());
             }
         }
+        self.commit_deferred_acks();
         info!("outbox closed");
     }
 
@@ -407,6 +421,7 @@ impl Outbox {
     fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
         let mut appends = Appends::with_capacity(group.len());
         // Deletes the disk refused last time go first: they make room.
+        let retrying = !self.held_acks.is_empty();
         let mut acks = std::mem::take(&mut self.held_acks);
         let mut lone_state: Vec<(usize, StateWrite)> = Vec::new();
         let mut state_dones = Vec::new();
@@ -427,6 +442,27 @@ impl Outbox {
                 }
                 other => reads.push(other),
             }
+        }
+        // Acknowledgements alone wait for the next group (`idle.rs`): unless a read must see
+        // them applied (a stats or state read; a fetch from below them, as after a reconnect).
+        let through = self
+            .deferred_acks
+            .through()
+            .max(acks.iter().map(|a| a.1).max().unwrap_or(0));
+        let reads_need_acks = reads.iter().any(|r| match r {
+            Request::Fetch { after, .. } => *after < through,
+            _ => true,
+        });
+        if appends.events.is_empty()
+            && lone_state.is_empty()
+            && !reads_need_acks
+            && !retrying
+            && !self.store.evicting()
+        {
+            self.deferred_acks.defer(acks, Instant::now());
+            acks = Vec::new();
+        } else {
+            acks.splice(0..0, self.deferred_acks.take());
         }
         let (held, failed) = self.commit(appends, acks, lone_state);
         if let Some(e) = &failed {
@@ -452,13 +488,23 @@ impl Outbox {
                     batches,
                     max_events,
                     max_bytes,
+                    wait,
                     reply,
-                } => {
-                    let batch = self
-                        .store
-                        .fetch_batches(after, batches, max_events, max_bytes);
-                    let _ = reply.send(batch.map_err(|e| self.failed(e)));
-                }
+                } => match self
+                    .store
+                    .fetch_batches(after, batches, max_events, max_bytes)
+                {
+                    Ok(b) if b.is_empty() && wait => self.park_fetch(WaitingFetch {
+                        after,
+                        batches,
+                        max_events,
+                        max_bytes,
+                        reply,
+                    }),
+                    batch => {
+                        let _ = reply.send(batch.map_err(|e| self.failed(e)));
+                    }
+                },
                 Request::Stats { reply } => {
                     let stats = self.store.stats().unwrap_or_default();
                     let checking = self.check.is_some();
@@ -624,6 +670,14 @@ mod handle;
 #[path = "appends.rs"]
 mod appends;
 use appends::Appends;
+
+#[path = "idle.rs"]
+mod idle;
+use idle::DeferredAcks;
+
+#[path = "waiting.rs"]
+mod waiting;
+use waiting::WaitingFetch;
 
 #[cfg(test)]
 #[path = "run_tests.rs"]

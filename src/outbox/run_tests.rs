@@ -221,3 +221,101 @@ async fn stats_say_when_the_opens_integrity_check_is_done() {
     drop(handle);
     thread.join().unwrap();
 }
+
+/// The committed watermark, read by another connection (what a crash would leave).
+fn file_watermark(path: &std::path::Path) -> u64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'acked'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as u64
+}
+
+#[tokio::test]
+async fn a_waiting_fetch_is_answered_by_the_commit_that_brings_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin {
+        store: "s".into(),
+        gateway: "g".into(),
+    };
+    let (outbox, handle) = Outbox::open(&config(dir.path()), origin).unwrap();
+    let thread = outbox.spawn().unwrap();
+    assert!(
+        handle
+            .fetch_batches(0, 4, 100, 1 << 20)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a plain fetch answers empty at once"
+    );
+    let waiting = {
+        let h = handle.clone();
+        tokio::spawn(async move { h.next_batches(0, 4, 100, 1 << 20).await })
+    };
+    // A waiting fetch given up (the uplink's connection dropped) is forgotten, not answered.
+    let given_up = {
+        let h = handle.clone();
+        tokio::spawn(async move { h.next_batches(0, 4, 100, 1 << 20).await })
+    };
+    given_up.abort();
+    // Queued behind both fetches: they are parked by the time the append is served.
+    let seq = handle.append(scan("a")).await.unwrap();
+    let batches = waiting.await.unwrap().unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!((batches[0].first, batches[0].last), (seq, seq));
+    drop(handle);
+    thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_lone_ack_is_committed_with_the_next_append_or_alone_after_the_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let origin = Origin {
+        store: "s".into(),
+        gateway: "g".into(),
+    };
+    let (outbox, handle) = Outbox::open(&config, origin).unwrap();
+    let thread = outbox.spawn().unwrap();
+    let first = handle.append(scan("a")).await.unwrap();
+    let b = handle.fetch_after(0, 100, 1 << 20).await.unwrap().unwrap();
+    handle.ack(b.first, b.last).await.unwrap();
+    // The next append's commit carries the acknowledgement queued before it.
+    let second = handle.append(scan("b")).await.unwrap();
+    assert_eq!(file_watermark(&config.path), first);
+    // A read of the totals sees an acknowledgement applied at once.
+    handle.ack(second, second).await.unwrap();
+    assert_eq!(handle.stats().await.unwrap().depth, 0);
+    assert_eq!(file_watermark(&config.path), second);
+    // Alone, with nothing after it: committed once it has waited ACK_LINGER.
+    let third = handle.append(scan("c")).await.unwrap();
+    handle.ack(third, third).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while file_watermark(&config.path) != third {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lone acknowledgement was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(handle);
+    thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn acknowledgements_still_deferred_at_shutdown_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let origin = Origin {
+        store: "s".into(),
+        gateway: "g".into(),
+    };
+    let (outbox, handle) = Outbox::open(&config, origin).unwrap();
+    let thread = outbox.spawn().unwrap();
+    let seq = handle.append(scan("a")).await.unwrap();
+    handle.ack(seq, seq).await.unwrap();
+    drop(handle);
+    thread.join().unwrap();
+    assert_eq!(file_watermark(&config.path), seq);
+}

@@ -222,17 +222,29 @@ impl Store {
         self.retained
     }
 
+    /// How many dead (acknowledged) seqs are due for removal: past the replay window, not yet
+    /// removed.
+    pub fn dead_rows(&self) -> u64 {
+        let limit = self.reclaim_limit();
+        limit - self.reclaimed.min(limit)
+    }
+
+    /// The test hook (`PHYGATE_TEST_ABORT_BEFORE_RECLAIM`, debug builds) is set and this run
+    /// has committed an acknowledgement.
+    fn abort_hook_armed(&self) -> bool {
+        self.abort_before_reclaim && self.acked > self.acked_at_open
+    }
+
     /// So many dead rows wait that they are removed even while the outbox is busy.
     pub fn reclaim_overdue(&self) -> bool {
         // Under the test hook, at once: the process then dies right after the first
         // acknowledgement's commit, in the middle of a drain, with rows still unacknowledged.
-        let threshold = if self.abort_before_reclaim {
+        let threshold = if self.abort_hook_armed() {
             0
         } else {
             RECLAIM_OVERDUE
         };
-        let limit = self.reclaim_limit();
-        limit - self.reclaimed.min(limit) > threshold
+        self.dead_rows() > threshold
     }
 
     /// Removes the next range of dead rows the replay window lets go, at most [`RECLAIM_STEP`]
@@ -253,7 +265,7 @@ impl Store {
         if self.reclaimed >= limit {
             return Ok(0);
         }
-        if self.abort_before_reclaim {
+        if self.abort_hook_armed() {
             // Test hook: dies as a SIGKILL would, after the watermark's commit and before the
             // range delete (tests/watermark.rs).
             std::process::abort();

@@ -216,8 +216,10 @@ impl Uplink {
                     break;
                 };
                 if !self.publish_batch(batch) {
-                    // Not queued: read again from the last batch queued, in order.
+                    // Not queued: read again from the last batch queued, in order (a read
+                    // under way starts after what is dropped here: dropped with it).
                     ready.clear();
+                    fetch = None;
                     break;
                 }
             }
@@ -229,13 +231,16 @@ impl Uplink {
                 _ => None,
             };
             // Every free slot in one request: a round trip to the outbox thread per batch made
-            // the drain wait on that thread's wake-ups.
+            // the drain wait on that thread's wake-ups. The request waits at the outbox when
+            // there is nothing to read yet, and is answered by the commit that brings rows
+            // (`outbox/waiting.rs`): no wake-up of this task per commit, and none of the
+            // outbox thread to read what it just wrote.
             if let Some((after, room)) = wanted {
                 self.committed.borrow_and_update();
                 let h = self.outbox.clone();
                 let (n, b) = (self.settings.batch_max_events, self.batch_bytes());
                 fetch = Some(Box::pin(
-                    async move { h.fetch_batches(after, room, n, b).await },
+                    async move { h.next_batches(after, room, n, b).await },
                 ));
             }
             tokio::select! {
@@ -245,6 +250,7 @@ impl Uplink {
                 },
                 // Cancel-safe: a plain timer, rebuilt from `retry_at` each turn.
                 _ = tokio::time::sleep_until(retry_wait.unwrap_or_else(tokio::time::Instant::now)), if retry_wait.is_some() => {}
+                // Cancel-safe: a dropped fetch is a dropped read; the rows are read again.
                 batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
                     fetch = None;
                     match batch {

@@ -168,7 +168,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     let start = Instant::now();
     let mut sim = start_sim(&args, &dir, &brokers)?;
-    let mut meters = Meters::new(args.consumers);
+    let mut meters = Meters::new(args.consumers, pg.as_ref().and_then(|p| p.pid()));
     let mut faults = Faults::new(&args);
     let status = loop {
         if let Some(status) = sim.try_wait()? {
@@ -184,6 +184,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         meters.sample(&sim, &consumers, &broker);
         std::thread::sleep(Duration::from_millis(500));
     };
+    // What each process of HQ's side used while the fleet ran: the figures that say which
+    // one limits the rate (after it, HQ has the machine to itself).
+    meters.sample_hq(&consumers, &broker);
+    let while_sim = (start.elapsed(), meters.cpu_by_process());
     let mut out = String::new();
     sim.stdout.take().expect("piped").read_to_string(&mut out)?;
     anyhow::ensure!(
@@ -229,6 +233,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         &engines,
         &meters,
         elapsed,
+        &while_sim,
         settled,
         spread.as_ref(),
     );
@@ -359,15 +364,29 @@ struct Meters {
     /// One per broker process (mosquitto, or each NATS node), by name.
     brokers: Vec<(String, Meter)>,
     consumers: Vec<Meter>,
+    /// PostgreSQL's postmaster and backends, when the consumers share one.
+    postgres: Option<Meter>,
+    postgres_pid: Option<u32>,
 }
 
 impl Meters {
-    fn new(consumers: usize) -> Meters {
+    fn new(consumers: usize, postgres_pid: Option<u32>) -> Meters {
         Meters {
             sim: Meter::default(),
             brokers: Vec::new(),
             consumers: (0..consumers).map(|_| Meter::default()).collect(),
+            postgres: postgres_pid.map(|_| Meter::default()),
+            postgres_pid,
         }
+    }
+
+    /// The CPU time of each process of HQ's side so far, by name.
+    fn cpu_by_process(&self) -> Vec<(String, Duration)> {
+        let brokers = self.brokers.iter().map(|(n, m)| (n.clone(), m.cpu()));
+        let consumers = (self.consumers.iter().enumerate())
+            .map(|(k, m)| (format!("phygate-hq#{}", k + 1), m.cpu()));
+        let postgres = (self.postgres.iter()).map(|m| ("postgres".to_owned(), m.cpu()));
+        brokers.chain(consumers).chain(postgres).collect()
     }
 
     fn sample(&mut self, sim: &Child, consumers: &[Consumer], broker: &Brokers) {
@@ -388,6 +407,9 @@ impl Meters {
         }
         for (m, c) in self.consumers.iter_mut().zip(consumers) {
             m.sample(c.pid());
+        }
+        if let Some(m) = &mut self.postgres {
+            m.sample_tree(self.postgres_pid);
         }
     }
 }
@@ -521,6 +543,7 @@ fn print_report(
     engines: &Engines,
     meters: &Meters,
     elapsed: Duration,
+    while_sim: &(Duration, Vec<(String, Duration)>),
     settled: Option<Duration>,
     spread: Option<&Spread>,
 ) {
@@ -558,11 +581,14 @@ fn print_report(
         );
     }
     println!(
-        "process fleet-sim: cpu {:.1} s ({:.0} % of a core), rss peak {} MB, threads {}",
+        "process fleet-sim: cpu {:.1} s ({:.0} % of a core), rss peak {} MB, threads {}; \
+         generating: {:.0} % of a core, {:.0} µs of CPU per event",
         r.cpu_s,
         100.0 * r.cpu_s / elapsed.as_secs_f64().max(0.001),
         r.peak_rss_kib / 1024,
-        r.threads
+        r.threads,
+        100.0 * r.generate_cpu_s / r.generate_s.max(0.001),
+        1e6 * r.generate_cpu_s / (r.appended.max(1) as f64)
     );
     for (name, m) in &meters.brokers {
         println!("process {name}: {}", m.line(elapsed));
@@ -570,6 +596,22 @@ fn print_report(
     for (k, m) in meters.consumers.iter().enumerate() {
         println!("process phygate-hq#{}: {}", k + 1, m.line(elapsed));
     }
+    if let Some(m) = &meters.postgres {
+        println!("process postgres (and its backends): {}", m.line(elapsed));
+    }
+    let (ran, cpu) = while_sim;
+    let shares: Vec<String> = cpu
+        .iter()
+        .map(|(name, c)| {
+            let share = 100.0 * c.as_secs_f64() / ran.as_secs_f64().max(0.001);
+            format!("{name} {share:.0} %")
+        })
+        .collect();
+    println!(
+        "while the fleet ran ({:.0} s; the simulator's own figure above): {} of a core",
+        ran.as_secs_f64(),
+        shares.join(", ")
+    );
     let mut own = Meter::default();
     own.sample(Some(std::process::id()));
     println!("process fleet-bench (engines): {}", own.line(elapsed));

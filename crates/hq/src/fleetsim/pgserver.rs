@@ -80,6 +80,11 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// The postmaster's pid, while the server runs (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::procstat::{usage, Usage};
+use super::procstat::{tree_usage, usage, Usage};
 
 /// The environment variable the consumers read the engines' API key from (never the command
 /// line: `ps` shows it).
@@ -141,6 +141,15 @@ pub struct Meter {
 impl Meter {
     /// Samples the role's process `pid` now; a new pid starts a new process's count.
     pub fn sample(&mut self, pid: Option<u32>) {
+        self.sample_with(pid, usage);
+    }
+
+    /// As [`Meter::sample`], counting `pid`'s direct children with it (PostgreSQL's backends).
+    pub fn sample_tree(&mut self, pid: Option<u32>) {
+        self.sample_with(pid, tree_usage);
+    }
+
+    fn sample_with(&mut self, pid: Option<u32>, usage: impl Fn(u32) -> Option<Usage>) {
         if pid != self.pid {
             self.past_cpu += self.last.cpu;
             self.last = Usage::default();

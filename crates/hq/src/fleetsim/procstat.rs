@@ -39,6 +39,41 @@ pub fn status_field(pid: u32, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// The usage of `pid` and its direct children together (PostgreSQL: the postmaster and its
+/// backends, one per connection). CPU and memory are summed; a child that has exited since
+/// the last sample takes its CPU time with it, so this is a floor.
+pub fn tree_usage(pid: u32) -> Option<Usage> {
+    let mut total = usage(pid)?;
+    for child in children(pid) {
+        if let Some(u) = usage(child) {
+            total.cpu += u.cpu;
+            total.rss_kib += u.rss_kib;
+            total.peak_kib += u.peak_kib;
+            total.threads += u.threads;
+        }
+    }
+    Some(total)
+}
+
+/// The pids whose parent is `pid` (field 4 of `/proc/<pid>/stat`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +88,24 @@ mod tests {
         assert!(u.cpu >= Duration::from_millis(10), "{u:?}");
         assert!(u.rss_kib > 0 && u.peak_kib >= u.rss_kib, "{u:?}");
         assert!(u.threads >= 1);
+    }
+
+    #[test]
+    fn a_tree_counts_the_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let own = std::process::id();
+        let found = children(own);
+        let tree = tree_usage(own).unwrap();
+        let child_threads = usage(child.id()).map_or(0, |u| u.threads);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(
+            child_threads >= 1 && tree.threads > child_threads,
+            "{tree:?}"
+        );
     }
 }

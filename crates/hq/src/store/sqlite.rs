@@ -387,13 +387,15 @@ impl SinkLedger for SqliteStore {
     }
 
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        // No `LIMIT ?`: SQLite re-prepares a statement whose LIMIT is a bound parameter at
+        // every run; rows are stepped lazily, so taking `limit` of them reads no more.
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT n, body FROM events WHERE n > ?1 ORDER BY n LIMIT ?2")?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            .prepare_cached("SELECT n, body FROM events WHERE n > ?1 ORDER BY n")?;
+        let rows = stmt.query_map([after as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows.take(limit).collect::<Result<_, _>>()?)
     }
 
     fn last_n(&mut self) -> Result<u64, StoreError> {
