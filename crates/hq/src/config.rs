@@ -15,6 +15,11 @@
 //! keepalive = "30s"
 //! receive_maximum = 2048       # unacknowledged messages the broker may send us at once
 //! max_packet_bytes = 16777216
+//! # ca_file = "/etc/phygate/broker-ca.pem"   # TLS: the CA of the broker's certificate
+//! # cert_file = "/etc/phygate/hq.pem"        # a client certificate, with its key
+//! # key_file = "/etc/phygate/hq.key"
+//! # username = "hq"
+//! # password_file = "/etc/phygate/mqtt.password"   # or password_env = "PHYGATE_HQ_MQTT_PASSWORD"
 //!
 //! [store]
 //! kind = "sqlite"              # the default; or "postgres" (below)
@@ -49,6 +54,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::input::{Input, RawInput};
+use crate::mqtt_security::{RawSecurity, Security};
 use crate::sink::config::{RawSink, Secret, SinkConfig};
 use crate::store::sqlite::Synchronous;
 
@@ -82,6 +88,8 @@ pub struct MqttConfig {
     pub keepalive: Duration,
     pub receive_maximum: u16,
     pub max_packet_bytes: u32,
+    /// TLS and login, also used by the repairer's replay requests ([`crate::repair`]).
+    pub security: Security,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +159,12 @@ struct RawMqtt {
     receive_maximum: u16,
     #[serde(default = "default_max_packet")]
     max_packet_bytes: u32,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -240,7 +254,8 @@ impl Config {
         };
         let raw: Raw = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         let mut problems = Vec::new();
-        let mqtt = raw.mqtt.map(|m| mqtt(m, &mut problems));
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mqtt = raw.mqtt.map(|m| mqtt(m, base, &mut problems));
         let input = crate::input::validate(raw.input, mqtt, &mut problems);
         let status = match raw.status {
             None => None,
@@ -255,7 +270,6 @@ impl Config {
                 }
             },
         };
-        let base = path.parent().unwrap_or(Path::new("."));
         let store = validate_store(raw.store, base, &mut problems);
         let sinks = crate::sink::config::validate(raw.sink, base, &mut problems);
         let repair = crate::repair::config::validate(
@@ -367,7 +381,7 @@ fn validate_store(raw: RawStore, base: &Path, problems: &mut Vec<String>) -> Sto
 }
 
 /// Checks `[mqtt]`, pushing what is wrong onto `problems`.
-fn mqtt(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
+fn mqtt(m: RawMqtt, base: &Path, problems: &mut Vec<String>) -> MqttConfig {
     if m.group.is_empty() || m.group.contains(['/', '+', '#']) {
         problems.push(format!(
             "mqtt.group {:?}: must be non-empty, without '/', '+' or '#'",
@@ -395,6 +409,15 @@ fn mqtt(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
     if m.receive_maximum == 0 {
         problems.push("mqtt.receive_maximum: at least 1".into());
     }
+    let security = RawSecurity {
+        ca_file: m.ca_file,
+        cert_file: m.cert_file,
+        key_file: m.key_file,
+        username: m.username,
+        password_file: m.password_file,
+        password_env: m.password_env,
+    }
+    .validate(base, "mqtt", problems);
     MqttConfig {
         host: m.host,
         port: m.port,
@@ -404,6 +427,7 @@ fn mqtt(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         keepalive: m.keepalive,
         receive_maximum: m.receive_maximum,
         max_packet_bytes: m.max_packet_bytes,
+        security,
     }
 }
 
@@ -530,5 +554,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("anonymous is the webhook's choice"), "{e}");
+    }
+
+    #[test]
+    fn the_mqtt_login_reaches_the_consumer_and_the_repairer_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.path().join("mqtt.password"), "s3cret\n").unwrap();
+        let text =
+            "[mqtt]\nca_file = \"ca.pem\"\nusername = \"hq\"\npassword_file = \"mqtt.password\"\n\
+                    [repair]\nbroker = \"commands.example:8883\"\n";
+        let c = Config::parse(text, &dir.path().join("hq.toml")).unwrap();
+        let Input::Mqtt(m) = &c.input else {
+            panic!("MQTT is the default input")
+        };
+        assert_eq!(m.security.password.as_ref().unwrap().0, "s3cret");
+        assert_eq!(m.security.ca, Some(dir.path().join("ca.pem")));
+        let repair = c.repair.as_ref().unwrap();
+        assert_eq!(repair.broker, "commands.example:8883");
+        assert_eq!(repair.security.username.as_deref(), Some("hq"));
+        assert!(
+            !format!("{c:#?}").contains("s3cret"),
+            "check-config would print it"
+        );
+        let e = parse("[mqtt]\ncert_file = \"hq.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.cert_file"), "{e}");
+        assert!(e.contains("cert_file and key_file go together"), "{e}");
     }
 }

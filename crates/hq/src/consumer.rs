@@ -62,7 +62,7 @@ impl Consumer {
         writer: flume::Sender<Delivery>,
         connected: Arc<AtomicBool>,
         shutdown: watch::Receiver<bool>,
-    ) -> Consumer {
+    ) -> anyhow::Result<Consumer> {
         let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
         o.set_keep_alive(m.keepalive);
         o.set_clean_start(false);
@@ -70,9 +70,10 @@ impl Consumer {
         o.set_receive_maximum(Some(m.receive_maximum));
         o.set_max_packet_size(Some(m.max_packet_bytes));
         o.set_manual_acks(true);
+        m.security.apply_v5(&mut o)?;
         // Requests: the PUBACKs, at most one per message in flight, and the subscription.
         let (client, eventloop) = AsyncClient::new(o, m.receive_maximum as usize + 8);
-        Consumer {
+        Ok(Consumer {
             client,
             eventloop,
             filter: phygate_proto::topic::shared_events(&m.group),
@@ -82,7 +83,7 @@ impl Consumer {
             backoff: ReconnectBackoff::new(BACKOFF_MIN, BACKOFF_MAX),
             shutdown,
             connected,
-        }
+        })
     }
 
     pub async fn run(mut self) {

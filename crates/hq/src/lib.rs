@@ -13,6 +13,7 @@
 //! - [`consumer`]: the MQTT 5 session (persistent, shared subscription, manual acks).
 //! - [`jetstream`]: or a NATS JetStream stream and its one durable pull consumer shared by
 //!   every worker, acked after commit.
+//! - [`mqtt_security`]: TLS, client certificate and login for every MQTT connection HQ makes.
 //! - [`ingest`]: a message → checked events (or parked ones, with the reason). Pure.
 //! - [`writer`]: the journey store's only owner; group commits, then settles each message.
 //! - [`seq`]: per gateway `seq` accounting: holes, announced evictions, losses. Pure.
@@ -42,6 +43,7 @@ pub mod input;
 pub mod jetstream;
 pub mod journey;
 pub mod metrics;
+pub mod mqtt_security;
 pub mod repair;
 pub mod run;
 pub mod seq;

@@ -40,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(r) => {
             let (repairer, requests) =
                 crate::repair::Repairer::new(r.clone(), stats.clone(), stopped.clone());
-            info!(broker = %r.broker, after_ms = r.rule.after_ms, "replay requests on");
+            info!(broker = %r.broker, security = %r.security.describe(), after_ms = r.rule.after_ms, "replay requests on");
             (Some(repairer), Some((r.rule, requests)))
         }
         None => (None, None),
@@ -73,7 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
     let consumer = match &config.input {
-        Input::Mqtt(m) => tokio::spawn(Consumer::new(m, tx, connected, stopped.clone()).run()),
+        Input::Mqtt(m) => {
+            info!(broker = %format!("{}:{}", m.host, m.port), security = %m.security.describe(), "MQTT input");
+            let consumer = Consumer::new(m, tx, connected, stopped.clone())
+                .context("setting up the MQTT input's connection")?;
+            tokio::spawn(consumer.run())
+        }
         Input::JetStream(j) => {
             tokio::spawn(JetStreamInput::new(j, tx, connected, stopped.clone()).run())
         }

@@ -4,12 +4,14 @@
 //! is an error the engineer sees, and every control is safe to run again.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::time::Instant;
+
+pub use crate::mqtt_security::Security;
+use crate::sink::config::Secret;
 
 /// How long the broker gets to accept the connection, a subscription or a publish.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,41 +35,6 @@ pub fn split_broker(broker: &str) -> anyhow::Result<(String, u16)> {
     }
 }
 
-/// TLS and credentials for the broker connection.
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    /// The CA of the broker's certificate: TLS when set.
-    pub ca: Option<PathBuf>,
-    /// A client certificate and its key (PEM files).
-    pub client: Option<(PathBuf, PathBuf)>,
-    /// The password is read from `PHYGATE_HQ_MQTT_PASSWORD`: a secret on the command line
-    /// would be in every `ps` listing and shell history.
-    pub username: Option<String>,
-}
-
-impl Security {
-    fn apply(&self, options: &mut MqttOptions) -> anyhow::Result<()> {
-        if let Some(user) = &self.username {
-            let password = std::env::var("PHYGATE_HQ_MQTT_PASSWORD").unwrap_or_default();
-            options.set_credentials(user, password);
-        }
-        let Some(ca) = &self.ca else {
-            return Ok(());
-        };
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let client = match &self.client {
-            Some((cert, key)) => Some((read(cert)?, read(key)?)),
-            None => None,
-        };
-        // rumqttc's rustls needs a process-wide provider: ring, as the gateway uses (a second
-        // install is refused harmlessly).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        options.set_transport(rumqttc::Transport::tls(read(ca)?, client, None));
-        Ok(())
-    }
-}
-
 impl Link {
     /// Connects to the control target's broker and waits for the CONNACK.
     pub async fn to(target: &super::Target) -> anyhow::Result<Link> {
@@ -75,6 +42,13 @@ impl Link {
             ca: target.ca.clone(),
             client: target.cert.clone().zip(target.key.clone()),
             username: target.username.clone(),
+            // From the environment: a secret on the command line would be in every `ps`
+            // listing and shell history.
+            password: target
+                .username
+                .as_ref()
+                .and_then(|_| std::env::var("PHYGATE_HQ_MQTT_PASSWORD").ok())
+                .map(Secret),
         };
         Link::connect(&target.broker, &security).await
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::input::Input;
+use crate::mqtt_security::Security;
 use crate::seq::RepairRule;
 use phygate_proto::downlink::MAX_REPLAY_SEQS;
 
@@ -90,6 +91,9 @@ pub struct RepairConfig {
     pub rule: RepairRule,
     /// `host:port` of the MQTT broker the stores' downlinks subscribe on.
     pub broker: String,
+    /// The `[mqtt]` input's TLS and login, for its broker or the one `broker` names (with a
+    /// JetStream input: plain and anonymous).
+    pub security: Security,
     pub expires: Duration,
 }
 
@@ -148,6 +152,10 @@ pub fn validate(
             max_ranges: r.max_ranges,
         },
         broker,
+        security: match input {
+            Some(Input::Mqtt(m)) => m.security.clone(),
+            _ => Security::default(),
+        },
         expires: r.expires,
     })
 }

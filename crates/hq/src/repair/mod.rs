@@ -18,7 +18,7 @@ use phygate_proto::downlink::CommandMessage;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::control::mqtt::{Link, Security};
+use crate::control::mqtt::Link;
 use crate::ingest::GatewayKey;
 use crate::metrics::Shared;
 pub use config::RepairConfig;
@@ -94,7 +94,7 @@ impl Repairer {
         for attempt in 0..2 {
             let link = match self.link.as_mut() {
                 Some(link) => link,
-                None => match Link::connect(&self.config.broker, &Security::default()).await {
+                None => match Link::connect(&self.config.broker, &self.config.security).await {
                     Ok(link) => self.link.insert(link),
                     Err(e) => {
                         warn!(error = %e, broker = %self.config.broker, "cannot reach the broker for replay requests; the holes are asked for again later");
