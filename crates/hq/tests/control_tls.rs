@@ -1,27 +1,14 @@
 //! The fleet controls over TLS with a client certificate, on a real mosquitto whose TLS
-//! listener requires one (certificates made here with rcgen). The plain loopback listener of
+//! listener requires one (certificates from `common::certs`, made with rcgen). The plain loopback listener of
 //! the same broker is the test's own view of what was published.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::certs::TestCa;
 use phygate::sim::broker::{free_port, Mosquitto};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-
-/// A CA in `dir` and a leaf it signs; returns (ca, cert, key) paths.
-fn issue(dir: &Path, ca: &CertifiedIssuer<'static, KeyPair>, cn: &str) -> (PathBuf, PathBuf) {
-    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    let (c, k) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
 
 fn retained_jwks(port: u16) -> Option<String> {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -40,17 +27,10 @@ fn retained_jwks(port: u16) -> Option<String> {
 #[test]
 fn keys_rotate_publishes_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "hq test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let (broker_cert, broker_key) = issue(dir.path(), &ca, "broker");
-    let (hq_cert, hq_key) = issue(dir.path(), &ca, "hq-engineer");
+    let ca = TestCa::new(dir.path());
+    let ca_file = ca.file.clone();
+    let (broker_cert, broker_key) = ca.issue("broker");
+    let (hq_cert, hq_key) = ca.issue("hq-engineer");
     let tls_port = free_port().unwrap();
     let broker = Mosquitto::start_with(
         &dir.path().join("broker"),

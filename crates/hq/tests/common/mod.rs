@@ -1,9 +1,10 @@
 //! Real parts only: a real mosquitto on a free port (the gateway's test broker), the gateway's
 //! own outbox and uplink publishing to it in-process, and the built `phygate-hq` binary as a
 //! child process with its config and SQLite journey store in a temp dir. [`pg`] starts a real
-//! PostgreSQL, [`webhook`] a webhook receiver that checks signatures and counts repeats.
+//! PostgreSQL, [`certs`] a CA and the certificates it signs, [`webhook`] a webhook receiver that checks signatures and counts repeats.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod pg;
 pub mod webhook;
 
@@ -73,6 +74,13 @@ impl Hq {
     /// Starts HQ with `input` (its `[input]` and/or `[mqtt]` tables), the loss grace, a status
     /// endpoint and `tables` (`[store]`, `[[sink]]`), and waits until it consumes.
     pub fn start_input(dir: &Path, input: &str, grace: &str, tables: &str) -> Hq {
+        let mut hq = Hq::configure(dir, input, grace, tables);
+        hq.restart();
+        hq
+    }
+
+    /// Writes the config as [`Hq::start_input`] does, and starts nothing.
+    pub fn configure(dir: &Path, input: &str, grace: &str, tables: &str) -> Hq {
         std::fs::create_dir_all(dir).unwrap();
         let status_port = free_port().unwrap();
         let config = dir.join("hq.toml");
@@ -83,24 +91,31 @@ impl Hq {
             ),
         )
         .unwrap();
-        let mut hq = Hq {
+        Hq {
             child: None,
             dir: dir.to_owned(),
             config,
             status_port,
-        };
-        hq.restart();
-        hq
+        }
     }
 
+    /// Starts the process and waits until it is ready to take messages.
     pub fn restart(&mut self) {
+        let before = self.ready_marks();
+        self.spawn();
+        wait_for(Duration::from_secs(20), "HQ subscribed", || {
+            self.ready_marks() > before
+        });
+    }
+
+    /// Starts the process, without waiting for anything.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let before = self.ready_marks();
         self.child = Some(
             Command::new(env!("CARGO_BIN_EXE_phygate-hq"))
                 .args(["run", "--config"])
@@ -112,9 +127,6 @@ impl Hq {
                 .spawn()
                 .unwrap(),
         );
-        wait_for(Duration::from_secs(20), "HQ subscribed", || {
-            self.ready_marks() > before
-        });
     }
 
     /// How often the log says HQ is ready to take messages: subscribed on a new session, the
