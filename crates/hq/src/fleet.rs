@@ -31,6 +31,8 @@ pub struct Source {
     /// `host:port` of the MQTT broker the stores publish their retained statuses to; `None`
     /// with the JetStream input and no `[mqtt]` (the view then shows the journey store alone).
     pub broker: Option<String>,
+    /// The `[mqtt]` input's TLS and login, for that broker.
+    pub security: crate::mqtt_security::Security,
     /// The SQLite journey store; `None` with PostgreSQL, which this view does not read yet
     /// (it then shows the broker's statuses alone).
     pub store_path: Option<PathBuf>,
@@ -43,6 +45,10 @@ impl Source {
             broker: match &config.input {
                 crate::input::Input::Mqtt(m) => Some(format!("{}:{}", m.host, m.port)),
                 crate::input::Input::JetStream(_) => None,
+            },
+            security: match &config.input {
+                crate::input::Input::Mqtt(m) => m.security.clone(),
+                crate::input::Input::JetStream(_) => Default::default(),
             },
             store_path: match &config.store.backend {
                 crate::config::StoreBackend::Sqlite { path, .. } => Some(path.clone()),
@@ -88,7 +94,7 @@ pub async fn view(source: &Source) -> anyhow::Result<Vec<StoreRow>> {
     let mut rows: BTreeMap<(String, String), StoreRow> = BTreeMap::new();
     let mut statuses = Vec::new();
     if let Some(broker) = &source.broker {
-        let mut link = Link::connect(broker, &Default::default()).await?;
+        let mut link = Link::connect(broker, &source.security).await?;
         statuses = link
             .retained(
                 &format!("{}/+/+/status", phygate_proto::topic::ROOT),

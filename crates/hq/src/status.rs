@@ -57,6 +57,7 @@ async fn fleet_series(fleet: &crate::fleet::Source) -> String {
     }
     let statuses_only = crate::fleet::Source {
         broker: fleet.broker.clone(),
+        security: fleet.security.clone(),
         store_path: None,
     };
     match crate::fleet::view(&statuses_only).await {

@@ -1,7 +1,8 @@
 //! phygate-hq consuming from a broker that lets no one in anonymously: a real mosquitto whose
 //! TLS listener requires a client certificate signed by the test CA and a username and
 //! password from its password_file. The gateway publishes on the same broker's plain loopback
-//! listener (anonymous there: `per_listener_settings`), so only HQ's side is under test.
+//! listener (anonymous there: `per_listener_settings`), so only HQ's side is under test: the
+//! consumer, and `stores` through the controls' MQTT link (the repairer's link too).
 
 mod common;
 
@@ -82,6 +83,11 @@ async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
         hq.stored("s1", "gw1").len() as u64 == last
     });
     assert!(hq.stored("s1", "gw1").values().all(|&n| n == 1));
+    // `stores` reads the retained statuses through the same TLS listener and login.
+    let rows = hq.query(&["stores", "--json"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["store"], "s1");
+    assert_eq!(rows[0]["status"], "online", "{rows:?}");
 
     // A wrong password: the broker's refusal is in HQ's log, and HQ keeps trying.
     let wrong_dir = dir.path().join("hq-wrong");
