@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,12 +29,13 @@ fn tls_input(tls_port: u16, ca: &TestCa, client_id: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+/// A mosquitto with an anonymous plain listener (`Mosquitto::port`) and a TLS listener (the
+/// returned port) that wants a client certificate of the returned CA and the login `hq` /
+/// `s3cret`.
+fn secured_broker(dir: &Path) -> (Mosquitto, u16, TestCa) {
+    let ca = TestCa::new(dir);
     let (broker_cert, broker_key) = ca.issue("broker");
-    let passwords = dir.path().join("mosquitto.passwd");
+    let passwords = dir.join("mosquitto.passwd");
     let made = Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
         .arg(&passwords)
@@ -44,7 +46,7 @@ async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
     let tls_port = free_port().unwrap();
     // The plain listener (the first, from `start_with`) stays anonymous for the gateway.
     let broker = Mosquitto::start_with(
-        &dir.path().join("broker"),
+        &dir.join("broker"),
         &format!(
             "per_listener_settings true\nallow_anonymous true\n\
              listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
@@ -57,13 +59,26 @@ async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
     )
     .expect("mosquitto");
 
+    (broker, tls_port, ca)
+}
+
+/// HQ's config dir under `dir` with `password` in its `mqtt.password`.
+fn hq_dir(dir: &Path, name: &str, password: &str) -> PathBuf {
+    let hq_dir = dir.join(name);
+    std::fs::create_dir_all(&hq_dir).unwrap();
+    std::fs::write(hq_dir.join("mqtt.password"), format!("{password}\n")).unwrap();
+    hq_dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, tls_port, ca) = secured_broker(dir.path());
+
     // The right certificate and password: HQ subscribes (or `start_input` times out) and
     // stores what the gateway publishes.
-    let hq_dir = dir.path().join("hq");
-    std::fs::create_dir_all(&hq_dir).unwrap();
-    std::fs::write(hq_dir.join("mqtt.password"), "s3cret\n").unwrap();
     let mut hq = Hq::start_input(
-        &hq_dir,
+        &hq_dir(dir.path(), "hq", "s3cret"),
         &tls_input(tls_port, &ca, "hq-auth"),
         "30s",
         "[store]\npath = \"hq.db\"\n",
@@ -90,11 +105,8 @@ async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
     assert_eq!(rows[0]["status"], "online", "{rows:?}");
 
     // A wrong password: the broker's refusal is in HQ's log, and HQ keeps trying.
-    let wrong_dir = dir.path().join("hq-wrong");
-    std::fs::create_dir_all(&wrong_dir).unwrap();
-    std::fs::write(wrong_dir.join("mqtt.password"), "not-it\n").unwrap();
     let mut wrong = Hq::configure(
-        &wrong_dir,
+        &hq_dir(dir.path(), "hq-wrong", "not-it"),
         &tls_input(tls_port, &ca, "hq-wrong"),
         "30s",
         "[store]\npath = \"hq.db\"\n",
@@ -113,4 +125,42 @@ async fn hq_consumes_over_tls_with_a_client_certificate_and_a_password() {
 
     edge.stop_uplink().await;
     assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
+}
+
+/// The repairer asks the store for a hole through the same TLS listener and login: the store
+/// (its link and downlink on the plain listener) answers that it no longer holds the rows, and
+/// HQ declares them lost at once instead of after the ten-minute grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_requests_go_over_tls_with_the_inputs_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, tls_port, ca) = secured_broker(dir.path());
+    let hq = Hq::start_input(
+        &hq_dir(dir.path(), "hq", "s3cret"),
+        &tls_input(tls_port, &ca, "hq-repair"),
+        "10m",
+        "[store]\npath = \"hq.db\"\n[repair]\nafter = \"1s\"\nretry = \"3s\"\n",
+    );
+    let mut edge = Edge::open_window(&dir.path().join("s1"), "s1", broker.port, "0s");
+    for _ in 0..10 {
+        edge.append(scan(40)).await;
+    }
+    edge.delete_behind_its_back(&[4, 5]);
+    edge.start_answering();
+    wait_for(WAIT, "the store's answer declared 4..=5 lost", || {
+        hq.query(&["losses"])
+            .iter()
+            .any(|g| g["store"] == "s1" && g["lost"] == 2)
+    });
+    assert!(
+        hq.metric("phygate_hq_replays_requested_total") >= 1,
+        "{}",
+        hq.metrics()
+    );
+    assert!(
+        hq.log()
+            .contains("the gateway answered it no longer holds them"),
+        "{}",
+        hq.log()
+    );
+    edge.stop_uplink().await;
 }
