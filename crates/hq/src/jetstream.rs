@@ -138,8 +138,12 @@ impl JetStreamInput {
                 // Cancel-safe: the pull stream keeps what it has buffered.
                 next = messages.next() => match next {
                     Some(Ok(message)) => self.deliver(message).await,
-                    // Missed heartbeats and the like while a node dies: the stream asks again.
-                    Some(Err(e)) => debug!(error = %e, "pull interrupted"),
+                    // Missed heartbeats, a leadership change while a node dies: the pull is
+                    // made anew on the consumer's current leader instead of trusting the old
+                    // stream to ask again (a CI run saw both workers store nothing more after
+                    // a node kill). Nothing is lost: unacked messages come back after ack_wait,
+                    // and what the writer holds is still acked as it settles.
+                    Some(Err(e)) => return Ended::Failed(format!("pull interrupted: {e}")),
                     None => return Ended::Failed("the pull stream ended".into()),
                 },
                 // Cancel-safe: an unfinished future stays in the set.
