@@ -111,6 +111,11 @@ pub struct Stats {
     pub bytes: u64,
     pub last_seq: u64,
     pub oldest_ms: Option<i64>,
+    /// Every seq at or below this one is acknowledged by the broker.
+    pub acked: u64,
+    /// The lowest seq still in the file (acknowledged rows kept for replay included); `None`
+    /// when it is empty.
+    pub held_from: Option<u64>,
     /// The open's full integrity check is still reading the file (on its own thread).
     pub checking: bool,
 }
@@ -279,11 +284,18 @@ impl Store {
             .prepare_cached("SELECT created_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1")?
             .query_row([self.acked as i64], |r| r.get(0))
             .optional()?;
+        // The primary key's first entry: one b-tree descent.
+        let held_from: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(seq) FROM outbox")?
+            .query_row([], |r| r.get(0))?;
         Ok(Stats {
             depth: self.depth,
             bytes: self.bytes,
             last_seq: self.last_seq,
             oldest_ms,
+            acked: self.acked,
+            held_from: held_from.map(|s| s as u64),
             checking: false,
         })
     }

@@ -13,11 +13,19 @@
 //! at every [`CHECK_EVERY`] and sent only when a device enters or leaves an error state or a
 //! backlog appears or clears, and, while a backlog lasts, again every [`BACKLOG_REFRESH`]
 //! (its `oldest` time moves as it drains; its age grows at HQ without any message).
+//!
+//! The `seq` report ([`SeqReport`]: acknowledged through, held from) tells HQ the numbers it
+//! cannot see missing on its own: those after the last event it received, when a store goes
+//! quiet after a broker lost its last events. So it goes out when the acknowledged `seq` has
+//! stopped moving (one [`CHECK_EVERY`] without a new acknowledgement: the store went quiet),
+//! again once [`SEQ_REPEAT`] later (the first may have been lost with the events it speaks
+//! of), and while the store is busy at most every [`SEQ_REFRESH`] (there, the next events
+//! show HQ any hole).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use phygate_proto::status::{Backlog, DeviceError, KeysReport, MembersReport, Report};
+use phygate_proto::status::{Backlog, DeviceError, KeysReport, MembersReport, Report, SeqReport};
 use tokio::sync::watch;
 
 use crate::outbox::OutboxHandle;
@@ -31,6 +39,10 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 pub const BACKLOG_AFTER: Duration = Duration::from_secs(10);
 /// While a backlog lasts, how often its report is renewed.
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(30);
+/// After a `seq` report, how long before it is sent once more unchanged.
+pub const SEQ_REPEAT: Duration = Duration::from_secs(30);
+/// While acknowledgements keep coming, how often the `seq` report is sent.
+pub const SEQ_REFRESH: Duration = Duration::from_secs(60);
 
 /// The versions applied from HQ, written by whoever applies them (the link: keys and members;
 /// the config applier: configs) and read by the uplink.
@@ -105,6 +117,7 @@ pub struct Reporter {
     /// What triggered the last report: devices (id, state) and whether there was a backlog.
     last_shape: Option<(Vec<(String, String)>, bool)>,
     last_backlog_sent: Option<SystemTime>,
+    seq: SeqPacer,
 }
 
 impl Reporter {
@@ -113,6 +126,7 @@ impl Reporter {
             sources,
             last_shape: None,
             last_backlog_sent: None,
+            seq: SeqPacer::default(),
         }
     }
 
@@ -132,7 +146,8 @@ impl Reporter {
             && self
                 .last_backlog_sent
                 .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= BACKLOG_REFRESH);
-        let due = self.last_shape.as_ref() != Some(&shape) || backlog_due;
+        let seq_due = report.seq.is_some_and(|s| self.seq.due(s.acked, now));
+        let due = self.last_shape.as_ref() != Some(&shape) || backlog_due || seq_due;
         (report, due)
     }
 
@@ -140,6 +155,9 @@ impl Reporter {
     pub fn sent(&mut self, report: &Report, now: SystemTime) {
         self.last_shape = Some(shape(report));
         self.last_backlog_sent = report.backlog.as_ref().map(|_| now);
+        if let Some(s) = report.seq {
+            self.seq.sent(s.acked, now);
+        }
     }
 
     async fn build(&mut self, outbox: &OutboxHandle, now: SystemTime) -> Report {
@@ -157,9 +175,15 @@ impl Reporter {
                 reason: d.reason,
             })
             .collect();
-        let backlog = match outbox.stats().await {
-            Ok(s) => backlog(s.oldest_ms, s.depth, now),
-            Err(_) => None,
+        let (backlog, seq) = match outbox.stats().await {
+            Ok(s) => (
+                backlog(s.oldest_ms, s.depth, now),
+                (s.acked > 0).then_some(SeqReport {
+                    acked: s.acked,
+                    held_from: s.held_from,
+                }),
+            ),
+            Err(_) => (None, None),
         };
         Report {
             config: applied.config,
@@ -167,7 +191,38 @@ impl Reporter {
             members: applied.members,
             devices_in_error,
             backlog,
+            seq,
         }
+    }
+}
+
+/// When the `seq` report is worth a status message of its own (the module's doc).
+#[derive(Debug, Default)]
+struct SeqPacer {
+    /// The acknowledged `seq` at the previous check.
+    previous: Option<u64>,
+    /// The last one sent, and when.
+    sent: Option<(u64, SystemTime)>,
+    /// The last one sent went out twice.
+    repeated: bool,
+}
+
+impl SeqPacer {
+    /// Whether a report of `acked`, checked at `now` (every [`CHECK_EVERY`]), is due.
+    fn due(&mut self, acked: u64, now: SystemTime) -> bool {
+        let quiet = self.previous == Some(acked);
+        self.previous = Some(acked);
+        let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
+        match self.sent {
+            None => quiet,
+            Some((last, at)) if last != acked => quiet || since(at) >= SEQ_REFRESH,
+            Some((_, at)) => !self.repeated && since(at) >= SEQ_REPEAT,
+        }
+    }
+
+    fn sent(&mut self, acked: u64, now: SystemTime) {
+        self.repeated = self.sent.is_some_and(|(last, _)| last == acked);
+        self.sent = Some((acked, now));
     }
 }
 
@@ -236,6 +291,38 @@ mod tests {
         let before = shape(&a);
         a.members.all = 2;
         assert_ne!(before, shape(&a));
+    }
+
+    #[test]
+    fn the_seq_report_goes_when_the_store_goes_quiet_once_more_later_and_rarely_while_busy() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = SeqPacer::default();
+        // Busy: the watermark moves at every check; nothing until SEQ_REFRESH after a report.
+        assert!(!p.due(10, at(0)));
+        assert!(!p.due(20, at(2)));
+        // Quiet: unchanged over one check.
+        assert!(p.due(20, at(4)));
+        p.sent(20, at(4));
+        assert!(!p.due(20, at(6)), "just sent");
+        assert!(p.due(20, at(4 + SEQ_REPEAT.as_secs())), "the repeat");
+        p.sent(20, at(4 + SEQ_REPEAT.as_secs()));
+        assert!(!p.due(20, at(600)), "repeated once only");
+        // Busy again: every SEQ_REFRESH at most.
+        let mut t = 600;
+        let mut sent = 0;
+        for acked in 21..200 {
+            t += CHECK_EVERY.as_secs();
+            if p.due(acked, at(t)) {
+                p.sent(acked, at(t));
+                sent += 1;
+            }
+        }
+        let busy = (200 - 21) * CHECK_EVERY.as_secs();
+        // The first at once (the last report is long past), then one per SEQ_REFRESH.
+        assert_eq!(sent, 1 + busy / SEQ_REFRESH.as_secs(), "over {busy} s");
+        // Quiet once more: due at once, though the last report is recent.
+        assert!(p.due(199, at(t + 2)));
     }
 
     #[test]

@@ -40,7 +40,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct Consumer {
     client: AsyncClient,
     eventloop: EventLoop,
-    filter: String,
+    /// The group's share of every store's events, and of every store's status (for the `seq`
+    /// report it carries: `crate::seq`'s holes at either end of what HQ received).
+    filters: [String; 2],
     writer: flume::Sender<Delivery>,
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: SettleQueue<Publish>,
@@ -76,7 +78,10 @@ impl Consumer {
         Ok(Consumer {
             client,
             eventloop,
-            filter: phygate_proto::topic::shared_events(&m.group),
+            filters: [
+                phygate_proto::topic::shared_events(&m.group),
+                phygate_proto::topic::shared_status(&m.group),
+            ],
             writer,
             pending: SettleQueue::default(),
             unsent_acks: VecDeque::new(),
@@ -121,7 +126,7 @@ impl Consumer {
     async fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Incoming(Packet::ConnAck(c)) => {
-                info!(session_present = c.session_present, filter = %self.filter, "connected to the broker");
+                info!(session_present = c.session_present, filter = %self.filters[0], "connected to the broker");
                 self.backoff.connected();
                 self.connected.store(true, Ordering::Relaxed);
                 self.pending.clear();
@@ -130,8 +135,10 @@ impl Consumer {
                 // the session over its restart but not its shared subscription (the fleet
                 // benchmark's broker restart: session_present=true, then no message). The same
                 // filter again replaces the subscription (MQTT 5 §3.8.4), so it is harmless.
-                if let Err(e) = self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
-                    warn!(error = %e, "could not subscribe");
+                for filter in &self.filters {
+                    if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        warn!(error = %e, %filter, "could not subscribe");
+                    }
                 }
             }
             Event::Incoming(Packet::SubAck(s)) => {

@@ -49,6 +49,36 @@ pub struct Parked {
     pub body: String,
 }
 
+/// A gateway's `seq` report, from its status message ([`phygate_proto::status::SeqReport`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    pub gateway: GatewayKey,
+    pub acked: u64,
+    pub held_from: Option<u64>,
+}
+
+/// The `seq` report of a message on a store's status topic: `Ok(None)` when it carries none
+/// (the Last Will, a gateway older than the report), `Err` with the reason when it does not
+/// read. Not an event: nothing of it is stored or parked.
+pub fn read_status(topic_name: &str, payload: &[u8]) -> Result<Option<Reported>, String> {
+    let (tenant, store) = topic::parse_status(topic_name)
+        .ok_or_else(|| format!("{topic_name:?} is not a store's status topic"))?;
+    let status: phygate_proto::status::Status =
+        serde_json::from_slice(payload).map_err(|e| format!("not a phygate status: {e}"))?;
+    if status.gateway.is_empty() || status.gateway.len() > MAX_GATEWAY_ID {
+        return Err(format!("gateway must be 1-{MAX_GATEWAY_ID} characters"));
+    }
+    Ok(status.report.and_then(|r| r.seq).map(|s| Reported {
+        gateway: GatewayKey {
+            tenant: tenant.to_owned(),
+            store: store.to_owned(),
+            gateway: status.gateway,
+        },
+        acked: s.acked,
+        held_from: s.held_from,
+    }))
+}
+
 /// Reads one message from `topic`. The whole message is parked when it is not a batch from a
 /// store's events topic; otherwise each event is accepted or parked on its own.
 pub fn read_batch(topic_name: &str, payload: &[u8]) -> Vec<Result<Accepted, Parked>> {
@@ -144,6 +174,28 @@ fn check(tenant: &str, store: &str, item: Value) -> Result<Accepted, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_yields_its_seq_report_and_a_last_will_none() {
+        let topic = topic::status("acme", "s1");
+        let online = br#"{"state":"online","gateway":"gw1","version":"0.1.0","since":"2026-12-07T00:00:00.000Z","report":{"seq":{"acked":42,"held_from":7}}}"#;
+        assert_eq!(
+            read_status(&topic, online),
+            Ok(Some(Reported {
+                gateway: GatewayKey {
+                    tenant: "acme".into(),
+                    store: "s1".into(),
+                    gateway: "gw1".into()
+                },
+                acked: 42,
+                held_from: Some(7)
+            }))
+        );
+        let will = br#"{"state":"offline","gateway":"gw1","version":"0.1.0","since":"2026-12-07T00:00:00.000Z"}"#;
+        assert_eq!(read_status(&topic, will), Ok(None));
+        assert!(read_status(&topic, b"[]").is_err());
+        assert!(read_status(&topic::events("acme", "s1"), online).is_err());
+    }
     use serde_json::json;
 
     fn event(seq: u64) -> Value {

@@ -1,8 +1,9 @@
 //! The JetStream input: the fleet's events from a NATS cluster, for HQs whose broker is NATS
 //! (its MQTT listener has no `$share`, so the workers cannot split an MQTT subscription).
 //!
-//! - **The stream** captures `phygate.v1.*.*.events`, the subjects nats-server gives the
-//!   stores' MQTT events topics, with `replicas` copies (3: one node of three may die). It is
+//! - **The stream** captures `phygate.v1.*.*.events` and `phygate.v1.*.*.status`, the subjects
+//!   nats-server gives the stores' MQTT events and status topics (the status for its `seq`
+//!   report, `crate::seq`), with `replicas` copies (3: one node of three may die). It is
 //!   created if missing. Work-queue retention: a message leaves the stream once acked, that is
 //!   once it is in the journey store, so the stream holds exactly HQ's backlog.
 //! - **One durable pull consumer** (`durable`), the same name in every phygate-hq: the workers
@@ -198,10 +199,14 @@ async fn attach(
     c: &JetStreamConfig,
     js: &jetstream::Context,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
-    let stream = js
+    let subjects: Vec<String> = vec![
+        phygate_proto::topic::ALL_EVENTS_SUBJECT.into(),
+        phygate_proto::topic::ALL_STATUS_SUBJECT.into(),
+    ];
+    let mut stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: c.stream.clone(),
-            subjects: vec![phygate_proto::topic::ALL_EVENTS_SUBJECT.into()],
+            subjects: subjects.clone(),
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             storage: jetstream::stream::StorageType::File,
             num_replicas: c.replicas,
@@ -209,6 +214,25 @@ async fn attach(
         })
         .await
         .map_err(|e| format!("stream {}: {e}", c.stream))?;
+    // A stream made by an older phygate-hq captures the events alone: add the status subjects
+    // (their `seq` report shows the holes at either end of what HQ received).
+    let config = &stream.cached_info().config;
+    if !subjects.iter().all(|s| config.subjects.contains(s)) {
+        let mut config = config.clone();
+        for s in subjects {
+            if !config.subjects.contains(&s) {
+                config.subjects.push(s);
+            }
+        }
+        js.update_stream(&config)
+            .await
+            .map_err(|e| format!("stream {}: adding the status subjects: {e}", c.stream))?;
+        stream = js
+            .get_stream(&c.stream)
+            .await
+            .map_err(|e| format!("stream {}: {e}", c.stream))?;
+        info!(stream = %c.stream, subjects = ?config.subjects, "stream now captures the stores' status too");
+    }
     let consumer = stream
         .get_or_create_consumer(
             &c.durable,

@@ -135,12 +135,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let mut gateways = store.load_gateways()?;
             gateways.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, g) in gateways {
-                let pending: Vec<[u64; 2]> = g
-                    .holes
-                    .values()
-                    .filter(|h| !h.lost)
-                    .map(|h| [h.first, h.last])
-                    .collect();
+                let pending = g.pending_ranges();
                 let line = serde_json::json!({
                     "tenant": key.tenant, "store": key.store, "gateway": key.gateway,
                     "last_seq": g.span.map(|s| s.1), "lost": g.lost(), "lost_ranges": g.lost_ranges(),

@@ -16,8 +16,10 @@
 //! - Numbers below the first one HQ ever saw from a gateway are not HQ's to miss (the gateway
 //!   ran before HQ subscribed) unless an event below it arrives: then the span grows down and
 //!   the numbers between become a pending hole like any other.
-//! - A hole at the very end (the gateway's last events never arrive) shows only once a later
-//!   event arrives: nothing else tells HQ that those numbers were ever given.
+//! - The ends of the span: no received event shows the last events before a gateway goes
+//!   quiet missing, nor the first ones of a gateway HQ never heard from. The gateway's status
+//!   report does ([`GatewaySeq::reported`]: acknowledged by the broker through `acked`, held
+//!   from `held_from`): what lies beyond either end becomes a pending hole.
 //!
 //! **Repair.** A broker may acknowledge an event (PUBACK) and then lose it before HQ has it
 //! (mosquitto restarted without persistence, a NATS stream leader killed before it stored),
@@ -98,7 +100,9 @@ struct Taken {
 pub struct RepairRule {
     /// A hole is asked for once it has been pending this long (ms).
     pub after_ms: u64,
-    /// Between two asks for the same hole (ms).
+    /// Between the first two asks for the same hole (ms); it doubles with each ask after, so
+    /// the asks reach a store whose command link is down for a while and do not hammer one
+    /// that will never answer.
     pub retry_ms: u64,
     /// Asks per hole at most; then it waits for the grace.
     pub max_asks: u32,
@@ -106,6 +110,14 @@ pub struct RepairRule {
     pub max_seqs: u64,
     /// Requests per gateway and sweep at most.
     pub max_ranges: usize,
+}
+
+impl RepairRule {
+    /// The wait after a hole's `asks`-th ask (1 or more) before the next.
+    pub fn retry_after(&self, asks: u32) -> u64 {
+        self.retry_ms
+            .saturating_mul(1 << asks.saturating_sub(1).min(16))
+    }
 }
 
 impl GatewaySeq {
@@ -133,6 +145,38 @@ impl GatewaySeq {
         }
     }
 
+    /// The gateway reported (the `seq` report of its status message) that the broker
+    /// acknowledged every number up to `acked`, and that it still holds those from
+    /// `held_from`. Numbers beyond either end of the span, which no received event could show
+    /// missing, become a pending hole opened at `now_ms`, asked for and, failing that, lost
+    /// like any other. Inside the span nothing changes.
+    pub fn reported(&mut self, acked: u64, held_from: Option<u64>, now_ms: u64) {
+        let held_from = held_from.filter(|&f| f >= 1 && f <= acked);
+        let (mut low, mut high) = match (self.span, held_from) {
+            (Some(span), _) => span,
+            (None, Some(from)) => {
+                // Never heard from it: all it holds up to `acked` is missing.
+                self.open(from, acked, now_ms);
+                (from, acked)
+            }
+            (None, None) => return,
+        };
+        if acked > high {
+            self.open(high + 1, acked, now_ms);
+            high = acked;
+        }
+        if let Some(from) = held_from.filter(|&f| f < low) {
+            self.open(from, low - 1, now_ms);
+            low = from;
+        }
+        let grew_down = self.span.is_none_or(|(l, _)| low < l);
+        self.span = Some((low, high));
+        if grew_down {
+            let early = std::mem::take(&mut self.early);
+            self.announce(&early);
+        }
+    }
+
     /// Picks the pending holes due for a replay request by `now_ms` and records the request
     /// in them; returns the ranges to ask for (see the module doc).
     pub fn repairs(&mut self, now_ms: u64, rule: &RepairRule) -> Vec<[u64; 2]> {
@@ -140,7 +184,7 @@ impl GatewaySeq {
             !h.lost
                 && now_ms.saturating_sub(h.since_ms) >= rule.after_ms
                 && h.asks < rule.max_asks
-                && (h.asks == 0 || now_ms.saturating_sub(h.asked_ms) >= rule.retry_ms)
+                && (h.asks == 0 || now_ms.saturating_sub(h.asked_ms) >= rule.retry_after(h.asks))
         };
         let picked: Vec<Hole> = self
             .holes
@@ -261,9 +305,18 @@ impl GatewaySeq {
 
     /// The lost ranges, in order.
     pub fn lost_ranges(&self) -> Vec<[u64; 2]> {
+        self.ranges(true)
+    }
+
+    /// The pending ranges (missing, not yet lost), in order.
+    pub fn pending_ranges(&self) -> Vec<[u64; 2]> {
+        self.ranges(false)
+    }
+
+    fn ranges(&self, lost: bool) -> Vec<[u64; 2]> {
         self.holes
             .values()
-            .filter(|h| h.lost)
+            .filter(|h| h.lost == lost)
             .map(|h| [h.first, h.last])
             .collect()
     }
@@ -448,6 +501,25 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_between_asks_doubles() {
+        let rule = RepairRule {
+            max_asks: 4,
+            max_ranges: 1,
+            ..RULE
+        };
+        let mut g = GatewaySeq::default();
+        g.receive(1, 0);
+        g.receive(3, 0);
+        let asks: Vec<u64> = (0..5_000)
+            .step_by(10)
+            .filter(|&t| !g.repairs(t, &rule).is_empty())
+            .collect();
+        let r = rule.retry_ms;
+        let a = rule.after_ms;
+        assert_eq!(asks, vec![a, a + r, a + 3 * r, a + 7 * r]);
+    }
+
+    #[test]
     fn what_the_gateway_no_longer_holds_is_lost_at_once() {
         let mut g = GatewaySeq::default();
         for s in [1, 10] {
@@ -460,6 +532,40 @@ mod tests {
         // A late arrival still retracts it.
         assert_eq!(g.receive(5, 1), 1);
         assert_eq!(g.lost_ranges(), vec![[4, 4], [6, 6]]);
+    }
+
+    #[test]
+    fn a_report_opens_the_numbers_beyond_the_span_and_nothing_inside() {
+        let mut g = GatewaySeq::default();
+        g.reported(10, None, 0);
+        assert_eq!(g.span, None, "nothing held to ask for: nothing known");
+        for s in 5..=8 {
+            g.receive(s, 0);
+        }
+        // The store went quiet after 12 (9..=12 lost by the broker); it holds from 3.
+        g.reported(12, Some(3), 100);
+        assert_eq!(g.span, Some((3, 12)));
+        assert_eq!(set(&g.pending_ranges()), set(&[[3, 4], [9, 12]]));
+        // A stale report changes nothing.
+        g.reported(7, Some(3), 200);
+        assert_eq!(set(&g.pending_ranges()), set(&[[3, 4], [9, 12]]));
+        // What arrives fills the holes; the rest is lost after the grace.
+        for s in [3, 4, 9, 10] {
+            assert_eq!(g.receive(s, 300), 0);
+        }
+        assert_eq!(g.expire(100 + 5_000, 5_000), vec![[11, 12]]);
+        assert_eq!(g.lost(), 2);
+    }
+
+    #[test]
+    fn a_report_from_a_gateway_never_heard_from_opens_all_it_holds() {
+        let mut g = GatewaySeq::default();
+        g.announce(&[[1, 4]]);
+        g.reported(9, Some(2), 0);
+        assert_eq!(g.span, Some((2, 9)));
+        // 2..=4 were announced evicted; 5..=9 are pending.
+        assert_eq!(g.pending_ranges(), vec![[5, 9]]);
+        assert_eq!(g.evicted, 3);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::ingest::{self, Accepted, GatewayKey, Parked};
+use crate::ingest::{self, Accepted, GatewayKey, Parked, Reported};
 use crate::metrics::{GatewayFigures, Shared};
 use crate::seq::{group_lag_ms, ConsumerBeat, GatewaySeq, RepairRule};
 use crate::store::{Expired, Group, JourneyStore, StoreError};
@@ -147,7 +147,17 @@ impl Writer {
         let now = now_ms();
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut parked: Vec<(String, Parked)> = Vec::new();
+        let mut reports: Vec<Reported> = Vec::new();
         for d in &group {
+            if phygate_proto::topic::parse_status(&d.topic).is_some() {
+                match ingest::read_status(&d.topic, &d.payload) {
+                    Ok(Some(r)) => reports.push(r),
+                    Ok(None) => {}
+                    // Not an event: nothing to park; the next status replaces it.
+                    Err(reason) => warn!(topic = %d.topic, %reason, "status message ignored"),
+                }
+                continue;
+            }
             for item in ingest::read_batch(&d.topic, &d.payload) {
                 match item {
                     Ok(a) => accepted.push(a),
@@ -182,9 +192,17 @@ impl Writer {
                 touched.push(e.gateway.clone());
             }
         }
+        for r in &reports {
+            let g = self.gateways.entry(r.gateway.clone()).or_default();
+            crate::store::account_report(g, r, now);
+            if !touched.contains(&r.gateway) {
+                touched.push(r.gateway.clone());
+            }
+        }
         let result = self.store.commit(&Group {
             accepted: &accepted,
             parked: &parked,
+            reports: &reports,
             gateways: touched.iter().map(|k| (k, &self.gateways[k])).collect(),
             now_ms: now,
         });

@@ -45,9 +45,9 @@ fn hq(dir: &Path, port: u16) -> Hq {
 }
 
 /// Seqs `BEFORE+1..=BEFORE+LOST` reach the broker (PUBACKed: the outbox counts them as
-/// delivered) while HQ is away, and the broker then dies with them. Returns the last seq
-/// appended once HQ is back and consuming.
-async fn lose_after_puback(hq: &mut Hq, edge: &Edge, broker: &mut Mosquitto) -> u64 {
+/// delivered) while HQ is away, and the broker then dies with them. Then `after` more events
+/// once HQ is back and consuming; returns the last seq appended.
+async fn lose_after_puback(hq: &mut Hq, edge: &Edge, broker: &mut Mosquitto, after: u64) -> u64 {
     for _ in 0..BEFORE {
         edge.append(scan(40)).await;
     }
@@ -67,8 +67,8 @@ async fn lose_after_puback(hq: &mut Hq, edge: &Edge, broker: &mut Mosquitto) -> 
     broker.stop(true);
     broker.restart().unwrap();
     hq.restart();
-    let mut last = 0;
-    for _ in 0..AFTER {
+    let mut last = BEFORE + LOST;
+    for _ in 0..after {
         last = edge.append(scan(40)).await;
     }
     last
@@ -95,7 +95,7 @@ async fn events_the_broker_lost_after_its_puback_are_replayed_and_none_is_lost()
     let mut edge = Edge::open(&dir.path().join("s1"), "s1", broker.port);
     edge.start_answering();
 
-    let last = lose_after_puback(&mut hq, &edge, &mut broker).await;
+    let last = lose_after_puback(&mut hq, &edge, &mut broker, AFTER).await;
     // Every seq up to the last arrives: the lost ones by replay (the store's command results
     // have seqs of their own, after `last`).
     wait_for(WAIT, "every event at HQ, the lost ones replayed", || {
@@ -117,6 +117,29 @@ async fn events_the_broker_lost_after_its_puback_are_replayed_and_none_is_lost()
     edge.stop_uplink().await;
 }
 
+/// The broker loses the store's last events and the store then goes quiet: no later event
+/// shows HQ a hole. The store's status does (its `seq` report: acknowledged through
+/// `BEFORE+LOST`), and the replay brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_events_before_a_store_goes_quiet_are_replayed_from_its_seq_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = forgetful_broker(dir.path());
+    let mut hq = hq(dir.path(), broker.port);
+    let mut edge = Edge::open(&dir.path().join("s1"), "s1", broker.port);
+    edge.start_answering();
+
+    let last = lose_after_puback(&mut hq, &edge, &mut broker, 0).await;
+    wait_for(WAIT, "the lost last events at HQ, replayed", || {
+        let stored = hq.stored("s1", "gw1");
+        (1..=last).all(|s| stored.contains_key(&s))
+    });
+    wait_for(WAIT, "the accounting settled", || losses(&hq).2 == 0);
+    let (lost, recovered, _) = losses(&hq);
+    assert_eq!(lost, 0, "nothing is lost");
+    assert_eq!(recovered, LOST, "the broker's loss came back by replay");
+    edge.stop_uplink().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_range_the_store_no_longer_holds_is_declared_lost_at_once_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +149,7 @@ async fn a_range_the_store_no_longer_holds_is_declared_lost_at_once_with_the_rea
     let mut edge = Edge::open_window(&dir.path().join("s1"), "s1", broker.port, "0s");
     edge.start_answering();
 
-    lose_after_puback(&mut hq, &edge, &mut broker).await;
+    lose_after_puback(&mut hq, &edge, &mut broker, AFTER).await;
     wait_for(WAIT, "the store's answer declared the range lost", || {
         losses(&hq).0 == LOST
     });

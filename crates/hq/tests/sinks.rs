@@ -214,6 +214,7 @@ fn commit_events(path: &Path, first: u64, count: u64, anonymous: impl Fn(u64) ->
         .commit(&Group {
             accepted: &accepted,
             parked: &[],
+            reports: &[],
             gateways: vec![],
             now_ms: 0,
         })

@@ -69,6 +69,7 @@ fn commit(
         .commit(&Group {
             accepted: events,
             parked: &[],
+            reports: &[],
             gateways: keys.into_iter().map(|k| (k, &local[k])).collect(),
             now_ms,
         })
@@ -302,6 +303,7 @@ fn a_restarted_server_is_reconnected_to_and_a_held_claim_is_reported_lost() {
             .commit(&Group {
                 accepted: &group,
                 parked: &[],
+                reports: &[],
                 gateways: vec![],
                 now_ms: 2,
             })

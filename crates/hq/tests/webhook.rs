@@ -52,6 +52,7 @@ fn commit_events(path: &Path, count: u64) {
         .commit(&Group {
             accepted: &accepted,
             parked: &[],
+            reports: &[],
             gateways: vec![],
             now_ms: 0,
         })

@@ -42,6 +42,25 @@ pub struct Report {
     /// (10 s); `None` when there is no such backlog.
     #[serde(default)]
     pub backlog: Option<Backlog>,
+    /// Where the gateway's `seq` stands with the broker; `None` before its first
+    /// acknowledgement, and from gateways older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<SeqReport>,
+}
+
+/// The gateway's `seq` as the broker acknowledged it. HQ's loss accounting sees a missing
+/// number only between two it received; this tells it the numbers it never saw at either end:
+/// the last events before a store goes quiet, the first ones of a store HQ never heard from.
+/// Both are events a broker acknowledged (PUBACK) and may still have lost (a NATS stream
+/// without a leader, mosquitto restarted without persistence), so HQ asks for them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqReport {
+    /// Every `seq` up to this one was acknowledged by the broker.
+    pub acked: u64,
+    /// The lowest `seq` the gateway still holds (it can replay from here; `[outbox]
+    /// replay_window`); `None` when it holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -67,19 +67,39 @@ pub fn shared_events(group: &str) -> String {
     format!("$share/{group}/{ALL_EVENTS}")
 }
 
+/// The same group's share of every store's status message, for the `seq` report it carries
+/// (`$share/{group}/phygate/v1/+/+/status`).
+pub fn shared_status(group: &str) -> String {
+    format!("$share/{group}/{ROOT}/+/+/status")
+}
+
 /// `(tenant, store)` of an events topic, or `None` for any other topic.
 pub fn parse_events(topic: &str) -> Option<(&str, &str)> {
+    parse_store_topic(topic, "events")
+}
+
+/// `(tenant, store)` of a status topic, or `None` for any other topic.
+pub fn parse_status(topic: &str) -> Option<(&str, &str)> {
+    parse_store_topic(topic, "status")
+}
+
+/// `(tenant, store)` of `phygate/v1/{tenant}/{store}/{leaf}`.
+fn parse_store_topic<'a>(topic: &'a str, leaf: &str) -> Option<(&'a str, &'a str)> {
     let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
     let mut parts = rest.split('/');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(tenant), Some(store), Some("events"), None)
-            if !tenant.is_empty() && !store.is_empty() =>
+        (Some(tenant), Some(store), Some(l), None)
+            if l == leaf && !tenant.is_empty() && !store.is_empty() =>
         {
             Some((tenant, store))
         }
         _ => None,
     }
 }
+
+/// The NATS subjects of every store's status message: the JetStream stream captures them
+/// beside the events, for the `seq` report they carry ([`crate::status::SeqReport`]).
+pub const ALL_STATUS_SUBJECT: &str = "phygate.v1.*.*.status";
 
 /// The NATS subjects of every store's event batches, as a NATS server's MQTT listener maps the
 /// topics: a JetStream stream captures them (`phygate.v1.*.*.events`).
@@ -131,6 +151,11 @@ mod tests {
         ] {
             assert_eq!(parse_events(other), None, "{other}");
         }
+        assert_eq!(
+            parse_status(&status("acme", "paris-01")),
+            Some(("acme", "paris-01"))
+        );
+        assert_eq!(parse_status(&events("acme", "paris-01")), None);
     }
 
     #[test]

@@ -261,7 +261,8 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
     );
     let uplink = Uplink::new(settings, handle.clone(), stopped)
         .with_context(|| format!("the uplink of {store}"))?
-        .with_replays(replays);
+        .with_replays(replays)
+        .with_report(no_devices_report());
     // The span names the store in every uplink log line: `fleet-bench` reads each store's
     // "connected to HQ" times from the log for the reconnect spread.
     let span = tracing::info_span!("gateway", store = %store);
@@ -279,6 +280,16 @@ fn open_gateway(args: &SimArgs, i: usize, stopped: Shutdown) -> anyhow::Result<G
         thread,
         uplink,
     })
+}
+
+/// The status report of a store without devices: the versions stay unset, and the `seq`
+/// report (what the broker acknowledged) is the edge's own, so HQ sees the holes at the end of
+/// a simulated store's events as it would a real one's.
+fn no_devices_report() -> phygate::uplink::report::ReportSources {
+    phygate::uplink::report::ReportSources {
+        applied: phygate::uplink::report::AppliedHandle::default().subscribe(),
+        board: phygate::status::Board::new(Vec::new()),
+    }
 }
 
 /// The edge config of one simulated store, parsed by the edge's own parser.

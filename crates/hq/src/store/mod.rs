@@ -10,7 +10,7 @@ pub mod sqlite;
 use std::collections::HashMap;
 
 use crate::config::{StoreBackend, StoreConfig};
-use crate::ingest::{Accepted, GatewayKey, Parked};
+use crate::ingest::{Accepted, GatewayKey, Parked, Reported};
 use crate::journey::UserView;
 use crate::seq::{ConsumerBeat, GatewaySeq, RepairRule};
 
@@ -38,7 +38,9 @@ pub struct Group<'a> {
     pub accepted: &'a [Accepted],
     /// Parked events, with the topic they came on.
     pub parked: &'a [(String, Parked)],
-    /// The accounting of every gateway the accepted events touched, after them.
+    /// The gateways' `seq` reports (their status messages), folded after the events.
+    pub reports: &'a [Reported],
+    /// The accounting of every gateway the accepted events and reports touched, after them.
     pub gateways: Vec<(&'a GatewayKey, &'a GatewaySeq)>,
     /// Commit time, ms since the Unix epoch.
     pub now_ms: u64,
@@ -88,6 +90,12 @@ pub fn account(g: &mut GatewaySeq, e: &Accepted, now_ms: u64) -> Accounted {
         None => Vec::new(),
     };
     Accounted { late, not_held }
+}
+
+/// Folds gateway report `r`, committed at `now_ms`, into its accounting: the other rule both
+/// the writer and a shared store apply.
+pub fn account_report(g: &mut GatewaySeq, r: &Reported, now_ms: u64) {
+    g.reported(r.acked, r.held_from, now_ms);
 }
 
 /// The ranges a `store.command.result` of a replay says the gateway no longer holds: only

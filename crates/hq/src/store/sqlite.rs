@@ -501,7 +501,7 @@ mod tests {
             let (mut from, mut total) = (0, Committed::default());
             for to in bounds {
                 let done = store
-                    .commit(&Group { accepted: &events[from..to], parked: &[], gateways: vec![], now_ms: 0 })
+                    .commit(&Group { accepted: &events[from..to], parked: &[], reports: &[], gateways: vec![], now_ms: 0 })
                     .unwrap();
                 total.fresh += done.fresh;
                 total.duplicates += done.duplicates;

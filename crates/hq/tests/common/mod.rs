@@ -355,7 +355,12 @@ impl Edge {
             stop.clone(),
         )
         .unwrap()
-        .with_replays(replays);
+        .with_replays(replays)
+        // The status with its `seq` report, as a store sends it.
+        .with_report(phygate::uplink::report::ReportSources {
+            applied: phygate::uplink::report::AppliedHandle::default().subscribe(),
+            board: phygate::status::Board::new(Vec::new()),
+        });
         self.uplink = Some(tokio::spawn(async move {
             uplink.run().await.unwrap();
         }));

@@ -578,8 +578,13 @@ impl PgStore {
         let mut n: i64 = tx
             .query_one("SELECT n FROM event_counter FOR UPDATE", &[])?
             .get(0);
-        let keys: std::collections::BTreeSet<GatewayKey> =
-            group.accepted.iter().map(|e| e.gateway.clone()).collect();
+        let keys: std::collections::BTreeSet<GatewayKey> = group
+            .accepted
+            .iter()
+            .map(|e| &e.gateway)
+            .chain(group.reports.iter().map(|r| &r.gateway))
+            .cloned()
+            .collect();
         let mut gateways = Self::lock_gateways(&mut tx, ids, keys.into_iter())?;
         let by_key: HashMap<GatewayKey, i64> = gateways
             .iter()
@@ -602,6 +607,10 @@ impl PgStore {
             let (_, g) = gateways.get_mut(&gw).expect("locked above");
             super::account(g, e, group.now_ms);
             fresh_events.push(e);
+        }
+        for r in group.reports {
+            let (_, g) = gateways.get_mut(&by_key[&r.gateway]).expect("locked above");
+            super::account_report(g, r, group.now_ms);
         }
         Self::fold_users(&mut tx, &fresh_events)?;
         for (topic, p) in group.parked {
