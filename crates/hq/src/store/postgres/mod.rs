@@ -253,6 +253,31 @@ impl PgStore {
     /// Writes the accounting of `gateways` back: three statements for the whole group,
     /// whatever its size (a statement per gateway and per hole cost ~4 round trips per
     /// message, which bounded the fleet's rate by the loopback latency).
+    /// Applies `pick` to the stored accounting of gateways `due`, under their row locks, writes
+    /// back the gateways it changed (`changed` names each one's key and new accounting), and
+    /// commits: the shape the expiry and the repair sweeps share.
+    fn pick_locked<T>(
+        mut tx: Transaction<'_>,
+        due: &[i64],
+        pick: impl FnOnce(&BTreeMap<i64, (GatewayKey, GatewaySeq)>) -> Vec<T>,
+        changed: impl Fn(&T) -> (&GatewayKey, &GatewaySeq),
+    ) -> Result<Vec<T>, StoreError> {
+        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", due)?;
+        let picked = pick(&locked);
+        locked.retain(
+            |_, (k, g)| match picked.iter().map(&changed).find(|(key, _)| *key == k) {
+                Some((_, seq)) => {
+                    *g = seq.clone();
+                    true
+                }
+                None => false,
+            },
+        );
+        Self::write_gateways(&mut tx, &locked)?;
+        tx.commit()?;
+        Ok(picked)
+    }
+
     fn write_gateways(
         tx: &mut Transaction<'_>,
         gateways: &BTreeMap<i64, (GatewayKey, GatewaySeq)>,
@@ -466,17 +491,12 @@ impl JourneyStore for PgStore {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &due)?;
-        let expired = super::expire_all(locked.values().map(|(k, g)| (k, g)), now_ms, grace_ms);
-        locked.retain(|_, (k, _)| expired.iter().any(|e| &e.key == k));
-        for (_, (k, g)) in locked.iter_mut() {
-            if let Some(e) = expired.iter().find(|e| &e.key == k) {
-                *g = e.seq.clone();
-            }
-        }
-        Self::write_gateways(&mut tx, &locked)?;
-        tx.commit()?;
-        Ok(expired)
+        Self::pick_locked(
+            tx,
+            &due,
+            |locked| super::expire_all(locked.values().map(|(k, g)| (k, g)), now_ms, grace_ms),
+            |e| (&e.key, &e.seq),
+        )
     }
 
     fn repair(
@@ -485,9 +505,10 @@ impl JourneyStore for PgStore {
         now_ms: u64,
         rule: &RepairRule,
     ) -> Result<Vec<RepairDue>, StoreError> {
-        // A first look without locks (the partial index on pending holes), then the pick on
-        // the stored accounting under the gateways' row locks: a hole another consumer asked
-        // for since is seen as asked, and not asked for again before the retry.
+        // A first look without locks (the partial index on pending holes; `retry` is the
+        // shortest wait between asks, so it finds every hole due and maybe a few more), then
+        // the pick on the stored accounting under the gateways' row locks: a hole another
+        // consumer asked for since is seen as asked, and not asked for again before its wait.
         let opened = now_ms.saturating_sub(rule.after_ms) as i64;
         let retried = now_ms.saturating_sub(rule.retry_ms) as i64;
         let max_asks = rule.max_asks as i32;
@@ -504,17 +525,12 @@ impl JourneyStore for PgStore {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &due)?;
-        let picked = super::repair_all(locked.values().map(|(k, g)| (k, g)), now_ms, rule);
-        locked.retain(|_, (k, _)| picked.iter().any(|p| &p.key == k));
-        for (_, (k, g)) in locked.iter_mut() {
-            if let Some(p) = picked.iter().find(|p| &p.key == k) {
-                *g = p.seq.clone();
-            }
-        }
-        Self::write_gateways(&mut tx, &locked)?;
-        tx.commit()?;
-        Ok(picked)
+        Self::pick_locked(
+            tx,
+            &due,
+            |locked| super::repair_all(locked.values().map(|(k, g)| (k, g)), now_ms, rule),
+            |p| (&p.key, &p.seq),
+        )
     }
 
     fn join(&mut self, consumer: &str, beat: &ConsumerBeat) -> Result<(), StoreError> {
