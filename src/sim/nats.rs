@@ -240,6 +240,27 @@ impl NatsCluster {
         })
     }
 
+    /// The node leading stream `name` (in the global account), as a running node's
+    /// monitoring endpoint reports it; `None` while it has no leader or no node answers.
+    pub fn stream_leader(&self, name: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| {
+                let jsz = http_get(n.http_port, "/jsz?accounts=true&streams=true").ok()?;
+                let v: serde_json::Value = serde_json::from_str(&jsz).ok()?;
+                v["account_details"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| a["stream_detail"].as_array())
+                    .flatten()
+                    .find(|s| s["name"] == name)
+                    .and_then(|s| s["cluster"]["leader"].as_str())
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+            })
+    }
+
     /// The meta leader and the peers it sees as current, counted, as the leader reports them.
     fn current_peers(&self) -> Option<usize> {
         let leader = self.meta_leader()?;

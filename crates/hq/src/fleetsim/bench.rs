@@ -163,6 +163,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         c.start(API_KEY)?;
         consumers.push(c);
     }
+    if args.kill_node_at.is_some() {
+        let leader = broker.lead_events_from_n1(&rt)?;
+        println!("events stream leader: {leader} (--kill-node-at kills n1)");
+    }
     let brokers = broker.mqtt_addresses();
     info!(dir = %dir.display(), ?brokers, engines = %engines_addr, "chain up; starting the fleet");
 

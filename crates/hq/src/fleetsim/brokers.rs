@@ -113,6 +113,45 @@ impl Brokers {
         Ok(())
     }
 
+    /// On the NATS cluster, moves the events stream's leadership to n1, the node
+    /// `--kill-node-at` kills, so the kill hits the worst case: the stream without a leader
+    /// while the other nodes PUBACK what it cannot store (docs/fleet.md, "The durability
+    /// boundary"). A leader step-down hands leadership to another replica at random, so it is
+    /// asked until n1 leads, a few times at most. Returns the leader at the end.
+    pub fn lead_events_from_n1(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<String> {
+        let Brokers::Nats(c) = self else {
+            anyhow::bail!("only the NATS cluster has a stream leader");
+        };
+        // The input's default stream: the bench's consumer configs name none.
+        let stream = "PHYGATE_EVENTS";
+        let wanted = c.nodes[0].name.clone();
+        let servers = c
+            .client_urls()
+            .iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("the cluster's client URLs")?;
+        let client = rt
+            .block_on(async_nats::connect(servers))
+            .context("connecting to the NATS cluster")?;
+        let mut leader = None;
+        for _ in 0..12 {
+            leader = c.stream_leader(stream);
+            match &leader {
+                Some(l) if *l == wanted => break,
+                // No leader yet (the consumers create the stream as they start): wait.
+                None => {}
+                Some(_) => {
+                    let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+                    rt.block_on(client.request(subject, "".into()))
+                        .context("asking the stream's leader to step down")?;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        leader.context("the events stream has no leader")
+    }
+
     /// `--kill-node-at`: node n1 (the first node of every third store's list) SIGKILLed, and
     /// started again on its ports and store after [`NODE_DOWN`].
     pub fn kill_and_restart_node(&mut self) -> anyhow::Result<()> {
