@@ -12,13 +12,28 @@
 //! replicas = 3                  # of the stream (and so of the consumer)
 //! ack_wait = "30s"              # a message not acked by then goes to another worker
 //! max_ack_pending = 256         # messages out to all workers, not yet acked
+//! # TLS (required when any of these is set, or a server is written tls://):
+//! # ca_file = "/etc/phygate/nats-ca.pem"    # the CA of the servers' certificates
+//! # cert_file = "/etc/phygate/hq.pem"       # a client certificate, with its key
+//! # key_file = "/etc/phygate/hq.key"
+//! # tls_required = true                     # TLS with the system's roots
+//! # One way to log in, secrets from files or the environment only:
+//! # creds_file = "/etc/phygate/hq.creds"    # user JWT + NKey seed (operator mode)
+//! # nkey_file = "/etc/phygate/hq.nk"        # or a user NKey seed
+//! # username = "hq"                         # or a user and password
+//! # password_file = "/etc/phygate/nats.password"   # or password_env = "PHYGATE_HQ_NATS_PASSWORD"
+//! # token_file = "/etc/phygate/nats.token"  # or token_env: a token
 //! ```
+//!
+//! The TLS and login keys are read by [`crate::nats_security`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::MqttConfig;
+use crate::nats_security::{NatsSecurity, RawNatsSecurity};
 
 /// The validated input.
 #[derive(Debug, Clone)]
@@ -70,6 +85,8 @@ pub struct JetStreamConfig {
     pub replicas: usize,
     pub ack_wait: Duration,
     pub max_ack_pending: u32,
+    /// TLS and login for the NATS connection.
+    pub security: NatsSecurity,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +106,36 @@ pub(crate) struct RawInput {
     ack_wait: Duration,
     #[serde(default = "default_max_ack_pending")]
     max_ack_pending: u32,
+    creds_file: Option<PathBuf>,
+    nkey_file: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    tls_required: Option<bool>,
+}
+
+impl RawInput {
+    /// The TLS and login keys, taken out of the table.
+    fn take_security(&mut self) -> RawNatsSecurity {
+        RawNatsSecurity {
+            creds_file: self.creds_file.take(),
+            nkey_file: self.nkey_file.take(),
+            username: self.username.take(),
+            password_file: self.password_file.take(),
+            password_env: self.password_env.take(),
+            token_file: self.token_file.take(),
+            token_env: self.token_env.take(),
+            ca_file: self.ca_file.take(),
+            cert_file: self.cert_file.take(),
+            key_file: self.key_file.take(),
+            tls_required: self.tls_required.take(),
+        }
+    }
 }
 
 fn default_kind() -> String {
@@ -115,15 +162,25 @@ fn default_max_ack_pending() -> u32 {
 }
 
 /// Which input `raw` names; the MQTT one takes its settings from `[mqtt]` (`mqtt`, absent
-/// when the file has no `[mqtt]` table).
+/// when the file has no `[mqtt]` table). `base`: the config's directory, for relative files.
 pub(crate) fn validate(
-    raw: Option<RawInput>,
+    mut raw: Option<RawInput>,
     mqtt: Option<MqttConfig>,
+    base: &Path,
     problems: &mut Vec<String>,
 ) -> Option<Input> {
-    let kind = raw.as_ref().map_or("mqtt", |r| r.kind.as_str());
-    match kind {
+    let kind = raw.as_ref().map_or("mqtt".into(), |r| r.kind.clone());
+    match kind.as_str() {
         "mqtt" => {
+            // An engineer who put the broker's login here would otherwise connect without it.
+            if let Some(keys) = raw.as_mut().map(|r| r.take_security().keys_set()) {
+                if !keys.is_empty() {
+                    problems.push(format!(
+                        "input: {} are the JetStream input's; the MQTT input's TLS and login go in [mqtt]",
+                        keys.join(", ")
+                    ));
+                }
+            }
             match mqtt {
                 Some(m) => Some(Input::Mqtt(m)),
                 None => {
@@ -132,7 +189,7 @@ pub(crate) fn validate(
                 }
             }
         }
-        "jetstream" => raw.and_then(|r| jetstream(r, problems)),
+        "jetstream" => raw.and_then(|r| jetstream(r, base, problems)),
         other => {
             problems.push(format!(
                 "input.kind {other:?}: \"mqtt\" (shared subscription) or \"jetstream\" (NATS)"
@@ -142,7 +199,7 @@ pub(crate) fn validate(
     }
 }
 
-fn jetstream(r: RawInput, problems: &mut Vec<String>) -> Option<Input> {
+fn jetstream(mut r: RawInput, base: &Path, problems: &mut Vec<String>) -> Option<Input> {
     let before = problems.len();
     if r.servers.is_empty() {
         problems.push(
@@ -153,10 +210,16 @@ fn jetstream(r: RawInput, problems: &mut Vec<String>) -> Option<Input> {
     let mut servers = Vec::new();
     for (i, s) in r.servers.iter().enumerate() {
         match s.parse::<async_nats::ServerAddr>() {
+            // Not shown: the address is the secret.
+            Ok(a) if a.has_user_pass() => problems.push(format!(
+                "input.servers[{i}]: holds a login; use username and password_file, or token_file"
+            )),
             Ok(a) => servers.push(a),
             Err(e) => problems.push(format!("input.servers[{i}] {s:?}: {e}")),
         }
     }
+    let tls_scheme = servers.iter().any(async_nats::ServerAddr::tls_required);
+    let security = r.take_security().validate(base, tls_scheme, problems);
     for (key, name) in [("input.stream", &r.stream), ("input.durable", &r.durable)] {
         if name.is_empty() || name.contains(['.', '*', '>', ' ', '\t', '/', '\\']) {
             problems.push(format!(
@@ -183,6 +246,7 @@ fn jetstream(r: RawInput, problems: &mut Vec<String>) -> Option<Input> {
         replicas: r.replicas,
         ack_wait: r.ack_wait,
         max_ack_pending: r.max_ack_pending,
+        security,
     }))
 }
 

@@ -1,0 +1,204 @@
+//! phygate-hq's JetStream input against a nats-server that lets no one in anonymously: a real
+//! single-node nats-server with JetStream, (a) with a user and password, (b) with TLS that
+//! requires a client certificate of the test CA, (c) with a user NKey. HQ with the right
+//! settings stores what is published on the events subjects; HQ with a wrong password, no
+//! client certificate or another NKey says why in its log and stores nothing, although the
+//! stream holds events it could have taken.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::certs::TestCa;
+use common::nats::{publish_events, NatsServer};
+use common::{wait_for, Hq};
+
+const WAIT: Duration = Duration::from_secs(60);
+const EVENTS: u64 = 20;
+
+/// The `[input]` table for `port`: a one-node stream, and `security` (its TLS and login keys).
+fn input(scheme: &str, port: u16, security: &str) -> String {
+    format!(
+        "[input]\nkind = \"jetstream\"\nservers = [\"{scheme}://127.0.0.1:{port}\"]\n\
+         replicas = 1\nack_wait = \"5s\"\n{security}"
+    )
+}
+
+/// Runs one case on `server`: `right` HQ attaches (creating the stream and the durable) and
+/// stops; `publisher` fills the stream; `wrong` HQ is refused with `refusal` in its log and
+/// stores nothing; `right` HQ, started again, stores every event once.
+async fn refused_then_consumed(
+    dir: &Path,
+    right: &str,
+    wrong: &str,
+    refusal: &[&str],
+    publisher: async_nats::Client,
+) {
+    let tables = "[store]\npath = \"hq.db\"\n";
+    let mut hq = Hq::start_input(&dir.join("hq"), right, "30s", tables);
+    assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
+
+    publish_events(&publisher, "s1", EVENTS).await;
+
+    let mut refused = Hq::configure(&dir.join("hq-wrong"), wrong, "30s", tables);
+    refused.spawn();
+    wait_for(WAIT, "NATS's refusal in HQ's log", || {
+        let log = refused.log();
+        log.contains("could not connect to NATS") && refusal.iter().all(|r| log.contains(r))
+    });
+    let log = refused.log();
+    assert!(
+        !log.contains("consuming from JetStream"),
+        "a refused HQ attached:\n{log}"
+    );
+    assert!(
+        refused.stored("s1", "gw1").is_empty(),
+        "a refused HQ stored events"
+    );
+    assert!(refused.terminate(), "SIGTERM exits cleanly while refused");
+
+    hq.restart();
+    wait_for(WAIT, "every event at HQ", || {
+        hq.stored("s1", "gw1").len() as u64 == EVENTS
+    });
+    assert!(hq.stored("s1", "gw1").values().all(|&n| n == 1));
+    assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hq_logs_in_with_a_username_and_password_and_a_wrong_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = NatsServer::start(
+        &dir.path().join("nats"),
+        "authorization { users = [ { user: hq, password: s3cret }, { user: edge, password: edge-pw } ] }\n",
+    ) else {
+        return;
+    };
+    std::fs::write(dir.path().join("right.password"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("wrong.password"), "not-it\n").unwrap();
+    let login = |file: &str| {
+        let path = dir.path().join(file);
+        format!(
+            "username = \"hq\"\npassword_file = \"{}\"\n",
+            path.display()
+        )
+    };
+    let publisher =
+        async_nats::ConnectOptions::with_user_and_password("edge".into(), "edge-pw".into())
+            .connect(format!("127.0.0.1:{}", nats.port))
+            .await
+            .unwrap();
+    refused_then_consumed(
+        dir.path(),
+        &input("nats", nats.port, &login("right.password")),
+        &input("nats", nats.port, &login("wrong.password")),
+        &["authorization violation", "user hq"],
+        publisher,
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("hq/hq.log")).unwrap();
+    assert!(
+        log.contains("security=no tls unless the server asks, user hq"),
+        "{log}"
+    );
+    for secret in ["s3cret", "not-it"] {
+        assert!(!log.contains(secret), "the password is in the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hq_connects_over_tls_with_a_client_certificate_and_without_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (server_cert, server_key) = ca.issue("nats");
+    let Some(nats) = NatsServer::start(
+        &dir.path().join("nats"),
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\n",
+            server_cert.display(),
+            server_key.display(),
+            ca.file.display()
+        ),
+    ) else {
+        return;
+    };
+    let (cert, key) = ca.issue("hq");
+    let with_cert = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        ca.file.display(),
+        cert.display(),
+        key.display()
+    );
+    let without_cert = format!("ca_file = \"{}\"\n", ca.file.display());
+    let (edge_cert, edge_key) = ca.issue("edge");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let publisher = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.file.clone())
+        .add_client_certificate(edge_cert, edge_key)
+        .connect(format!("tls://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    refused_then_consumed(
+        dir.path(),
+        // tls:// in one, ca_file alone in the other: both require TLS.
+        &input("tls", nats.port, &with_cert),
+        &input("nats", nats.port, &without_cert),
+        // The server's alert through rustls (BadCertificate or CertificateRequired, by TLS
+        // version).
+        &["security=tls, anonymous", "received fatal alert"],
+        publisher,
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("hq/hq.log")).unwrap();
+    assert!(
+        log.contains("security=tls, client certificate, anonymous"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hq_logs_in_with_a_user_nkey_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hq_key, stranger, edge) = (
+        nkeys::KeyPair::new_user(),
+        nkeys::KeyPair::new_user(),
+        nkeys::KeyPair::new_user(),
+    );
+    let Some(nats) = NatsServer::start(
+        &dir.path().join("nats"),
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+            hq_key.public_key(),
+            edge.public_key()
+        ),
+    ) else {
+        return;
+    };
+    let seed_file = |name: &str, key: &nkeys::KeyPair| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{}\n", key.seed().unwrap())).unwrap();
+        format!("nkey_file = \"{}\"\n", path.display())
+    };
+    let publisher = async_nats::ConnectOptions::with_nkey(edge.seed().unwrap())
+        .connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    refused_then_consumed(
+        dir.path(),
+        &input("nats", nats.port, &seed_file("hq.nk", &hq_key)),
+        &input("nats", nats.port, &seed_file("stranger.nk", &stranger)),
+        &["authorization violation", &stranger.public_key()],
+        publisher,
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("hq/hq.log")).unwrap();
+    assert!(
+        log.contains(&format!("nkey {}", hq_key.public_key())),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&hq_key.seed().unwrap()),
+        "the seed is in the log:\n{log}"
+    );
+}
