@@ -256,6 +256,7 @@ mod tests {
 
     use crate::config::Config;
     use crate::input::Input;
+    use crate::nats_security::{Login, NatsSecurity};
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/phygate/hq.toml")).map_err(|e| e.to_string())
@@ -295,6 +296,176 @@ mod tests {
         ] {
             assert!(e.contains(key), "{key} missing from {e}");
         }
+    }
+
+    /// `[input]` for a JetStream input with `keys`, read as `dir/hq.toml`.
+    fn parse_in(dir: &Path, keys: &str) -> Result<Config, String> {
+        let text = format!("[input]\nkind = \"jetstream\"\nservers = [\"nats://n1:4222\"]\n{keys}");
+        Config::parse(&text, &dir.join("hq.toml")).map_err(|e| e.to_string())
+    }
+
+    fn security(c: &Config) -> &NatsSecurity {
+        match &c.input {
+            Input::JetStream(j) => &j.security,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jetstream_tls_and_login_files_are_read_next_to_the_config_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "hq.pem", "hq.key"] {
+            std::fs::write(dir.path().join(f), "pem").unwrap();
+        }
+        std::fs::write(dir.path().join("nats.password"), "s3cret\n").unwrap();
+        let c = parse_in(
+            dir.path(),
+            "ca_file = \"ca.pem\"\ncert_file = \"hq.pem\"\nkey_file = \"hq.key\"\n\
+             username = \"hq\"\npassword_file = \"nats.password\"\n",
+        )
+        .unwrap();
+        let s = security(&c);
+        let tls = s.tls.as_ref().expect("ca_file means TLS");
+        assert_eq!(tls.ca.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+        assert!(
+            matches!(&s.login, Login::User { name, password } if name == "hq" && password.0 == "s3cret")
+        );
+        assert_eq!(s.describe(), "tls, client certificate, user hq");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the config display would show it"
+        );
+    }
+
+    #[test]
+    fn jetstream_without_security_keys_is_anonymous_and_tls_only_if_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse_in(dir.path(), "").unwrap();
+        assert!(security(&c).tls.is_none() && matches!(security(&c).login, Login::Anonymous));
+        assert_eq!(
+            security(&c).describe(),
+            "no tls unless the server asks, anonymous"
+        );
+        // tls_required alone: TLS with the system's roots; a tls:// server means the same.
+        let c = parse_in(dir.path(), "tls_required = true\ntoken_env = \"PATH\"\n").unwrap();
+        assert!(security(&c).tls.as_ref().is_some_and(|t| t.ca.is_none()));
+        assert_eq!(security(&c).describe(), "tls, token");
+        let text =
+            "[input]\nkind = \"jetstream\"\nservers = [\"nats://n1:4222\", \"tls://n2:4222\"]\n";
+        let c = Config::parse(text, &dir.path().join("hq.toml")).unwrap();
+        assert!(security(&c).tls.is_some(), "one tls:// server: TLS for all");
+    }
+
+    #[test]
+    fn jetstream_nkey_and_creds_files_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = nkeys::KeyPair::new_user();
+        std::fs::write(dir.path().join("hq.nk"), user.seed().unwrap()).unwrap();
+        let c = parse_in(dir.path(), "nkey_file = \"hq.nk\"\n").unwrap();
+        assert_eq!(
+            security(&c).describe(),
+            format!("no tls unless the server asks, nkey {}", user.public_key())
+        );
+        assert!(!format!("{c:?}").contains(&user.seed().unwrap()));
+
+        // A .creds file as nsc writes it: the user JWT, then the seed that signs for it.
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n\
+             ------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n\
+             ------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        );
+        std::fs::write(dir.path().join("hq.creds"), creds).unwrap();
+        let c = parse_in(dir.path(), "creds_file = \"hq.creds\"\n").unwrap();
+        assert!(
+            matches!(&security(&c).login, Login::Creds { file, .. } if file == &dir.path().join("hq.creds"))
+        );
+
+        // An account seed, a file that is no seed, a creds file without its JWT, a missing one.
+        std::fs::write(
+            dir.path().join("account.nk"),
+            nkeys::KeyPair::new_account().seed().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("junk"), "hello\n").unwrap();
+        for (keys, needle) in [
+            (
+                "nkey_file = \"account.nk\"",
+                "a Account seed; a client logs in with a user seed",
+            ),
+            ("nkey_file = \"junk\"", "input.nkey_file: "),
+            ("creds_file = \"junk\"", "cannot parse user JWT"),
+            (
+                "creds_file = \"nowhere.creds\"",
+                "nowhere.creds: No such file",
+            ),
+        ] {
+            let e = parse_in(dir.path(), &format!("{keys}\n")).unwrap_err();
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+            assert!(
+                e.contains(&dir.path().display().to_string()),
+                "the path is named: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_jetstream_security_combination_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hq.pem"), "pem").unwrap();
+        let text = "[input]\nkind = \"jetstream\"\n\
+             servers = [\"tls://n1:4222\", \"nats://hq:hunter2@n2:4222\"]\n\
+             tls_required = false\nca_file = \"nowhere.pem\"\ncert_file = \"hq.pem\"\n\
+             creds_file = \"hq.creds\"\nusername = \"hq\"\ntoken_env = \"PATH\"\n";
+        let e = Config::parse(text, &dir.path().join("hq.toml"))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "input.servers[1]: holds a login",
+            "input.tls_required = false",
+            "input.ca_file: ",
+            "nowhere.pem",
+            "cert_file and key_file go together",
+            "creds_file and username/password and token are set; log in one way only",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+        assert!(
+            !e.contains("hunter2"),
+            "a password in a server URL is not repeated: {e}"
+        );
+
+        for (keys, needle) in [
+            ("username = \"hq\"", "input.username: needs its password"),
+            (
+                "password_env = \"PATH\"",
+                "input: a password needs a username",
+            ),
+            (
+                "username = \"\"\npassword_env = \"PATH\"",
+                "input.username: must not be empty",
+            ),
+            (
+                "username = \"hq\"\npassword_env = \"PATH\"\npassword_file = \"pw\"",
+                "input.password: exactly one",
+            ),
+            (
+                "token_env = \"PHYGATE_HQ_TEST_UNSET_VARIABLE\"",
+                "input.token: $PHYGATE_HQ_TEST_UNSET_VARIABLE is not set",
+            ),
+        ] {
+            let e = parse_in(dir.path(), &format!("{keys}\n")).unwrap_err();
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+    }
+
+    #[test]
+    fn jetstream_security_keys_under_an_mqtt_input_are_refused() {
+        let e = parse("[input]\nca_file = \"ca.pem\"\nusername = \"hq\"\n[mqtt]\n").unwrap_err();
+        assert!(
+            e.contains("input: username, ca_file are the JetStream input's"),
+            "{e}"
+        );
     }
 
     #[test]

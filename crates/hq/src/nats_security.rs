@@ -225,18 +225,23 @@ impl RawNatsSecurity {
             })
         };
         if let Some(file) = self.creds_file {
-            let path = base.join(&file);
-            let creds = secret("input.creds_file", Some(&file), None, problems);
-            return match creds {
-                // async-nats's own reading, so a file it would refuse is refused now.
-                Some(creds) => match async_nats::ConnectOptions::new().credentials(&creds.0) {
-                    Ok(_) => Login::Creds { file: path, creds },
-                    Err(e) => {
-                        problems.push(format!("input.creds_file: {}: {e}", path.display()));
-                        Login::Anonymous
-                    }
+            let path = base.join(file);
+            // Read whole, not through `read_secret`: a .creds file is a framed document, and
+            // async-nats's parser wants the line end after its last frame, which a trim drops.
+            // Parsed by async-nats itself, so a file it would refuse is refused now.
+            let parsed = std::fs::read_to_string(&path).and_then(|text| {
+                async_nats::ConnectOptions::new().credentials(&text)?;
+                Ok(text)
+            });
+            return match parsed {
+                Ok(text) => Login::Creds {
+                    file: path,
+                    creds: Secret(text),
                 },
-                None => Login::Anonymous,
+                Err(e) => {
+                    problems.push(format!("input.creds_file: {}: {e}", path.display()));
+                    Login::Anonymous
+                }
             };
         }
         if let Some(file) = self.nkey_file {
