@@ -63,6 +63,22 @@ async fn refused_then_consumed(
         hq.stored("s1", "gw1").len() as u64 == EVENTS
     });
     assert!(hq.stored("s1", "gw1").values().all(|&n| n == 1));
+    // Acked after commit: the work-queue stream lets go of every message (an ack the server
+    // refused would leave them in it).
+    let js = async_nats::jetstream::new(publisher);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut stream = js.get_stream("PHYGATE_EVENTS").await.unwrap();
+        let left = stream.info().await.unwrap().state.messages;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} messages never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(hq.terminate(), "SIGTERM exits cleanly:\n{}", hq.log());
 }
 
@@ -71,7 +87,11 @@ async fn hq_logs_in_with_a_username_and_password_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let Some(nats) = NatsServer::start(
         &dir.path().join("nats"),
-        "authorization { users = [ { user: hq, password: s3cret }, { user: edge, password: edge-pw } ] }\n",
+        // HQ's user with only the permissions docs/fleet.md gives it: the JetStream API, its
+        // acks, and replies to its inbox.
+        "authorization { users = [\n\
+         { user: hq, password: s3cret, permissions: { publish: [\"$JS.API.>\", \"$JS.ACK.PHYGATE_EVENTS.>\"], subscribe: [\"_INBOX.>\"] } },\n\
+         { user: edge, password: edge-pw } ] }\n",
     ) else {
         return;
     };
