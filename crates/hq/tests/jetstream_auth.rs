@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::certs::TestCa;
-use common::nats::{publish_events, NatsServer};
+use common::nats::{publish_events, Account, NatsServer, Operator};
 use common::{wait_for, Hq};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -220,5 +220,46 @@ async fn hq_logs_in_with_a_user_nkey_and_an_unknown_one_is_refused() {
     assert!(
         !log.contains(&hq_key.seed().unwrap()),
         "the seed is in the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hq_logs_in_with_a_creds_file_on_an_operator_mode_server_and_a_strangers_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = Operator::new();
+    let (fleet, elsewhere) = (operator.account(), Operator::new().account());
+    let Some(nats) = NatsServer::start(
+        &dir.path().join("nats"),
+        &operator.server_settings(&[&fleet]),
+    ) else {
+        return;
+    };
+    let creds_file = |name: &str, account: &Account| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, account.user_creds()).unwrap();
+        path
+    };
+    let (right, stranger) = (
+        creds_file("hq.creds", &fleet),
+        creds_file("stranger.creds", &elsewhere),
+    );
+    let publisher = async_nats::ConnectOptions::with_credentials(&fleet.user_creds())
+        .unwrap()
+        .connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let keys = |path: &Path| format!("creds_file = \"{}\"\n", path.display());
+    refused_then_consumed(
+        dir.path(),
+        &input("nats", nats.port, &keys(&right)),
+        &input("nats", nats.port, &keys(&stranger)),
+        &["authorization violation", "stranger.creds"],
+        publisher,
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("hq/hq.log")).unwrap();
+    assert!(
+        log.contains("security=no tls unless the server asks, creds "),
+        "{log}"
     );
 }

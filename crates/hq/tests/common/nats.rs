@@ -51,8 +51,8 @@ impl NatsServer {
             let exited = server.child.try_wait().unwrap();
             assert!(
                 exited.is_none() && Instant::now() < deadline,
-                "nats-server did not listen on {port} ({exited:?}); see {}",
-                dir.join("nats.log").display()
+                "nats-server did not listen on {port} ({exited:?}):\n{}",
+                std::fs::read_to_string(dir.join("nats.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -85,4 +85,116 @@ pub async fn publish_events(client: &async_nats::Client, store: &str, count: u64
             .await
             .expect("the stream's ack");
     }
+}
+
+/// A NATS operator for an operator-mode server (decentralised auth, the usual production
+/// setup): it signs accounts, each account signs its users, and a user logs in with a `.creds`
+/// file. The JWTs are what `nsc` writes (nats-io/jwt v2 claims, `ed25519-nkey` signatures),
+/// made here so the test needs no `nsc`.
+pub struct Operator {
+    key: nkeys::KeyPair,
+    /// The operator's JWT, for the server's `operator` setting.
+    pub jwt: String,
+}
+
+/// An account of an [`Operator`]: its key signs its users.
+pub struct Account {
+    key: nkeys::KeyPair,
+    /// The account's JWT, for the server's `resolver_preload`.
+    pub jwt: String,
+}
+
+impl Operator {
+    pub fn new() -> Operator {
+        let key = nkeys::KeyPair::new_operator();
+        let jwt = signed_jwt(&key, &key.public_key(), "operator", serde_json::json!({}));
+        Operator { key, jwt }
+    }
+
+    /// An account with JetStream (unlimited storage) and no other limits.
+    pub fn account(&self) -> Account {
+        self.account_with(-1)
+    }
+
+    /// `storage`: its JetStream memory and disk limit in bytes (-1: unlimited, 0: none).
+    fn account_with(&self, storage: i64) -> Account {
+        let key = nkeys::KeyPair::new_account();
+        let claims = serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": storage, "disk_storage": storage, "streams": -1, "consumer": -1
+            },
+            "default_permissions": {"pub": {}, "sub": {}}
+        });
+        let jwt = signed_jwt(&self.key, &key.public_key(), "account", claims);
+        Account { key, jwt }
+    }
+
+    /// The server settings that trust this operator and know `accounts`, with a system
+    /// account of its own (JetStream needs one in operator mode).
+    pub fn server_settings(&self, accounts: &[&Account]) -> String {
+        let system = self.account_with(0);
+        let preload: Vec<String> = accounts
+            .iter()
+            .chain([&&system])
+            .map(|a| format!("{}: \"{}\"", a.key.public_key(), a.jwt))
+            .collect();
+        format!(
+            "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{ {} }}\n",
+            self.jwt,
+            system.key.public_key(),
+            preload.join(", ")
+        )
+    }
+}
+
+impl Account {
+    /// A user of this account, as the text of its `.creds` file.
+    pub fn user_creds(&self) -> String {
+        let user = nkeys::KeyPair::new_user();
+        let claims = serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1
+        });
+        let jwt = signed_jwt(&self.key, &user.public_key(), "user", claims);
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    }
+}
+
+/// A JWT for `subject` of type `kind` with `nats` claims, signed by `issuer`.
+fn signed_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    kind: &str,
+    mut nats: serde_json::Value,
+) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    nats["type"] = kind.into();
+    nats["version"] = 2.into();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{:032X}", fastrand::u128(..)),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": kind,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = issuer.sign(signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
