@@ -21,7 +21,7 @@ pub struct NatsSecurity {
     pub login: Login,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Tls {
     /// The CA of the servers' certificates (PEM); `None`: the system's roots.
     pub ca: Option<PathBuf>,
