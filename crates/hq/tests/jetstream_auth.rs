@@ -263,3 +263,41 @@ async fn hq_logs_in_with_a_creds_file_on_an_operator_mode_server_and_a_strangers
         "{log}"
     );
 }
+
+/// A login revoked while HQ runs (the user removed from the server's config, reloaded): the
+/// server drops HQ's connection, and each reconnect it refuses is a warning in HQ's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_revoked_under_a_running_hq_shows_in_its_log_at_each_refused_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = |hq: &str| {
+        format!("authorization {{ users = [ {hq}{{ user: edge, password: edge-pw }} ] }}\n")
+    };
+    let Some(nats) = NatsServer::start(
+        &dir.path().join("nats"),
+        &users("{ user: hq, password: s3cret }, "),
+    ) else {
+        return;
+    };
+    std::fs::write(dir.path().join("nats.password"), "s3cret\n").unwrap();
+    let hq = Hq::start_input(
+        &dir.path().join("hq"),
+        &input(
+            "nats",
+            nats.port,
+            &format!(
+                "username = \"hq\"\npassword_file = \"{}\"\n",
+                dir.path().join("nats.password").display()
+            ),
+        ),
+        "30s",
+        "[store]\npath = \"hq.db\"\n",
+    );
+    nats.reload(&users(""));
+    wait_for(WAIT, "a refused reconnect in HQ's log", || {
+        hq.log().lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("NATS connection")
+                && l.contains("authorization violation")
+        })
+    });
+}

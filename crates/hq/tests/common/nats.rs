@@ -12,6 +12,7 @@ use phygate::sim::broker::{find_program, free_port};
 
 pub struct NatsServer {
     pub port: u16,
+    config: std::path::PathBuf,
     child: Child,
 }
 
@@ -27,15 +28,7 @@ impl NatsServer {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port().unwrap();
         let config = dir.join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "server_name: single\nlisten: 127.0.0.1:{port}\n\
-                 jetstream {{ store_dir: \"{}\" }}\n{settings}",
-                dir.join("jetstream").display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text(dir, port, settings)).unwrap();
         let log = std::fs::File::create(dir.join("nats.log")).unwrap();
         let child = Command::new(binary)
             .arg("-c")
@@ -45,7 +38,11 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut server = NatsServer { port, child };
+        let mut server = NatsServer {
+            port,
+            config: config.clone(),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             let exited = server.child.try_wait().unwrap();
@@ -58,6 +55,28 @@ impl NatsServer {
         }
         Some(server)
     }
+}
+
+impl NatsServer {
+    /// Rewrites the config with `settings` instead and has the running server reload it
+    /// (SIGHUP): clients that no longer pass its authorization are disconnected.
+    pub fn reload(&self, settings: &str) {
+        let dir = self.config.parent().unwrap();
+        std::fs::write(&self.config, config_text(dir, self.port, settings)).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGHUP,
+        )
+        .unwrap();
+    }
+}
+
+fn config_text(dir: &Path, port: u16, settings: &str) -> String {
+    format!(
+        "server_name: single\nlisten: 127.0.0.1:{port}\n\
+         jetstream {{ store_dir: \"{}\" }}\n{settings}",
+        dir.join("jetstream").display()
+    )
 }
 
 impl Drop for NatsServer {
