@@ -368,7 +368,9 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains(&user.seed().unwrap()));
 
-        // A .creds file as nsc writes it: the user JWT, then the seed that signs for it.
+        // A .creds file as nsc writes it: the user JWT, then the seed that signs for it. Its
+        // last line end matters: read through the trimming secret reader, this file was
+        // refused ("cannot parse nkey from the credentials file").
         let creds = format!(
             "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n\
              ------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n\
