@@ -256,7 +256,7 @@ impl Config {
         let mut problems = Vec::new();
         let base = path.parent().unwrap_or(Path::new("."));
         let mqtt = raw.mqtt.map(|m| mqtt(m, base, &mut problems));
-        let input = crate::input::validate(raw.input, mqtt, &mut problems);
+        let input = crate::input::validate(raw.input, mqtt, base, &mut problems);
         let status = match raw.status {
             None => None,
             Some(s) => match s.listen.parse::<SocketAddr>() {
@@ -302,8 +302,10 @@ pub(crate) fn read_secret(
 ) -> Result<Option<Secret>, String> {
     let text = match (file, env) {
         (None, None) => return Ok(None),
-        (Some(file), None) => std::fs::read_to_string(base.join(file))
-            .map_err(|e| format!("{at}: {}: {e}", file.display()))?,
+        (Some(file), None) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).map_err(|e| format!("{at}: {}: {e}", path.display()))?
+        }
         (None, Some(var)) => std::env::var(var).map_err(|_| format!("{at}: ${var} is not set"))?,
         (Some(_), Some(_)) => {
             return Err(format!(
@@ -316,6 +318,22 @@ pub(crate) fn read_secret(
         return Err(format!("{at}: the secret is empty"));
     }
     Ok(Some(Secret(text.to_owned())))
+}
+
+/// `path` (relative to `base`) resolved, with a problem pushed when it cannot be opened now:
+/// a missing certificate is an error at start, not at the first connection. `key` names the
+/// config key in the message.
+pub(crate) fn readable_file(
+    base: &Path,
+    key: &str,
+    path: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<PathBuf> {
+    let path = base.join(path?);
+    if let Err(e) = std::fs::File::open(&path) {
+        problems.push(format!("{key}: {}: {e}", path.display()));
+    }
+    Some(path)
 }
 
 fn validate_store(raw: RawStore, base: &Path, problems: &mut Vec<String>) -> StoreConfig {

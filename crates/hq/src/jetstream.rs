@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::input::JetStreamConfig;
 use crate::writer::Delivery;
@@ -73,32 +73,9 @@ impl JetStreamInput {
     }
 
     pub async fn run(mut self) {
-        // The client reconnects by itself, to any server of the list and to those the
-        // cluster announces; a first connect that fails is retried the same way.
-        let link = self.connected.clone();
-        let client = match async_nats::ConnectOptions::new()
-            .name("phygate-hq")
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .event_callback(move |e| {
-                let link = link.clone();
-                async move {
-                    match e {
-                        async_nats::Event::Connected => link.store(true, Ordering::Relaxed),
-                        async_nats::Event::Disconnected => link.store(false, Ordering::Relaxed),
-                        _ => {}
-                    }
-                    info!(event = %e, "NATS connection")
-                }
-            })
-            .connect(self.config.servers.clone())
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "NATS client could not start");
-                return;
-            }
+        let Some(client) = self.connect().await else {
+            debug!("JetStream input stopped before it connected");
+            return;
         };
         let js = jetstream::new(client.clone());
         let mut delay = BACKOFF_MIN;
@@ -125,6 +102,61 @@ impl JetStreamInput {
             }
         }
         self.shut_down(&client).await;
+    }
+
+    /// The first connection, tried until it succeeds or shutdown. Each failure is logged with
+    /// its cause (a refused login, a certificate the server rejected): async-nats's own retry
+    /// of a first connect would report only the kind of error. Once connected, the client
+    /// reconnects by itself, to any server of the list and to those the cluster announces.
+    async fn connect(&mut self) -> Option<async_nats::Client> {
+        let mut delay = BACKOFF_MIN;
+        loop {
+            let link = self.connected.clone();
+            let options = async_nats::ConnectOptions::new()
+                .name("phygate-hq")
+                .max_reconnects(None)
+                .event_callback(move |e| {
+                    let link = link.clone();
+                    async move {
+                        match e {
+                            async_nats::Event::Connected => link.store(true, Ordering::Relaxed),
+                            async_nats::Event::Disconnected => link.store(false, Ordering::Relaxed),
+                            // A reconnect refused (a login revoked, a certificate expired).
+                            async_nats::Event::ClientError(_)
+                            | async_nats::Event::ServerError(_) => {
+                                return warn!(event = %e, "NATS connection")
+                            }
+                            _ => {}
+                        }
+                        info!(event = %e, "NATS connection")
+                    }
+                });
+            let options = match self.config.security.apply(options) {
+                Ok(o) => o,
+                Err(e) => {
+                    error!(error = %e, "NATS client could not start");
+                    return None;
+                }
+            };
+            tokio::select! {
+                // Dropping an unfinished connect leaves nothing behind.
+                connected = options.connect(self.config.servers.clone()) => match connected {
+                    Ok(client) => return Some(client),
+                    Err(e) => warn!(
+                        error = %e,
+                        hint = hint(e.kind()),
+                        security = %self.config.security.describe(),
+                        retry_in = ?delay,
+                        "could not connect to NATS"
+                    ),
+                },
+                _ = self.shutdown.changed() => return None,
+            }
+            if self.pause(delay).await {
+                return None;
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+        }
     }
 
     /// Pulls messages to the writer and acks each once settled, until shutdown or the pull
@@ -191,6 +223,25 @@ impl JetStreamInput {
             warn!(error = %e, "the last acks may not have reached NATS; those messages come again");
         }
         debug!("JetStream input stopped");
+    }
+}
+
+/// What an engineer should look at for a failed connect, by its kind.
+fn hint(kind: async_nats::ConnectErrorKind) -> &'static str {
+    use async_nats::ConnectErrorKind as Kind;
+    match kind {
+        Kind::AuthorizationViolation | Kind::Authentication => {
+            "the server refused the login: check [input]'s creds_file, nkey_file, username and \
+             password, or token against the server's authorization"
+        }
+        Kind::Tls => "TLS failed: check ca_file, cert_file and key_file",
+        // A server that verifies clients closes the TLS session of one without a certificate
+        // it trusts: the client sees that as an I/O error after the handshake.
+        Kind::Io => {
+            "the connection failed or the server closed it (for a TLS server that \
+             verifies clients: check cert_file and key_file)"
+        }
+        _ => "check [input] servers and that the servers run",
     }
 }
 

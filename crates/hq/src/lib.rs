@@ -14,6 +14,8 @@
 //! - [`jetstream`]: or a NATS JetStream stream and its one durable pull consumer shared by
 //!   every worker, acked after commit.
 //! - [`mqtt_security`]: TLS, client certificate and login for every MQTT connection HQ makes.
+//! - [`nats_security`]: the same for the JetStream input's NATS connection (creds, NKey,
+//!   user and password, or token).
 //! - [`ingest`]: a message → checked events (or parked ones, with the reason). Pure.
 //! - [`writer`]: the journey store's only owner; group commits, then settles each message.
 //! - [`seq`]: per gateway `seq` accounting: holes, announced evictions, losses. Pure.
@@ -44,6 +46,7 @@ pub mod jetstream;
 pub mod journey;
 pub mod metrics;
 pub mod mqtt_security;
+pub mod nats_security;
 pub mod repair;
 pub mod run;
 pub mod seq;

@@ -106,11 +106,7 @@ impl RawSecurity {
     /// read now, rather than at the first connection; pushes what is wrong onto `problems`.
     pub fn validate(self, base: &Path, at: &str, problems: &mut Vec<String>) -> Security {
         let mut file = |key: &str, path: Option<PathBuf>| {
-            let path = base.join(path?);
-            if let Err(e) = std::fs::File::open(&path) {
-                problems.push(format!("{at}.{key}: {}: {e}", path.display()));
-            }
-            Some(path)
+            crate::config::readable_file(base, &format!("{at}.{key}"), path, problems)
         };
         let ca = file("ca_file", self.ca_file);
         let client = match (

@@ -80,6 +80,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::spawn(consumer.run())
         }
         Input::JetStream(j) => {
+            let servers: Vec<String> = j
+                .servers
+                .iter()
+                .map(|s| format!("{}://{}:{}", s.scheme(), s.host(), s.port()))
+                .collect();
+            info!(servers = %servers.join(","), security = %j.security.describe(), "JetStream input");
             tokio::spawn(JetStreamInput::new(j, tx, connected, stopped.clone()).run())
         }
     };

@@ -1,10 +1,11 @@
 //! Real parts only: a real mosquitto on a free port (the gateway's test broker), the gateway's
 //! own outbox and uplink publishing to it in-process, and the built `phygate-hq` binary as a
 //! child process with its config and SQLite journey store in a temp dir. [`pg`] starts a real
-//! PostgreSQL, [`certs`] a CA and the certificates it signs, [`webhook`] a webhook receiver that checks signatures and counts repeats.
+//! PostgreSQL, [`nats`] a single nats-server, [`certs`] a CA and the certificates it signs, [`webhook`] a webhook receiver that checks signatures and counts repeats.
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod nats;
 pub mod pg;
 pub mod webhook;
 
