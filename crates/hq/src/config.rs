@@ -276,6 +276,7 @@ impl Config {
             raw.repair,
             input.as_ref(),
             raw.loss.grace,
+            base,
             &mut problems,
         );
         let (Some(input), true) = (input, problems.is_empty()) else {

@@ -102,6 +102,16 @@ pub(crate) struct RawSecurity {
 }
 
 impl RawSecurity {
+    /// No key set: the table leaves the security to its default.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none()
+            && self.cert_file.is_none()
+            && self.key_file.is_none()
+            && self.username.is_none()
+            && self.password_file.is_none()
+            && self.password_env.is_none()
+    }
+
     /// Resolves the files against `base` (the config's directory) and checks that each can be
     /// read now, rather than at the first connection; pushes what is wrong onto `problems`.
     pub fn validate(self, base: &Path, at: &str, problems: &mut Vec<String>) -> Security {

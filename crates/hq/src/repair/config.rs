@@ -10,15 +10,18 @@
 //! max_ranges = 4       # requests per store and second, per consumer
 //! expires = "60s"      # a request not run by then is not run
 //! broker = "127.0.0.1:1883"  # MQTT broker the stores take commands from; default: [mqtt]'s
+//! # ca_file, cert_file, key_file, username, password_file / password_env: that broker's TLS
+//! # and login, as in [mqtt]; default: [mqtt]'s (a JetStream input has none: plain, anonymous)
 //! # enabled = false    # no repair: holes wait for the grace only
 //! ```
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::input::Input;
-use crate::mqtt_security::Security;
+use crate::mqtt_security::{RawSecurity, Security};
 use crate::seq::RepairRule;
 use phygate_proto::downlink::MAX_REPLAY_SEQS;
 
@@ -40,6 +43,12 @@ pub struct RawRepair {
     #[serde(default = "default_expires", with = "humantime_serde")]
     expires: Duration,
     broker: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
 }
 
 impl Default for RawRepair {
@@ -53,6 +62,12 @@ impl Default for RawRepair {
             max_ranges: default_max_ranges(),
             expires: default_expires(),
             broker: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            password_env: None,
         }
     }
 }
@@ -91,21 +106,31 @@ pub struct RepairConfig {
     pub rule: RepairRule,
     /// `host:port` of the MQTT broker the stores' downlinks subscribe on.
     pub broker: String,
-    /// The `[mqtt]` input's TLS and login, for its broker or the one `broker` names (with a
-    /// JetStream input: plain and anonymous).
+    /// The TLS and login of `[repair]`'s own keys when it has any; else the `[mqtt]` input's
+    /// (with a JetStream input: plain and anonymous).
     pub security: Security,
     pub expires: Duration,
 }
 
-/// Validates `[repair]` against the input and the loss grace; `None` when repair is off.
+/// Validates `[repair]` against the input and the loss grace (files relative to `base`, the
+/// config's directory); `None` when repair is off.
 pub fn validate(
     raw: Option<RawRepair>,
     input: Option<&Input>,
     grace: Duration,
+    base: &Path,
     problems: &mut Vec<String>,
 ) -> Option<RepairConfig> {
     let explicit = raw.is_some();
-    let r = raw.unwrap_or_default();
+    let mut r = raw.unwrap_or_default();
+    let own = RawSecurity {
+        ca_file: r.ca_file.take(),
+        cert_file: r.cert_file.take(),
+        key_file: r.key_file.take(),
+        username: r.username.take(),
+        password_file: r.password_file.take(),
+        password_env: r.password_env.take(),
+    };
     if !r.enabled {
         return None;
     }
@@ -152,7 +177,10 @@ pub fn validate(
             max_ranges: r.max_ranges,
         },
         broker,
+        // A JetStream deployment's MQTT listeners may require a login too (nats-server checks
+        // the same users on both), and then so do the replay requests.
         security: match input {
+            _ if !own.is_empty() => own.validate(base, "repair", problems),
             Some(Input::Mqtt(m)) => m.security.clone(),
             _ => Security::default(),
         },
@@ -178,13 +206,27 @@ mod tests {
     fn on_by_default_through_the_input_broker_and_under_the_grace() {
         let mut problems = Vec::new();
         let input = mqtt();
-        let r = validate(None, Some(&input), Duration::from_secs(60), &mut problems).unwrap();
+        let r = validate(
+            None,
+            Some(&input),
+            Duration::from_secs(60),
+            Path::new("/x"),
+            &mut problems,
+        )
+        .unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(r.broker, "127.0.0.1:1883");
         assert_eq!(r.rule.after_ms, 10_000);
         assert_eq!(r.rule.max_seqs, MAX_REPLAY_SEQS);
         // A short grace shortens the default delay.
-        let r = validate(None, Some(&input), Duration::from_secs(8), &mut problems).unwrap();
+        let r = validate(
+            None,
+            Some(&input),
+            Duration::from_secs(8),
+            Path::new("/x"),
+            &mut problems,
+        )
+        .unwrap();
         assert_eq!(r.rule.after_ms, 2_000);
         assert!(problems.is_empty());
     }
@@ -197,6 +239,7 @@ mod tests {
             raw("after = \"2m\"\nmax_seqs = 20000\nmax_asks = 0\n"),
             Some(&input),
             Duration::from_secs(60),
+            Path::new("/x"),
             &mut problems,
         );
         assert_eq!(problems.len(), 3, "{problems:?}");
@@ -206,9 +249,56 @@ mod tests {
             raw("enabled = false\n"),
             Some(&input),
             Duration::from_secs(60),
+            Path::new("/x"),
             &mut problems
         )
         .is_none());
         assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn its_own_login_serves_a_jetstream_deployment_and_is_checked_like_mqtts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.path().join("repair.password"), "s3cret\n").unwrap();
+        let input = crate::config::Config::parse(
+            "[input]\nkind = \"jetstream\"\nservers = [\"nats://n1:4222\"]\n",
+            &dir.path().join("hq.toml"),
+        )
+        .unwrap()
+        .input;
+        let mut problems = Vec::new();
+        let r = validate(
+            raw("broker = \"n1:1883\"\nca_file = \"ca.pem\"\nusername = \"hq\"\npassword_file = \"repair.password\"\n"),
+            Some(&input),
+            Duration::from_secs(60),
+            dir.path(),
+            &mut problems,
+        )
+        .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(r.security.describe(), "tls, username");
+        // Without its own keys: plain and anonymous, as before.
+        let r = validate(
+            raw("broker = \"n1:1883\"\n"),
+            Some(&input),
+            Duration::from_secs(60),
+            dir.path(),
+            &mut problems,
+        )
+        .unwrap();
+        assert_eq!(r.security.describe(), "plain tcp");
+        // Checked like [mqtt]'s, named under [repair].
+        validate(
+            raw("broker = \"n1:1883\"\ncert_file = \"missing.pem\"\n"),
+            Some(&input),
+            Duration::from_secs(60),
+            dir.path(),
+            &mut problems,
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("repair.cert_file")),
+            "{problems:?}"
+        );
     }
 }
