@@ -3,7 +3,8 @@
 //! gateway's real outbox, uplink, link and downlink, and the built `phygate-hq` with
 //! `[repair]`. The events the broker PUBACKed and then lost come back by replay and nothing is
 //! lost; a gateway whose replay window no longer holds them makes HQ declare them lost at
-//! once, saying why.
+//! once, saying why. The holes at either end of what HQ received (a quiet store's last
+//! events, a store's first ones before HQ ran) come from the store's status `seq` report.
 
 mod common;
 
@@ -137,6 +138,41 @@ async fn the_last_events_before_a_store_goes_quiet_are_replayed_from_its_seq_rep
     let (lost, recovered, _) = losses(&hq);
     assert_eq!(lost, 0, "nothing is lost");
     assert_eq!(recovered, LOST, "the broker's loss came back by replay");
+    edge.stop_uplink().await;
+}
+
+/// HQ starts after a store has run: the broker PUBACKed the store's first events and dropped
+/// them (no subscriber yet). HQ's first event from the store is not its first; the store's
+/// status (`held_from` 1) shows the numbers below, and the replay brings them from the store's
+/// replay window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_hq_never_heard_from_gives_it_what_it_still_holds_from_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = forgetful_broker(dir.path());
+    let mut edge = Edge::open(&dir.path().join("s1"), "s1", broker.port);
+    edge.start_answering();
+    for _ in 0..BEFORE {
+        edge.append(scan(40)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while edge.live().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hq = hq(dir.path(), broker.port);
+    let mut last = 0;
+    for _ in 0..AFTER {
+        last = edge.append(scan(40)).await;
+    }
+    wait_for(WAIT, "every event at HQ, the first ones replayed", || {
+        let stored = hq.stored("s1", "gw1");
+        (1..=last).all(|s| stored.contains_key(&s))
+    });
+    wait_for(WAIT, "the accounting settled", || losses(&hq).2 == 0);
+    let (lost, recovered, _) = losses(&hq);
+    assert_eq!(lost, 0);
+    assert_eq!(recovered, BEFORE, "the events from before HQ, replayed");
+    assert!(hq.stored("s1", "gw1").values().all(|&n| n == 1));
     edge.stop_uplink().await;
 }
 
