@@ -37,6 +37,16 @@ pub struct Request {
 /// The writer's end.
 pub type Requests = mpsc::Sender<Request>;
 
+/// One replay command on its way.
+struct Ask {
+    key: GatewayKey,
+    from: u64,
+    to: u64,
+    id: String,
+    topic: String,
+    body: Vec<u8>,
+}
+
 pub struct Repairer {
     config: RepairConfig,
     rx: mpsc::Receiver<Request>,
@@ -66,7 +76,7 @@ impl Repairer {
 
     pub async fn run(mut self) {
         loop {
-            let request = tokio::select! {
+            let first = tokio::select! {
                 // Cancel-safe: mpsc's recv loses nothing when dropped.
                 r = self.rx.recv() => match r {
                     Some(r) => r,
@@ -74,8 +84,21 @@ impl Repairer {
                 },
                 _ = self.stopped.changed() => break,
             };
-            for range in &request.ranges {
-                self.ask(&request.key, *range).await;
+            // Everything waiting goes out together: after a broker's failover every store of
+            // the fleet has a hole at once.
+            let mut requests = vec![first];
+            while requests.len() < QUEUE {
+                match self.rx.try_recv() {
+                    Ok(r) => requests.push(r),
+                    Err(_) => break,
+                }
+            }
+            let asks: Vec<Ask> = requests
+                .iter()
+                .flat_map(|r| r.ranges.iter().map(|range| self.ask(&r.key, *range)))
+                .collect();
+            for window in asks.chunks(crate::control::mqtt::PUBLISH_WINDOW) {
+                self.publish(window).await;
             }
         }
         if let Some(link) = self.link.take() {
@@ -83,14 +106,30 @@ impl Repairer {
         }
     }
 
-    /// Publishes one replay command; on a failed publish connects again and tries once more.
-    async fn ask(&mut self, key: &GatewayKey, [from, to]: [u64; 2]) {
+    /// The replay command for `from..=to` of gateway `key`, with a fresh id.
+    fn ask(&self, key: &GatewayKey, [from, to]: [u64; 2]) -> Ask {
         let id = format!("replay-{:016x}", fastrand::u64(..));
         let expires_at =
             phygate_proto::envelope::format_time(SystemTime::now() + self.config.expires);
         let message = CommandMessage::replay(id.clone(), expires_at, from, to);
-        let body = serde_json::to_vec(&message).expect("a command serialises");
-        let topic = phygate_proto::topic::commands(&key.tenant, &key.store);
+        Ask {
+            key: key.clone(),
+            from,
+            to,
+            id,
+            topic: phygate_proto::topic::commands(&key.tenant, &key.store),
+            body: serde_json::to_vec(&message).expect("a command serialises"),
+        }
+    }
+
+    /// Publishes `asks` together (their PUBACKs awaited at once); on a failure connects again
+    /// and tries once more (a repeat is harmless: the store answers a replay twice, HQ drops
+    /// the duplicates).
+    async fn publish(&mut self, asks: &[Ask]) {
+        let messages: Vec<(&str, &[u8])> = asks
+            .iter()
+            .map(|a| (a.topic.as_str(), a.body.as_slice()))
+            .collect();
         for attempt in 0..2 {
             let link = match self.link.as_mut() {
                 Some(link) => link,
@@ -98,33 +137,37 @@ impl Repairer {
                     Ok(link) => self.link.insert(link),
                     Err(e) => {
                         warn!(error = %e, broker = %self.config.broker, "cannot reach the broker for replay requests; the holes are asked for again later");
-                        self.count(false);
+                        self.count(asks.len(), false);
                         return;
                     }
                 },
             };
-            match link.publish(&topic, body.clone(), false).await {
+            match link.publish_all(&messages).await {
                 Ok(()) => {
-                    info!(tenant = %key.tenant, store = %key.store, gateway = %key.gateway, from, to, id = %id, "replay requested");
-                    self.count(true);
+                    for a in asks {
+                        info!(tenant = %a.key.tenant, store = %a.key.store, gateway = %a.key.gateway, from = a.from, to = a.to, id = %a.id, "replay requested");
+                    }
+                    self.count(asks.len(), true);
                     return;
                 }
                 Err(e) => {
-                    debug!(error = %e, attempt, "replay request not acknowledged; connecting again");
+                    debug!(error = %e, attempt, "replay requests not acknowledged; connecting again");
                     self.link = None;
                 }
             }
         }
-        warn!(tenant = %key.tenant, store = %key.store, from, to, "replay request not published; asked again later");
-        self.count(false);
+        for a in asks {
+            warn!(tenant = %a.key.tenant, store = %a.key.store, from = a.from, to = a.to, "replay request not published; asked again later");
+        }
+        self.count(asks.len(), false);
     }
 
-    fn count(&self, published: bool) {
+    fn count(&self, n: usize, published: bool) {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         if published {
-            s.replays_requested += 1;
+            s.replays_requested += n as u64;
         } else {
-            s.replays_failed += 1;
+            s.replays_failed += n as u64;
         }
     }
 }
