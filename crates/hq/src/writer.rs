@@ -192,13 +192,21 @@ impl Writer {
                 touched.push(e.gateway.clone());
             }
         }
-        for r in &reports {
-            let g = self.gateways.entry(r.gateway.clone()).or_default();
-            crate::store::account_report(g, r, now);
+        // A report that changes nothing (the usual case: HQ already has every number it
+        // names) is not written, nor is a gateway row made for it.
+        reports.retain(|r| {
+            let mut g = self.gateways.get(&r.gateway).cloned().unwrap_or_default();
+            let before = g.clone();
+            crate::store::account_report(&mut g, r, now);
+            if g == before {
+                return false;
+            }
+            self.gateways.insert(r.gateway.clone(), g);
             if !touched.contains(&r.gateway) {
                 touched.push(r.gateway.clone());
             }
-        }
+            true
+        });
         let result = self.store.commit(&Group {
             accepted: &accepted,
             parked: &parked,
