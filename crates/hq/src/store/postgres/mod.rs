@@ -253,16 +253,22 @@ impl PgStore {
     /// Writes the accounting of `gateways` back: three statements for the whole group,
     /// whatever its size (a statement per gateway and per hole cost ~4 round trips per
     /// message, which bounded the fleet's rate by the loopback latency).
-    /// Applies `pick` to the stored accounting of gateways `due`, under their row locks, writes
+    /// Finds the gateways `due` names (a first look without locks, on the partial index of
+    /// pending holes), applies `pick` to their stored accounting under their row locks, writes
     /// back the gateways it changed (`changed` names each one's key and new accounting), and
     /// commits: the shape the expiry and the repair sweeps share.
     fn pick_locked<T>(
         mut tx: Transaction<'_>,
-        due: &[i64],
+        due: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
         pick: impl FnOnce(&BTreeMap<i64, (GatewayKey, GatewaySeq)>) -> Vec<T>,
         changed: impl Fn(&T) -> (&GatewayKey, &GatewaySeq),
     ) -> Result<Vec<T>, StoreError> {
-        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", due)?;
+        let due: Vec<i64> = tx.query(due, params)?.iter().map(|r| r.get(0)).collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut locked = read_gateways(&mut tx, "WHERE gw = ANY($1) ORDER BY gw FOR UPDATE", &due)?;
         let picked = pick(&locked);
         locked.retain(
             |_, (k, g)| match picked.iter().map(&changed).find(|(key, _)| *key == k) {
@@ -479,21 +485,11 @@ impl JourneyStore for PgStore {
         grace_ms: u64,
     ) -> Result<Vec<Expired>, StoreError> {
         let cutoff = now_ms.saturating_sub(grace_ms) as i64;
-        let mut tx = self.conn()?.transaction()?;
-        let due: Vec<i64> = tx
-            .query(
-                "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1",
-                &[&cutoff],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if due.is_empty() {
-            return Ok(Vec::new());
-        }
+        let tx = self.conn()?.transaction()?;
         Self::pick_locked(
             tx,
-            &due,
+            "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1",
+            &[&cutoff],
             |locked| super::expire_all(locked.values().map(|(k, g)| (k, g)), now_ms, grace_ms),
             |e| (&e.key, &e.seq),
         )
@@ -512,22 +508,12 @@ impl JourneyStore for PgStore {
         let opened = now_ms.saturating_sub(rule.after_ms) as i64;
         let retried = now_ms.saturating_sub(rule.retry_ms) as i64;
         let max_asks = rule.max_asks as i32;
-        let mut tx = self.conn()?.transaction()?;
-        let due: Vec<i64> = tx
-            .query(
-                "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1 \
-                 AND asks < $3 AND (asks = 0 OR asked_ms <= $2)",
-                &[&opened, &retried, &max_asks],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if due.is_empty() {
-            return Ok(Vec::new());
-        }
+        let tx = self.conn()?.transaction()?;
         Self::pick_locked(
             tx,
-            &due,
+            "SELECT DISTINCT gw FROM holes WHERE NOT lost AND since_ms <= $1 \
+             AND asks < $3 AND (asks = 0 OR asked_ms <= $2)",
+            &[&opened, &retried, &max_asks],
             |locked| super::repair_all(locked.values().map(|(k, g)| (k, g)), now_ms, rule),
             |p| (&p.key, &p.seq),
         )
