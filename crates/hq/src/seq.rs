@@ -225,14 +225,8 @@ impl GatewaySeq {
     pub fn not_held(&mut self, ranges: &[[u64; 2]]) -> Vec<[u64; 2]> {
         let mut out = Vec::new();
         for &[a, b] in ranges.iter().filter(|[a, b]| a <= b) {
-            let cut: Vec<Hole> = self
-                .holes
-                .range(..=b)
-                .rev()
-                .map(|(_, h)| *h)
-                .take_while(|h| h.last >= a)
-                .filter(|h| !h.lost)
-                .collect();
+            let mut cut = self.overlapping(a, b);
+            cut.retain(|h| !h.lost);
             for h in cut.into_iter().rev() {
                 let (x, y) = (h.first.max(a), h.last.min(b));
                 self.holes.remove(&h.first);
@@ -337,15 +331,19 @@ impl GatewaySeq {
         }
     }
 
-    /// Removes `a..=b` from the holes, splitting those it cuts.
-    fn take(&mut self, a: u64, b: u64) -> Taken {
-        let cut: Vec<Hole> = self
-            .holes
+    /// The holes that overlap `a..=b`, last first.
+    fn overlapping(&self, a: u64, b: u64) -> Vec<Hole> {
+        self.holes
             .range(..=b)
             .rev()
             .map(|(_, h)| *h)
             .take_while(|h| h.last >= a)
-            .collect();
+            .collect()
+    }
+
+    /// Removes `a..=b` from the holes, splitting those it cuts.
+    fn take(&mut self, a: u64, b: u64) -> Taken {
+        let cut = self.overlapping(a, b);
         let mut taken = Taken::default();
         for h in cut {
             self.holes.remove(&h.first);
