@@ -146,8 +146,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::FleetSim { args } => {
-            let report = phygate_hq::fleetsim::sim::run(args)?;
-            println!("{}", serde_json::to_string(&report)?);
+            // The report is printed by the run, once drained.
+            phygate_hq::fleetsim::sim::run(args)?;
         }
         Command::FleetBench { args } => {
             if !phygate_hq::fleetsim::bench::run(args)? {

@@ -15,10 +15,9 @@
 //! consumers on its JetStream stream; `--kill-node-at` SIGKILLs a node and restarts it, and
 //! the report adds the stores' reconnect spread ([`super::reconnects`]).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -172,11 +171,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     let start = Instant::now();
     let mut sim = start_sim(&args, &dir, &brokers)?;
+    let published_since = Arc::new(AtomicU64::new(0));
+    let (report_line, sim_out) =
+        read_sim_output(sim.stdout.take().expect("piped"), published_since.clone());
     let mut meters = Meters::new(args.consumers, pg.as_ref().and_then(|p| p.pid()));
     let mut faults = Faults::new(&args);
-    let status = loop {
+    // The simulator prints its report once its outboxes are drained, then stays online.
+    let out = loop {
+        if let Ok(line) = report_line.try_recv() {
+            break line;
+        }
         if let Some(status) = sim.try_wait()? {
-            break status;
+            // The line may have come just before the exit.
+            match report_line.try_recv() {
+                Ok(line) => break line,
+                Err(_) => anyhow::bail!(
+                    "fleet-sim failed ({status}); see {}",
+                    dir.join("fleet-sim.log").display()
+                ),
+            }
         }
         if interrupted.load(Ordering::SeqCst) {
             let _ = sim.kill();
@@ -192,19 +205,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     // one limits the rate (after it, HQ has the machine to itself).
     meters.sample_hq(&consumers, &broker);
     let while_sim = (start.elapsed(), meters.cpu_by_process());
-    let mut out = String::new();
-    sim.stdout.take().expect("piped").read_to_string(&mut out)?;
-    anyhow::ensure!(
-        status.success(),
-        "fleet-sim failed ({status}); see {}",
-        dir.join("fleet-sim.log").display()
-    );
-    let report: SimReport = serde_json::from_str(out.trim())
-        .with_context(|| format!("reading fleet-sim's report {out:?}"))?;
+    let mut report: SimReport = match serde_json::from_str(out.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            take_offline(&mut sim);
+            anyhow::bail!("reading fleet-sim's report {out:?}: {e}");
+        }
+    };
 
+    let first_report = report.published;
     let settled = settle(
         &journey,
-        report.published,
+        || first_report.max(published_since.load(Ordering::Relaxed)),
         args.settle_timeout,
         || {
             meters.sample_hq(&consumers, &broker);
@@ -212,9 +224,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         },
         || losses(&consumers[0].config).ok(),
     );
+    // Settled (or given up on): the stores may go.
+    take_offline(&mut sim);
+    let _ = sim_out.join();
+    report.published = report
+        .published
+        .max(published_since.load(Ordering::Relaxed));
     anyhow::ensure!(
         !interrupted.load(Ordering::SeqCst),
-        "interrupted: the consumers, broker and database are stopped"
+        "interrupted: the simulator, consumers, broker and database are stopped"
     );
     let elapsed = start.elapsed();
     let verdict = collect(&report, &journey, &consumers, &engines)?;
@@ -304,12 +322,63 @@ fn start_sim(args: &BenchArgs, dir: &Path, brokers: &[String]) -> anyhow::Result
         .args(["--mqtt", &args.mqtt])
         .arg("--dir")
         .arg(dir.join("stores"))
+        .arg("--stay-online")
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
+        // Closed once HQ has settled: the stores stay online until then (see `--stay-online`).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
         .context("starting fleet-sim")
+}
+
+/// Reads the simulator's stdout on a thread of its own: its first line (the report) comes
+/// through the channel; each later `{"published": N}` (the stores answered replays after the
+/// drain, and published the results) is stored in `published`.
+fn read_sim_output(
+    out: std::process::ChildStdout,
+    published: Arc<AtomicU64>,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for line in lines.map_while(Result::ok) {
+            let said = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["published"].as_u64());
+            match said {
+                Some(n) => published.store(n, Ordering::Relaxed),
+                None => tracing::warn!(%line, "fleet-sim printed a line the bench does not read"),
+            }
+        }
+    });
+    (rx, reader)
+}
+
+/// Lets the simulated stores go: closes their stdin and waits for them to close their
+/// outboxes, killing the process if it takes longer than a drained fleet should.
+fn take_offline(sim: &mut Child) {
+    drop(sim.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match sim.try_wait() {
+            Ok(Some(status)) if !status.success() => {
+                return tracing::warn!(%status, "fleet-sim ended badly after its report")
+            }
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    tracing::warn!("fleet-sim did not stop within 30 s of its stdin closing; killing it");
+    let _ = sim.kill();
+    let _ = sim.wait();
 }
 
 /// The faults, each once at its time.
@@ -426,7 +495,7 @@ impl Meters {
 /// wait its whole timeout for them), and the sinks done with what was stored.
 fn settle(
     store: &Journey,
-    published: u64,
+    published: impl Fn() -> u64,
     timeout: Duration,
     mut sample: impl FnMut() -> bool,
     mut losses: impl FnMut() -> Option<(u64, u64)>,
@@ -439,6 +508,7 @@ fn settle(
             return None;
         }
         if let Ok((stored, done)) = store.progress() {
+            let published = published();
             if stored >= published && done {
                 return Some(start.elapsed());
             }

@@ -14,13 +14,15 @@ use phygate::downlink::{Action, Update};
 use phygate::outbox::OutboxHandle;
 use phygate::replay::Replayer;
 use phygate::shutdown::Shutdown;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tracing::{info, warn};
 
 use super::sim::TENANT;
 
 /// Pause after a lost connection before polling again (rumqttc then reconnects).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// Pause after a refused subscription before subscribing again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
 
 /// A store's replayer and outbox, by store id.
 pub type Answerers = HashMap<String, (Replayer, OutboxHandle)>;
@@ -38,16 +40,30 @@ pub async fn answer(
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 64);
     let filter = format!("{}/{TENANT}/+/commands", phygate_proto::topic::ROOT);
+    // When to subscribe again after the broker refused: a clustered broker refuses while the
+    // stream behind its MQTT sessions elects a leader (nats-server: "Unable to add JetStream
+    // consumer for subscription … timeout"), and it keeps no subscription it refused.
+    let mut resubscribe: Option<tokio::time::Instant> = None;
     loop {
+        let due = resubscribe;
         let ev = tokio::select! {
             ev = events.poll() => ev,
+            _ = sleep_until(due), if due.is_some() => {
+                resubscribe = None;
+                subscribe(&client, &filter);
+                continue;
+            }
             _ = stop.stopped() => break,
         };
         match ev {
-            Ok(Event::Incoming(Packet::ConnAck(c))) if !c.session_present => {
-                if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
-                    warn!(error = %e, "cannot subscribe to the stores' commands");
-                }
+            // Every connection subscribes, a resumed session too (the same filter again only
+            // replaces the subscription): a cluster node may have lost it with its leader.
+            Ok(Event::Incoming(Packet::ConnAck(_))) => subscribe(&client, &filter),
+            Ok(Event::Incoming(Packet::SubAck(s)))
+                if s.return_codes.contains(&SubscribeReasonCode::Failure) =>
+            {
+                warn!("the broker refused the stores' commands subscription; subscribing again in 2 s");
+                resubscribe = Some(tokio::time::Instant::now() + RESUBSCRIBE_AFTER);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let store = p.topic.split('/').nth(3).unwrap_or_default().to_owned();
@@ -67,6 +83,20 @@ pub async fn answer(
                 tokio::time::sleep(RECONNECT_PAUSE).await;
             }
         }
+    }
+}
+
+fn subscribe(client: &AsyncClient, filter: &str) {
+    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+        warn!(error = %e, "cannot subscribe to the stores' commands");
+    }
+}
+
+/// Sleeps until `at` (never returns for None; the select's guard keeps it unpolled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -66,6 +66,13 @@ pub struct SimArgs {
     /// edge's own validator): 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1")]
     pub mqtt: String,
+    /// After the drain, print the report and keep the stores online until stdin closes: still
+    /// connected, answering HQ's replay requests and sending their `seq` reports, as real
+    /// stores do after their last event. `fleet-bench` passes it and closes stdin once HQ has
+    /// settled: without it, events a broker lost near the run's end would find no store left
+    /// to replay them, or to report that they were acknowledged.
+    #[arg(long)]
+    pub stay_online: bool,
 }
 
 /// `host:port`, the port last (an IPv6 host keeps its colons).
@@ -115,6 +122,8 @@ pub fn store_id(i: usize) -> String {
     format!("s{:04}", i + 1)
 }
 
+/// Runs the fleet and prints its report (one JSON line on stdout) once the outboxes are
+/// drained; with `--stay-online`, then waits for stdin to close before the stores go.
 pub fn run(args: SimArgs) -> anyhow::Result<SimReport> {
     anyhow::ensure!(args.stores > 0, "--stores must be at least 1");
     anyhow::ensure!(
@@ -206,6 +215,29 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
             "events still in the outboxes after the drain timeout (not published)"
         );
     }
+    let appended_now = appended.load(Ordering::Relaxed);
+    let own = super::procstat::usage(std::process::id()).unwrap_or_default();
+    let report = SimReport {
+        stores: args.stores,
+        appended: appended_now,
+        published: appended_now.saturating_sub(left),
+        refused: refused.load(Ordering::Relaxed),
+        offered_per_s: args.rate * args.stores as f64,
+        appended_per_s: appended_now as f64 / generate_s,
+        generate_s,
+        generate_cpu_s,
+        drain_s,
+        open_s,
+        threads,
+        cpu_s: own.cpu.as_secs_f64(),
+        peak_rss_kib: own.peak_kib,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if args.stay_online {
+        info!("drained; the stores stay online until stdin closes");
+        stay_online(&gateways, &appended, report.published).await;
+        info!("stdin closed; the stores go offline");
+    }
     stop.stop();
     let _ = commands.await;
     for g in gateways {
@@ -217,23 +249,43 @@ async fn simulate(args: SimArgs) -> anyhow::Result<SimReport> {
             .await?
             .map_err(|_| anyhow::anyhow!("an outbox thread panicked"))?;
     }
-    let appended = appended.load(Ordering::Relaxed);
-    let own = super::procstat::usage(std::process::id()).unwrap_or_default();
-    Ok(SimReport {
-        stores: args.stores,
-        appended,
-        published: appended.saturating_sub(left),
-        refused: refused.load(Ordering::Relaxed),
-        offered_per_s: args.rate * args.stores as f64,
-        appended_per_s: appended as f64 / generate_s,
-        generate_s,
-        generate_cpu_s,
-        drain_s,
-        open_s,
-        threads,
-        cpu_s: own.cpu.as_secs_f64(),
-        peak_rss_kib: own.peak_kib,
-    })
+    Ok(report)
+}
+
+/// Keeps the stores online until stdin closes. Answering a replay request appends the
+/// command's result, an event like any other: each time the fleet has published more and
+/// drained it, prints `{"published": N}` (the new total) for the bench to wait for.
+async fn stay_online(gateways: &[Gateway], appended: &AtomicU64, mut published: u64) {
+    let closed = stdin_closed();
+    tokio::pin!(closed);
+    let mut open = true;
+    while open {
+        tokio::select! {
+            // One last look before the stores go.
+            _ = &mut closed => open = false,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let now = appended.load(Ordering::Relaxed);
+        if now == published {
+            continue;
+        }
+        let mut left = 0;
+        for g in gateways {
+            left += g.outbox.stats().await.map(|s| s.depth).unwrap_or(1);
+        }
+        if left == 0 {
+            published = now;
+            println!("{}", serde_json::json!({ "published": published }));
+        }
+    }
+}
+
+/// Returns once stdin reaches its end (closed by the parent, or the parent gone).
+async fn stdin_closed() {
+    // A blocking read on a thread of its own: one thread for the whole wait.
+    let _ =
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await;
 }
 
 /// Opens gateway `i`'s outbox (its thread started) and starts its uplink.
