@@ -75,6 +75,8 @@ pub enum LinkEvent {
     Message(Received),
     /// A SUBACK refusing some filter, with the broker's codes.
     SubscribeRefused(String),
+    /// A SUBACK granting every filter.
+    Subscribed,
     /// The DISCONNECT went out (shutdown).
     DisconnectSent,
     Other,

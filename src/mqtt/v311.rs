@@ -44,6 +44,7 @@ impl Link {
             {
                 LinkEvent::SubscribeRefused("Failure (0x80)".into())
             }
+            Event::Incoming(Packet::SubAck(_)) => LinkEvent::Subscribed,
             Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
             _ => LinkEvent::Other,
         })

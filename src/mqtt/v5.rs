@@ -56,6 +56,7 @@ impl Link {
             {
                 LinkEvent::SubscribeRefused(format!("{:?}", s.return_codes))
             }
+            Event::Incoming(Packet::SubAck(_)) => LinkEvent::Subscribed,
             Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
             _ => LinkEvent::Other,
         })
