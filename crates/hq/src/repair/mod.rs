@@ -142,7 +142,7 @@ impl Repairer {
                     }
                 },
             };
-            match link.publish_all(&messages).await {
+            match link.publish_all(&messages, false).await {
                 Ok(()) => {
                     for a in asks {
                         info!(tenant = %a.key.tenant, store = %a.key.store, gateway = %a.key.gateway, from = a.from, to = a.to, id = %a.id, "replay requested");
