@@ -58,6 +58,7 @@ pub static OUTBOX_BYTES: Counter = Counter::new();
 pub static MQTT_RECONNECTS: Counter = Counter::new();
 pub static MQTT_CONNECTED: Counter = Counter::new();
 pub static PUBLISHES_REFUSED: Counter = Counter::new();
+pub static PUBACK_TIMEOUTS: Counter = Counter::new();
 pub static GATE_POLLS_FAILED: Counter = Counter::new();
 
 pub static DOWNLINK_REFUSED: Counter = Counter::new();
@@ -65,7 +66,7 @@ pub static DOWNLINK_APPLIED: Counter = Counter::new();
 pub static GATE_UNLOCKS: Counter = Counter::new();
 
 /// Every metric: name, type, help, and the counter that holds its value.
-static TABLE: [(&str, &str, &str, &Counter); 22] = [
+static TABLE: [(&str, &str, &str, &Counter); 23] = [
     (
         "phygate_readings_total",
         "counter",
@@ -167,6 +168,12 @@ static TABLE: [(&str, &str, &str, &Counter); 22] = [
         "counter",
         "event batches the broker refused with an MQTT 5 reason code (kept and sent again)",
         &PUBLISHES_REFUSED,
+    ),
+    (
+        "phygate_mqtt_puback_timeouts_total",
+        "counter",
+        "connections dropped because no PUBACK came within [uplink] ack_timeout while batches were in flight",
+        &PUBACK_TIMEOUTS,
     ),
     (
         "phygate_mqtt_connected",

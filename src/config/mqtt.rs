@@ -73,6 +73,8 @@ pub(super) struct RawUplink {
     backoff_min: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     backoff_max: Duration,
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    ack_timeout: Duration,
 }
 
 impl Default for RawUplink {
@@ -83,6 +85,7 @@ impl Default for RawUplink {
             inflight: default_inflight(),
             backoff_min: default_backoff_min(),
             backoff_max: default_backoff_max(),
+            ack_timeout: default_ack_timeout(),
         }
     }
 }
@@ -102,6 +105,11 @@ fn default_backoff_min() -> Duration {
 }
 /// A fleet reconnecting after an outage spreads over up to a minute.
 fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+/// Any PUBACK resets the wait, so a slow link that acknowledges batch by batch never hits it:
+/// 256 KiB at 64 kbit/s takes ~33 s.
+fn default_ack_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -204,12 +212,16 @@ impl Validator<'_> {
                 "must be above zero and not above backoff_max",
             );
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&u.ack_timeout) {
+            self.problem("uplink.ack_timeout", "must be 1s - 1h");
+        }
         UplinkConfig {
             batch_max_events: u.batch_max_events,
             batch_max_bytes: u.batch_max_bytes,
             inflight: u.inflight,
             backoff_min: u.backoff_min,
             backoff_max: u.backoff_max,
+            ack_timeout: u.ack_timeout,
         }
     }
 }

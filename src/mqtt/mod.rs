@@ -111,6 +111,9 @@ impl Received {
 pub enum LinkError {
     V311(rumqttc::ConnectionError),
     V5(rumqttc::v5::ConnectionError),
+    /// The connection stayed up (keep-alives answered) but no PUBACK came for this long while
+    /// publishes were in flight: the uplink drops it, and resends on the next.
+    NoAck(std::time::Duration),
 }
 
 impl fmt::Display for LinkError {
@@ -136,6 +139,11 @@ impl fmt::Display for LinkError {
                 reason::disconnect(*reason_code, reason_string.clone())
             ),
             LinkError::V5(e) => e.fmt(f),
+            LinkError::NoAck(d) => write!(
+                f,
+                "the broker acknowledged no publish for {d:?} while batches were in flight \
+                 (`[uplink] ack_timeout`); reconnecting to send them again"
+            ),
         }
     }
 }

@@ -97,6 +97,12 @@ pub struct Uplink {
     replaying: VecDeque<Batch>,
     /// The broker's packet limit from this connection's CONNACK (MQTT 5), if it stated one.
     packet_limit: Option<usize>,
+    /// The last sign that the broker takes our publishes: the CONNACK, or any PUBACK since.
+    /// With publishes in flight and nothing since for `ack_timeout`, the connection is
+    /// dropped: a broker that answers keep-alives but holds a PUBLISH (a clustered broker's
+    /// stuck stream) would otherwise hold the window, and the store's backlog, for good;
+    /// MQTT 3.1.1 §4.4 resends only on a new connection.
+    last_ack: tokio::time::Instant,
 }
 
 impl Uplink {
@@ -124,6 +130,7 @@ impl Uplink {
             replays: None,
             replaying: VecDeque::new(),
             packet_limit: None,
+            last_ack: tokio::time::Instant::now(),
         })
     }
 
@@ -171,6 +178,7 @@ impl Uplink {
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
                         self.retry_at = None;
+                        self.last_ack = tokio::time::Instant::now();
                         self.publish_status("online", true).await;
                         return Mode::Live;
                     }
@@ -210,6 +218,8 @@ impl Uplink {
             }
             self.publish_replays();
             let retry_wait = self.retry_at.filter(|at| *at > tokio::time::Instant::now());
+            let ack_deadline =
+                (!self.book.is_empty()).then(|| self.last_ack + self.settings.ack_timeout);
             // A held book (a refused PUBACK) publishes nothing new until it resumes.
             while !self.book.is_held() && self.book.batches_in_flight() < window {
                 let Some(batch) = ready.pop_front() else {
@@ -250,6 +260,12 @@ impl Uplink {
                 },
                 // Cancel-safe: a plain timer, rebuilt from `retry_at` each turn.
                 _ = tokio::time::sleep_until(retry_wait.unwrap_or_else(tokio::time::Instant::now)), if retry_wait.is_some() => {}
+                // Cancel-safe: a plain timer, rebuilt each turn from the last PUBACK.
+                _ = tokio::time::sleep_until(ack_deadline.unwrap_or_else(tokio::time::Instant::now)), if ack_deadline.is_some() => {
+                    crate::metrics::PUBACK_TIMEOUTS.inc();
+                    self.session.clean();
+                    return Ok(Mode::BackingOff(LinkError::NoAck(self.settings.ack_timeout)));
+                }
                 // Cancel-safe: a dropped fetch is a dropped read; the rows are read again.
                 batch = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
                     fetch = None;
@@ -331,6 +347,9 @@ impl Uplink {
     }
 
     async fn on_event(&mut self, ev: LinkEvent) -> Result<(), UplinkError> {
+        if matches!(ev, LinkEvent::PubAck { .. }) {
+            self.last_ack = tokio::time::Instant::now();
+        }
         match ev {
             LinkEvent::PublishSent(pkid) => self.book.assigned(pkid),
             LinkEvent::PubAck {

@@ -69,6 +69,9 @@ pub struct UplinkConfig {
     pub inflight: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// With publishes in flight and the connection up, the longest wait for any PUBACK before
+    /// the connection is dropped and the unacknowledged rows are sent again on a new one.
+    pub ack_timeout: Duration,
 }
 
 /// Everything the uplink is given: the session, the batching, and where it publishes.
