@@ -8,6 +8,7 @@ pub mod modbus_gate;
 pub mod nats;
 pub mod pn532;
 pub mod scanner;
+pub mod scripted_broker;
 pub mod skin;
 
 use std::fs::File;
