@@ -269,7 +269,7 @@ impl Outbox {
             self.fill(&mut group, wait);
             saturated = group.len() >= MAX_GROUP;
             held = self.serve(&mut group);
-            if self.deferred_acks.due(Instant::now()) {
+            if self.acks_due() {
                 // A steady stream of acknowledgements alone (a backlog draining): committed
                 // when it pauses or every ACK_LINGER, not once per PUBACK (`idle.rs`).
                 self.commit_deferred_acks();
@@ -462,10 +462,7 @@ impl Outbox {
         {
             self.deferred_acks.defer(std::mem::take(&mut acks), now);
         } else {
-            acks.splice(
-                0..0,
-                self.deferred_acks.ride(!appends.events.is_empty(), now),
-            );
+            acks.splice(0..0, self.deferred_acks.ride(!appends.is_empty(), now));
         }
         let (held, failed) = self.commit(appends, acks, lone_state);
         if let Some(e) = &failed {
