@@ -12,12 +12,15 @@
 //!
 //! Waiting for an append makes sense only while appends come. A backlog drained with no live
 //! events (the night after an outage) has none to ride with: its acknowledgements stream in,
-//! one per PUBACK, and are committed together once they pause for [`ACK_QUIET`] (or every
-//! [`ACK_LINGER`] while they keep coming), or at once when they acknowledge the last row: the
-//! drain is over, and no PUBACK is left to wait for. Waiting out the whole linger there left
-//! the last half second of a drain unacknowledged on disk: the depth gauge and the status page
-//! showed a backlog already delivered, and a crash in that time resent up to half a second of
-//! the drain's events (the spine bench measured it: every drain round ended ~0.5 s late).
+//! one per PUBACK, are committed together every [`ACK_LINGER`] while they keep coming, and at
+//! once when they acknowledge the last row: the drain is over, and no PUBACK is left to wait
+//! for. Waiting out the linger there too left the end of a drain unacknowledged on disk for
+//! half a second: the depth gauge and the status page showed a backlog already delivered, and
+//! a crash in that time resent it (the spine bench measured it: every drain round ended
+//! ~0.5 s late). A drain that stalls before its last row (the broker slow, the link lost) is
+//! committed by the linger, as before. Committing whenever the PUBACKs paused for 2 ms was
+//! tried and dropped: on a loaded machine they pause often, and each pause cost the outbox
+//! thread an fsync between its reads.
 //!
 //! Safety. A deferred acknowledgement is not yet on disk: a crash (or a power cut) before it
 //! commits leaves those rows live, and the next run publishes them again with the same ids,
@@ -41,11 +44,6 @@ pub(super) const RECLAIM_BATCH: u64 = 1024;
 /// The longest an acknowledgement waits for a group to ride in before it is committed alone.
 /// Bounds what a crash makes the next run publish again.
 pub(super) const ACK_LINGER: Duration = Duration::from_millis(500);
-/// With no append within [`ACK_LINGER`] before them, acknowledgements that pause this long are
-/// committed: a drain's stream has ended (or stalled). PUBACKs of a drain come about a
-/// millisecond apart; a pause of a loaded machine costs at most one commit early, as every
-/// acknowledgement's own commit did before they were deferred.
-pub(super) const ACK_QUIET: Duration = Duration::from_millis(2);
 
 /// How long the queue must be quiet before dead rows are removed, for so many of them.
 pub(super) fn reclaim_after(dead_rows: u64) -> Duration {
@@ -97,21 +95,18 @@ impl DeferredAcks {
         self.take()
     }
 
-    /// When they must be committed even if no group comes: after the linger while appends
-    /// come (the next one carries them), else as soon as they pause, or at once when they
-    /// reach `last_seq`, the outbox's last row.
+    /// When they must be committed even if no group comes: after the linger, or at once when
+    /// they reach `last_seq`, the outbox's last row, and no appends come to carry them.
     pub(super) fn deadline(&self, last_seq: u64) -> Option<Instant> {
         let lingered = self.since? + ACK_LINGER;
         let latest = self.latest?;
         let appends_come = self
             .appended
             .is_some_and(|at| latest.saturating_duration_since(at) < ACK_LINGER);
-        Some(if appends_come {
-            lingered
-        } else if self.through >= last_seq {
+        Some(if !appends_come && self.through >= last_seq {
             latest
         } else {
-            lingered.min(latest + ACK_QUIET)
+            lingered
         })
     }
 
@@ -206,41 +201,28 @@ mod tests {
     }
 
     #[test]
-    fn a_drains_acknowledgements_with_no_appends_are_due_once_they_pause() {
+    fn a_drains_acknowledgements_with_no_appends_are_due_once_they_reach_the_last_row() {
         let t0 = Instant::now();
         let mut d = DeferredAcks::default();
         d.defer(vec![(1, 500)], t0);
         d.defer(vec![(501, 1000)], t0 + Duration::from_millis(1));
-        assert_eq!(
-            d.deadline(MORE),
-            Some(t0 + Duration::from_millis(1) + ACK_QUIET),
-            "counted from the newest"
-        );
-        // A stream that never pauses is still committed every linger.
-        for ms in 2..=600 {
-            d.defer(
-                vec![(ms * 500 + 1, ms * 500 + 500)],
-                t0 + Duration::from_millis(ms),
-            );
-        }
-        assert_eq!(d.deadline(MORE), Some(t0 + ACK_LINGER));
-        // Once they acknowledge the outbox's last row, no PUBACK is left to wait for.
-        assert_eq!(
-            d.deadline(600 * 500 + 500),
-            Some(t0 + Duration::from_millis(600))
-        );
+        // More rows to drain: committed every linger while the PUBACKs keep coming.
+        assert_eq!(d.deadline(1500), Some(t0 + ACK_LINGER));
+        // The last row acknowledged: no PUBACK is left to wait for.
+        assert_eq!(d.deadline(1000), Some(t0 + Duration::from_millis(1)));
+        assert!(d.due(t0 + Duration::from_millis(1), 1000));
         d.take();
         // An append long before the acknowledgement does not hold it for the linger either.
         d.ride(true, t0);
         let later = t0 + ACK_LINGER + Duration::from_millis(1);
         d.defer(vec![(1, 1)], later);
-        assert_eq!(d.deadline(MORE), Some(later + ACK_QUIET));
+        assert_eq!(d.deadline(1), Some(later));
         // One just before it does: the next append is likely to come and carry it.
         d.take();
         d.ride(true, later);
         d.defer(vec![(2, 2)], later + Duration::from_millis(1));
         assert_eq!(
-            d.deadline(MORE),
+            d.deadline(2),
             Some(later + Duration::from_millis(1) + ACK_LINGER)
         );
     }
