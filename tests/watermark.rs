@@ -65,8 +65,9 @@ fn a_kill_between_the_watermark_and_the_range_delete_loses_nothing_and_resends_n
     // fault point is (with a window it comes a window later, through the same code). One event
     // per publish and one publish in flight: the drain takes thousands of round trips, far
     // longer than the outbox waits before committing a drain's acknowledgements (ACK_LINGER,
-    // 500 ms); with the default 8 × 500 the whole backlog was acknowledged within that wait
-    // in about half the runs, and the first commit left no row unacknowledged.
+    // 500 ms, unless they reach the last row); with the default 8 × 500 the whole backlog was
+    // acknowledged within that wait in about half the runs, and the first commit left no row
+    // unacknowledged.
     let mut store = Store::new(&Knobs {
         outbox: "replay_window = \"0s\"".into(),
         uplink: "batch_max_events = 1\ninflight = 1".into(),

@@ -24,6 +24,11 @@ impl Appends {
         }
     }
 
+    /// No appends: a group of acknowledgements, reads or state writes only.
+    pub(super) fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
     /// The state writes that go with appends `from..to`, in arrival order: each append's own,
     /// and the lone writes (tagged with how many appends came before them) among them; the
     /// lone writes after the last append go with the range that ends the group.

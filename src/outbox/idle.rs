@@ -10,6 +10,18 @@
 //! later) or after [`ACK_LINGER`], and dead rows are removed [`RECLAIM_BATCH`] at a time, or
 //! all of them once the store has been quiet for [`QUIET`].
 //!
+//! Waiting for an append makes sense only while appends come. A backlog drained with no live
+//! events (the night after an outage) has none to ride with: its acknowledgements stream in,
+//! one per PUBACK, are committed together every [`ACK_LINGER`] while they keep coming, and at
+//! once when they acknowledge the last row: the drain is over, and no PUBACK is left to wait
+//! for. Waiting out the linger there too left the end of a drain unacknowledged on disk for
+//! half a second: the depth gauge and the status page showed a backlog already delivered, and
+//! a crash in that time resent it (the spine bench measured it: every drain round ended
+//! ~0.5 s late). A drain that stalls before its last row (the broker slow, the link lost) is
+//! committed by the linger, as before. Committing whenever the PUBACKs paused for 2 ms was
+//! tried and dropped: on a loaded machine they pause often, and each pause cost the outbox
+//! thread an fsync between its reads.
+//!
 //! Safety. A deferred acknowledgement is not yet on disk: a crash (or a power cut) before it
 //! commits leaves those rows live, and the next run publishes them again with the same ids,
 //! which HQ de-duplicates. That is the same outcome as a crash between a PUBACK and its
@@ -48,6 +60,13 @@ pub(super) struct DeferredAcks {
     ranges: Vec<(u64, u64)>,
     /// When the oldest of them came.
     since: Option<Instant>,
+    /// When the newest of them came.
+    latest: Option<Instant>,
+    /// The highest seq among them (0: none).
+    through: u64,
+    /// When the last group with appends was served: while appends come, acknowledgements wait
+    /// to ride with them.
+    appended: Option<Instant>,
 }
 
 impl DeferredAcks {
@@ -56,28 +75,49 @@ impl DeferredAcks {
             return;
         }
         self.since.get_or_insert(now);
+        self.latest = Some(now);
+        self.through = acks.iter().fold(self.through, |t, r| t.max(r.1));
         self.ranges.extend(acks);
     }
 
     /// Every range deferred, to commit now.
     pub(super) fn take(&mut self) -> Vec<(u64, u64)> {
-        self.since = None;
+        (self.since, self.latest, self.through) = (None, None, 0);
         std::mem::take(&mut self.ranges)
     }
 
-    /// When they must be committed even if no group comes.
-    pub(super) fn deadline(&self) -> Option<Instant> {
-        self.since.map(|t| t + ACK_LINGER)
+    /// Every range deferred, to commit with a group served at `now` (`appending`: it has
+    /// appends of its own).
+    pub(super) fn ride(&mut self, appending: bool, now: Instant) -> Vec<(u64, u64)> {
+        if appending {
+            self.appended = Some(now);
+        }
+        self.take()
     }
 
-    pub(super) fn due(&self, now: Instant) -> bool {
-        self.deadline().is_some_and(|at| at <= now)
+    /// When they must be committed even if no group comes: after the linger, or at once when
+    /// they reach `last_seq`, the outbox's last row, and no appends come to carry them.
+    pub(super) fn deadline(&self, last_seq: u64) -> Option<Instant> {
+        let lingered = self.since? + ACK_LINGER;
+        let latest = self.latest?;
+        let appends_come = self
+            .appended
+            .is_some_and(|at| latest.saturating_duration_since(at) < ACK_LINGER);
+        Some(if !appends_come && self.through >= last_seq {
+            latest
+        } else {
+            lingered
+        })
+    }
+
+    pub(super) fn due(&self, now: Instant, last_seq: u64) -> bool {
+        self.deadline(last_seq).is_some_and(|at| at <= now)
     }
 
     /// The highest seq acknowledged among them (0: none). A read from below it must see them
     /// applied, or it would hand out acknowledged rows again.
     pub(super) fn through(&self) -> u64 {
-        self.ranges.iter().map(|r| r.1).max().unwrap_or(0)
+        self.through
     }
 }
 
@@ -96,7 +136,7 @@ impl Outbox {
             }
         });
         self.deferred_acks
-            .deadline()
+            .deadline(self.store.last_seq())
             .into_iter()
             .chain(reclaim)
             .min()
@@ -104,11 +144,17 @@ impl Outbox {
 
     /// Does what [`Outbox::idle_deadline`] waited for.
     pub(super) fn idle_work(&mut self) {
-        if self.deferred_acks.due(Instant::now()) {
+        if self.acks_due() {
             self.commit_deferred_acks();
         } else {
             self.reclaim_step();
         }
+    }
+
+    /// The deferred acknowledgements must be committed now, even with no group to ride in.
+    pub(super) fn acks_due(&self) -> bool {
+        self.deferred_acks
+            .due(Instant::now(), self.store.last_seq())
     }
 
     /// Commits the deferred acknowledgements alone (no group came for them).
@@ -127,31 +173,65 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// A last row beyond every acknowledgement of a test: the drain is not over.
+    const MORE: u64 = u64::MAX;
+
     #[test]
-    fn deferred_acks_are_due_after_the_linger_from_the_oldest() {
+    fn deferred_acks_are_due_after_the_linger_from_the_oldest_while_appends_come() {
         let t0 = Instant::now();
         let mut d = DeferredAcks::default();
-        assert_eq!(d.deadline(), None);
-        assert!(!d.due(t0 + Duration::from_secs(3600)), "nothing deferred");
+        assert_eq!(d.deadline(MORE), None);
+        assert!(
+            !d.due(t0 + Duration::from_secs(3600), MORE),
+            "nothing deferred"
+        );
+        assert!(d.ride(true, t0).is_empty());
         d.defer(vec![(1, 5)], t0);
         d.defer(vec![(6, 9)], t0 + Duration::from_millis(300));
         assert_eq!(
-            d.deadline(),
+            d.deadline(MORE),
             Some(t0 + ACK_LINGER),
             "counted from the oldest"
         );
-        assert!(!d.due(t0 + ACK_LINGER - Duration::from_millis(1)));
-        assert!(d.due(t0 + ACK_LINGER));
+        assert!(!d.due(t0 + ACK_LINGER - Duration::from_millis(1), MORE));
+        assert!(d.due(t0 + ACK_LINGER, MORE));
         assert_eq!(d.through(), 9);
         assert_eq!(d.take(), vec![(1, 5), (6, 9)]);
-        assert_eq!((d.deadline(), d.through()), (None, 0));
+        assert_eq!((d.deadline(MORE), d.through()), (None, 0));
+    }
+
+    #[test]
+    fn a_drains_acknowledgements_with_no_appends_are_due_once_they_reach_the_last_row() {
+        let t0 = Instant::now();
+        let mut d = DeferredAcks::default();
+        d.defer(vec![(1, 500)], t0);
+        d.defer(vec![(501, 1000)], t0 + Duration::from_millis(1));
+        // More rows to drain: committed every linger while the PUBACKs keep coming.
+        assert_eq!(d.deadline(1500), Some(t0 + ACK_LINGER));
+        // The last row acknowledged: no PUBACK is left to wait for.
+        assert_eq!(d.deadline(1000), Some(t0 + Duration::from_millis(1)));
+        assert!(d.due(t0 + Duration::from_millis(1), 1000));
+        d.take();
+        // An append long before the acknowledgement does not hold it for the linger either.
+        d.ride(true, t0);
+        let later = t0 + ACK_LINGER + Duration::from_millis(1);
+        d.defer(vec![(1, 1)], later);
+        assert_eq!(d.deadline(1), Some(later));
+        // One just before it does: the next append is likely to come and carry it.
+        d.take();
+        d.ride(true, later);
+        d.defer(vec![(2, 2)], later + Duration::from_millis(1));
+        assert_eq!(
+            d.deadline(2),
+            Some(later + Duration::from_millis(1) + ACK_LINGER)
+        );
     }
 
     #[test]
     fn an_empty_acknowledgement_defers_nothing() {
         let mut d = DeferredAcks::default();
         d.defer(Vec::new(), Instant::now());
-        assert_eq!(d.deadline(), None);
+        assert_eq!(d.deadline(MORE), None);
     }
 
     #[test]

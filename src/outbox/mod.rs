@@ -269,9 +269,9 @@ impl Outbox {
             self.fill(&mut group, wait);
             saturated = group.len() >= MAX_GROUP;
             held = self.serve(&mut group);
-            if self.deferred_acks.due(Instant::now()) {
+            if self.acks_due() {
                 // A steady stream of acknowledgements alone (a backlog draining): committed
-                // every ACK_LINGER, not once per PUBACK.
+                // when it pauses or every ACK_LINGER, not once per PUBACK (`idle.rs`).
                 self.commit_deferred_acks();
             }
             if self.store.reclaim_overdue() {
@@ -453,16 +453,16 @@ impl Outbox {
             Request::Fetch { after, .. } => *after < through,
             _ => true,
         });
+        let now = Instant::now();
         if appends.events.is_empty()
             && lone_state.is_empty()
             && !reads_need_acks
             && !retrying
             && !self.store.evicting()
         {
-            self.deferred_acks.defer(acks, Instant::now());
-            acks = Vec::new();
+            self.deferred_acks.defer(std::mem::take(&mut acks), now);
         } else {
-            acks.splice(0..0, self.deferred_acks.take());
+            acks.splice(0..0, self.deferred_acks.ride(!appends.is_empty(), now));
         }
         let (held, failed) = self.commit(appends, acks, lone_state);
         if let Some(e) = &failed {

@@ -31,6 +31,17 @@ fn pubacks_settle_publishes_by_the_order_they_were_queued() {
 }
 
 #[test]
+fn reads_start_with_one_batch_and_double_up_to_the_window_then_read_a_window_ahead() {
+    let targets: Vec<usize> = [0, 1, 2, 3, 4, 7, 8, 12, 16, 20]
+        .iter()
+        .map(|covered| read_target(8, *covered))
+        .collect();
+    assert_eq!(targets, [1, 2, 4, 6, 8, 8, 16, 16, 16, 16]);
+    assert_eq!(read_target(1, 0), 1);
+    assert_eq!(read_target(1, 1), 2);
+}
+
+#[test]
 fn a_puback_for_no_publish_of_this_connection_settles_nothing() {
     let mut b = Book::new();
     b.connected();

@@ -233,18 +233,19 @@ impl Uplink {
                     break;
                 }
             }
+            let covered = self.book.batches_in_flight() + ready.len();
             let wanted = match (&fetch, caught_up) {
                 (None, false) => self
                     .book
-                    .next_fetch((2 * window).saturating_sub(ready.len()))
+                    .next_fetch(book::read_target(window, covered).saturating_sub(ready.len()))
                     .map(|(after, room)| (ready.back().map_or(after, |b| b.last), room)),
                 _ => None,
             };
-            // Every free slot in one request: a round trip to the outbox thread per batch made
-            // the drain wait on that thread's wake-ups. The request waits at the outbox when
-            // there is nothing to read yet, and is answered by the commit that brings rows
-            // (`outbox/waiting.rs`): no wake-up of this task per commit, and none of the
-            // outbox thread to read what it just wrote.
+            // Up to the read target in one request (`book::read_target`: small at first): a
+            // round trip to the outbox thread per batch made the drain wait on that thread's
+            // wake-ups. The request waits at the outbox when there is nothing to read yet, and
+            // is answered by the commit that brings rows (`outbox/waiting.rs`): no wake-up of
+            // this task per commit, and none of the outbox thread to read what it just wrote.
             if let Some((after, room)) = wanted {
                 self.committed.borrow_and_update();
                 let h = self.outbox.clone();
