@@ -15,13 +15,12 @@ pub use settings::{OutboxConfig, Synchronous};
 pub use store::{Batch, Check, Replay, Stats, Store, StoreError, Verdict, EVICT_STEP_ROWS};
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::event::DeviceState;
-use crate::event::{DeviceStatusData, Event, EventData, Origin, Prepared};
+use crate::event::{Origin, Prepared};
 
 /// Requests waiting for the thread; when full, appenders wait (back-pressure to the sources).
 const QUEUE: usize = 4096;
@@ -320,102 +319,6 @@ impl Outbox {
         }
     }
 
-    /// Drops rows past the retention, a bounded step per commit, serving the requests waiting
-    /// between steps. Returns the appends the disk refused meanwhile, to retry.
-    fn expire(&mut self) -> Vec<Request> {
-        let mut held = Vec::new();
-        loop {
-            match self.store.expire(SystemTime::now()) {
-                Ok(n) if n as usize >= self.store.step() => {}
-                Ok(_) => break,
-                Err(e) => {
-                    self.note(&e);
-                    warn!(error = %e, "outbox retention sweep failed");
-                    break;
-                }
-            }
-            self.committed.send_replace(self.store.last_seq());
-            let mut waiting: Vec<Request> = self.rx.try_iter().take(MAX_GROUP).collect();
-            held.extend(self.serve(&mut waiting));
-            if self.corrupt.is_some() {
-                break;
-            }
-        }
-        self.committed.send_replace(self.store.last_seq());
-        held
-    }
-
-    /// Removes one range of acknowledged rows.
-    fn reclaim_step(&mut self) {
-        if let Err(e) = self.store.reclaim_step() {
-            self.note(&e);
-            warn!(error = %e, "removing acknowledged outbox rows failed");
-        }
-    }
-
-    /// Starts the full integrity check of the file in use; its verdict comes back as a request.
-    fn start_check(&mut self) {
-        let (tx, file) = (self.weak.clone(), self.file);
-        let done = move |verdict| {
-            // Gone at shutdown: nothing to tell.
-            if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Request::Checked { file, verdict });
-            }
-        };
-        match Check::spawn(self.store.path(), done) {
-            Ok(check) => self.check = Some(check),
-            Err(e) => warn!(error = %e, "cannot start the outbox integrity check"),
-        }
-    }
-
-    /// Remembers that a statement found the file corrupt.
-    fn note(&mut self, e: &StoreError) {
-        if e.is_corruption() && self.corrupt.is_none() {
-            self.corrupt = Some(e.to_string());
-        }
-    }
-
-    /// Moves a file found corrupt aside and goes on with a fresh one, and says so to HQ.
-    fn move_aside_if_corrupt(&mut self) {
-        let Some(why) = self.corrupt.take() else {
-            return;
-        };
-        error!(error = %why, "the outbox database is corrupt");
-        if let Some(check) = self.check.take() {
-            check.stop();
-        }
-        self.file += 1;
-        match self.store.move_aside() {
-            Ok(moved) => {
-                self.report_moved(&moved);
-                self.committed.send_replace(self.store.last_seq());
-            }
-            // Nothing else to do: the statements on the file keep failing and say so.
-            Err(e) => error!(error = %e, "cannot move the corrupt outbox database aside"),
-        }
-    }
-
-    /// Appends the `store.device.status` error that says where a corrupt file went.
-    fn report_moved(&mut self, moved: &std::path::Path) {
-        let report = Event::new(
-            self.gateway.as_str().into(),
-            SystemTime::now(),
-            EventData::DeviceStatus(DeviceStatusData {
-                device: "outbox".into(),
-                kind: "outbox",
-                state: DeviceState::Error,
-                reason: format!(
-                    "database was corrupt; moved to {} and a fresh one started",
-                    moved.display()
-                ),
-                count: None,
-            }),
-        );
-        if let Err(e) = self.store.commit_group(&[report], &[]) {
-            error!(error = %e, "cannot report the corrupt outbox database");
-        }
-    }
-
     /// Commits a group; answers fetches and stats after the commit so they see it. Returns the
     /// fire-and-forget appends to retry when the disk refused them.
     fn serve(&mut self, group: &mut Vec<Request>) -> Vec<Request> {
@@ -666,6 +569,12 @@ impl Outbox {
 
 #[path = "handle.rs"]
 mod handle;
+
+#[path = "integrity.rs"]
+mod integrity;
+
+#[path = "sweeps.rs"]
+mod sweeps;
 
 #[path = "appends.rs"]
 mod appends;

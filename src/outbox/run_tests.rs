@@ -2,6 +2,8 @@
 //! while running.
 
 use super::*;
+use crate::event::Event;
+use std::time::SystemTime;
 
 fn appends(n: usize) -> Appends {
     let mut a = Appends::default();

@@ -339,46 +339,6 @@ impl Store {
         self.acked
     }
 
-    fn tally(&self) -> Tally {
-        Tally {
-            last_seq: self.last_seq,
-            depth: self.depth,
-            bytes: self.bytes,
-            acked: self.acked,
-            evicting: self.evicting,
-            retained: self.retained,
-            reclaimed: self.reclaimed,
-        }
-    }
-
-    /// Takes on a committed transaction's counters.
-    fn apply(&mut self, t: Tally) {
-        if t.acked > self.acked {
-            self.retention.acked(std::time::Instant::now(), t.acked);
-        }
-        if t.reclaimed > self.reclaimed {
-            self.retention.release_through(t.reclaimed);
-        }
-        (
-            self.last_seq,
-            self.depth,
-            self.bytes,
-            self.acked,
-            self.evicting,
-            self.retained,
-            self.reclaimed,
-        ) = (
-            t.last_seq,
-            t.depth,
-            t.bytes,
-            t.acked,
-            t.evicting,
-            t.retained,
-            t.reclaimed,
-        );
-        self.publish_gauges();
-    }
-
     fn try_group(
         &mut self,
         events: &[Prepared],
@@ -463,142 +423,10 @@ impl Store {
         Ok(seqs)
     }
 
-    /// The next batch after `after` (and after the watermark): at most `max_events` events and
-    /// about `max_bytes` bytes (a single larger event still goes alone).
-    pub fn fetch_after(
-        &self,
-        after: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Option<Batch>, StoreError> {
-        // No `LIMIT ?`: SQLite re-prepares a statement whose LIMIT is a bound parameter at
-        // every run (measured: one re-prepare per fetch, ~9 % of the fleet simulator's CPU, and
-        // as much of a busy store's outbox thread per batch). Rows are stepped lazily, so
-        // stopping after `max_events` rows reads no more than the LIMIT did.
-        let mut q = self
-            .conn
-            .prepare_cached("SELECT seq, body FROM outbox WHERE seq > ?1 ORDER BY seq")?;
-        let after = after.max(self.acked);
-        let mut rows = q.query([after as i64])?;
-        // A full batch's room at once: growing it by doubling copied a batch about twice.
-        let mut payload = Vec::with_capacity(max_bytes.min(1 << 20));
-        payload.push(b'[');
-        let (mut first, mut last, mut count, mut bytes) = (0, 0, 0, 0);
-        while count < max_events {
-            let Some(row) = rows.next()? else {
-                break;
-            };
-            let seq = row.get::<_, i64>(0)? as u64;
-            let body = row.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
-            if count > 0 && payload.len() + body.len() + 2 > max_bytes {
-                break;
-            }
-            if count == 0 {
-                first = seq;
-            } else {
-                payload.push(b',');
-            }
-            payload.extend_from_slice(body);
-            bytes += body.len() as u64;
-            last = seq;
-            count += 1;
-        }
-        payload.push(b']');
-        if count > 0 {
-            self.handed
-                .borrow_mut()
-                .handed_out(first, last, count as u64, bytes);
-        }
-        Ok((count > 0).then_some(Batch {
-            first,
-            last,
-            count,
-            payload,
-        }))
-    }
-
-    /// Up to `batches` consecutive batches after `after` (as [`Store::fetch_after`] each): the
-    /// uplink fills its whole in-flight window with one request to the outbox thread instead
-    /// of one round trip per batch. Fewer once the outbox is read to its end.
-    pub fn fetch_batches(
-        &self,
-        after: u64,
-        batches: usize,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Batch>, StoreError> {
-        let mut out = Vec::with_capacity(batches.min(64));
-        let mut after = after;
-        while out.len() < batches {
-            let Some(b) = self.fetch_after(after, max_events, max_bytes)? else {
-                break;
-            };
-            after = b.last;
-            out.push(b);
-        }
-        Ok(out)
-    }
-
     fn publish_gauges(&self) {
         crate::metrics::OUTBOX_DEPTH.set(self.depth);
         crate::metrics::OUTBOX_BYTES.set(self.bytes);
     }
-}
-
-/// The outbox's counters as a transaction changes them; applied only once it commits.
-struct Tally {
-    last_seq: u64,
-    depth: u64,
-    bytes: u64,
-    acked: u64,
-    evicting: Option<Cursor>,
-    /// Bytes of dead rows kept for replay.
-    retained: u64,
-    /// Every row at or below it is gone (not kept in `meta`: found again at the open).
-    reclaimed: u64,
-}
-
-fn read_tally(conn: &Connection) -> rusqlite::Result<Tally> {
-    let mut t = Tally {
-        last_seq: 0,
-        depth: 0,
-        bytes: 0,
-        acked: 0,
-        evicting: None,
-        retained: 0,
-        reclaimed: 0,
-    };
-    let mut q = conn.prepare("SELECT key, value FROM meta")?;
-    let mut rows = q.query([])?;
-    while let Some(row) = rows.next()? {
-        let value = row.get::<_, i64>(1)?.max(0) as u64;
-        match row.get_ref(0)?.as_str()? {
-            "last_seq" => t.last_seq = value,
-            "rows" => t.depth = value,
-            "bytes" => t.bytes = value,
-            "acked" => t.acked = value,
-            "retained" => t.retained = value,
-            _ => {}
-        }
-    }
-    Ok(t)
-}
-
-/// Writes the counters in the transaction that changed them.
-fn save_tally(tx: &rusqlite::Transaction, t: &Tally) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'rows' THEN ?2 \
-         WHEN 'bytes' THEN ?3 WHEN 'acked' THEN ?4 ELSE ?5 END \
-         WHERE key IN ('last_seq', 'rows', 'bytes', 'acked', 'retained')",
-    )?
-    .execute(params![
-        t.last_seq as i64,
-        t.depth as i64,
-        t.bytes as i64,
-        t.acked as i64,
-        t.retained as i64
-    ])?;
-    Ok(())
 }
 
 /// Caps the file at about `bytes` (SQLite `max_page_count`).
@@ -643,6 +471,13 @@ fn insert_with(
     t.bytes += body.len() as u64;
     Ok(seq)
 }
+
+#[path = "fetch.rs"]
+mod fetch;
+
+#[path = "tally.rs"]
+mod tally;
+use tally::{read_tally, save_tally, Tally};
 
 #[path = "state.rs"]
 mod state;

@@ -532,7 +532,7 @@ impl Uplink {
                 (report, _) => Some(report),
             },
         };
-        let payload = status_payload(state, &self.gateway, report.clone());
+        let payload = report::status_payload(state, &self.gateway, report.clone());
         if !self.fits(&self.status_topic, payload.len()) {
             // The status is a courtesy to HQ's fleet view; a publish the client would refuse
             // as a connection error would cost the events their link.
@@ -567,22 +567,6 @@ fn publish_overhead(topic: &str) -> usize {
     topic.len() + BATCH_CONTENT_TYPE.len() + 32
 }
 
-/// `{"state":…,"gateway":…,"version":…,"since":…,"report":…}` (docs/events.md "Status").
-fn status_payload(
-    state: &str,
-    gateway: &str,
-    report: Option<phygate_proto::status::Report>,
-) -> Vec<u8> {
-    let status = phygate_proto::status::Status {
-        state: state.to_owned(),
-        gateway: gateway.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        since: crate::event::format_time(SystemTime::now()),
-        report,
-    };
-    serde_json::to_vec(&status).expect("a status serialises")
-}
-
 /// The uplink's connection: a clean session (the outbox is the session: a broker-side one
 /// would only replay what the book resends anyway), the retained offline status as its will.
 fn session_options(s: &UplinkSettings) -> SessionOptions {
@@ -598,7 +582,7 @@ fn session_options(s: &UplinkSettings) -> SessionOptions {
         max_outgoing: (u.batch_max_bytes * 2).max(4 * 1024 * 1024),
         will: Some(Will {
             topic: s.status_topic.clone(),
-            payload: status_payload("offline", &s.gateway, None),
+            payload: report::status_payload("offline", &s.gateway, None),
         }),
         // At most `inflight` batches, the replays and a status message are queued at once.
         requests: u.inflight + REPLAY_INFLIGHT + 8,

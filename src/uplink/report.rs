@@ -251,6 +251,22 @@ fn shape(r: &Report) -> (Vec<(String, String)>, bool) {
     (key, r.backlog.is_some())
 }
 
+/// `{"state":…,"gateway":…,"version":…,"since":…,"report":…}` (docs/events.md "Status").
+pub(super) fn status_payload(
+    state: &str,
+    gateway: &str,
+    report: Option<phygate_proto::status::Report>,
+) -> Vec<u8> {
+    let status = phygate_proto::status::Status {
+        state: state.to_owned(),
+        gateway: gateway.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        since: crate::event::format_time(std::time::SystemTime::now()),
+        report,
+    };
+    serde_json::to_vec(&status).expect("a status serialises")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,9 @@ use tracing::info;
 
 use super::brokers::{BrokerKind, Brokers};
 use super::engines::{self, Engines};
+use super::journey::{losses, settle, Journey};
 use super::pgserver;
-use super::procs::{Consumer, Meter};
+use super::procs::{read_sim_output, take_offline, Consumer, Meter};
 use super::reconnects::{self, Spread};
 use super::sim::SimReport;
 
@@ -106,7 +107,7 @@ impl Verdict {
     }
 }
 
-const API_KEY: &str = "fleet-bench-key";
+pub(super) const API_KEY: &str = "fleet-bench-key";
 
 /// Runs the benchmark, prints its report; returns whether the verdict holds.
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
@@ -332,55 +333,6 @@ fn start_sim(args: &BenchArgs, dir: &Path, brokers: &[String]) -> anyhow::Result
         .context("starting fleet-sim")
 }
 
-/// Reads the simulator's stdout on a thread of its own: its first line (the report) comes
-/// through the channel; each later `{"published": N}` (the stores answered replays after the
-/// drain, and published the results) is stored in `published`.
-fn read_sim_output(
-    out: std::process::ChildStdout,
-    published: Arc<AtomicU64>,
-) -> (
-    std::sync::mpsc::Receiver<String>,
-    std::thread::JoinHandle<()>,
-) {
-    use std::io::BufRead;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(out).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
-        }
-        for line in lines.map_while(Result::ok) {
-            let said = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v["published"].as_u64());
-            match said {
-                Some(n) => published.store(n, Ordering::Relaxed),
-                None => tracing::warn!(%line, "fleet-sim printed a line the bench does not read"),
-            }
-        }
-    });
-    (rx, reader)
-}
-
-/// Lets the simulated stores go: closes their stdin and waits for them to close their
-/// outboxes, killing the process if it takes longer than a drained fleet should.
-fn take_offline(sim: &mut Child) {
-    drop(sim.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match sim.try_wait() {
-            Ok(Some(status)) if !status.success() => {
-                return tracing::warn!(%status, "fleet-sim ended badly after its report")
-            }
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-    tracing::warn!("fleet-sim did not stop within 30 s of its stdin closing; killing it");
-    let _ = sim.kill();
-    let _ = sim.wait();
-}
-
 /// The faults, each once at its time.
 struct Faults {
     kill_at: Option<Duration>,
@@ -487,83 +439,6 @@ impl Meters {
     }
 }
 
-/// Waits until the store holds `published` events and both sinks' cursors have reached its
-/// last event with nothing in flight; returns how long that took (None: timed out, or
-/// `sample` said to stop).
-/// Waits until HQ has settled: every published event stored, or declared lost with no hole
-/// still pending (a broker that loses PUBACKed events, docs/fleet.md, must not make the bench
-/// wait its whole timeout for them), and the sinks done with what was stored.
-fn settle(
-    store: &Journey,
-    published: impl Fn() -> u64,
-    timeout: Duration,
-    mut sample: impl FnMut() -> bool,
-    mut losses: impl FnMut() -> Option<(u64, u64)>,
-) -> Option<Duration> {
-    let start = Instant::now();
-    let mut turn = 0u64;
-    loop {
-        turn += 1;
-        if !sample() {
-            return None;
-        }
-        if let Ok((stored, done)) = store.progress() {
-            let published = published();
-            if stored >= published && done {
-                return Some(start.elapsed());
-            }
-            // Asking HQ for its losses runs a process: every 2 s, once the stores are in.
-            if done && turn % 8 == 0 && stored > 0 {
-                if let Some((lost, 0)) = losses() {
-                    if lost > 0 && stored + lost >= published {
-                        return Some(start.elapsed());
-                    }
-                }
-            }
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The journey store the consumers share, as the bench reads it.
-enum Journey {
-    Sqlite(PathBuf),
-    /// Its URL.
-    Postgres(String),
-}
-
-/// Events stored and their last `n`; then the sinks done with everything up to `n`.
-const STORED: &str = "SELECT count(*), coalesce(max(n), 0) FROM events";
-const SINKS_DONE: &str = "SELECT count(*) FROM sink_cursors WHERE n >= $1 AND inflight IS NULL";
-
-impl Journey {
-    /// (events stored, whether both sinks are done with all of them).
-    fn progress(&self) -> anyhow::Result<(u64, bool)> {
-        let (stored, done): (i64, i64) = match self {
-            Journey::Sqlite(path) => {
-                let c = rusqlite::Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )?;
-                c.busy_timeout(Duration::from_secs(5))?;
-                let (stored, last): (i64, i64) =
-                    c.query_row(STORED, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                (stored, c.query_row(SINKS_DONE, [last], |r| r.get(0))?)
-            }
-            Journey::Postgres(url) => {
-                let mut c = postgres::Client::connect(url, postgres::NoTls)?;
-                let row = c.query_one(STORED, &[])?;
-                let last: i64 = row.get(1);
-                (row.get(0), c.query_one(SINKS_DONE, &[&last])?.get(0))
-            }
-        };
-        Ok((stored as u64, done >= 2))
-    }
-}
-
 fn collect(
     report: &SimReport,
     store: &Journey,
@@ -584,29 +459,6 @@ fn collect(
         p50_ms,
         p99_ms,
     })
-}
-
-/// (lost, pending) seq numbers over all gateways, as `phygate-hq losses` reports them.
-fn losses(config: &Path) -> anyhow::Result<(u64, u64)> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["losses", "--config"])
-        .arg(config)
-        .env(super::procs::KEY_ENV, API_KEY)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "phygate-hq losses: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (mut lost, mut pending) = (0, 0);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        lost += v["lost"].as_u64().unwrap_or(0);
-        for r in v["pending_ranges"].as_array().into_iter().flatten() {
-            pending += r[1].as_u64().unwrap_or(0) + 1 - r[0].as_u64().unwrap_or(0);
-        }
-    }
-    Ok((lost, pending))
 }
 
 #[allow(clippy::too_many_arguments)]

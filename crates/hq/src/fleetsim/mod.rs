@@ -9,11 +9,13 @@
 //! - [`brokers`]: mosquitto or the three-node NATS cluster; [`reconnects`]: the stores' reconnect
 //!   spread after a node kill, from the sim's log.
 //! - [`pgserver`]: a throwaway PostgreSQL for `--store postgres` (and the tests).
+//! - [`journey`]: HQ's side as the bench reads it: events stored, sinks done, losses.
 
 pub mod bench;
 pub mod brokers;
 pub mod commands;
 pub mod engines;
+mod journey;
 pub mod mix;
 pub mod pgserver;
 pub mod procs;

@@ -1,9 +1,12 @@
 //! The benchmark's child processes: the `phygate-hq run` consumers (started, SIGKILLed,
 //! restarted) and a CPU/memory meter that follows a role across restarts (a restarted
-//! consumer or broker is a new pid; its predecessor's CPU time is kept).
+//! consumer or broker is a new pid; its predecessor's CPU time is kept); and the simulator's
+//! output and its end (its report, the totals it prints while online, stdin closed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -189,4 +192,53 @@ pub fn pid_by_cmdline(needle: &str) -> Option<u32> {
             .contains(needle)
             .then_some(pid)
     })
+}
+
+/// Reads the simulator's stdout on a thread of its own: its first line (the report) comes
+/// through the channel; each later `{"published": N}` (the stores answered replays after the
+/// drain, and published the results) is stored in `published`.
+pub fn read_sim_output(
+    out: std::process::ChildStdout,
+    published: Arc<AtomicU64>,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for line in lines.map_while(Result::ok) {
+            let said = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["published"].as_u64());
+            match said {
+                Some(n) => published.store(n, Ordering::Relaxed),
+                None => tracing::warn!(%line, "fleet-sim printed a line the bench does not read"),
+            }
+        }
+    });
+    (rx, reader)
+}
+
+/// Lets the simulated stores go: closes their stdin and waits for them to close their
+/// outboxes, killing the process if it takes longer than a drained fleet should.
+pub fn take_offline(sim: &mut Child) {
+    drop(sim.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match sim.try_wait() {
+            Ok(Some(status)) if !status.success() => {
+                return tracing::warn!(%status, "fleet-sim ended badly after its report")
+            }
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    tracing::warn!("fleet-sim did not stop within 30 s of its stdin closing; killing it");
+    let _ = sim.kill();
+    let _ = sim.wait();
 }
