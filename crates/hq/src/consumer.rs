@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phygate::backoff::ReconnectBackoff;
+use phygate::mqtt::resubscribe::{self, Resubscribe};
 use phygate::settle::SettleQueue;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -36,11 +37,6 @@ use crate::writer::Delivery;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// After a refused subscription, the first wait before subscribing again; doubles up to
-/// [`RESUBSCRIBE_MAX`] while the broker keeps refusing. A refusal may pass (an ACL fixed, a
-/// cluster node ready again), and a broker keeps no subscription it refused.
-const RESUBSCRIBE_MIN: Duration = Duration::from_secs(5);
-const RESUBSCRIBE_MAX: Duration = Duration::from_secs(300);
 
 pub struct Consumer {
     client: AsyncClient,
@@ -58,9 +54,8 @@ pub struct Consumer {
     /// The gateway's reconnect backoff: jittered, and it starts over only after a connection
     /// that stayed up (a broker that accepts and drops at once is retried at the capped pace).
     backoff: ReconnectBackoff,
-    /// When to subscribe again after a refusal, and the wait after the next one.
-    resubscribe_at: Option<tokio::time::Instant>,
-    resubscribe_wait: Duration,
+    /// When to subscribe again after the broker refused (`phygate::mqtt::resubscribe`).
+    resubscribe: Resubscribe,
     shutdown: watch::Receiver<bool>,
     /// Up from the CONNACK to the connection's end: the writer records its beat only then.
     connected: Arc<AtomicBool>,
@@ -94,8 +89,7 @@ impl Consumer {
             pending: SettleQueue::default(),
             unsent_acks: VecDeque::new(),
             backoff: ReconnectBackoff::new(BACKOFF_MIN, BACKOFF_MAX),
-            resubscribe_at: None,
-            resubscribe_wait: RESUBSCRIBE_MIN,
+            resubscribe: Resubscribe::new(resubscribe::FIRST_WAIT, resubscribe::LONGEST_WAIT),
             shutdown,
             connected,
         })
@@ -104,7 +98,7 @@ impl Consumer {
     pub async fn run(mut self) {
         loop {
             self.send_unsent_acks();
-            let resubscribe = self.resubscribe_at;
+            let resubscribe = self.resubscribe.due();
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
                 ev = self.eventloop.poll() => match ev {
@@ -128,8 +122,8 @@ impl Consumer {
                         }
                     }
                 }
-                _ = sleep_until(resubscribe), if resubscribe.is_some() => {
-                    self.resubscribe_at = None;
+                _ = resubscribe => {
+                    self.resubscribe.taken();
                     info!("subscribing again after the broker's refusal");
                     self.subscribe();
                 }
@@ -158,7 +152,7 @@ impl Consumer {
                     .iter()
                     .any(|c| !matches!(c, SubscribeReasonCode::Success(_))) =>
             {
-                let wait = self.resubscribe_wait;
+                let wait = self.resubscribe.refused();
                 // 0x9E: the broker has no shared subscriptions; 0x87: an ACL.
                 warn!(
                     reasons = ?s.return_codes,
@@ -167,11 +161,9 @@ impl Consumer {
                      is granted (NotAuthorized: the ACL; SharedSubscriptionsNotSupported: this \
                      broker cannot share the stream between consumers)"
                 );
-                self.resubscribe_at = Some(tokio::time::Instant::now() + wait);
-                self.resubscribe_wait = (wait * 2).min(RESUBSCRIBE_MAX);
             }
             Event::Incoming(Packet::SubAck(s)) => {
-                self.resubscribe_wait = RESUBSCRIBE_MIN;
+                self.resubscribe.granted();
                 info!(reasons = ?s.return_codes, "subscribed");
             }
             Event::Incoming(Packet::Publish(p)) => {
@@ -260,13 +252,5 @@ impl Consumer {
             }
         }
         debug!("consumer stopped");
-    }
-}
-
-/// Sleeps until `at`; never for None (the select's guard leaves it unpolled then).
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
