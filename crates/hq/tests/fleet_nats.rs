@@ -48,22 +48,9 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies_and_its_backlog_arr
         return;
     };
     let mqtt = nats.mqtt_addresses();
-    // HQ reads through the last node and asks for holes through it: the kill hits one of the
-    // first two. The store answers replays and sends its `seq` report, as a store does: events
-    // PUBACKed while the stream elects a leader may be the store's last (a CI run under load
-    // waited 60 s for them), and only the report shows HQ that tail.
-    let servers = format!("{:?}", nats.client_urls()[2]);
-    let hq = Hq::start_input(
-        &dir.path().join("hq"),
-        &format!("[input]\nkind = \"jetstream\"\nservers = [{servers}]\n"),
-        "30s",
-        &format!(
-            "[store]\npath = \"hq.db\"\n[repair]\nbroker = \"{}\"\nafter = \"1s\"\nretry = \"3s\"\nmax_asks = 5\n",
-            mqtt[2]
-        ),
-    );
+    let hq = Hq::start_jetstream(&dir.path().join("hq"), &nats.client_urls()[2..], "30s");
     let mut edge = Edge::open_brokers(&dir.path().join("s1"), "s1", &mqtt);
-    edge.start_answering();
+    edge.start_uplink();
 
     let mut last = 0;
     for _ in 0..100 {
