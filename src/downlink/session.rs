@@ -45,7 +45,6 @@ use tracing::{debug, info, warn};
 use super::settings::DownlinkSettings;
 use super::{Delivery, Receipt, Update};
 use crate::backoff::ReconnectBackoff;
-use crate::mqtt::resubscribe::{self, Resubscribe};
 use crate::mqtt::{LinkEvent, Received, Session, SessionOptions};
 use crate::settle::SettleQueue;
 use crate::shutdown::Shutdown;
@@ -53,6 +52,14 @@ use crate::uplink::settings::MqttConfig;
 
 /// Requests the client may queue: acknowledgements, at most one per message in flight.
 const REQUESTS: usize = 256;
+/// After a refused subscription, the first wait before subscribing again; it doubles with each
+/// refusal up to [`RESUBSCRIBE_MAX`]. A refusal is not always for good: a clustered broker
+/// refuses while the stream behind its MQTT sessions elects a leader (nats-server logs
+/// "Unable to add JetStream consumer for subscription … timeout"), and an ACL may be fixed.
+/// The broker keeps no subscription it refused, so without a retry the store would never get
+/// HQ's keys, members, config or commands until its session was lost.
+const RESUBSCRIBE_MIN: Duration = Duration::from_secs(5);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(300);
 /// Debug builds only: sleep this many milliseconds after receiving a downlink message and before
 /// handing it on, so a test can `kill -9` the daemon between receipt and commit.
 pub const TEST_PAUSE_ENV: &str = "PHYGATE_TEST_DOWNLINK_PAUSE_MS";
@@ -75,8 +82,9 @@ pub struct Downlink {
     /// Messages of this connection not yet acknowledged, in arrival order.
     pending: SettleQueue<Received>,
     backoff: ReconnectBackoff,
-    /// When to subscribe again after the broker refused (`mqtt::resubscribe`).
-    resubscribe: Resubscribe,
+    /// When to subscribe again after a refusal, and the wait after the next one.
+    resubscribe_at: Option<tokio::time::Instant>,
+    resubscribe_wait: Duration,
     shutdown: Shutdown,
     pause: Option<Duration>,
 }
@@ -109,7 +117,8 @@ impl Downlink {
             config: config_updates,
             pending: SettleQueue::default(),
             backoff: ReconnectBackoff::new(settings.backoff_min, settings.backoff_max),
-            resubscribe: Resubscribe::new(resubscribe::FIRST_WAIT, resubscribe::LONGEST_WAIT),
+            resubscribe_at: None,
+            resubscribe_wait: RESUBSCRIBE_MIN,
             shutdown,
             pause: test_pause(),
         })
@@ -117,7 +126,7 @@ impl Downlink {
 
     pub async fn run(mut self) -> Result<(), DownlinkError> {
         loop {
-            let resubscribe = self.resubscribe.due();
+            let resubscribe = self.resubscribe_at;
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
                 ev = self.session.poll() => match ev {
@@ -147,8 +156,8 @@ impl Downlink {
                         }
                     }
                 }
-                _ = resubscribe => {
-                    self.resubscribe.taken();
+                _ = sleep_until(resubscribe), if resubscribe.is_some() => {
+                    self.resubscribe_at = None;
                     info!("subscribing again to the downlink topics the broker refused");
                     self.subscribe();
                 }
@@ -177,15 +186,17 @@ impl Downlink {
                 }
             }
             LinkEvent::SubscribeRefused(codes) => {
-                let wait = self.resubscribe.refused();
+                let wait = self.resubscribe_wait;
                 warn!(
                     codes,
                     retry_in = ?wait,
                     "the broker refused a downlink subscription (an ACL, or a clustered broker \
                      not ready); HQ's messages on it do not arrive until it is granted"
                 );
+                self.resubscribe_at = Some(tokio::time::Instant::now() + wait);
+                self.resubscribe_wait = (wait * 2).min(RESUBSCRIBE_MAX);
             }
-            LinkEvent::Subscribed => self.resubscribe.granted(),
+            LinkEvent::Subscribed => self.resubscribe_wait = RESUBSCRIBE_MIN,
             LinkEvent::Message(p) => self.receive(p).await,
             _ => {}
         }
@@ -281,6 +292,14 @@ impl Downlink {
 
 /// The downlink session's client id: stable (the broker finds the session by it) and not the
 /// uplink's (a second connection with one id would take the first one over).
+/// Sleeps until `at`; never for None (the select's guard leaves it unpolled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub fn client_id(mqtt: &MqttConfig) -> String {
     format!("{}-downlink", mqtt.client_id)
 }

@@ -15,14 +15,12 @@
 
 pub mod brokers;
 pub mod reason;
-pub mod resubscribe;
 mod v311;
 mod v5;
 
 use std::fmt;
 
 pub use reason::Refusal;
-pub use resubscribe::Resubscribe;
 
 use crate::uplink::settings::{MqttConfig, Protocol};
 

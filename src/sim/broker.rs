@@ -114,6 +114,15 @@ impl Mosquitto {
         }
     }
 
+    /// Makes the broker read its files again (SIGHUP): mosquitto reloads its ACL and password
+    /// files without dropping a connection.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP);
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

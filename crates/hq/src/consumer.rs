@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phygate::backoff::ReconnectBackoff;
-use phygate::mqtt::resubscribe::{self, Resubscribe};
 use phygate::settle::SettleQueue;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -37,6 +36,11 @@ use crate::writer::Delivery;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After a refused subscription, the first wait before subscribing again; doubles up to
+/// [`RESUBSCRIBE_MAX`] while the broker keeps refusing. A refusal may pass (an ACL fixed, a
+/// cluster node ready again), and a broker keeps no subscription it refused.
+const RESUBSCRIBE_MIN: Duration = Duration::from_secs(5);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(300);
 
 pub struct Consumer {
     client: AsyncClient,
@@ -54,8 +58,9 @@ pub struct Consumer {
     /// The gateway's reconnect backoff: jittered, and it starts over only after a connection
     /// that stayed up (a broker that accepts and drops at once is retried at the capped pace).
     backoff: ReconnectBackoff,
-    /// When to subscribe again after the broker refused (`phygate::mqtt::resubscribe`).
-    resubscribe: Resubscribe,
+    /// When to subscribe again after a refusal, and the wait after the next one.
+    resubscribe_at: Option<tokio::time::Instant>,
+    resubscribe_wait: Duration,
     shutdown: watch::Receiver<bool>,
     /// Up from the CONNACK to the connection's end: the writer records its beat only then.
     connected: Arc<AtomicBool>,
@@ -89,7 +94,8 @@ impl Consumer {
             pending: SettleQueue::default(),
             unsent_acks: VecDeque::new(),
             backoff: ReconnectBackoff::new(BACKOFF_MIN, BACKOFF_MAX),
-            resubscribe: Resubscribe::new(resubscribe::FIRST_WAIT, resubscribe::LONGEST_WAIT),
+            resubscribe_at: None,
+            resubscribe_wait: RESUBSCRIBE_MIN,
             shutdown,
             connected,
         })
@@ -98,7 +104,7 @@ impl Consumer {
     pub async fn run(mut self) {
         loop {
             self.send_unsent_acks();
-            let resubscribe = self.resubscribe.due();
+            let resubscribe = self.resubscribe_at;
             tokio::select! {
                 // Cancel-safe: rumqttc keeps partial reads in the event loop's buffers.
                 ev = self.eventloop.poll() => match ev {
@@ -122,8 +128,8 @@ impl Consumer {
                         }
                     }
                 }
-                _ = resubscribe => {
-                    self.resubscribe.taken();
+                _ = sleep_until(resubscribe), if resubscribe.is_some() => {
+                    self.resubscribe_at = None;
                     info!("subscribing again after the broker's refusal");
                     self.subscribe();
                 }
@@ -152,7 +158,7 @@ impl Consumer {
                     .iter()
                     .any(|c| !matches!(c, SubscribeReasonCode::Success(_))) =>
             {
-                let wait = self.resubscribe.refused();
+                let wait = self.resubscribe_wait;
                 // 0x9E: the broker has no shared subscriptions; 0x87: an ACL.
                 warn!(
                     reasons = ?s.return_codes,
@@ -161,9 +167,11 @@ impl Consumer {
                      is granted (NotAuthorized: the ACL; SharedSubscriptionsNotSupported: this \
                      broker cannot share the stream between consumers)"
                 );
+                self.resubscribe_at = Some(tokio::time::Instant::now() + wait);
+                self.resubscribe_wait = (wait * 2).min(RESUBSCRIBE_MAX);
             }
             Event::Incoming(Packet::SubAck(s)) => {
-                self.resubscribe.granted();
+                self.resubscribe_wait = RESUBSCRIBE_MIN;
                 info!(reasons = ?s.return_codes, "subscribed");
             }
             Event::Incoming(Packet::Publish(p)) => {
@@ -252,5 +260,13 @@ impl Consumer {
             }
         }
         debug!("consumer stopped");
+    }
+}
+
+/// Sleeps until `at`; never for None (the select's guard leaves it unpolled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phygate::downlink::{Action, Update};
-use phygate::mqtt::Resubscribe;
 use phygate::outbox::OutboxHandle;
 use phygate::replay::Replayer;
 use phygate::shutdown::Shutdown;
@@ -41,14 +40,16 @@ pub async fn answer(
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 64);
     let filter = format!("{}/{TENANT}/+/commands", phygate_proto::topic::ROOT);
-    // A refused subscription is asked again (`phygate::mqtt::resubscribe` says why).
-    let mut resubscribe = Resubscribe::new(RESUBSCRIBE_AFTER, RESUBSCRIBE_AFTER);
+    // When to subscribe again after the broker refused: a clustered broker refuses while the
+    // stream behind its MQTT sessions elects a leader (nats-server: "Unable to add JetStream
+    // consumer for subscription … timeout"), and it keeps no subscription it refused.
+    let mut resubscribe: Option<tokio::time::Instant> = None;
     loop {
-        let due = resubscribe.due();
+        let due = resubscribe;
         let ev = tokio::select! {
             ev = events.poll() => ev,
-            _ = due => {
-                resubscribe.taken();
+            _ = sleep_until(due), if due.is_some() => {
+                resubscribe = None;
                 subscribe(&client, &filter);
                 continue;
             }
@@ -62,7 +63,7 @@ pub async fn answer(
                 if s.return_codes.contains(&SubscribeReasonCode::Failure) =>
             {
                 warn!("the broker refused the stores' commands subscription; subscribing again in 2 s");
-                resubscribe.refused();
+                resubscribe = Some(tokio::time::Instant::now() + RESUBSCRIBE_AFTER);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let store = p.topic.split('/').nth(3).unwrap_or_default().to_owned();
@@ -88,6 +89,14 @@ pub async fn answer(
 fn subscribe(client: &AsyncClient, filter: &str) {
     if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
         warn!(error = %e, "cannot subscribe to the stores' commands");
+    }
+}
+
+/// Sleeps until `at` (never returns for None; the select's guard keeps it unpolled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
