@@ -105,29 +105,6 @@ fn slow_link_delivers_everything_without_dropping_the_connection() {
     assert_eq!(link_downs(&gw.log()), 0, "a slow link is not a dead one");
 }
 
-/// A store idle for longer than `[uplink] ack_timeout` is not taken for one whose broker holds
-/// its publishes when it publishes again: the wait starts at the first publish after the
-/// book was empty, not at the last PUBACK before the idle time.
-#[test]
-fn an_idle_store_is_not_dropped_by_the_ack_timeout_when_it_publishes_again() {
-    let store = Store::with_proxy(&Knobs {
-        uplink: "ack_timeout = \"1s\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n".into(),
-        ..Knobs::default()
-    });
-    let hq = store.hq("idle");
-    let (_pty, mut scanner) = store.rig.scanner();
-    let gw = store.start_gateway();
-    hq.wait_for(LONG, "the scanner up", |h| !h.statuses().is_empty());
-    for (k, code) in ["IDLE-1", "IDLE-2", "IDLE-3"].into_iter().enumerate() {
-        // Idle for longer than the timeout between codes.
-        std::thread::sleep(Duration::from_secs(2));
-        scanner.scan(code).unwrap();
-        hq.wait_for(LONG, code, |h| h.scanned_payloads().len() > k);
-    }
-    assert_eq!(hq.scanned_payloads(), ["IDLE-1", "IDLE-2", "IDLE-3"]);
-    assert_eq!(link_downs(&gw.log()), 0, "{}", strip_ansi(&gw.log()));
-}
-
 #[test]
 fn publish_cut_mid_packet_is_resent_after_reconnect() {
     let store = proxied();

@@ -97,14 +97,12 @@ pub struct Uplink {
     replaying: VecDeque<Batch>,
     /// The broker's packet limit from this connection's CONNACK (MQTT 5), if it stated one.
     packet_limit: Option<usize>,
-    /// While publishes are in flight: since when the broker has shown no progress, i.e. the
-    /// first publish after the book was empty, or the last PUBACK since. `None` while nothing
-    /// is in flight. With nothing for `ack_timeout`, the connection is dropped: a broker that
-    /// answers keep-alives but holds a PUBLISH (a clustered broker's stuck stream) would
-    /// otherwise hold the window, and the store's backlog, for good; MQTT 3.1.1 §4.4 resends
-    /// only on a new connection. Not the last PUBACK alone: after an idle hour that would time
-    /// out the first publish at once.
-    waiting_since: Option<tokio::time::Instant>,
+    /// The last sign that the broker takes our publishes: the CONNACK, or any PUBACK since.
+    /// With publishes in flight and nothing since for `ack_timeout`, the connection is
+    /// dropped: a broker that answers keep-alives but holds a PUBLISH (a clustered broker's
+    /// stuck stream) would otherwise hold the window, and the store's backlog, for good;
+    /// MQTT 3.1.1 §4.4 resends only on a new connection.
+    last_ack: tokio::time::Instant,
 }
 
 impl Uplink {
@@ -132,7 +130,7 @@ impl Uplink {
             replays: None,
             replaying: VecDeque::new(),
             packet_limit: None,
-            waiting_since: None,
+            last_ack: tokio::time::Instant::now(),
         })
     }
 
@@ -180,7 +178,7 @@ impl Uplink {
                         // Resend every un-acked row: the outbox still has exactly those.
                         self.book.connected();
                         self.retry_at = None;
-                        self.waiting_since = None;
+                        self.last_ack = tokio::time::Instant::now();
                         self.publish_status("online", true).await;
                         return Mode::Live;
                     }
@@ -220,6 +218,8 @@ impl Uplink {
             }
             self.publish_replays();
             let retry_wait = self.retry_at.filter(|at| *at > tokio::time::Instant::now());
+            let ack_deadline =
+                (!self.book.is_empty()).then(|| self.last_ack + self.settings.ack_timeout);
             // A held book (a refused PUBACK) publishes nothing new until it resumes.
             while !self.book.is_held() && self.book.batches_in_flight() < window {
                 let Some(batch) = ready.pop_front() else {
@@ -233,13 +233,6 @@ impl Uplink {
                     break;
                 }
             }
-            // After this turn's publishes, and those the last turn's arms made: the wait for
-            // a PUBACK starts with the first of them.
-            self.waiting_since = match self.book.is_empty() {
-                true => None,
-                false => Some(self.waiting_since.unwrap_or_else(tokio::time::Instant::now)),
-            };
-            let ack_deadline = self.waiting_since.map(|t| t + self.settings.ack_timeout);
             let covered = self.book.batches_in_flight() + ready.len();
             let wanted = match (&fetch, caught_up) {
                 (None, false) => self
@@ -356,7 +349,7 @@ impl Uplink {
 
     async fn on_event(&mut self, ev: LinkEvent) -> Result<(), UplinkError> {
         if matches!(ev, LinkEvent::PubAck { .. }) {
-            self.waiting_since = Some(tokio::time::Instant::now());
+            self.last_ack = tokio::time::Instant::now();
         }
         match ev {
             LinkEvent::PublishSent(pkid) => self.book.assigned(pkid),
